@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny generated datasets and one trained run reused by the CLI tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Colour classes a head on a frozen random backbone separates quickly; images are noisy and vary in shade.
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+SIZE = 32
+
+
+def colour_image(rgb, rng: np.random.Generator, size: int = 40) -> Image.Image:
+    base = np.array(rgb, dtype=np.float64) * rng.uniform(0.75, 1.0)
+    arr = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def make_colour_dataset(root: Path, per_class: int = 12, seed: int = 0, classes=None, start: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in classes or COLOURS:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            colour_image(COLOURS[name], rng).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+def tree_hashes(root: Path) -> dict[str, tuple[str, int]]:
+    """Content hash and mode of every file below root (symlinks by their target text): proves 'never modified'."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = ("link:" + os.readlink(p), 0)
+        elif p.is_file():
+            try:
+                data = p.read_bytes()
+            except PermissionError:
+                data = b"<unreadable>"
+            out[rel] = (hashlib.sha256(data).hexdigest(), p.stat().st_mode)
+    return out
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """Run ``vgg`` in-process through the real entry point; returns (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from vgg_cli.cli import main
+
+    # main() maps errors to exit codes; CliRunner captures stdout, stderr and the SystemExit.
+    result = CliRunner().invoke(_MainCommand(main), args, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+class _MainCommand:
+    """Adapter so CliRunner calls ``vgg_cli.cli.main`` (the console entry point) rather than the bare group."""
+
+    def __init__(self, main):
+        self._main = main
+        self.name = "vgg"
+
+    def main(self, args=None, prog_name=None, **_):
+        self._main(list(args or []))
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> Path:
+    return make_colour_dataset(tmp_path_factory.mktemp("colours") / "train", per_class=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def colour_holdout(tmp_path_factory) -> Path:
+    return make_colour_dataset(tmp_path_factory.mktemp("holdout") / "images", per_class=4, seed=99)
+
+
+TRAIN_ARGS = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[32]", "model.head.dropout=0.0",
+              "train.epochs=8", "train.batch_size=8", "train.optimizer.learning_rate=0.003",
+              "train.early_stopping_patience=0"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, colour_data) -> dict:
+    """One real `vgg train` through the CLI, shared by the tests that read a run back."""
+    work = tmp_path_factory.mktemp("work")
+    runs = work / "runs"
+    before = tree_hashes(colour_data)
+    code, out, err = run_cli(["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS])
+    assert code == 0, err
+    return {"runs": runs, "run_dir": Path(out.strip().splitlines()[-1]), "stdout": out, "stderr": err,
+            "data": colour_data, "data_hashes_before": before}

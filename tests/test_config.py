@@ -1,0 +1,144 @@
+"""Config: defaults, deep merge, overrides, validation messages and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vgg_cli.config import default_dict, load_config
+from vgg_cli.errors import ConfigError, NoInputError
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate_and_configs_default_is_the_package_file():
+    cfg = load_config()
+    assert cfg.model.arch == "vgg16" and cfg.train.epochs == 10 and cfg.data.val_split == 0.2
+    assert (ROOT / "configs" / "default.yaml").read_text() == (ROOT / "vgg_cli" / "default.yaml").read_text()
+
+
+def test_every_default_key_is_documented_with_a_type():
+    text = (ROOT / "vgg_cli" / "default.yaml").read_text()
+    def leaves(tree, prefix=""):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield k
+    for key in leaves(default_dict()):
+        line = next(l for l in text.splitlines() if l.strip().startswith(f"{key}:"))
+        assert "# (" in line, f"{key} lacks a '# (type) meaning' comment"
+
+
+def test_user_file_deep_merges_and_overrides_win(tmp_path):
+    user = tmp_path / "my.yaml"
+    user.write_text("model:\n  head:\n    dense: [64, 32]\ntrain:\n  epochs: 4\n  optimizer: {learning_rate: 1e-4}\n")
+    cfg = load_config(user, ["train.epochs=7", "data.train_dir=~/photos", "model.freeze_blocks=[5, 1, 1]"])
+    assert cfg.model.head.dense == [64, 32]
+    assert cfg.model.head.pooling == "avg"  # untouched sibling keeps its default
+    assert cfg.train.optimizer.learning_rate == pytest.approx(1e-4)  # YAML '1e-4' string coerced
+    assert cfg.train.optimizer.name == "adam"
+    assert cfg.train.epochs == 7
+    assert cfg.data.train_dir == str(Path.home() / "photos")
+    assert cfg.model.freeze_blocks == [1, 5]
+
+
+def test_weights_null_means_none():
+    assert load_config(None, ["model.weights=null"]).model.weights == "none"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.epoch=3", "did you mean 'train.epochs'"),
+    ("trian.epochs=3", "did you mean 'train'"),
+    ("model.head.dropuot=0.1", "did you mean 'model.head.dropout'"),
+])
+def test_unknown_keys_get_a_suggestion(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.epochs=ten", "'train.epochs' = 'ten'"),
+    ("train.epochs=0", "greater than or equal to 1"),
+    ("data.val_split=0.95", "'data.val_split' = 0.95"),
+    ("data.image_size=16", "'data.image_size' = 16"),
+    ("model.arch=vgg11", "'vgg16' or 'vgg19'"),
+    ("model.freeze_blocks=[0, 6]", "blocks must be between 1 and 5"),
+    ("model.head.pooling=mean", "'flatten', 'avg' or 'max'"),
+    ("model.head.dense=[0]", "units >= 1"),
+    ("train.optimizer.name=adagrad", "'adam', 'adamw', 'sgd' or 'rmsprop'"),
+    ("train.optimizer.learning_rate=-1", "greater than 0"),
+    ("train.mixed_precision=maybe", "'auto', 'on' or 'off'"),
+    ("data.classes=[a]", "at least 2 classes"),
+    ("data.classes=[a, a, b]", "more than once"),
+    ("output.name=a/b", "plain folder name"),
+    ("train.gpus=[-1]", ">= 0"),
+])
+def test_bad_values_name_key_value_and_fix(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert needle in msg
+    assert "\n" not in msg
+    assert "override" in msg and "set a valid value" in msg
+
+
+def test_section_given_a_scalar_and_malformed_override():
+    with pytest.raises(ConfigError, match="is a section"):
+        load_config(None, ["train=3"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(NoInputError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    bad.write_text("train:\n  epochs: -2\n")
+    with pytest.raises(ConfigError, match=r"from config file .*bad.yaml"):
+        load_config(bad)
+
+
+def test_config_show_cli_prints_resolved_yaml_and_exit_78_on_error(tmp_path):
+    code, out, _ = run_cli(["config", "show", "train.epochs=3", "model.arch=vgg19"])
+    assert code == 0
+    shown = yaml.safe_load(out)
+    assert shown["train"]["epochs"] == 3 and shown["model"]["arch"] == "vgg19"
+    assert load_config(None, []).to_dict().keys() == shown.keys()
+    code, out, err = run_cli(["config", "show", "train.epochs=ten"])
+    assert code == 78
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_help_and_config_show_do_not_import_tensorflow():
+    code = ("import sys; from vgg_cli.cli import main\n"
+            "try:\n    main(['config', 'show'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "vgg_cli", "--help"], check=True, capture_output=True, text=True)
+    assert "train" in out.stdout and "predict" in out.stdout
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["summary"], ["config"], ["config", "show"]])
+def test_help_on_every_command(cmd):
+    code, out, _ = run_cli([*cmd, "--help"])
+    assert code == 0 and "Usage:" in out
+
+
+def test_version_and_usage_error_exit_codes():
+    code, out, _ = run_cli(["--version"])
+    assert code == 0 and "vgg, version" in out
+    code, _, err = run_cli(["train", "--no-such-flag"])
+    assert code == 64 and "No such option" in err

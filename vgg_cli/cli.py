@@ -1,0 +1,212 @@
+"""The ``vgg`` command line. Commands are thin: parse, call one function, print.
+
+TensorFlow/Keras are imported only inside the commands that need them, so ``vgg --help`` and
+``vgg config show`` are instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from vgg_cli import __version__
+from vgg_cli.errors import EXIT_DATA, EXIT_TEMPFAIL, EXIT_USAGE, VggError
+
+OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs=3 (values parsed as YAML)."
+
+
+def load_frameworks() -> None:
+    """Import Keras (and its backend) once, keeping TensorFlow's native start-up chatter out of the terminal and
+    cron logs. Set TF_CPP_MIN_LOG_LEVEL yourself (e.g. 0) to see it."""
+    if "keras" in sys.modules:
+        return
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import keras  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # the C++ runtime writes INFO lines to fd 2 before its log level applies
+    try:
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # CUDA probing logs here on machines without a GPU
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _setup_logging(verbose: bool) -> None:
+    log = logging.getLogger("vgg")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="vgg")
+def cli() -> None:
+    """Transfer-learning trainer for VGG16/VGG19 image classifiers.
+
+    \b
+    vgg train data.train_dir=~/photos      train on a folder with one subfolder per class
+    vgg predict image.jpg                  label images with the newest run
+    vgg summary                            show the model the config builds
+    vgg config show                        print the resolved configuration
+
+    Exit codes: 0 ok, 64 usage, 65 data, 66 missing input, 70 internal, 74 I/O, 75 interrupted, 78 config.
+    """
+
+
+config_option = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+                             help="YAML file merged over the defaults (configs/default.yaml).")
+
+
+@cli.command()
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+def train(config_path: str | None, overrides: tuple[str, ...], verbose: bool) -> int:
+    """Train a classifier on a folder dataset and write a run directory.
+
+    \b
+    Prints the run directory on stdout; progress and logs go to stderr.
+    """
+    from vgg_cli.config import load_config
+
+    cfg = load_config(config_path, overrides)
+    _setup_logging(verbose)
+    load_frameworks()
+    from vgg_cli.train import run_training
+
+    result = run_training(cfg)
+    click.echo(str(result.run_dir))
+    return 0
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
+@click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: <runs-dir>/latest.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False), help="A .keras model file instead of a run.")
+@click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
+@click.option("--top-k", "-k", default=1, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="json: one object per line (for jq).")
+@click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs_dir: str, top_k: int, fmt: str,
+            batch_size: int) -> int:
+    """Label images with a trained model.
+
+    Folders are walked recursively. An unreadable file gets its own row with the error while the others are
+    predicted; the exit code is then 65.
+    """
+    if run is not None and model_file is not None:
+        raise click.UsageError("give either --run or --model, not both")
+    from vgg_cli.predict import expand_inputs, resolve_model_file
+
+    files = expand_inputs(inputs)
+    if not files:
+        from vgg_cli.errors import NoInputError
+
+        raise NoInputError(f"no image files found in {', '.join(inputs)}; pass image files or folders of images")
+    path = resolve_model_file(run, model_file, runs_dir)
+    load_frameworks()
+    from vgg_cli.model import load_model
+    from vgg_cli.predict import format_results, predict_files
+
+    results = predict_files(load_model(path), files, top_k, batch_size)
+    click.echo(format_results(results, fmt, top_k), nl=False)
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        click.echo(f"error: {failed} of {len(results)} input(s) could not be read (see their rows)", err=True)
+        return EXIT_DATA
+    return 0
+
+
+@cli.command()
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--original", type=click.Choice(["vgg16", "vgg19"]),
+              help="Show the paper's full network with its 1000-way ImageNet top instead.")
+def summary(config_path: str | None, overrides: tuple[str, ...], original: str | None) -> int:
+    """Print the model's layers, output shapes, parameter counts and trainable flags (no weights loaded)."""
+    from vgg_cli.config import load_config
+
+    cfg = load_config(config_path, overrides)
+    load_frameworks()
+    from vgg_cli import model as m
+
+    if original:
+        m.original_vgg(original).summary(print_fn=lambda s, **_: click.echo(s))
+        return 0
+    classes, note = _summary_classes(cfg)
+    model, _ = m.build_model(cfg.model, cfg.data.image_size, classes, load_weights=False)
+    model.summary(expand_nested=True, show_trainable=True, print_fn=lambda s, **_: click.echo(s))
+    backbone = model.get_layer(cfg.model.arch)
+    for block, convs in m.conv_layers_by_block(backbone).items():
+        params = sum(layer.count_params() for layer in convs)
+        state = "frozen" if block in cfg.model.freeze_blocks else "trainable"
+        click.echo(f"block{block}: {len(convs)} conv layers, {params:,} params, {state}")
+    click.echo(f"head: {len(classes)} classes ({note}); weights would come from: {cfg.model.weights}")
+    return 0
+
+
+def _summary_classes(cfg) -> tuple[list[str], str]:
+    if cfg.data.classes:
+        return list(cfg.data.classes), "data.classes"
+    root = cfg.data.train_dir
+    if os.path.isdir(root):
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        if len(names) >= 2:
+            return names, f"class folders in {root}"
+    return ["class_0", "class_1"], f"placeholder: {root} has no class folders yet"
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def config_show(config_path: str | None, overrides: tuple[str, ...]) -> int:
+    """Print the resolved configuration (defaults <- --config file <- KEY=VALUE) as YAML."""
+    from vgg_cli.config import load_config
+
+    click.echo(load_config(config_path, overrides).to_yaml(), nl=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line and a documented exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="vgg", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as e:
+        e.show()
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(EXIT_TEMPFAIL)
+    except VggError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; model/last.keras in the run directory holds the last finished epoch",
+                   err=True)
+        sys.exit(EXIT_TEMPFAIL)
+    sys.exit(rv if isinstance(rv, int) else 0)

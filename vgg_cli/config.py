@@ -1,0 +1,270 @@
+"""Configuration: defaults + user YAML + ``key=value`` overrides, validated once, then frozen.
+
+The defaults and the documentation of every key live in one place, ``vgg_cli/default.yaml`` (also at
+``configs/default.yaml``). This module only knows types and ranges (the pydantic schema below) and how to
+merge and report errors. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vgg_cli.errors import ConfigError, NoInputError
+
+BLOCKS = (1, 2, 3, 4, 5)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    train_dir: str
+    val_dir: str | None
+    val_split: float = Field(ge=0.0, le=0.9)
+    image_size: int = Field(ge=32, le=1024)
+    classes: list[str] | None
+
+    @field_validator("train_dir", "val_dir")
+    @classmethod
+    def _expand(cls, v: str | None) -> str | None:
+        return None if v is None else os.path.expanduser(str(v))
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if len(v) < 2:
+            raise ValueError("must name at least 2 classes, or be null to use every class folder")
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"names {dup} more than once")
+        return v
+
+
+class HeadConfig(_Section):
+    pooling: Literal["flatten", "avg", "max"]
+    dense: list[int]
+    dropout: float = Field(ge=0.0, le=0.95)
+
+    @field_validator("dense")
+    @classmethod
+    def _dense(cls, v: list[int]) -> list[int]:
+        if any(u < 1 for u in v):
+            raise ValueError("every dense layer needs units >= 1")
+        return v
+
+
+class ModelConfig(_Section):
+    arch: Literal["vgg16", "vgg19"]
+    weights: str
+    freeze_blocks: list[int]
+    head: HeadConfig
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, v: Any) -> str:
+        if v is None or v is False:
+            return "none"
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError("must be imagenet, none, or a path to a weights file, .keras model or run directory")
+        return v if v in ("imagenet", "none") else os.path.expanduser(v)
+
+    @field_validator("freeze_blocks")
+    @classmethod
+    def _blocks(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b not in BLOCKS]
+        if bad:
+            raise ValueError(f"blocks must be between 1 and 5, got {bad}")
+        return sorted(set(v))
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"]
+    learning_rate: float = Field(gt=0.0)
+    momentum: float = Field(ge=0.0, lt=1.0)
+    weight_decay: float = Field(ge=0.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimizer: OptimizerConfig
+    monitor: Literal["val_accuracy", "val_loss"]
+    early_stopping_patience: int = Field(ge=0)
+    seed: int
+    mixed_precision: Literal["auto", "on", "off"]
+    gpus: list[int] | None
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(g < 0 for g in v):
+            raise ValueError("GPU indices must be >= 0")
+        return v
+
+
+class OutputConfig(_Section):
+    dir: str
+    name: str | None
+    tensorboard: bool
+
+    @field_validator("dir")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return os.path.expanduser(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or "\\" in v or v in (".", "..", "latest")):
+            raise ValueError("must be a plain folder name (no slashes, not 'latest')")
+        return v
+
+
+class Config(_Section):
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    output: OutputConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def default_dict() -> dict[str, Any]:
+    text = resources.files("vgg_cli").joinpath("default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise NoInputError(f"config file {str(path)!r} not found; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r}{where}: invalid YAML ({problem}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must be a YAML mapping of sections (data:, model:, ...), "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(sorted(choices))}"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Deep-merge ``over`` into ``base`` in place, rejecting keys that ``base`` (the defaults) lacks."""
+    for key, value in over.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in base:
+            full = [f"{prefix}{k}" for k in base]
+            raise ConfigError(f"unknown config key {dotted!r} in {source}{_suggest(dotted, full)}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} in {source} is a section and needs a mapping of keys "
+                                  f"({', '.join(base[key])}), got {value!r}")
+            _merge(base[key], value, source, dotted + ".")
+        else:
+            base[key] = value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.epochs=3'`` -> (['train', 'epochs'], 3); the value is parsed with ``yaml.safe_load``."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not key=value; write e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML; quote it, e.g. {key}='{raw}'") from None
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def _format_validation(err: ValidationError, sources: dict[str, str]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    msg = msg[0].lower() + msg[1:]
+    bad = first.get("input")
+    src = sources.get(loc, "the defaults")
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return (f"config key {loc!r} = {bad!r} from {src} is invalid: {msg}; set a valid value with "
+            f"{loc}=... or in your --config file{more}")
+
+
+def _leaf_sources(tree: dict[str, Any], source: str, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        dotted = f"{prefix}{k}"
+        out[dotted] = source
+        if isinstance(v, dict):
+            out.update(_leaf_sources(v, source, dotted + "."))
+    return out
+
+
+def resolve_dict(config_path: str | os.PathLike | None = None, overrides: tuple[str, ...] | list[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """Defaults <- user file <- overrides, merged but not yet validated. Returns (tree, key -> source)."""
+    tree = copy.deepcopy(default_dict())
+    sources: dict[str, str] = {}
+    if config_path is not None:
+        path = Path(os.path.expanduser(str(config_path)))
+        user = _read_yaml(path)
+        _merge(tree, user, f"config file {str(path)!r}")
+        sources.update(_leaf_sources(user, f"config file {str(path)!r}"))
+    for text in overrides:
+        parts, value = parse_override(text)
+        _merge(tree, _nest(parts, value), f"override {text!r}")
+        sources[".".join(parts)] = f"override {text!r}"
+    return tree, sources
+
+
+def load_config(config_path: str | os.PathLike | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Resolve and validate. Raises ConfigError (exit 78) with one line naming key, value and fix."""
+    tree, sources = resolve_dict(config_path, overrides)
+    return validate(tree, sources)
+
+
+def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, sources or {})) from None
+
+
+def load_run_config(path: Path) -> Config:
+    """A run directory's config.yaml, validated against today's schema."""
+    tree = _read_yaml(path)
+    return validate(tree, _leaf_sources(tree, f"run config {str(path)!r}"))

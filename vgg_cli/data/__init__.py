@@ -1,0 +1,1 @@
+"""Dataset indexing (scan), image decoding (images) and batching (pipeline)."""

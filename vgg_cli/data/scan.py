@@ -1,0 +1,261 @@
+"""Indexing a dataset folder: classes, files, a per-file check, a stable split, a manifest and a fingerprint.
+
+A folder dataset is ``ROOT/<class>/**/<image>``. Every candidate file is read and decoded once with the same
+function training uses, so a bad file is found here (and listed with its reason) instead of crashing an epoch.
+The dataset is only ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from vgg_cli.data.images import IMAGE_EXTENSIONS, BadImage, decode, is_image_name, read_file
+from vgg_cli.errors import DataError, NoInputError
+
+TRAIN, VAL = "train", "val"
+SPLIT_SALT = b"vgg-split-v1:"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to its source root, POSIX separators
+    label: int
+    split: str  # train | val
+    source: str  # train_dir | val_dir
+    size: int
+    sha1: str
+
+
+@dataclass
+class DatasetIndex:
+    train_dir: str
+    val_dir: str | None
+    val_split: float
+    image_size: int
+    classes: list[str]
+    files: list[FileEntry]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    excluded_classes: list[dict[str, str]] = field(default_factory=list)
+    ignored_files: int = 0
+
+    def root_of(self, entry: FileEntry) -> Path:
+        return Path(self.val_dir if entry.source == "val_dir" else self.train_dir)
+
+    def split(self, split: str) -> tuple[list[str], list[int]]:
+        """Absolute paths and labels of one split, in index order."""
+        chosen = [e for e in self.files if e.split == split]
+        return [str(self.root_of(e) / e.path) for e in chosen], [e.label for e in chosen]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {c: {TRAIN: 0, VAL: 0} for c in self.classes}
+        for e in self.files:
+            out[self.classes[e.label]][e.split] += 1
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when any file's content, class or split changes, or classes change."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.classes).encode())
+        for e in sorted(self.files, key=lambda e: (e.source, e.path)):
+            h.update(f"{e.source}\0{e.path}\0{e.label}\0{e.split}\0{e.sha1}\n".encode())
+        return h.hexdigest()
+
+    def manifest(self) -> dict:
+        return {
+            "train_dir": self.train_dir,
+            "val_dir": self.val_dir,
+            "val_split": self.val_split,
+            "image_size": self.image_size,
+            "classes": self.classes,
+            "counts": self.counts(),
+            "fingerprint": self.fingerprint,
+            "files": [asdict(e) | {"class": self.classes[e.label]} for e in self.files],
+            "skipped": self.skipped,
+            "excluded_classes": self.excluded_classes,
+            "ignored_non_image_files": self.ignored_files,
+        }
+
+
+def split_value(relpath: str) -> float:
+    """A stable number in [0, 1) for a path relative to the dataset root."""
+    digest = hashlib.sha1(SPLIT_SALT + relpath.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _walk_images(folder: Path) -> tuple[list[Path], int]:
+    """Image files below ``folder`` (following symlinked folders, once each), and the count of other files."""
+    found: list[Path] = []
+    ignored = 0
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+            key = (st.st_dev, st.st_ino)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if key in seen:  # a symlink loop or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if is_image_name(name):
+                found.append(Path(dirpath) / name)
+            elif not name.startswith("."):
+                ignored += 1
+    return found, ignored
+
+
+def _class_folders(root: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir())
+    except OSError as e:
+        raise NoInputError(f"cannot list dataset folder {str(root)!r}: {e.strerror}; check its permissions") from None
+
+
+def _check_one(path: Path, size: int) -> tuple[int, str] | str:
+    """(bytes, sha1) for a usable image, else the reason it is skipped."""
+    try:
+        data = read_file(path)
+        decode(data, size)
+    except BadImage as e:
+        return str(e)
+    return len(data), hashlib.sha1(data).hexdigest()
+
+
+def _check_all(paths: list[Path], size: int, desc: str) -> list[tuple[int, str] | str]:
+    from tqdm import tqdm
+
+    workers = min(16, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda p: _check_one(p, size), paths)
+        bar = tqdm(results, total=len(paths), desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
+        return list(bar)
+
+
+def _require_dir(path: str, key: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise NoInputError(f"{key} {path!r} does not exist; set {key}=FOLDER to a folder with one subfolder per class")
+    if not p.is_dir():
+        raise NoInputError(f"{key} {path!r} is not a folder; set {key}=FOLDER to a folder with one subfolder per class")
+    return p
+
+
+def _collect(root: Path, class_names: Iterable[str], size: int, desc: str):
+    """Per class: usable (relpath, size, sha1) list; plus skipped entries and ignored count."""
+    per_class: dict[str, list[tuple[str, int, str]]] = {}
+    skipped: list[dict[str, str]] = []
+    ignored = 0
+    jobs: list[tuple[str, Path]] = []
+    for name in class_names:
+        files, n_ignored = _walk_images(root / name)
+        ignored += n_ignored
+        per_class[name] = []
+        jobs.extend((name, f) for f in files)
+    results = _check_all([p for _, p in jobs], size, desc)
+    for (name, path), result in zip(jobs, results):
+        rel = path.relative_to(root).as_posix()
+        if isinstance(result, str):
+            skipped.append({"path": rel, "reason": result})
+        else:
+            per_class[name].append((rel, result[0], result[1]))
+    return per_class, skipped, ignored
+
+
+def scan(data_cfg, previous_splits: dict[str, str] | None = None) -> DatasetIndex:
+    """Index ``data_cfg.train_dir`` (and ``val_dir``); ``previous_splits`` (relpath -> split) keeps old assignments."""
+    root = _require_dir(data_cfg.train_dir, "data.train_dir")
+    folders = _class_folders(root)
+    excluded: list[dict[str, str]] = []
+    if data_cfg.classes is not None:
+        missing = [c for c in data_cfg.classes if c not in folders]
+        if missing:
+            raise DataError(f"data.classes names {missing} but {str(root)!r} has no such class folder(s) "
+                            f"(found: {folders}); fix data.classes or add the folders")
+        excluded += [{"class": c, "reason": "not listed in data.classes"} for c in folders if c not in data_cfg.classes]
+        wanted = list(data_cfg.classes)
+    else:
+        wanted = folders
+    if not wanted:
+        raise DataError(f"data.train_dir {str(root)!r} has no class subfolders; put each class's images in "
+                        f"its own subfolder ({str(root)}/cats/*.jpg, {str(root)}/dogs/*.jpg)")
+
+    per_class, skipped, ignored = _collect(root, wanted, data_cfg.image_size, "scanning")
+    classes: list[str] = []
+    for name in wanted:
+        if per_class[name]:
+            classes.append(name)
+            continue
+        if data_cfg.classes is not None:
+            raise DataError(f"class {name!r} listed in data.classes has no usable images in {str(root / name)!r} "
+                            f"(extensions: {' '.join(IMAGE_EXTENSIONS)}); add images or remove it from data.classes")
+        excluded.append({"class": name, "reason": "no usable images"})
+    if len(classes) < 2:
+        raise DataError(f"data.train_dir {str(root)!r} has {len(classes)} class folder(s) with usable images "
+                        f"({classes}); at least 2 are needed (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    label_of = {c: i for i, c in enumerate(classes)}
+
+    files: list[FileEntry] = []
+    if data_cfg.val_dir is not None:
+        for name in classes:
+            files += [FileEntry(rel, label_of[name], TRAIN, "train_dir", size, sha)
+                      for rel, size, sha in per_class[name]]
+        files += _scan_val_dir(data_cfg, classes, label_of, skipped)
+    else:
+        previous = previous_splits or {}
+        for name in classes:
+            entries = per_class[name]
+            splits = {rel: previous.get(rel) or (VAL if split_value(rel) < data_cfg.val_split else TRAIN)
+                      for rel, _, _ in entries}
+            # Every class with >= 2 images gets >= 1 validation image (only when nothing was assigned before).
+            if data_cfg.val_split > 0 and len(entries) >= 2 and VAL not in splits.values():
+                forced = min((rel for rel, _, _ in entries if rel not in previous), key=split_value, default=None)
+                if forced is not None:
+                    splits[forced] = VAL
+            files += [FileEntry(rel, label_of[name], splits[rel], "train_dir", size, sha)
+                      for rel, size, sha in entries]
+    if not any(e.split == TRAIN for e in files):
+        raise DataError(f"no training images left in {str(root)!r} after the validation split; add images or lower data.val_split")
+    return DatasetIndex(
+        train_dir=str(root.resolve()),
+        val_dir=str(Path(data_cfg.val_dir).resolve()) if data_cfg.val_dir else None,
+        val_split=data_cfg.val_split,
+        image_size=data_cfg.image_size,
+        classes=classes,
+        files=files,
+        skipped=skipped,
+        excluded_classes=excluded,
+        ignored_files=ignored,
+    )
+
+
+def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skipped: list[dict[str, str]]) -> list[FileEntry]:
+    vroot = _require_dir(data_cfg.val_dir, "data.val_dir")
+    vfolders = _class_folders(vroot)
+    for extra in (f for f in vfolders if f not in label_of):
+        skipped.append({"path": f"val_dir:{extra}/", "reason": f"class {extra!r} is not a training class"})
+    present = [c for c in classes if c in vfolders]
+    per_class, vskipped, _ = _collect(vroot, present, data_cfg.image_size, "scanning val")
+    skipped += [{"path": f"val_dir:{s['path']}", "reason": s["reason"]} for s in vskipped]
+    return [FileEntry(rel, label_of[name], VAL, "val_dir", size, sha)
+            for name in present for rel, size, sha in per_class[name]]
+
+
+def previous_splits_from(manifest: dict, data_cfg) -> dict[str, str]:
+    """Split assignments of an earlier run's manifest, when it split the same folder the same way."""
+    same_root = manifest.get("train_dir") == str(Path(data_cfg.train_dir).resolve())
+    if not same_root or manifest.get("val_dir") is not None or data_cfg.val_dir is not None:
+        return {}
+    if manifest.get("val_split") != data_cfg.val_split:
+        return {}
+    return {f["path"]: f["split"] for f in manifest.get("files", []) if f.get("source") == "train_dir"}

@@ -1,0 +1,91 @@
+"""Devices and numeric precision.
+
+``select_precision`` is a pure function of the config and the GPUs found, so its choice is tested on CPU machines.
+``setup_devices`` applies the GPU choice, memory growth and the Keras dtype policy for the active backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from vgg_cli.errors import ConfigError
+
+# float16 tensor cores arrived with Volta (compute capability 7.0).
+MIN_MIXED_CC = (7, 0)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    compute_capability: tuple[int, int] | None
+
+
+@dataclass
+class DeviceInfo:
+    backend: str
+    gpus: list[dict] = field(default_factory=list)
+    precision: str = "float32"
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_precision(mode: str, gpus: list[Gpu]) -> tuple[str, str]:
+    """(Keras dtype policy, reason) for ``train.mixed_precision`` = auto|on|off."""
+    if mode == "off":
+        return "float32", "mixed_precision=off"
+    if mode == "on":
+        if not gpus:
+            return "mixed_float16", "mixed_precision=on without a GPU: float16 on CPU is slow and gives no speed-up"
+        return "mixed_float16", "mixed_precision=on"
+    if not gpus:
+        return "float32", "no GPU: float32"
+    weak = [g for g in gpus if g.compute_capability is None or tuple(g.compute_capability) < MIN_MIXED_CC]
+    if weak:
+        return "float32", f"GPU {weak[0].name} has compute capability {weak[0].compute_capability} < 7.0: float32"
+    return "mixed_float16", "GPU with compute capability >= 7.0: mixed_float16"
+
+
+def _tf_gpus(requested: list[int] | None) -> list[Gpu]:
+    import tensorflow as tf
+
+    physical = tf.config.list_physical_devices("GPU")
+    if requested is not None:
+        bad = [i for i in requested if i >= len(physical)]
+        if bad:
+            raise ConfigError(f"train.gpus {requested} names GPU(s) {bad} but {len(physical)} GPU(s) are visible; "
+                              f"use indices 0..{max(len(physical) - 1, 0)} or train.gpus=null")
+        physical = [physical[i] for i in requested]
+        try:
+            tf.config.set_visible_devices(physical, "GPU")
+        except RuntimeError as e:  # devices already initialised in this process
+            raise ConfigError(f"train.gpus could not be applied ({e}); set CUDA_VISIBLE_DEVICES instead") from None
+    out = []
+    for dev in physical:
+        try:
+            tf.config.experimental.set_memory_growth(dev, True)
+        except RuntimeError:
+            pass  # already initialised (e.g. a second run in the same process): growth was set the first time
+        details = tf.config.experimental.get_device_details(dev)
+        cc = details.get("compute_capability")
+        out.append(Gpu(details.get("device_name", dev.name), tuple(cc) if cc else None))
+    return out
+
+
+def setup_devices(train_cfg) -> DeviceInfo:
+    """Choose GPUs, enable memory growth and set the global Keras dtype policy."""
+    import keras
+
+    backend = keras.backend.backend()
+    gpus: list[Gpu] = []
+    if backend == "tensorflow":
+        gpus = _tf_gpus(train_cfg.gpus)
+    elif train_cfg.gpus is not None:
+        raise ConfigError(f"train.gpus is only supported on the tensorflow backend (KERAS_BACKEND={backend}); "
+                          f"use CUDA_VISIBLE_DEVICES instead")
+    policy, note = select_precision(train_cfg.mixed_precision, gpus)
+    keras.mixed_precision.set_global_policy(policy)
+    return DeviceInfo(backend=backend,
+                      gpus=[{"name": g.name, "compute_capability": g.compute_capability} for g in gpus],
+                      precision=policy, note=note)

@@ -1,0 +1,51 @@
+"""The project's user-facing errors.
+
+Each carries a sysexits-style exit code; ``cli.main`` prints ``error: <message>`` on one line and exits
+with that code, without a traceback. Anything that is not a ``VggError`` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 64  # bad command line
+EXIT_DATA = 65  # bad data: too few classes, unreadable inputs
+EXIT_NOINPUT = 66  # a file or folder that must exist does not (dataset, run, weights)
+EXIT_INTERNAL = 70  # a bug: unexpected exception
+EXIT_IOERR = 74  # could not write an artifact (disk full, permissions)
+EXIT_TEMPFAIL = 75  # locked or interrupted; try again later
+EXIT_CONFIG = 78  # invalid configuration
+
+
+class VggError(Exception):
+    """A user-facing error: one line that names the thing, the bad value and the fix."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(VggError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(VggError):
+    exit_code = EXIT_CONFIG
+
+
+class DataError(VggError):
+    exit_code = EXIT_DATA
+
+
+class NoInputError(VggError):
+    exit_code = EXIT_NOINPUT
+
+
+class ArtifactIOError(VggError):
+    exit_code = EXIT_IOERR
+
+
+class LockedError(VggError):
+    exit_code = EXIT_TEMPFAIL

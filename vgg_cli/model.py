@@ -1,0 +1,287 @@
+"""The model: a keras.applications VGG backbone, its weights, freezing by conv block, and a new head.
+
+Keras APIs only (layers, ``keras.ops``), so the same code can run on Keras' JAX and PyTorch backends. The saved
+model takes raw 0-255 RGB images: VGG preprocessing is a layer inside it, and a ``LabelNames`` layer carries
+the class names, so a single ``.keras`` file is enough to predict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from vgg_cli.errors import ConfigError, NoInputError
+
+ARCHS = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}
+# Conv layers per block (names block{b}_conv{i}); both archs have 5 blocks ending in block{b}_pool.
+BLOCK_CONVS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+_GCS = "https://storage.googleapis.com/tensorflow/keras-applications"
+# Exactly what keras.applications downloads for include_top=False (file name, URL, md5).
+IMAGENET_NOTOP = {
+    "vgg16": ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              f"{_GCS}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              "6d6bbae143d832006294945121d1f1fc"),
+    "vgg19": ("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              f"{_GCS}/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              "253f8cb515780f3b799900260a226db6"),
+}
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="vgg_cli")
+class VGGPreprocess(layers.Layer):
+    """RGB 0..255 -> BGR minus the ImageNet mean: ``keras.applications.vgg16.preprocess_input`` as a layer."""
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        x = ops.flip(x, axis=-1)
+        return x - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="vgg_cli")
+class LabelNames(layers.Layer):
+    """Identity on the class probabilities; its config carries the class names in index order."""
+
+    def __init__(self, class_names: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = list(class_names)
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": self.class_names}
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+
+def keras_cache_file(arch: str) -> Path:
+    from keras.src.backend.config import keras_home  # where keras.utils.get_file caches by default
+
+    return Path(keras_home()) / "models" / IMAGENET_NOTOP[arch][0]
+
+
+def imagenet_weights_file(arch: str) -> str:
+    """Keras' own download-and-cache of the ImageNet (no-top) weights; one actionable line if it fails."""
+    fname, url, md5 = IMAGENET_NOTOP[arch]
+    cached = keras_cache_file(arch)
+    had_file = cached.is_file()
+    try:
+        return keras.utils.get_file(fname, url, cache_subdir="models", file_hash=md5)
+    except Exception as e:  # keras raises a bare Exception for URL/HTTP failures
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        state = (f"the cached file {str(cached)!r} is incomplete or corrupt (checksum mismatch) and re-downloading "
+                 f"failed ({reason})") if had_file else f"downloading {url} failed ({reason})"
+        raise NoInputError(
+            f"ImageNet weights for {arch} are not available: {state}. Fix: on a machine with internet, download "
+            f"{url} and copy it to {str(cached)!r} (md5 {md5}), or set model.weights=PATH to that file, or "
+            f"model.weights=none to start from random weights") from None
+
+
+def _decode(names) -> list[str]:
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _load_legacy_h5_by_name(backbone: keras.Model, path: Path) -> None:
+    """keras.applications .h5 layout (with or without the top): weights matched by layer name."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ConfigError(f"model.weights {str(path)!r} is not a readable HDF5 weights file ({e}); "
+                          f"check the file or download it again") from None
+    with f:
+        group = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in group.attrs:
+            raise ConfigError(f"model.weights {str(path)!r} is not a keras.applications .h5 weights file "
+                              f"(no layer_names); save weights as .weights.h5 or use a keras.applications file")
+        names = set(_decode(group.attrs["layer_names"]))
+        for layer in backbone.layers:
+            if not layer.weights:
+                continue
+            if layer.name not in names:
+                raise ConfigError(f"model.weights {str(path)!r} has no layer {layer.name!r}; is it a "
+                                  f"{backbone.name} weights file? Set model.arch to match the file")
+            lg = group[layer.name]
+            arrays = [np.asarray(lg[w]) for w in _decode(lg.attrs["weight_names"])]
+            expected = [tuple(w.shape) for w in layer.weights]
+            if [a.shape for a in arrays] != expected:
+                raise ConfigError(f"model.weights {str(path)!r}: layer {layer.name!r} has shapes "
+                                  f"{[a.shape for a in arrays]}, the {backbone.name} backbone needs {expected}; "
+                                  f"set model.arch to match the file")
+            layer.set_weights(arrays)
+
+
+def _copy_backbone_from_model(backbone: keras.Model, source: keras.Model, where: str) -> None:
+    src = next((l for l in source.layers if isinstance(l, keras.Model) and l.name in ARCHS), None)
+    if src is None:
+        raise ConfigError(f"model.weights {where} is not a model made by vgg (no vgg16/vgg19 backbone inside); "
+                          f"pass a run directory or .keras file from `vgg train`")
+    if src.name != backbone.name:
+        raise ConfigError(f"model.weights {where} has a {src.name} backbone but model.arch is {backbone.name}; "
+                          f"set model.arch={src.name}")
+    for layer in backbone.layers:
+        if layer.weights:
+            layer.set_weights(src.get_layer(layer.name).get_weights())
+
+
+def he_initialise(backbone: keras.Model) -> None:
+    """Re-draw conv kernels with He-normal init and zero the biases.
+
+    keras.applications builds VGG with Glorot-uniform kernels; with 13-16 ReLU convs and no batch norm the
+    activations then shrink layer by layer and a from-scratch VGG does not train at all. He init keeps their
+    scale, so ``weights: none`` gives a backbone that learns (and random features that are not all noise).
+    Draws come from Keras' seeded generator, so ``train.seed`` makes them repeatable.
+    """
+    init = keras.initializers.HeNormal()
+    for layer in backbone.layers:
+        if isinstance(layer, layers.Conv2D):
+            layer.kernel.assign(init(layer.kernel.shape))
+            layer.bias.assign(ops.zeros(layer.bias.shape))
+
+
+def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str:
+    """Initialise ``backbone`` in place from ``model.weights``; returns a description for the run summary."""
+    if weights == "none":
+        he_initialise(backbone)
+        return "random (He-normal)"
+    if weights == "imagenet":
+        path = imagenet_weights_file(arch)
+        try:
+            backbone.load_weights(path)
+        except (OSError, ValueError) as e:
+            raise NoInputError(f"ImageNet weights file {path!r} could not be loaded ({e}); delete it so Keras "
+                               f"downloads it again, or set model.weights=PATH") from None
+        return f"imagenet ({path})"
+    p = Path(weights)
+    if not p.exists():
+        raise NoInputError(f"model.weights {weights!r} not found; set model.weights to imagenet, none, a weights "
+                           f"file (.h5/.weights.h5), a .keras model or a run directory")
+    if p.is_dir():
+        from vgg_cli.runs import find_model_file
+
+        model_file = find_model_file(p)
+        _copy_backbone_from_model(backbone, load_model(model_file), repr(weights))
+        return f"run {p.resolve()} ({model_file.name})"
+    if p.name.endswith(".keras"):
+        _copy_backbone_from_model(backbone, load_model(p), repr(weights))
+        return f"model {p.resolve()}"
+    if p.name.endswith(".weights.h5"):
+        try:
+            backbone.load_weights(p)
+        except (ValueError, OSError, KeyError) as e:
+            raise ConfigError(f"model.weights {weights!r} does not fit the {arch} backbone ({str(e).splitlines()[0]}); "
+                              f"save it from a {arch} include_top=False model or set model.arch") from None
+        return f"file {p.resolve()}"
+    if p.suffix in (".h5", ".hdf5"):
+        _load_legacy_h5_by_name(backbone, p)
+        return f"file {p.resolve()}"
+    raise ConfigError(f"model.weights {weights!r} has an unknown type; use a .h5 or .weights.h5 weights file, "
+                      f"a .keras model or a run directory")
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def conv_layers_by_block(backbone: keras.Model) -> dict[int, list[layers.Layer]]:
+    out: dict[int, list[layers.Layer]] = {b: [] for b in range(1, 6)}
+    for layer in backbone.layers:
+        if isinstance(layer, layers.Conv2D):
+            out[int(layer.name[len("block"):].split("_")[0])].append(layer)
+    return out
+
+
+def apply_freeze(backbone: keras.Model, freeze_blocks: Sequence[int]) -> None:
+    """Conv layers of the blocks in ``freeze_blocks`` are frozen; all others are trainable."""
+    backbone.trainable = True
+    for block, convs in conv_layers_by_block(backbone).items():
+        for layer in convs:
+            layer.trainable = block not in freeze_blocks
+
+
+def build_backbone(arch: str, image_size: int) -> keras.Model:
+    return ARCHS[arch](include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+
+
+def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_weights: bool = True) -> tuple[keras.Model, str]:
+    """Backbone (+ weights) + freezing + head. Returns the model and where its backbone weights came from."""
+    backbone = build_backbone(model_cfg.arch, image_size)
+    source = load_backbone_weights(backbone, model_cfg.arch, model_cfg.weights) if load_weights else "not loaded"
+    apply_freeze(backbone, model_cfg.freeze_blocks)
+
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = VGGPreprocess(name="preprocess")(inputs)
+    x = backbone(x, training=False)
+    pool = {"flatten": layers.Flatten, "avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+    x = pool[model_cfg.head.pooling](name=f"head_{model_cfg.head.pooling}_pool")(x)
+    for i, units in enumerate(model_cfg.head.dense, start=1):
+        x = layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
+        if model_cfg.head.dropout > 0:
+            x = layers.Dropout(model_cfg.head.dropout, name=f"head_dropout{i}")(x)
+    x = layers.Dense(len(class_names), name="head_logits")(x)
+    x = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    outputs = LabelNames(class_names, dtype="float32", name="labels")(x)
+    return keras.Model(inputs, outputs, name=f"{model_cfg.arch}_classifier"), source
+
+
+def make_optimizer(opt_cfg):
+    lr, wd = opt_cfg.learning_rate, opt_cfg.weight_decay or None
+    if opt_cfg.name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
+    if opt_cfg.name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=opt_cfg.weight_decay)
+    if opt_cfg.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=opt_cfg.momentum, weight_decay=wd)
+    return keras.optimizers.RMSprop(learning_rate=lr, momentum=opt_cfg.momentum, weight_decay=wd)
+
+
+def compile_model(model: keras.Model, train_cfg, num_classes: int) -> None:
+    metrics: list = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if num_classes > 5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+    model.compile(optimizer=make_optimizer(train_cfg.optimizer),
+                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=metrics)
+
+
+# ------------------------------------------------------------------------------------------------ reading back
+
+
+def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
+    """Load a ``.keras`` model of this tool in Keras safe mode (no arbitrary code)."""
+    p = Path(path)
+    if not p.is_file():
+        raise NoInputError(f"model file {str(p)!r} not found; pass a .keras file from a vgg run")
+    try:
+        return keras.saving.load_model(p, compile=compile, safe_mode=True)
+    except (ValueError, OSError, TypeError) as e:
+        raise NoInputError(f"model file {str(p)!r} could not be loaded ({str(e).splitlines()[0]}); "
+                           f"is it a complete .keras file from vgg?") from None
+
+
+def class_names_of(model: keras.Model) -> list[str]:
+    try:
+        return list(model.get_layer("labels").class_names)
+    except ValueError:
+        return [str(i) for i in range(model.output_shape[-1])]
+
+
+def image_size_of(model: keras.Model) -> int:
+    return int(model.input_shape[1])
+
+
+def original_vgg(arch: str) -> keras.Model:
+    """The paper's network with its 1000-way ImageNet top (for ``vgg summary --original``), random weights."""
+    return ARCHS[arch](include_top=True, weights=None)

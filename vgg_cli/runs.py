@@ -1,0 +1,194 @@
+"""Run directories: paths, atomic writes and the ``latest`` pointer.
+
+Every artifact is written to a temporary file in the destination folder, flushed and fsynced, then renamed
+over the target with ``os.replace``, so a reader sees either the old file or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from vgg_cli.errors import ArtifactIOError, ConfigError, NoInputError
+
+LATEST = "latest"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _io_error(path: Path, e: OSError) -> ArtifactIOError:
+    why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return ArtifactIOError(f"could not write {str(path)!r}: {why}; free space or fix permissions and run again "
+                           f"(the previous version of the file is intact)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _io_error(path, e) from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise _io_error(path, e) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_with(path: Path, writer: Callable[[Path], None], suffix: str = "") -> None:
+    """Atomic write through a function that writes to a path (e.g. ``model.save``)."""
+    with atomic_path(path, suffix=suffix) as tmp:
+        writer(tmp)
+
+
+def point(link: Path, target_name: str) -> None:
+    """Atomically make ``link`` a relative symlink to ``target_name`` (a sibling folder)."""
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(target_name, tmp)
+        os.replace(tmp, link)
+        _fsync_dir(link.parent)
+    except OSError as e:
+        raise _io_error(link, e) from None
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def classes(self) -> Path:
+        return self.root / "classes.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def best(self) -> Path:
+        return self.model_dir / "best.keras"
+
+    @property
+    def last(self) -> Path:
+        return self.model_dir / "last.keras"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+
+def new_run_dir(runs_dir: Path, name: str | None, dataset_name: str) -> RunPaths:
+    """Create a fresh run directory. An explicit name that exists is an error; generated names get -2, -3…"""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _io_error(runs_dir, e) from None
+    if name is not None:
+        root = runs_dir / name
+        try:
+            root.mkdir()
+        except FileExistsError:
+            raise ConfigError(f"run directory {str(root)!r} already exists; choose another output.name or "
+                              f"set output.name=null for a timestamped one") from None
+        except OSError as e:
+            raise _io_error(root, e) from None
+        return RunPaths(root)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset_name).strip("._") or "run"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+    for i in range(1, 1000):
+        root = runs_dir / (base if i == 1 else f"{base}-{i}")
+        try:
+            root.mkdir()
+            return RunPaths(root)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise _io_error(root, e) from None
+    raise ArtifactIOError(f"could not create a new run directory under {str(runs_dir)!r}; too many runs named {base!r}")
+
+
+def find_model_file(run_dir: Path) -> Path:
+    """The model a finished (or interrupted) run offers: best.keras, else last.keras."""
+    paths = RunPaths(run_dir)
+    for candidate in (paths.best, paths.last):
+        if candidate.is_file():
+            return candidate
+    raise NoInputError(f"run directory {str(run_dir)!r} has no model/best.keras or model/last.keras; "
+                       f"pass a finished run with --run or a model file with --model")
+
+
+def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
+    """``--run`` argument (a folder, or a name inside the runs dir) or the default ``runs/latest``."""
+    if run is None:
+        link = runs_dir / LATEST
+        if not link.exists():
+            raise NoInputError(f"no trained run found at {str(link)!r}; train one with `vgg train` or pass "
+                               f"--run DIR / --model FILE")
+        return link.resolve()
+    p = Path(os.path.expanduser(str(run)))
+    if p.is_dir():
+        return p.resolve()
+    if (runs_dir / str(run)).is_dir():
+        return (runs_dir / str(run)).resolve()
+    raise NoInputError(f"run {str(run)!r} not found (looked for the folder {str(p)!r} and {str(runs_dir / str(run))!r}); "
+                       f"list your runs with `ls {runs_dir}`")
