@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square", "triangle")
+TEXTURES = ("checks", "dots", "stripes", "waves")
 
 
 def draw(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -46,20 +47,50 @@ def draw(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(0.6))
 
 
+def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    while True:
+        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        if np.abs(a - b).sum() > 180:
+            return a.astype(np.float64), b.astype(np.float64)
+
+
+def texture(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """A random-coloured texture: the class is the pattern, never the colour, scale, angle or phase."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    angle = rng.uniform(0, math.pi)
+    period = rng.uniform(0.16, 0.3) * size
+    u = (xx * math.cos(angle) + yy * math.sin(angle)) / period + rng.uniform(0, 1)
+    v = (-xx * math.sin(angle) + yy * math.cos(angle)) / period + rng.uniform(0, 1)
+    if kind == "stripes":
+        mask = (np.floor(2 * u) % 2).astype(np.float64)
+    elif kind == "checks":
+        mask = ((np.floor(u) + np.floor(v)) % 2).astype(np.float64)
+    elif kind == "dots":
+        mask = ((((u % 1) - 0.5) ** 2 + ((v % 1) - 0.5) ** 2) < rng.uniform(0.06, 0.1)).astype(np.float64)
+    else:  # waves: smooth sinusoidal bands
+        mask = 0.5 + 0.5 * np.sin(2 * math.pi * u + 1.5 * np.sin(2 * math.pi * v * 0.5))
+    a, b = _two_colours(rng)
+    arr = a * (1 - mask[..., None]) + b * mask[..., None] + rng.normal(0, 12, (size, size, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(0.5))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="folder to create (one subfolder per class)")
     ap.add_argument("--per-class", type=int, default=80)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kind", choices=["textures", "shapes"], default="textures",
+                    help="textures (default): 4 pattern classes; shapes: 3 shape classes (harder without ImageNet)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    for kind in CLASSES:
+    classes, make = (TEXTURES, texture) if args.kind == "textures" else (SHAPES, draw)
+    for kind in classes:
         folder = args.out / kind
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(args.per_class):
-            draw(kind, args.size, rng).save(folder / f"{kind}_{i:04d}.png")
-    print(f"wrote {args.per_class * len(CLASSES)} images in {len(CLASSES)} classes to {args.out}")
+            make(kind, args.size, rng).save(folder / f"{kind}_{i:04d}.png")
+    print(f"wrote {args.per_class * len(classes)} {args.kind} images in {len(classes)} classes to {args.out}")
 
 
 if __name__ == "__main__":

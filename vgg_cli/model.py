@@ -31,6 +31,7 @@ IMAGENET_NOTOP = {
               "253f8cb515780f3b799900260a226db6"),
 }
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+IMAGENET_PIXEL_STD = 57.4  # mean of the per-channel pixel std on ImageNet (58.4, 57.1, 57.4)
 
 
 @keras.saving.register_keras_serializable(package="vgg_cli")
@@ -143,13 +144,20 @@ def he_initialise(backbone: keras.Model) -> None:
 
     keras.applications builds VGG with Glorot-uniform kernels; with 13-16 ReLU convs and no batch norm the
     activations then shrink layer by layer and a from-scratch VGG does not train at all. He init keeps their
-    scale, so ``weights: none`` gives a backbone that learns (and random features that are not all noise).
-    Draws come from Keras' seeded generator, so ``train.seed`` makes them repeatable.
+    scale from layer to layer. The first conv is further divided by the spread of its input (VGG preprocessing
+    leaves pixels in about -124..152, std ~ 57 on ImageNet), so features start near unit scale instead of ~50x it
+    and a new head does not blow up in its first steps. Draws come from Keras' seeded generator, so ``train.seed``
+    makes them repeatable.
     """
     init = keras.initializers.HeNormal()
+    first = True
     for layer in backbone.layers:
         if isinstance(layer, layers.Conv2D):
-            layer.kernel.assign(init(layer.kernel.shape))
+            kernel = init(layer.kernel.shape)
+            if first:
+                kernel = kernel / IMAGENET_PIXEL_STD
+                first = False
+            layer.kernel.assign(kernel)
             layer.bias.assign(ops.zeros(layer.bias.shape))
 
 

@@ -182,6 +182,14 @@ def run_training(cfg: Config) -> TrainResult:
     t_scanned = time.perf_counter()
 
     keras.utils.set_random_seed(cfg.train.seed)
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(cfg, index, started, t_start, t_scanned)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
+
+
+def _train(cfg: Config, index: DatasetIndex, started: str, t_start: float, t_scanned: float) -> TrainResult:
     device = setup_devices(cfg.train)
     log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
     model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes)
