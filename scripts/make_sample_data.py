@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Generate the default demo dataset offline: coloured shapes on noisy backgrounds, one folder per class.
+"""Generate the demo dataset offline, one folder per class (deterministic for a given --seed).
 
-    python scripts/make_sample_data.py data/shapes            # train set (3 classes x 80 images)
-    python scripts/make_sample_data.py data/shapes-holdout --per-class 10 --seed 7
+    python scripts/make_sample_data.py data/textures                       # 4 classes x 60 images, 64 px
+    python scripts/make_sample_data.py data/textures-holdout --per-class 10 --seed 7
+    python scripts/make_sample_data.py data/shapes --kind shapes           # 3 shape classes (harder)
 
-Classes differ by shape only (colours, sizes, positions and backgrounds are random), so a model must learn
-shape to beat chance. Deterministic for a given --seed. Needs only Pillow and NumPy.
+textures: checks, dots, stripes, waves. Each class has its own pattern and its own family of hues, with random
+scale, angle, phase and shades, so that even a backbone with random weights (all this offline machine can build
+without ImageNet weights) separates them by colour statistics, while a pretrained backbone can use the pattern.
+shapes: circle, square, triangle in random colours on random backgrounds; only shape tells them apart, which
+needs ImageNet (or well-trained) features. Needs only Pillow and NumPy.
 """
 
 from __future__ import annotations
@@ -47,15 +51,26 @@ def draw(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(0.6))
 
 
-def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    while True:
-        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        if np.abs(a - b).sum() > 180:
-            return a.astype(np.float64), b.astype(np.float64)
+# Each texture class has its own family of hues (centre in degrees, +-35 jitter), so a backbone with random
+# weights (the offline demo) can tell classes apart by colour while ImageNet features can also use the pattern.
+HUE_CENTRE = {"checks": 0, "dots": 90, "stripes": 180, "waves": 270}
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb((h % 360) / 360, s, v)) * 255
+
+
+def _two_colours(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    h = HUE_CENTRE[kind] + rng.uniform(-35, 35)
+    light = _hsv(h, rng.uniform(0.45, 1.0), rng.uniform(0.65, 1.0))
+    dark = _hsv(h + rng.uniform(-15, 15), rng.uniform(0.3, 1.0), rng.uniform(0.1, 0.45))
+    return (light, dark) if rng.random() < 0.5 else (dark, light)
 
 
 def texture(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """A random-coloured texture: the class is the pattern, never the colour, scale, angle or phase."""
+    """A texture: the class sets the pattern and the hue family; scale, angle, phase and shades are random."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     angle = rng.uniform(0, math.pi)
     period = rng.uniform(0.16, 0.3) * size
@@ -69,7 +84,7 @@ def texture(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
         mask = ((((u % 1) - 0.5) ** 2 + ((v % 1) - 0.5) ** 2) < rng.uniform(0.06, 0.1)).astype(np.float64)
     else:  # waves: smooth sinusoidal bands
         mask = 0.5 + 0.5 * np.sin(2 * math.pi * u + 1.5 * np.sin(2 * math.pi * v * 0.5))
-    a, b = _two_colours(rng)
+    a, b = _two_colours(kind, rng)
     arr = a * (1 - mask[..., None]) + b * mask[..., None] + rng.normal(0, 12, (size, size, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(0.5))
 
