@@ -142,3 +142,13 @@ def test_version_and_usage_error_exit_codes():
     assert code == 0 and "vgg, version" in out
     code, _, err = run_cli(["train", "--no-such-flag"])
     assert code == 64 and "No such option" in err
+
+
+@pytest.mark.parametrize("text,expected", [("on", "on"), ("off", "off"), ("true", "on"), ("'on'", "on"),
+                                           ("auto", "auto")])
+def test_yaml_on_off_for_mixed_precision(tmp_path, text, expected):
+    # yaml.safe_load turns a bare on/off into a bool; both the override and a config file must still work
+    assert load_config(None, [f"train.mixed_precision={text}"]).train.mixed_precision == expected
+    f = tmp_path / "c.yaml"
+    f.write_text(f"train:\n  mixed_precision: {text}\n")
+    assert load_config(f).train.mixed_precision == expected

@@ -20,13 +20,14 @@ OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs
 
 def load_frameworks() -> None:
     """Import Keras (and its backend) once, keeping TensorFlow's native start-up chatter out of the terminal and
-    cron logs. Set TF_CPP_MIN_LOG_LEVEL yourself (e.g. 0) to see it."""
+    cron logs. TensorFlow 2.21 prints some of it even at TF_CPP_MIN_LOG_LEVEL=3, so fd 2 is closed off during the
+    import; set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see it."""
     if "keras" in sys.modules:
         return
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
         import keras  # noqa: F401
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.ERROR)
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)

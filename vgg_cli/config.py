@@ -105,6 +105,12 @@ class TrainConfig(_Section):
     mixed_precision: Literal["auto", "on", "off"]
     gpus: list[int] | None
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 (and so yaml.safe_load) reads a bare on/off as true/false.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("gpus")
     @classmethod
     def _gpus(cls, v: list[int] | None) -> list[int] | None:

@@ -110,6 +110,11 @@ def _load_legacy_h5_by_name(backbone: keras.Model, path: Path) -> None:
             raise ConfigError(f"model.weights {str(path)!r} is not a keras.applications .h5 weights file "
                               f"(no layer_names); save weights as .weights.h5 or use a keras.applications file")
         names = set(_decode(group.attrs["layer_names"]))
+        ours = {layer.name for layer in backbone.layers}
+        extra_convs = sorted(n for n in names if n.startswith("block") and "_conv" in n and n not in ours)
+        if extra_convs:  # e.g. a VGG19 file (block3_conv4...) given to a VGG16 backbone
+            raise ConfigError(f"model.weights {str(path)!r} has conv layers {extra_convs} that {backbone.name} "
+                              f"lacks; it is for another architecture: set model.arch to match the file")
         for layer in backbone.layers:
             if not layer.weights:
                 continue
@@ -159,6 +164,16 @@ def he_initialise(backbone: keras.Model) -> None:
                 first = False
             layer.kernel.assign(kernel)
             layer.bias.assign(ops.zeros(layer.bias.shape))
+
+
+def check_weights_available(model_cfg) -> None:
+    """Fail fast, before a long dataset scan: fetch (or find in Keras' cache) ImageNet weights, or check that a
+    weights PATH exists. Loading them into the backbone happens in ``build_model``."""
+    if model_cfg.weights == "imagenet":
+        imagenet_weights_file(model_cfg.arch)
+    elif model_cfg.weights != "none" and not Path(model_cfg.weights).exists():
+        raise NoInputError(f"model.weights {model_cfg.weights!r} not found; set model.weights to imagenet, none, a "
+                           f"weights file (.h5/.weights.h5), a .keras model or a run directory")
 
 
 def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str:

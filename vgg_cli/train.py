@@ -25,7 +25,7 @@ from vgg_cli import __version__
 from vgg_cli.config import Config
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, scan
 from vgg_cli.device import setup_devices
-from vgg_cli.model import build_model, compile_model
+from vgg_cli.model import build_model, check_weights_available, compile_model
 from vgg_cli.runs import LATEST, RunPaths, new_run_dir, point, write_json, write_text, write_with
 
 log = logging.getLogger("vgg")
@@ -177,6 +177,7 @@ def _log_scan(index: DatasetIndex) -> None:
 def run_training(cfg: Config) -> TrainResult:
     t_start = time.perf_counter()
     started = _now()
+    check_weights_available(cfg.model)
     index = scan(cfg.data, previous_splits=_previous_splits(cfg))
     _log_scan(index)
     t_scanned = time.perf_counter()
