@@ -192,7 +192,7 @@ def test_train_data_errors_exit_codes_and_leave_no_run(tmp_path):
     assert code == 66 and "data.train_dir" in err and err.count("\n") == 1
     (tmp_path / "one" / "only").mkdir(parents=True)
     colour_image(COLOURS["red"], np.random.default_rng(0)).save(tmp_path / "one" / "only" / "x.png")
-    code, _, err = run_cli(["train", f"data.train_dir={tmp_path / 'one'}", f"output.dir={runs}"])
+    code, _, err = run_cli(["train", f"data.train_dir={tmp_path / 'one'}", f"output.dir={runs}", "model.weights=none"])
     assert code == 65 and "at least 2 are needed" in err
     code, _, err = run_cli(["train", "train.epochs=0"])
     assert code == 78 and "train.epochs" in err

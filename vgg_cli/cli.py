@@ -47,10 +47,14 @@ def load_frameworks() -> None:
 
 def _setup_logging(verbose: bool) -> None:
     log = logging.getLogger("vgg")
-    if not log.handlers:
+    handler = next((h for h in log.handlers if getattr(h, "_vgg_console", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
+        handler._vgg_console = True
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
+    else:
+        handler.setStream(sys.stderr)  # the current stderr (it differs between in-process invocations)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
 

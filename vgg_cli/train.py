@@ -23,7 +23,7 @@ import keras
 
 from vgg_cli import __version__
 from vgg_cli.config import Config
-from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, scan
+from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
 from vgg_cli.device import setup_devices
 from vgg_cli.model import build_model, check_weights_available, compile_model
 from vgg_cli.runs import LATEST, RunPaths, new_run_dir, point, write_json, write_text, write_with
@@ -132,9 +132,23 @@ class ProgressBar(keras.callbacks.Callback):
             self.bar = None
 
 
-def _attach_log_file(path: Path) -> logging.Handler:
+class _EarlyLog(logging.Handler):
+    """Keeps the records logged before the run directory exists, so train.log tells the whole story."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _attach_log_file(path: Path, early: _EarlyLog) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.removeHandler(early)
+    for record in early.records:
+        handler.handle(record)
     log.addHandler(handler)
     return handler
 
@@ -177,20 +191,26 @@ def _log_scan(index: DatasetIndex) -> None:
 def run_training(cfg: Config) -> TrainResult:
     t_start = time.perf_counter()
     started = _now()
+    early = _EarlyLog()
+    log.addHandler(early)
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(cfg, early, started, t_start)
+    finally:
+        log.removeHandler(early)
+        keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
+
+
+def _train(cfg: Config, early: _EarlyLog, started: str, t_start: float) -> TrainResult:
+    require_dir(cfg.data.train_dir, "data.train_dir")  # cheap checks first, then weights, then the long scan
+    if cfg.data.val_dir is not None:
+        require_dir(cfg.data.val_dir, "data.val_dir")
     check_weights_available(cfg.model)
     index = scan(cfg.data, previous_splits=_previous_splits(cfg))
     _log_scan(index)
     t_scanned = time.perf_counter()
 
     keras.utils.set_random_seed(cfg.train.seed)
-    previous_policy = keras.mixed_precision.global_policy()
-    try:
-        return _train(cfg, index, started, t_start, t_scanned)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
-
-
-def _train(cfg: Config, index: DatasetIndex, started: str, t_start: float, t_scanned: float) -> TrainResult:
     device = setup_devices(cfg.train)
     log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
     model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes)
@@ -200,7 +220,7 @@ def _train(cfg: Config, index: DatasetIndex, started: str, t_start: float, t_sca
     t_built = time.perf_counter()
 
     paths = new_run_dir(Path(cfg.output.dir), cfg.output.name, Path(index.train_dir).name)
-    handler = _attach_log_file(paths.log)
+    handler = _attach_log_file(paths.log, early)
     try:
         log.info("run directory %s", paths.root)
         write_text(paths.config, cfg.to_yaml())

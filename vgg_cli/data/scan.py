@@ -142,7 +142,7 @@ def _check_all(paths: list[Path], size: int, desc: str) -> list[tuple[int, str] 
         return list(bar)
 
 
-def _require_dir(path: str, key: str) -> Path:
+def require_dir(path: str, key: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise NoInputError(f"{key} {path!r} does not exist; set {key}=FOLDER to a folder with one subfolder per class")
@@ -174,7 +174,7 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str):
 
 def scan(data_cfg, previous_splits: dict[str, str] | None = None) -> DatasetIndex:
     """Index ``data_cfg.train_dir`` (and ``val_dir``); ``previous_splits`` (relpath -> split) keeps old assignments."""
-    root = _require_dir(data_cfg.train_dir, "data.train_dir")
+    root = require_dir(data_cfg.train_dir, "data.train_dir")
     folders = _class_folders(root)
     excluded: list[dict[str, str]] = []
     if data_cfg.classes is not None:
@@ -240,7 +240,7 @@ def scan(data_cfg, previous_splits: dict[str, str] | None = None) -> DatasetInde
 
 
 def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skipped: list[dict[str, str]]) -> list[FileEntry]:
-    vroot = _require_dir(data_cfg.val_dir, "data.val_dir")
+    vroot = require_dir(data_cfg.val_dir, "data.val_dir")
     vfolders = _class_folders(vroot)
     for extra in (f for f in vfolders if f not in label_of):
         skipped.append({"path": f"val_dir:{extra}/", "reason": f"class {extra!r} is not a training class"})
