@@ -4,13 +4,8 @@
 #   scripts/demo.sh                (VENV=path to use another virtualenv; default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${VENV:-.venv}"
-PYTHON="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check .
+. scripts/_venv.sh
+install_vgg
 VGG="$VENV/bin/vgg"
 
 [ -d data/textures ] || "$VENV/bin/python" scripts/make_sample_data.py data/textures --per-class 60 --seed 0

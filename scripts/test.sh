@@ -4,13 +4,8 @@
 # Exits non-zero when any test fails, and also when pytest collects no tests (its exit code 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${VENV:-.venv}"
-PYTHON="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check '.[test]'
+. scripts/_venv.sh
+install_vgg test
 set +e
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
