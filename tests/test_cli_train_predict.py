@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,10 @@ def test_train_prints_only_the_run_dir_and_writes_every_artifact(trained_run):
     assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
     leftovers = [p.name for p in run.rglob("*") if ".tmp" in p.name]
     assert leftovers == []  # every artifact renamed into place
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for rel in ("config.yaml", "summary.json", "metrics.csv", "model/best.keras", "model/last.keras"):
+        assert stat.S_IMODE((run / rel).stat().st_mode) == 0o666 & ~umask, rel  # not mkstemp's 0600
     latest = trained_run["runs"] / "latest"
     assert latest.is_symlink() and latest.resolve() == run.resolve()
     assert not Path(str(latest.readlink())).is_absolute()  # relative: the runs folder can move
@@ -181,6 +190,35 @@ def test_predict_errors_are_one_line(tmp_path, trained_run):
     assert code == 66 and "run 'nope' not found" in err
     code, _, err = run_cli(["predict", str(img), "--run", "a", "--model", "b"])
     assert code == 64
+    code, out, err = run_cli(["predict", str(tmp_path / "gone.jpg"), "--runs-dir", str(trained_run["runs"])])
+    assert code == 66 and "ERROR: not found" in out  # every input missing: 66, not 65
+
+
+def test_ctrl_c_leaves_a_usable_run_and_says_so(tmp_path, colour_data):
+    """SIGINT after the first epoch: exit 75, one clear line, summary.json says interrupted, latest not moved."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vgg_cli", "train", f"data.train_dir={colour_data}",
+                             f"output.dir={runs}", "output.name=r", *TRAIN_ARGS, "train.epochs=200"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 1/200"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert proc.returncode == 75, err
+    assert out == "" and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: training interrupted after epoch ") and "last.keras" in last
+    run = runs / "r"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_run"] >= 1
+    assert (run / "model" / "last.keras").is_file() and (run / "model" / "best.keras").is_file()
+    assert not (runs / "latest").exists()
+    assert "interrupted" in (run / "train.log").read_text()
 
 
 # ------------------------------------------------------------------------------------------------ more training

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +133,8 @@ def test_help_and_config_show_do_not_import_tensorflow():
     assert "train" in out.stdout and "predict" in out.stdout
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["summary"], ["config"], ["config", "show"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["summary"], ["config"], ["config", "show"],
+                                 ["config", "defaults"]])
 def test_help_on_every_command(cmd):
     code, out, _ = run_cli([*cmd, "--help"])
     assert code == 0 and "Usage:" in out
@@ -140,8 +143,29 @@ def test_help_on_every_command(cmd):
 def test_version_and_usage_error_exit_codes():
     code, out, _ = run_cli(["--version"])
     assert code == 0 and "vgg, version" in out
-    code, _, err = run_cli(["train", "--no-such-flag"])
-    assert code == 64 and "No such option" in err
+    for args, needle in ((["train", "--no-such-flag"], "No such option '--no-such-flag'"),
+                         (["predict", "x.jpg", "--top-k", "0"], "--top-k"),
+                         (["predict", "x.jpg", "--format", "xml"], "'xml' is not one of"),
+                         (["predict", "x.jpg", "--run", "a", "--model", "b"], "either --run or --model")):
+        code, out, err = run_cli(args)
+        assert code == 64 and out == "", args
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err and "--help'" in err, err
+
+
+def test_config_defaults_prints_the_documented_file():
+    code, out, _ = run_cli(["config", "defaults"])
+    assert code == 0 and out == (ROOT / "configs" / "default.yaml").read_text()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("epochs=3", "did you mean 'train.epochs'?"),
+    ("train.optimizer.lr=0.1", "did you mean 'train.optimizer.learning_rate'?"),
+    ("imgsz=64", "did you mean 'data.image_size'?"),
+    ("train.epochs=", "= null (empty)"),
+])
+def test_more_helpful_key_messages(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(None, [override])
 
 
 @pytest.mark.parametrize("text,expected", [("on", "on"), ("off", "off"), ("true", "on"), ("'on'", "on"),

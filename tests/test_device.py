@@ -50,5 +50,6 @@ def test_setup_devices_on_this_cpu_machine(restore_policy):
 
 
 def test_asking_for_a_gpu_that_is_not_there_is_a_config_error(restore_policy):
-    with pytest.raises(ConfigError, match=r"train.gpus \[0\] names GPU\(s\) \[0\] but 0 GPU\(s\) are visible"):
+    with pytest.raises(ConfigError, match=r"train.gpus \[0\] names GPU\(s\) \[0\] but 0 GPU\(s\) are visible; "
+                                          r"set train.gpus=null to train on the CPU"):
         setup_devices(load_config(None, ["train.gpus=[0]"]).train)

@@ -138,8 +138,10 @@ def test_wrong_arch_weights_file_is_a_config_error(tmp_path):
 def test_weights_path_errors(tmp_path):
     with pytest.raises(NoInputError, match="not found"):
         build_model(model_cfg(weights=str(tmp_path / "nope.h5")), S, CLASSES)
+    with pytest.raises(NoInputError, match="did you mean model.weights=imagenet"):
+        build_model(model_cfg(weights="imagenett"), S, CLASSES)
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
-    with pytest.raises(ConfigError, match="not a readable HDF5"):
+    with pytest.raises(NoInputError, match="not a readable HDF5"):
         build_model(model_cfg(weights=str(tmp_path / "junk.h5")), S, CLASSES)
     (tmp_path / "w.txt").write_text("x")
     with pytest.raises(ConfigError, match="unknown type"):
@@ -191,12 +193,15 @@ def test_offline_imagenet_is_one_actionable_line(tmp_path, colour_data):
     r = _vgg(["train", f"data.train_dir={colour_data}", "data.image_size=32", f"output.dir={runs}"], env, tmp_path)
     assert r.returncode == 66, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ImageNet weights for vgg16 are not available"), r.stderr
     fname, url, md5 = IMAGENET_NOTOP["vgg16"]
+    # Keras' own "Downloading data from URL" notice (on stderr), then exactly one error line
+    assert lines[:-1] == [f"Downloading data from {url}"], r.stderr
+    assert lines[-1].startswith("error: ImageNet weights for vgg16 are not available"), r.stderr
     target = str(tmp_path / "keras_home" / "models" / fname)
     for needed in (url, target, md5, "model.weights=PATH", "model.weights=none"):
-        assert needed in lines[0]
+        assert needed in lines[-1]
     assert "Traceback" not in r.stderr
+    assert r.stdout == ""  # Keras' "Downloading data from ..." must not pollute `run=$(vgg train ...)`
     assert not runs.exists() or not any(runs.iterdir())  # nothing half-made
 
 
@@ -209,8 +214,9 @@ def test_truncated_imagenet_cache_file_is_explained(tmp_path, colour_data):
     r = _vgg(["train", f"data.train_dir={colour_data}", "data.image_size=32", "model.arch=vgg19",
               f"output.dir={tmp_path / 'runs'}"], env, tmp_path)
     assert r.returncode == 66
-    line = r.stderr.strip()
-    assert "\n" not in line and "incomplete or corrupt" in line and str(models / fname) in line
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and r.stderr.count("error:") == 1
+    assert "incomplete or corrupt" in line and str(models / fname) in line
 
 
 def test_summary_original_vgg16_has_paper_parameter_count():

@@ -6,6 +6,7 @@ TensorFlow/Keras are imported only inside the commands that need them, so ``vgg 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ import sys
 import click
 
 from vgg_cli import __version__
-from vgg_cli.errors import EXIT_DATA, EXIT_TEMPFAIL, EXIT_USAGE, VggError
+from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT, EXIT_TEMPFAIL, EXIT_USAGE, VggError
 
 OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs=3 (values parsed as YAML)."
 
@@ -69,6 +70,7 @@ def cli() -> None:
     vgg predict image.jpg                  label images with the newest run
     vgg summary                            show the model the config builds
     vgg config show                        print the resolved configuration
+    vgg config defaults > my.yaml          every key, documented; edit, then vgg train --config my.yaml
 
     Exit codes: 0 ok, 64 usage, 65 data, 66 missing input, 70 internal, 74 I/O, 75 interrupted, 78 config.
     """
@@ -78,7 +80,7 @@ config_option = click.option("--config", "-c", "config_path", type=click.Path(di
                              help="YAML file merged over the defaults (configs/default.yaml).")
 
 
-@cli.command()
+@cli.command(short_help="Train a classifier on a folder of images.")
 @config_option
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("-v", "--verbose", is_flag=True, help="More log output.")
@@ -86,6 +88,10 @@ def train(config_path: str | None, overrides: tuple[str, ...], verbose: bool) ->
     """Train a classifier on a folder dataset and write a run directory.
 
     \b
+    KEY=VALUE arguments override the config, e.g.
+      vgg train data.train_dir=~/photos train.epochs=3 model.freeze_blocks=[1,2,3]
+    Values are YAML. Every key, with its meaning: `vgg config defaults`.
+
     Prints the run directory on stdout; progress and logs go to stderr.
     """
     from vgg_cli.config import load_config
@@ -95,12 +101,14 @@ def train(config_path: str | None, overrides: tuple[str, ...], verbose: bool) ->
     load_frameworks()
     from vgg_cli.train import run_training
 
-    result = run_training(cfg)
+    # stdout carries only the run directory (run=$(vgg train ...)); anything a library prints goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_training(cfg)
     click.echo(str(result.run_dir))
     return 0
 
 
-@cli.command()
+@cli.command(short_help="Label images with a trained model.")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
 @click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: <runs-dir>/latest.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False), help="A .keras model file instead of a run.")
@@ -118,7 +126,7 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
     """
     if run is not None and model_file is not None:
         raise click.UsageError("give either --run or --model, not both")
-    from vgg_cli.predict import expand_inputs, resolve_model_file
+    from vgg_cli.predict import NOT_FOUND, expand_inputs, resolve_model_file
 
     files = expand_inputs(inputs)
     if not files:
@@ -132,14 +140,16 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
 
     results = predict_files(load_model(path), files, top_k, batch_size)
     click.echo(format_results(results, fmt, top_k), nl=False)
-    failed = sum(r.error is not None for r in results)
+    failed = [r for r in results if r.error is not None]
     if failed:
-        click.echo(f"error: {failed} of {len(results)} input(s) could not be read (see their rows)", err=True)
+        click.echo(f"error: {len(failed)} of {len(results)} input(s) could not be read (see their rows)", err=True)
+        if len(failed) == len(results) and all(r.error == NOT_FOUND for r in failed):
+            return EXIT_NOINPUT
         return EXIT_DATA
     return 0
 
 
-@cli.command()
+@cli.command(short_help="Show the model's layers, parameters and frozen blocks.")
 @config_option
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--original", type=click.Choice(["vgg16", "vgg19"]),
@@ -183,7 +193,20 @@ def config_group() -> None:
     """Inspect the configuration."""
 
 
-@config_group.command("show")
+@config_group.command("defaults", short_help="Print the documented default config (to copy and edit).")
+def config_defaults() -> int:
+    """Print configs/default.yaml with its comments: every key, its type and meaning.
+
+    \b
+    vgg config defaults > my.yaml     # edit, keep only what you change, then: vgg train --config my.yaml
+    """
+    from importlib import resources
+
+    click.echo(resources.files("vgg_cli").joinpath("default.yaml").read_text(encoding="utf-8"), nl=False)
+    return 0
+
+
+@config_group.command("show", short_help="Print the resolved configuration as YAML.")
 @config_option
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def config_show(config_path: str | None, overrides: tuple[str, ...]) -> int:
@@ -202,16 +225,17 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(e.ctx.get_help())
         sys.exit(0)
     except click.UsageError as e:
-        e.show()
+        where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else "; see 'vgg --help'"
+        click.echo(f"error: {e.format_message().rstrip('.')}{where}", err=True)
         sys.exit(EXIT_USAGE)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
+    except click.Abort as e:  # Click turns Ctrl-C outside our own handling into Abort
+        what = "interrupted" if isinstance(e.__context__, KeyboardInterrupt) else "aborted"
+        click.echo(f"error: {what}", err=True)
         sys.exit(EXIT_TEMPFAIL)
     except VggError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        click.echo("error: interrupted; model/last.keras in the run directory holds the last finished epoch",
-                   err=True)
+        click.echo("error: interrupted", err=True)
         sys.exit(EXIT_TEMPFAIL)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -176,8 +176,34 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            out += _dotted_keys(v, f"{prefix}{k}.")
+    return out
+
+
+# Names people carry over from other tools.
+_ALIASES = {"lr": "learning_rate", "bs": "batch_size", "batch": "batch_size", "img_size": "image_size",
+            "imgsz": "image_size", "size": "image_size", "epoch": "epochs", "freeze": "freeze_blocks",
+            "backbone": "arch", "patience": "early_stopping_patience", "data_dir": "train_dir"}
+
+
 def _suggest(key: str, choices: list[str]) -> str:
+    head, _, leaf = key.rpartition(".")
+    alias = _ALIASES.get(leaf)
+    if alias is not None:
+        key = f"{head}.{alias}" if head else alias
+        if key in choices:
+            return f" (did you mean {key!r}?)"
     close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    if not close:  # a key given in the wrong section, e.g. epochs=3 for train.epochs=3
+        everywhere = _dotted_keys(default_dict())
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf]
+        close = close or difflib.get_close_matches(key, everywhere, n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(sorted(choices))}"
 
 
@@ -227,7 +253,8 @@ def _format_validation(err: ValidationError, sources: dict[str, str]) -> str:
     bad = first.get("input")
     src = sources.get(loc, "the defaults")
     more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    return (f"config key {loc!r} = {bad!r} from {src} is invalid: {msg}; set a valid value with "
+    shown = "null (empty)" if bad is None else repr(bad)
+    return (f"config key {loc!r} = {shown} from {src} is invalid: {msg}; set a valid value with "
             f"{loc}=... or in your --config file{more}")
 
 

@@ -54,8 +54,10 @@ def _tf_gpus(requested: list[int] | None) -> list[Gpu]:
     if requested is not None:
         bad = [i for i in requested if i >= len(physical)]
         if bad:
+            fix = (f"use indices 0..{len(physical) - 1} or train.gpus=null" if physical else
+                   "set train.gpus=null to train on the CPU (check CUDA_VISIBLE_DEVICES and the CUDA install)")
             raise ConfigError(f"train.gpus {requested} names GPU(s) {bad} but {len(physical)} GPU(s) are visible; "
-                              f"use indices 0..{max(len(physical) - 1, 0)} or train.gpus=null")
+                              f"{fix}")
         physical = [physical[i] for i in requested]
         try:
             tf.config.set_visible_devices(physical, "GPU")

@@ -49,3 +49,7 @@ class ArtifactIOError(VggError):
 
 class LockedError(VggError):
     exit_code = EXIT_TEMPFAIL
+
+
+class InterruptedRun(VggError):
+    exit_code = EXIT_TEMPFAIL

@@ -102,13 +102,13 @@ def _load_legacy_h5_by_name(backbone: keras.Model, path: Path) -> None:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ConfigError(f"model.weights {str(path)!r} is not a readable HDF5 weights file ({e}); "
-                          f"check the file or download it again") from None
+        raise NoInputError(f"model.weights {str(path)!r} is not a readable HDF5 weights file ({e}); "
+                           f"check the file or download it again") from None
     with f:
         group = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in group.attrs:
-            raise ConfigError(f"model.weights {str(path)!r} is not a keras.applications .h5 weights file "
-                              f"(no layer_names); save weights as .weights.h5 or use a keras.applications file")
+            raise NoInputError(f"model.weights {str(path)!r} is not a keras.applications .h5 weights file "
+                               f"(no layer_names); save weights as .weights.h5 or use a keras.applications file")
         names = set(_decode(group.attrs["layer_names"]))
         ours = {layer.name for layer in backbone.layers}
         extra_convs = sorted(n for n in names if n.startswith("block") and "_conv" in n and n not in ours)
@@ -172,8 +172,16 @@ def check_weights_available(model_cfg) -> None:
     if model_cfg.weights == "imagenet":
         imagenet_weights_file(model_cfg.arch)
     elif model_cfg.weights != "none" and not Path(model_cfg.weights).exists():
-        raise NoInputError(f"model.weights {model_cfg.weights!r} not found; set model.weights to imagenet, none, a "
-                           f"weights file (.h5/.weights.h5), a .keras model or a run directory")
+        raise _weights_not_found(model_cfg.weights)
+
+
+def _weights_not_found(weights: str) -> NoInputError:
+    import difflib
+
+    close = difflib.get_close_matches(weights, ["imagenet", "none"], n=1, cutoff=0.7)
+    hint = f"did you mean model.weights={close[0]}? Otherwise " if close else ""
+    return NoInputError(f"model.weights {weights!r} not found; {hint}set model.weights to imagenet, none, a "
+                        f"weights file (.h5/.weights.h5), a .keras model or a run directory")
 
 
 def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str:
@@ -191,8 +199,7 @@ def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str
         return f"imagenet ({path})"
     p = Path(weights)
     if not p.exists():
-        raise NoInputError(f"model.weights {weights!r} not found; set model.weights to imagenet, none, a weights "
-                           f"file (.h5/.weights.h5), a .keras model or a run directory")
+        raise _weights_not_found(weights)
     if p.is_dir():
         from vgg_cli.runs import find_model_file
 

@@ -47,9 +47,12 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     return out
 
 
+NOT_FOUND = "not found"
+
+
 def _load(path: str, size: int) -> np.ndarray | str:
     if not os.path.lexists(path):
-        return "not found"
+        return NOT_FOUND
     try:
         return load_image(path, size)
     except BadImage as e:

@@ -21,6 +21,16 @@ from vgg_cli.errors import ArtifactIOError, ConfigError, NoInputError
 LATEST = "latest"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; artifacts get the permissions a plain open() would give (0644 under umask 022).
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -43,6 +53,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)
         os.close(fd)
     except OSError as e:
         raise _io_error(path, e) from None
@@ -137,6 +148,17 @@ class RunPaths:
         return self.root / "train.log"
 
 
+def check_run_name_free(runs_dir: Path, name: str | None) -> None:
+    """Refuse an explicit output.name that is taken, before any work is done (new_run_dir checks again)."""
+    if name is not None and (runs_dir / name).exists():
+        raise _name_taken(runs_dir / name)
+
+
+def _name_taken(root: Path) -> ConfigError:
+    return ConfigError(f"run directory {str(root)!r} already exists; choose another output.name or "
+                       f"set output.name=null for a timestamped one")
+
+
 def new_run_dir(runs_dir: Path, name: str | None, dataset_name: str) -> RunPaths:
     """Create a fresh run directory. An explicit name that exists is an error; generated names get -2, -3…"""
     try:
@@ -148,8 +170,7 @@ def new_run_dir(runs_dir: Path, name: str | None, dataset_name: str) -> RunPaths
         try:
             root.mkdir()
         except FileExistsError:
-            raise ConfigError(f"run directory {str(root)!r} already exists; choose another output.name or "
-                              f"set output.name=null for a timestamped one") from None
+            raise _name_taken(root) from None
         except OSError as e:
             raise _io_error(root, e) from None
         return RunPaths(root)

@@ -26,7 +26,9 @@ from vgg_cli.config import Config
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
 from vgg_cli.device import setup_devices
 from vgg_cli.model import build_model, check_weights_available, compile_model
-from vgg_cli.runs import LATEST, RunPaths, new_run_dir, point, write_json, write_text, write_with
+from vgg_cli.errors import InterruptedRun
+from vgg_cli.runs import (LATEST, RunPaths, check_run_name_free, new_run_dir, point, write_json, write_text,
+                          write_with)
 
 log = logging.getLogger("vgg")
 
@@ -202,16 +204,18 @@ def run_training(cfg: Config) -> TrainResult:
 
 
 def _train(cfg: Config, early: _EarlyLog, started: str, t_start: float) -> TrainResult:
-    require_dir(cfg.data.train_dir, "data.train_dir")  # cheap checks first, then weights, then the long scan
+    # Cheap checks first (paths, run name, GPUs), then weights (maybe a download), then the long scan.
+    require_dir(cfg.data.train_dir, "data.train_dir")
     if cfg.data.val_dir is not None:
         require_dir(cfg.data.val_dir, "data.val_dir")
+    check_run_name_free(Path(cfg.output.dir), cfg.output.name)
+    device = setup_devices(cfg.train)
     check_weights_available(cfg.model)
     index = scan(cfg.data, previous_splits=_previous_splits(cfg))
     _log_scan(index)
     t_scanned = time.perf_counter()
 
     keras.utils.set_random_seed(cfg.train.seed)
-    device = setup_devices(cfg.train)
     log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
     model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes)
     compile_model(model, cfg.train, len(index.classes))
@@ -231,6 +235,8 @@ def _train(cfg: Config, early: _EarlyLog, started: str, t_start: float) -> Train
         summary["timings"].update(scan_s=round(t_scanned - t_start, 2), build_s=round(t_built - t_scanned, 2),
                                   total_s=round(time.perf_counter() - t_start, 2))
         write_json(paths.summary, summary)
+        if summary["status"] == "interrupted":
+            raise _interrupted(paths, summary)
         point(paths.root.parent / LATEST, paths.root.name)
         b = summary["best"]
         log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
@@ -239,6 +245,17 @@ def _train(cfg: Config, early: _EarlyLog, started: str, t_start: float) -> Train
         log.removeHandler(handler)
         handler.close()
     return TrainResult(paths.root, summary)
+
+
+def _interrupted(paths: RunPaths, summary: dict) -> InterruptedRun:
+    done = summary["epochs_run"]
+    if done == 0:
+        text = f"training interrupted before the first epoch finished; {paths.root} has no model"
+    else:
+        text = (f"training interrupted after epoch {done}; {paths.last} holds epoch {done} and {paths.best} "
+                f"epoch {summary['best']['epoch']}; {LATEST} was not moved to this run")
+    log.warning(text)
+    return InterruptedRun(text)
 
 
 def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device, weights_source: str) -> dict:
@@ -264,17 +281,25 @@ def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, 
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), write_graph=False,
                                                      profile_batch=0))
     t0 = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
-              shuffle=False, verbose=0)  # the tf.data pipeline shuffles
+    interrupted = False
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
+                  shuffle=False, verbose=0)  # the tf.data pipeline shuffles
+    except KeyboardInterrupt:
+        interrupted = True  # finished epochs are on disk (atomic writes); record how far the run got
     train_s = time.perf_counter() - t0
     rows = recorder.rows
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    if interrupted:
+        status = "interrupted"
+    else:
+        status = "early_stopped" if len(rows) < cfg.train.epochs else "finished"
     return {
-        "status": "early_stopped" if len(rows) < cfg.train.epochs else "finished",
+        "status": status,
         "epochs_run": len(rows),
         "monitor": monitor.name,
         "best": recorder.best,
-        "final": rows[-1],
+        "final": rows[-1] if rows else None,
         "classes": index.classes,
         "counts": index.counts(),
         "images": {"train": len(train_paths), "val": len(val_paths), "skipped": len(index.skipped)},
@@ -282,7 +307,8 @@ def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, 
         "weights": weights_source,
         "params": {"total": int(model.count_params()), "trainable": trainable},
         "timings": {"train_s": round(train_s, 2),
-                    "images_per_sec": round(len(train_paths) * len(rows) / train_s, 2) if train_s > 0 else None},
+                    "images_per_sec": round(len(train_paths) * len(rows) / train_s, 2) if train_s > 0 and rows
+                    else None},
         "device": device.to_dict(),
         "versions": _versions(),
     }
