@@ -83,8 +83,14 @@ config_option = click.option("--config", "-c", "config_path", type=click.Path(di
 @cli.command(short_help="Train a classifier on a folder of images.")
 @config_option
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN]",
+              help="Continue an unfinished run (default: the newest one in output.dir) from its last epoch.")
+@click.option("--if-changed", is_flag=True,
+              help="Do nothing (exit 0) when the dataset and config equal those of runs/latest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary line on stdout instead of the run dir.")
 @click.option("-v", "--verbose", is_flag=True, help="More log output.")
-def train(config_path: str | None, overrides: tuple[str, ...], verbose: bool) -> int:
+def train(config_path: str | None, overrides: tuple[str, ...], resume: str | None, if_changed: bool, as_json: bool,
+          verbose: bool) -> int:
     """Train a classifier on a folder dataset and write a run directory.
 
     \b
@@ -92,20 +98,68 @@ def train(config_path: str | None, overrides: tuple[str, ...], verbose: bool) ->
       vgg train data.train_dir=~/photos train.epochs=3 model.freeze_blocks=[1,2,3]
     Values are YAML. Every key, with its meaning: `vgg config defaults`.
 
-    Prints the run directory on stdout; progress and logs go to stderr.
+    \b
+    For cron: one run at a time per output.dir (a second exits 75 at once); --if-changed skips unchanged data;
+    a run stopped by SIGINT/SIGTERM/SIGKILL continues with --resume.
+
+    Prints the run directory on stdout (or, with --json, one summary line); progress and logs go to stderr.
     """
     from vgg_cli.config import load_config
 
-    cfg = load_config(config_path, overrides)
-    _setup_logging(verbose)
-    load_frameworks()
-    from vgg_cli.train import run_training
+    command = "vgg train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "vgg train"
+    try:
+        cfg = load_config(config_path, overrides)
+        if resume is not None and if_changed:
+            raise click.UsageError("--resume and --if-changed do not go together")
+        if resume is not None and any(not o.startswith("output.dir=") for o in overrides):
+            raise click.UsageError("--resume continues a run with its own config.yaml; drop the KEY=VALUE "
+                                   "overrides (only output.dir=..., where to look, is allowed)")
+        _setup_logging(verbose)
+        load_frameworks()
+        from vgg_cli import train as t
 
-    # stdout carries only the run directory (run=$(vgg train ...)); anything a library prints goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = run_training(cfg)
-    click.echo(str(result.run_dir))
+        # stdout carries only the result; anything a library prints goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            if resume is not None:
+                run_dir = _resume_target(resume, cfg.output.dir)
+                result = t.resume_training(run_dir, command)
+            else:
+                result = t.run_training(cfg, if_changed=if_changed, command=command)
+    except VggError as e:
+        if as_json:
+            _echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
+        raise
+    if as_json:
+        s = result.summary
+        _echo_json({"status": result.status, "exit_code": 0, "run": str(result.run_dir.resolve()),
+                    "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
+                    "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
+                    "fingerprint": s.get("fingerprint")})
+    else:
+        click.echo(str(result.run_dir))
     return 0
+
+
+def _resume_target(resume: str, runs_dir: str):
+    from pathlib import Path
+
+    from vgg_cli import train as t
+    from vgg_cli.errors import NoInputError
+
+    if resume == "":
+        return t.find_resumable(Path(runs_dir))
+    p = Path(os.path.expanduser(resume))
+    if p.is_dir():
+        return p.resolve()
+    if (Path(runs_dir) / resume).is_dir():
+        return (Path(runs_dir) / resume).resolve()
+    raise NoInputError(f"--resume {resume!r}: no such run directory (looked in {runs_dir!r} too)")
+
+
+def _echo_json(obj: dict) -> None:
+    import json
+
+    click.echo(json.dumps(obj, ensure_ascii=False, default=str))
 
 
 @cli.command(short_help="Label images with a trained model.")

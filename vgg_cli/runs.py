@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from vgg_cli.errors import ArtifactIOError, ConfigError, NoInputError
+from vgg_cli.errors import ArtifactIOError, ConfigError, LockedError, NoInputError
 
 LATEST = "latest"
 
@@ -90,6 +93,28 @@ def write_with(path: Path, writer: Callable[[Path], None], suffix: str = "") -> 
         writer(tmp)
 
 
+def place_copy(source: Path, target: Path) -> None:
+    """Atomically make ``target`` a copy of ``source``: a hard link when possible (free), else a real copy."""
+    tmp = target.parent / f".{target.name}.{os.getpid()}.link"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+
+        write_with(target, lambda t: shutil.copyfile(source, t), suffix=target.suffix)
+        return
+    try:
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _io_error(target, e) from None
+
+
 def point(link: Path, target_name: str) -> None:
     """Atomically make ``link`` a relative symlink to ``target_name`` (a sibling folder)."""
     tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
@@ -146,6 +171,18 @@ class RunPaths:
     @property
     def log(self) -> Path:
         return self.root / "train.log"
+
+    @property
+    def state(self) -> Path:
+        """The commit point of training progress: the last completed epoch and its checkpoint."""
+        return self.root / "state.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.model_dir / "checkpoints"
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch-{epoch:04d}.keras"
 
 
 def check_run_name_free(runs_dir: Path, name: str | None) -> None:
@@ -213,3 +250,54 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
         return (runs_dir / str(run)).resolve()
     raise NoInputError(f"run {str(run)!r} not found (looked for the folder {str(p)!r} and {str(runs_dir / str(run))!r}); "
                        f"list your runs with `ls {runs_dir}`")
+
+
+# ------------------------------------------------------------------------------------------------ lock
+
+LOCK_FILE = ".lock"
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return (f"pid {info['pid']} on {info['host']}, started {info['started']}"
+                f"{', ' + info['command'] if info.get('command') else ''}")
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+@contextlib.contextmanager
+def runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
+    """Hold the exclusive lock of a runs directory (``<runs>/.lock``) for one training run.
+
+    An advisory ``flock``: the kernel releases it when the holder exits, however it dies (even SIGKILL), so a
+    lock left by a dead process is reclaimed by simply taking it. The file names the holder (pid, host, start
+    time) for the message a second run gets; it is emptied on a clean release, so content found when taking the
+    lock means the previous holder died, which is reported. Yields that stale holder's description, or None.
+    """
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(runs_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _io_error(runs_dir / LOCK_FILE, e) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            raise LockedError(f"another vgg run holds the lock on {str(runs_dir)!r} ({holder}); wait for it to "
+                              f"finish, or use another output.dir") from None
+        previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        stale = _describe_holder(previous) if previous else None
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or " ".join(sys.argv[:1])}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        os.fsync(fd)
+        try:
+            yield stale
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

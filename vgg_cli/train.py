@@ -1,18 +1,19 @@
-"""One training run: scan -> model -> fit -> run directory.
+"""A training run: scan -> model -> fit -> run directory; and resuming one.
 
 The config is read, never changed. Nothing is written until the dataset scan and the model build have
-succeeded, so a bad dataset or weights path leaves no half-made run behind.
+succeeded, so a bad dataset or weights path leaves no half-made run behind. One run at a time per runs
+directory (``runs/.lock``). Every epoch is committed as described in ``vgg_cli.checkpoints``, so a run killed at
+any moment can be resumed with ``vgg train --resume``. SIGINT/SIGTERM stop at the next batch boundary.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import hashlib
 import json
 import logging
 import math
 import platform
-import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -22,19 +23,25 @@ from pathlib import Path
 import keras
 
 from vgg_cli import __version__
-from vgg_cli.config import Config
-from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
+from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, read_state, sync
+from vgg_cli.config import Config, load_run_config
+from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, previous_splits_from, require_dir,
+                               scan)
 from vgg_cli.device import setup_devices
+from vgg_cli.errors import DataError, InterruptedRun, NoInputError
 from vgg_cli.model import build_model, check_weights_available, compile_model
-from vgg_cli.errors import InterruptedRun
-from vgg_cli.runs import (LATEST, RunPaths, check_run_name_free, new_run_dir, point, write_json, write_text,
-                          write_with)
+from vgg_cli.runs import (LATEST, RunPaths, check_run_name_free, new_run_dir, point, runs_lock, write_json,
+                          write_text)
 
 log = logging.getLogger("vgg")
+
+# Outcomes of `vgg train` (summary.json "status" and --json "status").
+TRAINED, NOTHING_TO_DO, INTERRUPTED = "trained", "nothing_to_do", "interrupted"
 
 
 @dataclass
 class TrainResult:
+    status: str
     run_dir: Path
     summary: dict
 
@@ -43,62 +50,47 @@ def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def _fmt(logs: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+def config_digest(cfg: Config) -> str:
+    """What makes two trainings the same job: the resolved config without the output section."""
+    d = cfg.to_dict()
+    d.pop("output", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-class Monitor:
-    """Which epoch is best: ``val_accuracy`` (ties broken by lower ``val_loss``) or ``val_loss``."""
-
-    def __init__(self, name: str, has_val: bool):
-        self.name = name if has_val else name.removeprefix("val_")
-        self.loss_key = "val_loss" if has_val else "loss"
-        self.mode = "min" if self.name.endswith("loss") else "max"
-
-    def key(self, logs: dict) -> tuple[float, float]:
-        if self.mode == "min":
-            return (-logs[self.name], 0.0)
-        return (logs[self.name], -logs[self.loss_key])
+class _Stop(Exception):
+    """Raised at a batch boundary after SIGINT/SIGTERM."""
 
 
-class RunRecorder(keras.callbacks.Callback):
-    """Per epoch: metrics.csv, model/last.keras and (on improvement) model/best.keras, all written atomically."""
+class StopOnSignal(keras.callbacks.Callback):
+    """SIGINT/SIGTERM ask training to stop at the next batch boundary (a second one stops at once)."""
 
-    def __init__(self, paths: RunPaths, monitor: Monitor, epochs: int, n_train: int):
+    def __init__(self):
         super().__init__()
-        self.paths, self.monitor, self.epochs, self.n_train = paths, monitor, epochs, n_train
-        self.rows: list[dict] = []
-        self.best: dict | None = None
-        self._t0 = self._t_val = 0.0
+        self.signal_name: str | None = None
+        self._previous: dict = {}
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.perf_counter()
-        self._t_val = 0.0
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
 
-    def on_test_begin(self, logs=None):
-        if not self._t_val:
-            self._t_val = time.perf_counter()
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
-    def on_epoch_end(self, epoch, logs=None):
-        end = time.perf_counter()
-        train_s = (self._t_val or end) - self._t0
-        metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        row = {"epoch": epoch + 1, **metrics, "seconds": round(end - self._t0, 3),
-               "images_per_sec": round(self.n_train / train_s, 2) if train_s > 0 else None}
-        self.rows.append(row)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self.rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.paths.metrics, buf.getvalue())
-        write_with(self.paths.last, self.model.save, suffix=".keras")
-        improved = self.best is None or self.monitor.key(metrics) > self.monitor.key(self.best)
-        if improved:
-            self.best = row
-            write_with(self.paths.best, lambda tmp: shutil.copyfile(self.paths.last, tmp), suffix=".keras")
-        shown = {k: v for k, v in metrics.items()}
-        log.info("epoch %d/%d  %s  %.1f img/s  %.1fs%s", epoch + 1, self.epochs, _fmt(shown),
-                 row["images_per_sec"] or 0.0, row["seconds"], "  *best" if improved else "")
+    def _handle(self, signum, frame):
+        if self.signal_name is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s received: stopping after the current batch (send it again to stop at once)",
+                    self.signal_name)
+
+    def _check(self, *_, **__):
+        if self.signal_name is not None:
+            raise _Stop(self.signal_name)
+
+    on_train_batch_end = on_test_batch_end = on_epoch_begin = _check
 
 
 class ProgressBar(keras.callbacks.Callback):
@@ -145,12 +137,13 @@ class _EarlyLog(logging.Handler):
         self.records.append(record)
 
 
-def _attach_log_file(path: Path, early: _EarlyLog) -> logging.Handler:
-    handler = logging.FileHandler(path, encoding="utf-8")
+def _attach_log_file(path: Path, early: _EarlyLog | None) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")  # appends: a resumed run continues the same log
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.removeHandler(early)
-    for record in early.records:
-        handler.handle(record)
+    if early is not None:
+        log.removeHandler(early)
+        for record in early.records:
+            handler.handle(record)
     log.addHandler(handler)
     return handler
 
@@ -190,29 +183,49 @@ def _log_scan(index: DatasetIndex) -> None:
         log.warning("class folder %r left out: %s", c["class"], c["reason"])
 
 
-def run_training(cfg: Config) -> TrainResult:
+def run_training(cfg: Config, *, if_changed: bool = False, command: str = "") -> TrainResult:
+    """Train a new run (or, with ``if_changed``, do nothing when data and config match the latest run)."""
     t_start = time.perf_counter()
-    started = _now()
     early = _EarlyLog()
     log.addHandler(early)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        return _train(cfg, early, started, t_start)
+        require_dir(cfg.data.train_dir, "data.train_dir")  # cheap checks before waiting on anything
+        runs_dir = Path(cfg.output.dir)
+        with runs_lock(runs_dir, command) as stale:
+            if stale:
+                log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)
+            return _new_run(cfg, early, t_start, if_changed)
     finally:
         log.removeHandler(early)
         keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
 
 
-def _train(cfg: Config, early: _EarlyLog, started: str, t_start: float) -> TrainResult:
-    # Cheap checks first (paths, run name, GPUs), then weights (maybe a download), then the long scan.
-    require_dir(cfg.data.train_dir, "data.train_dir")
+def _latest_summary(runs_dir: Path) -> tuple[Path, dict] | None:
+    link = runs_dir / LATEST
+    try:
+        return link.resolve(), json.loads((link / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResult:
+    started = _now()
     if cfg.data.val_dir is not None:
         require_dir(cfg.data.val_dir, "data.val_dir")
     check_run_name_free(Path(cfg.output.dir), cfg.output.name)
     device = setup_devices(cfg.train)
-    check_weights_available(cfg.model)
-    index = scan(cfg.data, previous_splits=_previous_splits(cfg))
+    index = scan(cfg.data, previous_splits=_previous_splits(cfg), cache_dir=Path(cfg.output.dir) / ".cache")
     _log_scan(index)
+    digest = config_digest(cfg)
+    if if_changed:
+        latest = _latest_summary(Path(cfg.output.dir))
+        if latest and latest[1].get("fingerprint") == index.fingerprint and latest[1].get("config_digest") == digest:
+            log.info("nothing to do: the dataset and the config are unchanged since run %s", latest[0].name)
+            return TrainResult(NOTHING_TO_DO, latest[0], latest[1])
+        log.info("dataset or config changed since the latest run: training" if latest else
+                 "no earlier finished run: training")
+    check_weights_available(cfg.model)
     t_scanned = time.perf_counter()
 
     keras.utils.set_random_seed(cfg.train.seed)
@@ -230,85 +243,184 @@ def _train(cfg: Config, early: _EarlyLog, started: str, t_start: float) -> Train
         write_text(paths.config, cfg.to_yaml())
         write_json(paths.classes, index.classes)
         write_json(paths.data, index.manifest())
-        summary = _fit(cfg, index, model, paths, device, weights_source)
-        summary.update(run=paths.root.name, started=started, finished=_now())
-        summary["timings"].update(scan_s=round(t_scanned - t_start, 2), build_s=round(t_built - t_scanned, 2),
-                                  total_s=round(time.perf_counter() - t_start, 2))
-        write_json(paths.summary, summary)
-        if summary["status"] == "interrupted":
-            raise _interrupted(paths, summary)
-        point(paths.root.parent / LATEST, paths.root.name)
-        b = summary["best"]
-        log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
-                 b["epoch"], summary["epochs_run"], paths.best)
+        run_info = {"started": started, "weights": weights_source, "config_digest": digest,
+                    "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
+                    "resumed": []}
+        write_json(paths.root / "run.json", run_info)
+        state = TrainState(epochs=cfg.train.epochs)
+        return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
     finally:
         log.removeHandler(handler)
         handler.close()
-    return TrainResult(paths.root, summary)
 
 
-def _interrupted(paths: RunPaths, summary: dict) -> InterruptedRun:
-    done = summary["epochs_run"]
-    if done == 0:
-        text = f"training interrupted before the first epoch finished; {paths.root} has no model"
+def find_resumable(runs_dir: Path) -> Path:
+    """The newest run in ``runs_dir`` that did not finish."""
+    candidates = []
+    for d in runs_dir.iterdir() if runs_dir.is_dir() else []:
+        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and (d / "config.yaml").is_file():
+            status = None
+            try:
+                status = json.loads((d / "summary.json").read_text(encoding="utf-8")).get("status")
+            except (OSError, ValueError):
+                pass
+            if status in (None, INTERRUPTED):
+                candidates.append((d.stat().st_mtime, d))
+    if not candidates:
+        raise NoInputError(f"no unfinished run to resume in {str(runs_dir)!r}; pass --resume RUN_DIR or start a "
+                           f"new run without --resume")
+    return max(candidates)[1]
+
+
+def resume_training(run_dir: Path, command: str = "") -> TrainResult:
+    """Continue an unfinished run from its last committed epoch, with its own config and file list."""
+    t_start = time.perf_counter()
+    paths = RunPaths(run_dir)
+    if not paths.config.is_file() or not paths.data.is_file():
+        raise NoInputError(f"{str(run_dir)!r} is not a vgg run directory (no config.yaml/data.json); "
+                           f"pass a run directory to --resume")
+    cfg = load_run_config(paths.config)
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        with runs_lock(paths.root.parent, command) as stale:
+            if stale:
+                log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)
+            return _resume(cfg, paths, t_start)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _resume(cfg: Config, paths: RunPaths, t_start: float) -> TrainResult:
+    handler = _attach_log_file(paths.log, None)
+    try:
+        summary_status = None
+        if paths.summary.is_file():
+            summary_status = json.loads(paths.summary.read_text(encoding="utf-8")).get("status")
+        if summary_status not in (None, INTERRUPTED):
+            log.info("run %s already finished (%s): nothing to resume", paths.root.name, summary_status)
+            return TrainResult(NOTHING_TO_DO, paths.root, json.loads(paths.summary.read_text(encoding="utf-8")))
+        index = index_from_manifest(json.loads(paths.data.read_text(encoding="utf-8")))
+        missing = [e.path for e in index.files if not (index.root_of(e) / e.path).is_file()]
+        if missing:
+            raise DataError(f"cannot resume {paths.root.name}: {len(missing)} of its images are gone "
+                            f"(e.g. {missing[0]!r}); start a new run instead")
+        device = setup_devices(cfg.train)
+        state = read_state(paths)
+        run_info = json.loads((paths.root / "run.json").read_text(encoding="utf-8"))
+        if state is None:
+            log.info("resuming %s from the start: no epoch was completed", paths.root.name)
+            keras.utils.set_random_seed(cfg.train.seed)
+            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes)
+            compile_model(model, cfg.train, len(index.classes))
+            state = TrainState(epochs=cfg.train.epochs)
+        else:
+            sync(paths, state)  # repair anything a crash between commit and sync left behind
+            log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch,
+                     state.epochs, state.best_epoch)
+            keras.utils.set_random_seed(cfg.train.seed + state.epoch)
+            model = keras.saving.load_model(paths.checkpoint(state.epoch), compile=True, safe_mode=True)
+        run_info["resumed"].append({"at": _now(), "after_epoch": state.epoch})
+        write_json(paths.root / "run.json", run_info)
+        return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device,
+                    state: TrainState, run_info: dict, t_start: float) -> TrainResult:
+    stopped_by, train_s = None, 0.0
+    if state.epoch < state.epochs and not state.stopped_early:
+        stopped_by, train_s = _fit(cfg, index, model, paths, state)
+    summary = _summary(cfg, index, model, device, state, run_info, stopped_by, train_s, t_start)
+    summary["run"] = paths.root.name
+    write_json(paths.summary, summary)
+    if stopped_by:
+        raise _interrupted(paths, state, stopped_by)
+    point(paths.root.parent / LATEST, paths.root.name)
+    b = state.best
+    log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
+             b["epoch"], state.epoch, paths.best)
+    return TrainResult(TRAINED, paths.root, summary)
+
+
+def _interrupted(paths: RunPaths, state: TrainState, why: str) -> InterruptedRun:
+    if state.epoch == 0:
+        text = f"training stopped by {why} before the first epoch finished; resume with: vgg train --resume {paths.root}"
     else:
-        text = (f"training interrupted after epoch {done}; {paths.last} holds epoch {done} and {paths.best} "
-                f"epoch {summary['best']['epoch']}; {LATEST} was not moved to this run")
+        text = (f"training stopped by {why} after epoch {state.epoch}; {paths.last} holds epoch {state.epoch} and "
+                f"{paths.best} epoch {state.best_epoch}; {LATEST} was not moved; resume with: "
+                f"vgg train --resume {paths.root}")
     log.warning(text)
     return InterruptedRun(text)
 
 
-def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device, weights_source: str) -> dict:
-    from vgg_cli.data.pipeline import make_dataset
+def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState):
+    """Train epochs state.epoch .. epochs-1. Returns (signal name or None, seconds)."""
+    from vgg_cli.data.pipeline import make_dataset, make_train_dataset
 
     train_paths, train_labels = index.split(TRAIN)
     val_paths, val_labels = index.split(VAL)
     size, bs, seed = cfg.data.image_size, cfg.train.batch_size, cfg.train.seed
-    train_ds = make_dataset(train_paths, train_labels, size, bs, shuffle=True, seed=seed)
-    val_ds = make_dataset(val_paths, val_labels, size, bs, shuffle=False, seed=seed) if val_paths else None
+    train_ds = make_train_dataset(train_paths, train_labels, size, bs, seed, state.epoch, state.epochs)
+    val_ds = make_dataset(val_paths, val_labels, size, bs) if val_paths else None
     if val_ds is None:
         log.warning("no validation images (data.val_split=0 and no data.val_dir): best model chosen on training metrics")
     monitor = Monitor(cfg.train.monitor, has_val=val_ds is not None)
     steps = -(-len(train_paths) // bs)
-    recorder = RunRecorder(paths, monitor, cfg.train.epochs, len(train_paths))
-    callbacks: list = [recorder]
+    stopper = StopOnSignal()
+    callbacks: list = [stopper, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
+                                            len(train_paths))]
     if sys.stderr.isatty():
-        callbacks.insert(0, ProgressBar(cfg.train.epochs, steps, bs))
-    if cfg.train.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor.name, mode=monitor.mode,
-                                                       patience=cfg.train.early_stopping_patience))
+        callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
     if cfg.output.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), write_graph=False,
                                                      profile_batch=0))
     t0 = time.perf_counter()
-    interrupted = False
-    try:
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
-                  shuffle=False, verbose=0)  # the tf.data pipeline shuffles
-    except KeyboardInterrupt:
-        interrupted = True  # finished epochs are on disk (atomic writes); record how far the run got
-    train_s = time.perf_counter() - t0
-    rows = recorder.rows
-    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
-    if interrupted:
-        status = "interrupted"
+    stopped_by = None
+    with stopper:
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=state.epochs, initial_epoch=state.epoch,
+                      steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0)
+        except _Stop as e:
+            stopped_by = str(e)
+        except KeyboardInterrupt:
+            stopped_by = stopper.signal_name or "SIGINT"
+    return stopped_by, time.perf_counter() - t0
+
+
+def _summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state: TrainState, run_info: dict,
+             stopped_by: str | None, train_s: float, t_start: float) -> dict:
+    n_train = sum(1 for e in index.files if e.split == TRAIN)
+    n_val = len(index.files) - n_train
+    has_val = n_val > 0
+    if stopped_by:
+        status = INTERRUPTED
     else:
-        status = "early_stopped" if len(rows) < cfg.train.epochs else "finished"
+        status = "early_stopped" if state.stopped_early else "finished"
+    seconds = sum(r["seconds"] for r in state.rows)
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     return {
         "status": status,
-        "epochs_run": len(rows),
-        "monitor": monitor.name,
-        "best": recorder.best,
-        "final": rows[-1] if rows else None,
+        "stopped_by": stopped_by,
+        "epochs_run": state.epoch,
+        "epochs_planned": state.epochs,
+        "monitor": Monitor(cfg.train.monitor, has_val).name,
+        "best": state.best,
+        "final": state.rows[-1] if state.rows else None,
         "classes": index.classes,
         "counts": index.counts(),
-        "images": {"train": len(train_paths), "val": len(val_paths), "skipped": len(index.skipped)},
+        "images": {"train": n_train, "val": n_val, "skipped": len(index.skipped)},
         "fingerprint": index.fingerprint,
-        "weights": weights_source,
+        "config_digest": run_info["config_digest"],
+        "weights": run_info["weights"],
         "params": {"total": int(model.count_params()), "trainable": trainable},
-        "timings": {"train_s": round(train_s, 2),
-                    "images_per_sec": round(len(train_paths) * len(rows) / train_s, 2) if train_s > 0 and rows
-                    else None},
+        "started": run_info["started"],
+        "finished": _now(),
+        "resumed": run_info["resumed"],
+        "timings": {**run_info["timings"], "epochs_s": round(seconds, 2), "this_session_train_s": round(train_s, 2),
+                    "this_session_total_s": round(time.perf_counter() - t_start, 2),
+                    "images_per_sec": round(n_train * len(state.rows) / seconds, 2) if seconds > 0 else None},
         "device": device.to_dict(),
         "versions": _versions(),
     }

@@ -84,6 +84,16 @@ class DatasetIndex:
         }
 
 
+def index_from_manifest(manifest: dict) -> DatasetIndex:
+    """The dataset index a run recorded in its data.json (a resumed run trains on exactly these files)."""
+    files = [FileEntry(f["path"], f["label"], f["split"], f["source"], f["size"], f["sha1"]) for f in manifest["files"]]
+    return DatasetIndex(train_dir=manifest["train_dir"], val_dir=manifest["val_dir"], val_split=manifest["val_split"],
+                        image_size=manifest["image_size"], classes=list(manifest["classes"]), files=files,
+                        skipped=list(manifest.get("skipped", [])),
+                        excluded_classes=list(manifest.get("excluded_classes", [])),
+                        ignored_files=manifest.get("ignored_non_image_files", 0))
+
+
 def split_value(relpath: str) -> float:
     """A stable number in [0, 1) for a path relative to the dataset root."""
     digest = hashlib.sha1(SPLIT_SALT + relpath.encode("utf-8")).digest()
@@ -132,12 +142,63 @@ def _check_one(path: Path, size: int) -> tuple[int, str] | str:
     return len(data), hashlib.sha1(data).hexdigest()
 
 
-def _check_all(paths: list[Path], size: int, desc: str) -> list[tuple[int, str] | str]:
+class ScanCache:
+    """Per-file check results keyed by absolute path, trusted while the file's size and mtime are unchanged, so
+    re-scanning a large unchanged folder reads nothing. Lives in the runs directory, never in the dataset."""
+
+    VERSION = 1
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.hits = 0
+        if path is not None and path.is_file():
+            try:
+                d = json.loads(path.read_text(encoding="utf-8"))
+                if d.get("version") == self.VERSION:
+                    self.entries = d["entries"]
+            except (OSError, ValueError, KeyError, TypeError):
+                self.entries = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def check(self, path: Path, size: int) -> tuple[int, str] | str:
+        stamp = self._stamp(path)
+        key = str(path)
+        hit = self.entries.get(key)
+        if stamp is not None and hit is not None and hit[0] == stamp[0] and hit[1] == stamp[1] and hit[2] == size:
+            self.hits += 1
+            return hit[3] if isinstance(hit[3], str) else (hit[3][0], hit[3][1])
+        result = _check_one(path, size)
+        if stamp is not None and not (isinstance(result, str) and result.startswith(("permission", "cannot read"))):
+            self.entries[key] = [stamp[0], stamp[1], size, result if isinstance(result, str) else list(result)]
+        return result
+
+    def save(self, keep: set[str]) -> None:
+        if self.path is None:
+            return
+        from vgg_cli.errors import ArtifactIOError
+        from vgg_cli.runs import write_json
+
+        self.entries = {k: v for k, v in self.entries.items() if k in keep}
+        try:
+            write_json(self.path, {"version": self.VERSION, "entries": self.entries})
+        except ArtifactIOError:
+            pass  # a cache that cannot be written only costs time next run
+
+
+def _check_all(paths: list[Path], size: int, desc: str, cache: ScanCache) -> list[tuple[int, str] | str]:
     from tqdm import tqdm
 
     workers = min(16, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: _check_one(p, size), paths)
+        results = pool.map(lambda p: cache.check(p, size), paths)
         bar = tqdm(results, total=len(paths), desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
         return list(bar)
 
@@ -151,7 +212,7 @@ def require_dir(path: str, key: str) -> Path:
     return p
 
 
-def _collect(root: Path, class_names: Iterable[str], size: int, desc: str):
+def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache: ScanCache):
     """Per class: usable (relpath, size, sha1) list; plus skipped entries and ignored count."""
     per_class: dict[str, list[tuple[str, int, str]]] = {}
     skipped: list[dict[str, str]] = []
@@ -162,7 +223,7 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str):
         ignored += n_ignored
         per_class[name] = []
         jobs.extend((name, f) for f in files)
-    results = _check_all([p for _, p in jobs], size, desc)
+    results = _check_all([p for _, p in jobs], size, desc, cache)
     for (name, path), result in zip(jobs, results):
         rel = path.relative_to(root).as_posix()
         if isinstance(result, str):
@@ -172,9 +233,22 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str):
     return per_class, skipped, ignored
 
 
-def scan(data_cfg, previous_splits: dict[str, str] | None = None) -> DatasetIndex:
-    """Index ``data_cfg.train_dir`` (and ``val_dir``); ``previous_splits`` (relpath -> split) keeps old assignments."""
-    root = require_dir(data_cfg.train_dir, "data.train_dir")
+def scan(data_cfg, previous_splits: dict[str, str] | None = None, cache_dir: Path | None = None) -> DatasetIndex:
+    """Index ``data_cfg.train_dir`` (and ``val_dir``); ``previous_splits`` (relpath -> split) keeps old assignments;
+    ``cache_dir`` holds the per-file check cache (see ScanCache)."""
+    root = require_dir(data_cfg.train_dir, "data.train_dir").resolve()  # absolute: the cache is keyed by it
+    cache = ScanCache(_cache_file(cache_dir, root) if cache_dir is not None else None)
+    index = _scan(data_cfg, root, previous_splits, cache)
+    cache.save({str(index.root_of(e).joinpath(e.path)) for e in index.files}
+               | {str(root / s["path"]) for s in index.skipped if not s["path"].startswith("val_dir:")})
+    return index
+
+
+def _cache_file(cache_dir: Path, root: Path) -> Path:
+    return cache_dir / f"scan-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+
+
+def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: ScanCache) -> DatasetIndex:
     folders = _class_folders(root)
     excluded: list[dict[str, str]] = []
     if data_cfg.classes is not None:
@@ -190,7 +264,7 @@ def scan(data_cfg, previous_splits: dict[str, str] | None = None) -> DatasetInde
         raise DataError(f"data.train_dir {str(root)!r} has no class subfolders; put each class's images in "
                         f"its own subfolder ({str(root)}/cats/*.jpg, {str(root)}/dogs/*.jpg)")
 
-    per_class, skipped, ignored = _collect(root, wanted, data_cfg.image_size, "scanning")
+    per_class, skipped, ignored = _collect(root, wanted, data_cfg.image_size, "scanning", cache)
     classes: list[str] = []
     for name in wanted:
         if per_class[name]:
@@ -210,7 +284,7 @@ def scan(data_cfg, previous_splits: dict[str, str] | None = None) -> DatasetInde
         for name in classes:
             files += [FileEntry(rel, label_of[name], TRAIN, "train_dir", size, sha)
                       for rel, size, sha in per_class[name]]
-        files += _scan_val_dir(data_cfg, classes, label_of, skipped)
+        files += _scan_val_dir(data_cfg, classes, label_of, skipped, cache)
     else:
         previous = previous_splits or {}
         for name in classes:
@@ -239,13 +313,14 @@ def scan(data_cfg, previous_splits: dict[str, str] | None = None) -> DatasetInde
     )
 
 
-def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skipped: list[dict[str, str]]) -> list[FileEntry]:
-    vroot = require_dir(data_cfg.val_dir, "data.val_dir")
+def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skipped: list[dict[str, str]],
+                  cache: ScanCache) -> list[FileEntry]:
+    vroot = require_dir(data_cfg.val_dir, "data.val_dir").resolve()
     vfolders = _class_folders(vroot)
     for extra in (f for f in vfolders if f not in label_of):
         skipped.append({"path": f"val_dir:{extra}/", "reason": f"class {extra!r} is not a training class"})
     present = [c for c in classes if c in vfolders]
-    per_class, vskipped, _ = _collect(vroot, present, data_cfg.image_size, "scanning val")
+    per_class, vskipped, _ = _collect(vroot, present, data_cfg.image_size, "scanning val", cache)
     skipped += [{"path": f"val_dir:{s['path']}", "reason": s["reason"]} for s in vskipped]
     return [FileEntry(rel, label_of[name], VAL, "val_dir", size, sha)
             for name in present for rel, size, sha in per_class[name]]

@@ -1,0 +1,156 @@
+"""Per-epoch checkpoints that survive any crash, and the bookkeeping a resumed run continues from.
+
+After each completed epoch, in this order:
+
+1. ``model/checkpoints/epoch-NNNN.keras``: the whole model with its optimizer state (atomic write).
+2. ``state.json``: the commit point. It names that checkpoint and holds every epoch's metrics row and the best
+   epoch so far. A run killed before this line is written resumes from the previous epoch, as if the epoch had
+   never happened; killed after it, from this one.
+3. ``model/best.keras`` (when this epoch is the best so far) and ``model/last.keras``: hard links to (or copies
+   of) the checkpoint, replaced atomically; ``metrics.csv`` rewritten from the rows; older checkpoints removed.
+
+Step 3 is derived entirely from ``state.json``, so ``sync`` redoes it on resume and a crash between 2 and 3 leaves
+nothing wrong behind. ``best.keras`` changes only when ``state.json`` says a better epoch happened, so it is never
+replaced by a worse model, and ``metrics.csv`` has each epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import keras
+
+from vgg_cli.errors import NoInputError
+from vgg_cli.runs import RunPaths, place_copy, write_json, write_text, write_with
+
+log = logging.getLogger("vgg")
+STATE_VERSION = 1
+
+
+class Monitor:
+    """Which epoch is best: ``val_accuracy`` (ties broken by lower ``val_loss``) or ``val_loss``."""
+
+    def __init__(self, name: str, has_val: bool):
+        self.name = name if has_val else name.removeprefix("val_")
+        self.loss_key = "val_loss" if has_val else "loss"
+        self.mode = "min" if self.name.endswith("loss") else "max"
+
+    def key(self, row: dict) -> tuple[float, float]:
+        if self.mode == "min":
+            return (-row[self.name], 0.0)
+        return (row[self.name], -row[self.loss_key])
+
+
+@dataclass
+class TrainState:
+    epochs: int  # planned
+    rows: list[dict] = field(default_factory=list)  # one per completed epoch, in order
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs."""
+        return len(self.rows)
+
+    @property
+    def best(self) -> dict | None:
+        return self.rows[self.best_epoch - 1] if self.best_epoch else None
+
+    def to_dict(self, paths: RunPaths) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "epochs": self.epochs,
+                "checkpoint": paths.checkpoint(self.epoch).relative_to(paths.root).as_posix(),
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "rows": self.rows}
+
+
+def read_state(paths: RunPaths) -> TrainState | None:
+    """The committed state of a run, or None if no epoch was ever completed."""
+    if not paths.state.is_file():
+        return None
+    try:
+        d = json.loads(paths.state.read_text(encoding="utf-8"))
+        state = TrainState(epochs=int(d["epochs"]), rows=list(d["rows"]), best_epoch=d["best_epoch"],
+                           stopped_early=bool(d.get("stopped_early", False)))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NoInputError(f"{paths.state} is unreadable ({e}); the run cannot be resumed, start a new one") from None
+    if not paths.checkpoint(state.epoch).is_file():
+        raise NoInputError(f"{paths.state} names {paths.checkpoint(state.epoch).name}, which is missing; "
+                           f"the run cannot be resumed, start a new one")
+    return state
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def sync(paths: RunPaths, state: TrainState) -> None:
+    """Make best.keras, last.keras and metrics.csv agree with the committed state; drop stale checkpoints."""
+    current = paths.checkpoint(state.epoch)
+    if state.best_epoch == state.epoch:
+        place_copy(current, paths.best)
+    place_copy(current, paths.last)
+    write_text(paths.metrics, metrics_csv(state.rows))
+    for old in paths.checkpoints.glob("epoch-*.keras"):
+        if old != current:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+    for tmp in paths.checkpoints.glob(".epoch-*"):  # temp files of a write that was killed
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Commits each completed epoch (see the module docstring) and implements early stopping from the rows,
+    so a resumed run knows exactly how long it has gone without improving."""
+
+    def __init__(self, paths: RunPaths, state: TrainState, monitor: Monitor, patience: int, n_train: int):
+        super().__init__()
+        self.paths, self.state, self.monitor, self.patience, self.n_train = paths, state, monitor, patience, n_train
+        self._t0 = self._t_val = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+        self._t_val = 0.0
+
+    def on_test_begin(self, logs=None):
+        if not self._t_val:
+            self._t_val = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = time.perf_counter()
+        train_s = (self._t_val or end) - self._t0
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        row = {"epoch": epoch + 1, **metrics, "seconds": round(end - self._t0, 3),
+               "images_per_sec": round(self.n_train / train_s, 2) if train_s > 0 else None}
+        if epoch + 1 != self.state.epoch + 1:
+            raise RuntimeError(f"epoch {epoch + 1} finished but the run has {self.state.epoch} epochs recorded")
+        write_with(self.paths.checkpoint(epoch + 1), self.model.save, suffix=".keras")
+        best = self.state.best
+        improved = best is None or self.monitor.key(row) > self.monitor.key(best)
+        self.state.rows.append(row)
+        if improved:
+            self.state.best_epoch = epoch + 1
+        since_best = self.state.epoch - self.state.best_epoch
+        if self.patience > 0 and since_best >= self.patience and self.state.epoch < self.state.epochs:
+            self.state.stopped_early = True
+            self.model.stop_training = True
+        write_json(self.paths.state, self.state.to_dict(self.paths))  # the commit point
+        sync(self.paths, self.state)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        log.info("epoch %d/%d  %s  %.1f img/s  %.1fs%s", epoch + 1, self.state.epochs, shown,
+                 row["images_per_sec"] or 0.0, row["seconds"], "  *best" if improved else "")
+        if self.state.stopped_early:
+            log.info("early stopping: no improvement in %s for %d epochs", self.monitor.name, since_best)
