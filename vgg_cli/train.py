@@ -215,6 +215,8 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
         require_dir(cfg.data.val_dir, "data.val_dir")
     check_run_name_free(Path(cfg.output.dir), cfg.output.name)
     device = setup_devices(cfg.train)
+    if not if_changed:
+        check_weights_available(cfg.model)  # fail fast, before a long scan (a skipped run needs no weights)
     index = scan(cfg.data, previous_splits=_previous_splits(cfg), cache_dir=Path(cfg.output.dir) / ".cache")
     _log_scan(index)
     digest = config_digest(cfg)
@@ -225,7 +227,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
             return TrainResult(NOTHING_TO_DO, latest[0], latest[1])
         log.info("dataset or config changed since the latest run: training" if latest else
                  "no earlier finished run: training")
-    check_weights_available(cfg.model)
+        check_weights_available(cfg.model)
     t_scanned = time.perf_counter()
 
     keras.utils.set_random_seed(cfg.train.seed)
