@@ -107,6 +107,8 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     from vgg_cli.config import load_config
 
     command = "vgg train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "vgg train"
+    if resume and "=" in resume and not os.path.isdir(os.path.expanduser(resume)):
+        overrides, resume = (resume, *overrides), ""  # `--resume output.dir=X`: a bare --resume, then an override
     try:
         cfg = load_config(config_path, overrides)
         if resume is not None and if_changed:

@@ -1,0 +1,232 @@
+"""Unattended retraining: kill and resume, signals, the runs-dir lock, --if-changed and --json, through real
+processes and real signals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
+from vgg_cli.checkpoints import TrainState, sync
+from vgg_cli.runs import RunPaths
+
+FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
+        "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",
+        "output.tensorboard=false"]
+
+
+def vgg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vgg_cli", *args]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(vgg(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> list[str]:
+    """Read stderr lines until one starts with ``prefix``."""
+    lines, deadline = [], time.monotonic() + timeout
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+        assert time.monotonic() < deadline, "".join(lines)
+    raise AssertionError(f"process ended before {prefix!r}:\n{''.join(lines)}")
+
+
+def rows(run: Path) -> list[dict]:
+    return list(csv.DictReader((run / "metrics.csv").open()))
+
+
+def check_finished_run(run: Path, epochs: int) -> dict:
+    """Each epoch exactly once; best.keras is the best row; the state and summary agree."""
+    summary = json.loads((run / "summary.json").read_text())
+    got = rows(run)
+    assert [int(r["epoch"]) for r in got] == list(range(1, epochs + 1))
+    assert summary["status"] == "finished" and summary["epochs_run"] == epochs
+    best = max(got, key=lambda r: (float(r["val_accuracy"]), -float(r["val_loss"])))
+    assert summary["best"]["epoch"] == int(best["epoch"])
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == epochs and state["best_epoch"] == int(best["epoch"])
+    assert sorted(p.name for p in (run / "model" / "checkpoints").iterdir()) == [f"epoch-{epochs:04d}.keras"]
+    # best.keras really is the best epoch's model: it reproduces that epoch's validation accuracy
+    from vgg_cli.data.images import load_image
+    from vgg_cli.model import load_model
+
+    data = json.loads((run / "data.json").read_text())
+    val = [f for f in data["files"] if f["split"] == "val"]
+    x = np.stack([load_image(Path(data["train_dir"]) / f["path"], SIZE) for f in val]).astype("float32")
+    pred = np.argmax(load_model(run / "model" / "best.keras").predict_on_batch(x), axis=1)
+    assert float(np.mean(pred == [f["label"] for f in val])) == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
+    return summary
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return make_colour_dataset(tmp_path / "photos", per_class=10, seed=1)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4, 1.2])
+def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
+    runs = tmp_path / "runs"
+    proc = start(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=night", *FAST,
+                  "train.epochs=5"])
+    wait_for(proc, "epoch 2/5")  # epoch 2 committed; the kill lands in its bookkeeping or inside epoch 3
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    run = runs / "night"
+    assert not (run / "summary.json").exists() and not (runs / "latest").exists()
+    before = len(rows(run))
+    assert 2 <= before <= 4
+    r = subprocess.run(vgg("train", "--resume", f"output.dir={runs}"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(run.resolve())
+    assert "took over the lock of a vgg run that is no longer running" in r.stderr
+    assert f"resuming night after epoch {before} of 5" in r.stderr
+    summary = check_finished_run(run, 5)
+    assert summary["resumed"][0]["after_epoch"] == before
+    assert (runs / "latest").resolve() == run.resolve()
+
+
+def test_sigterm_stops_at_a_batch_boundary_and_resume_continues(tmp_path, data):
+    runs = tmp_path / "runs"
+    proc = start(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=t", *FAST,
+                  "train.epochs=4", "--json"])
+    wait_for(proc, "epoch 1/4")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    result = json.loads(out)
+    assert result["status"] == "error" and result["exit_code"] == 75 and "stopped by SIGTERM" in result["error"]
+    summary = json.loads((runs / "t" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGTERM"
+    done = summary["epochs_run"]
+    code, out, err = run_cli(["train", "--resume", str(runs / "t"), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["status"] == "trained" and result["epochs_run"] == 4 and result["run"] == str((runs / "t").resolve())
+    check_finished_run(runs / "t", 4)
+    assert len(json.loads((runs / "t" / "summary.json").read_text())["resumed"]) == 1 and done >= 1
+    # resuming a finished run is not an error: there is nothing to do
+    code, out, err = run_cli(["train", "--resume", str(runs / "t"), "--json"])
+    assert code == 0 and json.loads(out)["status"] == "nothing_to_do"
+
+
+def test_second_run_on_the_same_runs_dir_exits_75_naming_the_holder(tmp_path, data):
+    runs = tmp_path / "runs"
+    first = start(["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=50"])
+    try:
+        wait_for(first, "run directory")
+        t0 = time.monotonic()
+        r = subprocess.run(vgg("train", f"data.train_dir={data}", f"output.dir={runs}", *FAST),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 75, r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: another vgg run holds the lock on") and f"pid {first.pid}" in line
+        assert "started 20" in line and "on " in line
+        assert time.monotonic() - t0 < 60  # at once (most of it is Python start-up), not after waiting
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    runs_now = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert len(runs_now) == 1  # the refused run made nothing
+
+
+def test_stale_lock_file_from_a_dead_process_is_taken_over(tmp_path, data):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / ".lock").write_text(json.dumps({"pid": 999999, "host": "elsewhere", "started": "2026-01-01T00:00:00",
+                                            "command": "vgg train"}) + "\n")
+    code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=1"])
+    assert code == 0, err
+    assert "took over the lock of a vgg run that is no longer running (pid 999999 on elsewhere" in err
+    assert (runs / ".lock").read_text() == ""  # released cleanly
+
+
+def test_if_changed_skips_unchanged_data_and_trains_on_new_images(tmp_path, data):
+    runs = tmp_path / "runs"
+    base = ["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=1", "--if-changed",
+            "--json"]
+    code, out, err = run_cli(base)
+    assert code == 0 and json.loads(out)["status"] == "trained", err
+    first = Path(json.loads(out)["run"])
+    first_split = {f["path"]: f["split"] for f in json.loads((first / "data.json").read_text())["files"]}
+    hashes = tree_hashes(data)
+
+    code, out, err = run_cli(base)
+    result = json.loads(out)
+    assert code == 0 and result["status"] == "nothing_to_do" and result["run"] == str(first)
+    assert "nothing to do: the dataset and the config are unchanged" in err
+    assert len([p for p in runs.iterdir() if not p.name.startswith(".")]) == 2  # first run + latest, no new run
+
+    code, out, _ = run_cli([*base[:-2], "train.optimizer.learning_rate=0.001", "--if-changed", "--json"])
+    assert code == 0 and json.loads(out)["status"] == "trained"  # a config change is a change
+
+    make_colour_dataset(data, per_class=5, seed=9, start=100)  # the folder grows overnight
+    code, out, err = run_cli(base)
+    result = json.loads(out)
+    assert code == 0 and result["status"] == "trained", err
+    new_split = {f["path"]: f["split"] for f in json.loads((Path(result["run"]) / "data.json").read_text())["files"]}
+    assert {p: new_split[p] for p in first_split} == first_split  # old images kept their split
+    assert len(new_split) == len(first_split) + 15
+    assert {k: v for k, v in tree_hashes(data).items() if k in hashes} == hashes
+
+
+def test_scan_cache_makes_unchanged_rescans_read_nothing(tmp_path, data, monkeypatch):
+    from vgg_cli.config import load_config
+    from vgg_cli.data import scan as scan_mod
+
+    cfg = load_config(None, [f"data.train_dir={data}", f"data.image_size={SIZE}"]).data
+    first = scan_mod.scan(cfg, cache_dir=tmp_path / "cache")
+    reads = []
+    real = scan_mod._check_one
+    monkeypatch.setattr(scan_mod, "_check_one", lambda p, s: reads.append(p) or real(p, s))
+    again = scan_mod.scan(cfg, cache_dir=tmp_path / "cache")
+    assert reads == [] and again.fingerprint == first.fingerprint
+    (data / "red" / "red_000.png").write_bytes(b"broken now")  # changed size and mtime: read again
+    third = scan_mod.scan(cfg, cache_dir=tmp_path / "cache")
+    assert [p.name for p in reads] == ["red_000.png"]
+    assert third.skipped[0]["path"] == "red/red_000.png" and third.fingerprint != first.fingerprint
+
+
+def test_resume_errors(tmp_path):
+    code, _, err = run_cli(["train", "--resume", f"output.dir={tmp_path / 'none'}"])
+    assert code == 66 and "no unfinished run to resume" in err
+    code, _, err = run_cli(["train", "--resume", str(tmp_path / "nope")])
+    assert code == 66
+    code, _, err = run_cli(["train", "--resume", "train.epochs=3"])
+    assert code == 64 and "its own config.yaml" in err
+    code, out, err = run_cli(["train", "--json", "train.epochs=0"])
+    assert code == 78 and json.loads(out) == {"status": "error", "exit_code": 78, "error": err.strip()[7:]}
+
+
+def test_sync_repairs_a_crash_between_commit_and_bookkeeping(tmp_path):
+    """The commit protocol without training: state.json decides; sync makes the rest agree."""
+    paths = RunPaths(tmp_path / "run")
+    paths.checkpoints.mkdir(parents=True)
+    for e in (1, 2, 3):
+        paths.checkpoint(e).write_bytes(f"model after epoch {e}".encode())
+    (paths.checkpoints / ".epoch-0004.keras.abc.tmp.keras").write_bytes(b"half")  # killed mid-write
+    paths.best.write_bytes(b"model after epoch 1")
+    rows = [{"epoch": e, "val_accuracy": v, "val_loss": 1.0} for e, v in ((1, 0.5), (2, 0.4))]
+    # Killed after epoch 3's checkpoint was written but before it was committed: state says epoch 2.
+    sync(paths, TrainState(epochs=5, rows=rows, best_epoch=1))
+    assert paths.last.read_bytes() == b"model after epoch 2"
+    assert paths.best.read_bytes() == b"model after epoch 1"  # epoch 2 was worse: best untouched
+    assert sorted(p.name for p in paths.checkpoints.iterdir()) == ["epoch-0002.keras"]  # epoch 3 will be redone
+    assert [r["epoch"] for r in csv.DictReader(paths.metrics.open())] == ["1", "2"]
+    # Killed after committing a new best epoch but before best.keras was replaced: sync finishes the job.
+    paths.checkpoint(3).write_bytes(b"model after epoch 3")
+    sync(paths, TrainState(epochs=5, rows=rows + [{"epoch": 3, "val_accuracy": 0.9, "val_loss": 0.5}], best_epoch=3))
+    assert paths.best.read_bytes() == paths.last.read_bytes() == b"model after epoch 3"
