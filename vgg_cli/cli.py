@@ -14,7 +14,7 @@ import sys
 import click
 
 from vgg_cli import __version__
-from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT, EXIT_TEMPFAIL, EXIT_USAGE, VggError
+from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT, EXIT_NOT_PROMOTED, EXIT_TEMPFAIL, EXIT_USAGE, VggError
 
 OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs=3 (values parsed as YAML)."
 
@@ -131,15 +131,17 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
         if as_json:
             _echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
         raise
+    code = EXIT_NOT_PROMOTED if result.promoted is False else 0
     if as_json:
         s = result.summary
-        _echo_json({"status": result.status, "exit_code": 0, "run": str(result.run_dir.resolve()),
+        _echo_json({"status": result.status, "exit_code": code, "run": str(result.run_dir.resolve()),
+                    "promoted": result.promoted, "promotion": s.get("promotion") if result.status == "trained" else None,
                     "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
                     "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
                     "fingerprint": s.get("fingerprint")})
     else:
         click.echo(str(result.run_dir))
-    return 0
+    return code  # the "not promoted: ..." reason was logged by the decision itself
 
 
 def _resume_target(resume: str, runs_dir: str):
@@ -242,6 +244,67 @@ def _summary_classes(cfg) -> tuple[list[str], str]:
         if len(names) >= 2:
             return names, f"class folders in {root}"
     return ["class_0", "class_1"], f"placeholder: {root} has no class folders yet"
+
+
+runs_dir_option = click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
+
+
+@cli.command("runs", short_help="List runs: date, images, classes, best metric, production.")
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def runs_command(runs_dir: str, as_json: bool) -> int:
+    """List the runs in --runs-dir, oldest first. P marks production, L latest."""
+    from pathlib import Path
+
+    from vgg_cli.promote import list_runs
+
+    rows = list_runs(Path(runs_dir))
+    if as_json:
+        for r in rows:
+            _echo_json(r)
+        return 0
+    if not rows:
+        click.echo(f"no runs in {runs_dir}", err=True)
+        return 0
+    width = max(len(r["run"]) for r in rows)
+    click.echo(f"   {'run':<{width}}  {'started':<25}  {'status':<13}  {'images':>6}  {'classes':>7}  best")
+    for r in rows:
+        mark = ("P" if r["production"] else " ") + ("L" if r["latest"] else " ")
+        best = f"{r['monitor']} {r['best']:.4f}" if r["best"] is not None else "-"
+        click.echo(f"{mark} {r['run']:<{width}}  {str(r['started'] or '-'):<25}  {str(r['status']):<13}  "
+                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {best}")
+    return 0
+
+
+@cli.command(short_help="Make a run the production model.")
+@click.argument("run")
+@runs_dir_option
+def promote(run: str, runs_dir: str) -> int:
+    """Point <runs-dir>/production at RUN (a run name or folder), without evaluation. `vgg rollback` undoes it."""
+    from pathlib import Path
+
+    from vgg_cli.promote import promote_run
+    from vgg_cli.runs import resolve_run, runs_lock
+
+    _setup_logging(False)
+    with runs_lock(Path(runs_dir), "vgg promote"):
+        promote_run(Path(runs_dir), resolve_run(run, Path(runs_dir)))
+    return 0
+
+
+@cli.command(short_help="Put the previous production model back.")
+@runs_dir_option
+def rollback(runs_dir: str) -> int:
+    """Point <runs-dir>/production back at the run it replaced last."""
+    from pathlib import Path
+
+    from vgg_cli.promote import rollback as do_rollback
+    from vgg_cli.runs import runs_lock
+
+    _setup_logging(False)
+    with runs_lock(Path(runs_dir), "vgg rollback"):
+        click.echo(do_rollback(Path(runs_dir)))
+    return 0
 
 
 @cli.group("config")

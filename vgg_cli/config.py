@@ -77,7 +77,7 @@ class ModelConfig(_Section):
             return "none"
         if not isinstance(v, str) or not v.strip():
             raise ValueError("must be imagenet, none, or a path to a weights file, .keras model or run directory")
-        return v if v in ("imagenet", "none") else os.path.expanduser(v)
+        return v if v in ("imagenet", "none", "production", "latest") else os.path.expanduser(v)
 
     @field_validator("freeze_blocks")
     @classmethod
@@ -123,6 +123,7 @@ class OutputConfig(_Section):
     dir: str
     name: str | None
     tensorboard: bool
+    keep: int | None = Field(ge=1)
 
     @field_validator("dir")
     @classmethod
@@ -132,9 +133,14 @@ class OutputConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and (not v or "/" in v or "\\" in v or v in (".", "..", "latest")):
-            raise ValueError("must be a plain folder name (no slashes, not 'latest')")
+        if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".") or v in ("latest", "production")):
+            raise ValueError("must be a plain folder name (no slashes, not hidden, not 'latest' or 'production')")
         return v
+
+
+class PromoteConfig(_Section):
+    min_accuracy: float = Field(ge=0.0, le=1.0)
+    allow_class_change: bool
 
 
 class Config(_Section):
@@ -142,6 +148,7 @@ class Config(_Section):
     model: ModelConfig
     train: TrainConfig
     output: OutputConfig
+    promote: PromoteConfig
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -298,6 +305,8 @@ def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Con
 
 
 def load_run_config(path: Path) -> Config:
-    """A run directory's config.yaml, validated against today's schema."""
-    tree = _read_yaml(path)
-    return validate(tree, _leaf_sources(tree, f"run config {str(path)!r}"))
+    """A run directory's config.yaml over today's defaults (keys added since it was written get their defaults)."""
+    tree = copy.deepcopy(default_dict())
+    run = _read_yaml(path)
+    _merge(tree, run, f"run config {str(path)!r}")
+    return validate(tree, _leaf_sources(run, f"run config {str(path)!r}"))

@@ -7,6 +7,7 @@ with that code, without a traceback. Anything that is not a ``VggError`` is a bu
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_NOT_PROMOTED = 3  # vgg train: a new model was trained and kept, but not promoted to production
 EXIT_USAGE = 64  # bad command line
 EXIT_DATA = 65  # bad data: too few classes, unreadable inputs
 EXIT_NOINPUT = 66  # a file or folder that must exist does not (dataset, run, weights)

@@ -178,7 +178,7 @@ def check_weights_available(model_cfg) -> None:
 def _weights_not_found(weights: str) -> NoInputError:
     import difflib
 
-    close = difflib.get_close_matches(weights, ["imagenet", "none"], n=1, cutoff=0.7)
+    close = difflib.get_close_matches(weights, ["imagenet", "none", "production", "latest"], n=1, cutoff=0.7)
     hint = f"did you mean model.weights={close[0]}? Otherwise " if close else ""
     return NoInputError(f"model.weights {weights!r} not found; {hint}set model.weights to imagenet, none, a "
                         f"weights file (.h5/.weights.h5), a .keras model or a run directory")
@@ -221,6 +221,25 @@ def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str
         return f"file {p.resolve()}"
     raise ConfigError(f"model.weights {weights!r} has an unknown type; use a .h5 or .weights.h5 weights file, "
                       f"a .keras model or a run directory")
+
+
+def copy_head_if_compatible(model: keras.Model, run_dir: Path) -> bool:
+    """Warm start: also take the head of an earlier run when it has the same classes and layer shapes."""
+    from vgg_cli.runs import find_model_file
+
+    source = load_model(find_model_file(run_dir))
+    if class_names_of(source) != class_names_of(model):
+        return False
+    ours = [l for l in model.layers if l.name.startswith("head_") and l.weights]
+    try:
+        theirs = [source.get_layer(l.name) for l in ours]
+    except ValueError:
+        return False
+    if any([w.shape for w in a.get_weights()] != [w.shape for w in b.get_weights()] for a, b in zip(ours, theirs)):
+        return False
+    for a, b in zip(ours, theirs):
+        a.set_weights(b.get_weights())
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ building

@@ -238,11 +238,11 @@ def find_model_file(run_dir: Path) -> Path:
 def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
     """``--run`` argument (a folder, or a name inside the runs dir) or the default ``runs/latest``."""
     if run is None:
-        link = runs_dir / LATEST
-        if not link.exists():
-            raise NoInputError(f"no trained run found at {str(link)!r}; train one with `vgg train` or pass "
-                               f"--run DIR / --model FILE")
-        return link.resolve()
+        for name in ("production", LATEST):  # the promoted model first
+            if (runs_dir / name).exists():
+                return (runs_dir / name).resolve()
+        raise NoInputError(f"no trained run found at {str(runs_dir / LATEST)!r}; train one with `vgg train` or "
+                           f"pass --run DIR / --model FILE")
     p = Path(os.path.expanduser(str(run)))
     if p.is_dir():
         return p.resolve()

@@ -29,7 +29,8 @@ from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, pr
                                scan)
 from vgg_cli.device import setup_devices
 from vgg_cli.errors import DataError, InterruptedRun, NoInputError
-from vgg_cli.model import build_model, check_weights_available, compile_model
+from vgg_cli.model import build_model, check_weights_available, compile_model, copy_head_if_compatible
+from vgg_cli.promote import PRODUCTION, decide, prune
 from vgg_cli.runs import (LATEST, RunPaths, check_run_name_free, new_run_dir, point, runs_lock, write_json,
                           write_text)
 
@@ -44,6 +45,12 @@ class TrainResult:
     status: str
     run_dir: Path
     summary: dict
+
+    @property
+    def promoted(self) -> bool | None:
+        """None when no promotion decision was made (nothing trained)."""
+        promotion = self.summary.get("promotion")
+        return None if promotion is None or self.status != TRAINED else bool(promotion.get("promoted"))
 
 
 def _now() -> str:
@@ -209,8 +216,23 @@ def _latest_summary(runs_dir: Path) -> tuple[Path, dict] | None:
         return None
 
 
+def _resolve_warm_start(cfg: Config) -> Config:
+    """model.weights: production|latest -> that run directory in output.dir."""
+    if cfg.model.weights not in (PRODUCTION, LATEST):
+        return cfg
+    link = Path(cfg.output.dir) / cfg.model.weights
+    if not link.exists():
+        raise NoInputError(f"model.weights={cfg.model.weights}: there is no {link} yet; train a first run with "
+                           f"model.weights=imagenet (or none), or pass a run directory")
+    model = cfg.model.model_copy(update={"weights": str(link.resolve())})
+    return cfg.model_copy(update={"model": model})
+
+
 def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResult:
     started = _now()
+    requested_weights = cfg.model.weights
+    digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
+    cfg = _resolve_warm_start(cfg)
     if cfg.data.val_dir is not None:
         require_dir(cfg.data.val_dir, "data.val_dir")
     check_run_name_free(Path(cfg.output.dir), cfg.output.name)
@@ -219,7 +241,6 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
         check_weights_available(cfg.model)  # fail fast, before a long scan (a skipped run needs no weights)
     index = scan(cfg.data, previous_splits=_previous_splits(cfg), cache_dir=Path(cfg.output.dir) / ".cache")
     _log_scan(index)
-    digest = config_digest(cfg)
     if if_changed:
         latest = _latest_summary(Path(cfg.output.dir))
         if latest and latest[1].get("fingerprint") == index.fingerprint and latest[1].get("config_digest") == digest:
@@ -233,6 +254,10 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
     keras.utils.set_random_seed(cfg.train.seed)
     log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
     model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes)
+    if requested_weights in (PRODUCTION, LATEST):
+        weights_source = f"{requested_weights}: {weights_source}"
+        if copy_head_if_compatible(model, Path(cfg.model.weights)):
+            weights_source += " + its head (same classes)"
     compile_model(model, cfg.train, len(index.classes))
     log.info("backbone %s, weights: %s, frozen blocks: %s", cfg.model.arch, weights_source,
              cfg.model.freeze_blocks or "none")
@@ -343,6 +368,10 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     b = state.best
     log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
              b["epoch"], state.epoch, paths.best)
+    summary["promotion"] = decide(cfg, paths, index)
+    write_json(paths.summary, summary)
+    if cfg.output.keep is not None:
+        prune(paths.root.parent, cfg.output.keep, paths.root.name)
     return TrainResult(TRAINED, paths.root, summary)
 
 

@@ -1,0 +1,189 @@
+"""Champion/challenger: which run is in production, promoting, rolling back, listing and pruning runs.
+
+``runs/production`` is a relative symlink to the run ``vgg predict`` uses by default. ``runs/.production.json``
+keeps the history of that pointer (newest last), so ``vgg rollback`` can go back. After a training run, the new
+model and the production model are evaluated on the same held-out images (the new run's validation split; its
+split is sticky, so earlier runs never trained on those images) and the new one is promoted only if it is at
+least as accurate, clears ``promote.min_accuracy`` and, unless ``promote.allow_class_change``, has the same classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from vgg_cli.errors import NoInputError, UsageError
+from vgg_cli.runs import LATEST, RunPaths, find_model_file, point, write_json
+
+log = logging.getLogger("vgg")
+PRODUCTION = "production"
+HISTORY = ".production.json"
+
+
+def production_run(runs_dir: Path) -> Path | None:
+    link = runs_dir / PRODUCTION
+    return link.resolve() if link.exists() else None
+
+
+def history(runs_dir: Path) -> list[dict]:
+    try:
+        return list(json.loads((runs_dir / HISTORY).read_text(encoding="utf-8"))["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def set_production(runs_dir: Path, run_name: str, how: str, entries: list[dict] | None = None) -> None:
+    """Point runs/production at ``run_name`` and record it (history first, then the pointer)."""
+    entries = history(runs_dir) if entries is None else entries
+    entries.append({"run": run_name, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "how": how})
+    write_json(runs_dir / HISTORY, {"history": entries})
+    point(runs_dir / PRODUCTION, run_name)
+
+
+def _finished(run: Path) -> dict:
+    try:
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise NoInputError(f"run {str(run)!r} has no summary.json: it did not finish (resume it with "
+                           f"`vgg train --resume {run}`)") from None
+    if summary.get("status") not in ("finished", "early_stopped"):
+        raise UsageError(f"run {run.name!r} is {summary.get('status')}, not finished; resume it first")
+    return summary
+
+
+def promote_run(runs_dir: Path, run: Path) -> None:
+    """`vgg promote RUN`: a person's decision, no evaluation."""
+    _finished(run)
+    if run.parent.resolve() != runs_dir.resolve():
+        raise UsageError(f"run {str(run)!r} is not in {str(runs_dir)!r}; production must point inside it")
+    current = production_run(runs_dir)
+    if current is not None and current.name == run.name:
+        log.info("%s is already in production", run.name)
+        return
+    set_production(runs_dir, run.name, "promote")
+    log.info("production: %s -> %s", current.name if current else "(none)", run.name)
+
+
+def rollback(runs_dir: Path) -> str:
+    """Point production back at the run it replaced last; returns that run's name."""
+    entries = history(runs_dir)
+    current = production_run(runs_dir)
+    if current is None or len(entries) < 2:
+        raise NoInputError(f"nothing to roll back to in {str(runs_dir)!r}: production has no earlier run")
+    entries.pop()  # the current production
+    previous = entries.pop()
+    if not (runs_dir / previous["run"]).is_dir():
+        raise NoInputError(f"the previous production run {previous['run']!r} no longer exists in {str(runs_dir)!r}")
+    set_production(runs_dir, previous["run"], "rollback", entries)
+    log.info("production rolled back: %s -> %s", current.name, previous["run"])
+    return previous["run"]
+
+
+def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: int = 32) -> dict:
+    """Top-1 accuracy of a model on images, matching labels by class name."""
+    from vgg_cli.model import load_model
+    from vgg_cli.predict import predict_files
+
+    results = predict_files(load_model(model_file), files, 1, batch_size)
+    scored = [(r, t) for r, t in zip(results, truth) if r.error is None]
+    correct = sum(r.top[0][0] == t for r, t in scored)
+    return {"accuracy": correct / len(scored) if scored else 0.0, "images": len(scored),
+            "unreadable": len(results) - len(scored)}
+
+
+def decide(cfg, paths: RunPaths, index) -> dict:
+    """Evaluate the new run against production and promote it if it earns it. Returns the decision record."""
+    from vgg_cli.data.scan import VAL
+
+    runs_dir = paths.root.parent
+    files, labels = index.split(VAL)
+    if not files:  # no held-out images: judge on the training images (said so in the record)
+        from vgg_cli.data.scan import TRAIN
+
+        files, labels = index.split(TRAIN)
+        held_out = False
+    else:
+        held_out = True
+    truth = [index.classes[i] for i in labels]
+    new = evaluate(paths.best, files, truth, cfg.train.batch_size)
+    record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out},
+                    "min_accuracy": cfg.promote.min_accuracy, "new_accuracy": round(new["accuracy"], 6)}
+    prod = production_run(runs_dir)
+    reasons = []
+    if new["accuracy"] < cfg.promote.min_accuracy:
+        reasons.append(f"accuracy {new['accuracy']:.4f} is below promote.min_accuracy {cfg.promote.min_accuracy}")
+    if prod is not None:
+        record["production_run"] = prod.name
+        prod_classes = json.loads((prod / "classes.json").read_text(encoding="utf-8"))
+        added = sorted(set(index.classes) - set(prod_classes))
+        removed = sorted(set(prod_classes) - set(index.classes))
+        if added or removed:
+            record["class_change"] = {"added": added, "removed": removed}
+            text = f"classes changed from production {prod.name} (added {added or 'none'}, removed {removed or 'none'})"
+            log.warning(text)
+            if not cfg.promote.allow_class_change:
+                reasons.append(f"{text}; set promote.allow_class_change=true to promote it")
+        else:
+            old = evaluate(find_model_file(prod), files, truth, cfg.train.batch_size)
+            record["production_accuracy"] = round(old["accuracy"], 6)
+            if new["accuracy"] < old["accuracy"]:
+                reasons.append(f"accuracy {new['accuracy']:.4f} is below production {prod.name}'s "
+                               f"{old['accuracy']:.4f} on the same {new['images']} images")
+    if reasons:
+        record["reason"] = "; ".join(reasons)
+        log.warning("not promoted: %s; production stays %s", record["reason"], prod.name if prod else "(none)")
+    else:
+        record["promoted"] = True
+        record["reason"] = ("no production model yet" if prod is None else
+                            f"at least as accurate as production {prod.name}")
+        set_production(runs_dir, paths.root.name, "auto")
+        log.info("promoted to production: %s (%s)", paths.root.name, record["reason"])
+    return record
+
+
+def list_runs(runs_dir: Path) -> list[dict]:
+    prod = production_run(runs_dir)
+    latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
+    out = []
+    for d in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        if d.is_symlink() or not d.is_dir() or d.name.startswith(".") or not (d / "config.yaml").is_file():
+            continue
+        try:
+            s = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            s = {"status": "unfinished"}
+        best = s.get("best") or {}
+        monitor = s.get("monitor")
+        out.append({"run": d.name, "started": s.get("started"), "status": s.get("status"),
+                    "images": (s.get("images") or {}).get("train", 0) + (s.get("images") or {}).get("val", 0)
+                    if s.get("images") else None,
+                    "classes": len(s.get("classes") or []) or None, "monitor": monitor,
+                    "best": best.get(monitor) if monitor else None,
+                    "promoted": bool((s.get("promotion") or {}).get("promoted")),
+                    "production": prod is not None and d.resolve() == prod, "latest": latest == d.resolve()})
+    return out
+
+
+def prune(runs_dir: Path, keep: int, current: str) -> list[str]:
+    """Delete the oldest runs beyond ``keep``; never production, the run it replaced last, latest or current."""
+    entries = history(runs_dir)
+    protected = {current}
+    if production_run(runs_dir) is not None:
+        protected.add(production_run(runs_dir).name)
+    if len(entries) >= 2:
+        protected.add(entries[-2]["run"])
+    if (runs_dir / LATEST).exists():
+        protected.add((runs_dir / LATEST).resolve().name)
+    runs = sorted((r["run"] for r in list_runs(runs_dir)), key=lambda n: (runs_dir / n / "config.yaml").stat().st_mtime)
+    removed = []
+    for name in runs[: max(0, len(runs) - keep)]:
+        if name in protected:
+            continue
+        shutil.rmtree(runs_dir / name, ignore_errors=True)
+        removed.append(name)
+    if removed:
+        log.info("output.keep=%d: removed old runs %s", keep, ", ".join(removed))
+    return removed
