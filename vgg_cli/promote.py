@@ -179,7 +179,9 @@ def prune(runs_dir: Path, keep: int, current: str) -> list[str]:
         protected.add((runs_dir / LATEST).resolve().name)
     runs = sorted((r["run"] for r in list_runs(runs_dir)), key=lambda n: (runs_dir / n / "config.yaml").stat().st_mtime)
     removed = []
-    for name in runs[: max(0, len(runs) - keep)]:
+    for name in runs:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)
+        if len(runs) - len(removed) <= keep:
+            break
         if name in protected:
             continue
         shutil.rmtree(runs_dir / name, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""Champion/challenger through the CLI: promotion both ways, min_accuracy, class drift, rollback, keep, warm start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import COLOURS, SIZE, colour_image, make_colour_dataset, run_cli
+
+GOOD = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
+        "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",
+        "output.tensorboard=false", "train.epochs=6"]
+BAD = [*GOOD, "train.epochs=1", "train.optimizer.learning_rate=1e-7", "train.seed=7"]  # barely trained
+
+
+def train(data: Path, runs: Path, *extra: str) -> tuple[int, dict, str]:
+    code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", "--json", *extra])
+    return code, json.loads(out), err
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return make_colour_dataset(tmp_path / "photos", per_class=10, seed=3)
+
+
+@pytest.fixture
+def champion(tmp_path, data) -> tuple[Path, Path]:
+    runs = tmp_path / "runs"
+    code, result, err = train(data, runs, *GOOD, "output.name=champion")
+    assert code == 0 and result["promoted"] is True, err
+    assert result["promotion"]["reason"] == "no production model yet"
+    assert (runs / "production").resolve() == (runs / "champion").resolve()
+    return runs, runs / "champion"
+
+
+def test_worse_model_is_kept_but_not_promoted_exit_3(champion, data):
+    runs, champ = champion
+    code, result, err = train(data, runs, *BAD, "output.name=weak")
+    assert code == 3 and result["exit_code"] == 3 and result["status"] == "trained" and result["promoted"] is False
+    p = result["promotion"]
+    assert p["production_run"] == "champion" and p["new_accuracy"] < p["production_accuracy"]
+    assert "below production champion's" in p["reason"] and "not promoted" in err
+    assert (runs / "production").resolve() == champ.resolve()  # production unchanged
+    assert (runs / "latest").resolve() == (runs / "weak").resolve()  # latest = newest finished run
+    summary = json.loads((runs / "weak" / "summary.json").read_text())
+    assert summary["promotion"] == p
+    # predict uses production by default, not latest
+    img = runs.parent / "x.png"
+    colour_image(COLOURS["red"], np.random.default_rng(0)).save(img)
+    code, out, _ = run_cli(["predict", str(img), "--runs-dir", str(runs), "--format", "json"])
+    assert code == 0 and json.loads(out)["label"] == "red"
+
+
+def test_equal_or_better_model_is_promoted_and_rollback_restores(champion, data):
+    runs, champ = champion
+    code, result, _ = train(data, runs, *GOOD, "output.name=challenger", "train.seed=5")
+    p = result["promotion"]
+    assert code == 0 and p["promoted"] and p["new_accuracy"] >= p["production_accuracy"]
+    assert (runs / "production").resolve() == (runs / "challenger").resolve()
+    code, out, _ = run_cli(["rollback", "--runs-dir", str(runs)])
+    assert code == 0 and out.strip() == "champion"
+    assert (runs / "production").resolve() == champ.resolve()
+    code, _, err = run_cli(["rollback", "--runs-dir", str(runs)])
+    assert code == 66 and "nothing to roll back to" in err
+    code, _, _ = run_cli(["promote", "challenger", "--runs-dir", str(runs)])
+    assert code == 0 and (runs / "production").resolve() == (runs / "challenger").resolve()
+    code, out, _ = run_cli(["runs", "--runs-dir", str(runs), "--json"])
+    listed = {r["run"]: r for r in map(json.loads, out.splitlines())}
+    assert listed["challenger"]["production"] and listed["challenger"]["latest"]
+    assert listed["champion"]["images"] == 30 and listed["champion"]["classes"] == 3
+
+
+def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
+    runs = tmp_path / "runs"
+    code, result, err = train(data, runs, *BAD, "promote.min_accuracy=0.99")
+    assert code == 3 and "below promote.min_accuracy 0.99" in result["promotion"]["reason"]
+    assert not (runs / "production").exists()
+
+
+def test_class_change_blocks_promotion_unless_allowed(champion, data):
+    runs, champ = champion
+    rng = np.random.default_rng(4)
+    (data / "purple").mkdir()
+    for i in range(6):
+        colour_image((150, 40, 200), rng).save(data / "purple" / f"p{i}.png")
+    code, result, err = train(data, runs, *GOOD, "output.name=four")
+    assert code == 3 and result["promotion"]["class_change"] == {"added": ["purple"], "removed": []}
+    assert "promote.allow_class_change=true" in result["promotion"]["reason"] and "classes changed" in err
+    assert (runs / "production").resolve() == champ.resolve()
+    code, result, _ = train(data, runs, *GOOD, "output.name=four-ok", "promote.allow_class_change=true")
+    assert code == 0 and result["promoted"] and (runs / "production").resolve() == (runs / "four-ok").resolve()
+
+
+def test_promote_refuses_unfinished_runs(champion):
+    runs, _ = champion
+    (runs / "broken").mkdir()
+    (runs / "broken" / "config.yaml").write_text("{}\n")
+    code, _, err = run_cli(["promote", "broken", "--runs-dir", str(runs)])
+    assert code == 66 and "did not finish" in err
+
+
+def test_keep_prunes_old_runs_but_never_production(champion, data):
+    runs, champ = champion
+    for i in range(3):
+        train(data, runs, *BAD, f"output.name=weak{i}", "output.keep=2")
+    left = sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    assert "champion" in left and "weak2" in left  # production and latest survive
+    assert len(left) == 2
+
+
+def test_warm_start_from_production_takes_backbone_and_head(champion, data):
+    runs, champ = champion
+    code, result, err = train(data, runs, *GOOD, "model.weights=production", "train.epochs=1")
+    assert code in (0, 3), err
+    summary = json.loads((Path(result["run"]) / "summary.json").read_text())
+    assert summary["weights"].startswith(f"production: run {champ.resolve()}") and "its head" in summary["weights"]
+    # a head that starts trained: one more epoch is already as good as the champion's best
+    assert summary["final"]["val_accuracy"] >= 0.9
+    code, result, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs.parent / 'empty'}",
+                                 "model.weights=production"])
+    assert code == 66 and "there is no" in err
