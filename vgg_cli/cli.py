@@ -246,6 +246,34 @@ def _summary_classes(cfg) -> tuple[list[str], str]:
     return ["class_0", "class_1"], f"placeholder: {root} has no class folders yet"
 
 
+@cli.command(short_help="Check a dataset folder without training.")
+@click.argument("data_dir", required=False)
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--min-side", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Report images smaller than this many pixels on a side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, ...], min_side: int,
+          as_json: bool) -> int:
+    """Classes and counts, imbalance, unreadable files with reasons, exact duplicates across classes or across
+    train/val, suspiciously small images. DATA_DIR defaults to data.train_dir. Exit 0 when there is nothing to fix
+    (warnings allowed), 65 when there are errors. Per-file results are cached in <output.dir>/.cache."""
+    from pathlib import Path
+
+    from vgg_cli.check import check_dataset, format_report
+    from vgg_cli.config import load_config
+
+    if data_dir and "=" in data_dir and not os.path.isdir(data_dir):
+        overrides, data_dir = (data_dir, *overrides), None
+    cfg = load_config(config_path, (*overrides, *([f"data.train_dir={data_dir}"] if data_dir else [])))
+    result = check_dataset(cfg.data, Path(cfg.output.dir) / ".cache", min_side)
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(format_report(result), nl=False)
+    return EXIT_DATA if result["errors"] else 0
+
+
 runs_dir_option = click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from vgg_cli.data.images import IMAGE_EXTENSIONS, BadImage, decode, is_image_name, read_file
+from vgg_cli.data.images import IMAGE_EXTENSIONS, BadImage, decode, is_image_name, open_image, read_file
 from vgg_cli.errors import DataError, NoInputError
 
 TRAIN, VAL = "train", "val"
@@ -44,6 +44,7 @@ class DatasetIndex:
     skipped: list[dict[str, str]] = field(default_factory=list)
     excluded_classes: list[dict[str, str]] = field(default_factory=list)
     ignored_files: int = 0
+    dims: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (source, path) -> (w, h)
 
     def root_of(self, entry: FileEntry) -> Path:
         return Path(self.val_dir if entry.source == "val_dir" else self.train_dir)
@@ -132,21 +133,22 @@ def _class_folders(root: Path) -> list[str]:
         raise NoInputError(f"cannot list dataset folder {str(root)!r}: {e.strerror}; check its permissions") from None
 
 
-def _check_one(path: Path, size: int) -> tuple[int, str] | str:
-    """(bytes, sha1) for a usable image, else the reason it is skipped."""
+def _check_one(path: Path, size: int) -> tuple[int, str, int, int] | str:
+    """(bytes, sha1, width, height) for a usable image, else the reason it is skipped."""
     try:
         data = read_file(path)
+        width, height = open_image(data).size
         decode(data, size)
     except BadImage as e:
         return str(e)
-    return len(data), hashlib.sha1(data).hexdigest()
+    return len(data), hashlib.sha1(data).hexdigest(), width, height
 
 
 class ScanCache:
     """Per-file check results keyed by absolute path, trusted while the file's size and mtime are unchanged, so
     re-scanning a large unchanged folder reads nothing. Lives in the runs directory, never in the dataset."""
 
-    VERSION = 1
+    VERSION = 2
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -174,7 +176,7 @@ class ScanCache:
         hit = self.entries.get(key)
         if stamp is not None and hit is not None and hit[0] == stamp[0] and hit[1] == stamp[1] and hit[2] == size:
             self.hits += 1
-            return hit[3] if isinstance(hit[3], str) else (hit[3][0], hit[3][1])
+            return hit[3] if isinstance(hit[3], str) else tuple(hit[3])
         result = _check_one(path, size)
         if stamp is not None and not (isinstance(result, str) and result.startswith(("permission", "cannot read"))):
             self.entries[key] = [stamp[0], stamp[1], size, result if isinstance(result, str) else list(result)]
@@ -216,6 +218,7 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache
     """Per class: usable (relpath, size, sha1) list; plus skipped entries and ignored count."""
     per_class: dict[str, list[tuple[str, int, str]]] = {}
     skipped: list[dict[str, str]] = []
+    dims: dict[str, tuple[int, int]] = {}
     ignored = 0
     jobs: list[tuple[str, Path]] = []
     for name in class_names:
@@ -230,7 +233,8 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache
             skipped.append({"path": rel, "reason": result})
         else:
             per_class[name].append((rel, result[0], result[1]))
-    return per_class, skipped, ignored
+            dims[rel] = (result[2], result[3])
+    return per_class, skipped, ignored, dims
 
 
 def scan(data_cfg, previous_splits: dict[str, str] | None = None, cache_dir: Path | None = None) -> DatasetIndex:
@@ -264,7 +268,8 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
         raise DataError(f"data.train_dir {str(root)!r} has no class subfolders; put each class's images in "
                         f"its own subfolder ({str(root)}/cats/*.jpg, {str(root)}/dogs/*.jpg)")
 
-    per_class, skipped, ignored = _collect(root, wanted, data_cfg.image_size, "scanning", cache)
+    per_class, skipped, ignored, dims = _collect(root, wanted, data_cfg.image_size, "scanning", cache)
+    all_dims = {("train_dir", rel): wh for rel, wh in dims.items()}
     classes: list[str] = []
     for name in wanted:
         if per_class[name]:
@@ -284,7 +289,7 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
         for name in classes:
             files += [FileEntry(rel, label_of[name], TRAIN, "train_dir", size, sha)
                       for rel, size, sha in per_class[name]]
-        files += _scan_val_dir(data_cfg, classes, label_of, skipped, cache)
+        files += _scan_val_dir(data_cfg, classes, label_of, skipped, cache, all_dims)
     else:
         previous = previous_splits or {}
         for name in classes:
@@ -310,17 +315,19 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
         skipped=skipped,
         excluded_classes=excluded,
         ignored_files=ignored,
+        dims=all_dims,
     )
 
 
 def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skipped: list[dict[str, str]],
-                  cache: ScanCache) -> list[FileEntry]:
+                  cache: ScanCache, all_dims: dict) -> list[FileEntry]:
     vroot = require_dir(data_cfg.val_dir, "data.val_dir").resolve()
     vfolders = _class_folders(vroot)
     for extra in (f for f in vfolders if f not in label_of):
         skipped.append({"path": f"val_dir:{extra}/", "reason": f"class {extra!r} is not a training class"})
     present = [c for c in classes if c in vfolders]
-    per_class, vskipped, _ = _collect(vroot, present, data_cfg.image_size, "scanning val", cache)
+    per_class, vskipped, _, dims = _collect(vroot, present, data_cfg.image_size, "scanning val", cache)
+    all_dims.update({("val_dir", rel): wh for rel, wh in dims.items()})
     skipped += [{"path": f"val_dir:{s['path']}", "reason": s["reason"]} for s in vskipped]
     return [FileEntry(rel, label_of[name], VAL, "val_dir", size, sha)
             for name in present for rel, size, sha in per_class[name]]
