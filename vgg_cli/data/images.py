@@ -104,9 +104,31 @@ def open_image(data: bytes) -> Image.Image:
     return img
 
 
+def _check_png_crcs(data: bytes) -> None:
+    """Pillow checks the CRC of header chunks but not of the pixel data (IDAT): a corrupted PNG can decode to wrong
+    pixels without an error. Every chunk's CRC is checked here (zlib.crc32 runs at GB/s)."""
+    import struct
+    import zlib
+
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            return  # truncation is reported by the decoder
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(data[pos + 4:end - 4]) & 0xFFFFFFFF != crc:
+            raise BadImage(f"corrupt PNG: bad CRC in its {kind.decode('latin-1')} chunk")
+        if kind == b"IEND":
+            return
+        pos = end
+
+
 def decode(data: bytes, size: int) -> np.ndarray:
     """Bytes of an image file -> uint8 RGB array (size, size, 3). Raises BadImage with a reason."""
     img = open_image(data)
+    if img.format == "PNG":
+        _check_png_crcs(data)
     try:
         if getattr(img, "is_animated", False):
             img.seek(0)  # first frame of an animated GIF/WebP
