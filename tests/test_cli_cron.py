@@ -233,3 +233,23 @@ def test_sync_repairs_a_crash_between_commit_and_bookkeeping(tmp_path):
     paths.checkpoint(3).write_bytes(b"model after epoch 3")
     sync(paths, TrainState(epochs=5, rows=rows + [{"epoch": 3, "val_accuracy": 0.9, "val_loss": 0.5}], best_epoch=3))
     assert paths.best.read_bytes() == paths.last.read_bytes() == b"model after epoch 3"
+
+
+def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, data):
+    """The nightly command itself resumes: no separate --resume step in cron."""
+    runs = tmp_path / "runs"
+    args = ["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=4", "--if-changed", "--json"]
+    proc = start(args)
+    wait_for(proc, "epoch 1/4")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    (killed,) = real_runs(runs)
+    code, out, err = run_cli(args)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["status"] == "trained" and result["run"] == str(killed.resolve())
+    assert "did not finish" in err and "resuming" in err
+    check_finished_run(killed, 4)
+    code, out, _ = run_cli(args)  # and the next night there is nothing to do
+    assert code == 0 and json.loads(out)["status"] == "nothing_to_do"
+    assert len(real_runs(runs)) == 1

@@ -202,6 +202,9 @@ def run_training(cfg: Config, *, if_changed: bool = False, command: str = "") ->
         with runs_lock(runs_dir, command) as stale:
             if stale:
                 log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)
+            unfinished = _unfinished_same_job(cfg) if if_changed else None
+            if unfinished is not None:
+                return _resume(load_run_config(unfinished.config), unfinished, t_start, early)
             return _new_run(cfg, early, t_start, if_changed)
     finally:
         log.removeHandler(early)
@@ -281,6 +284,28 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
         handler.close()
 
 
+def _unfinished_same_job(cfg: Config) -> RunPaths | None:
+    """Cron mode (--if-changed): the newest run that did not finish, if it is newer than runs/latest and was
+    started with this same config. It is finished before anything new is trained."""
+    runs_dir = Path(cfg.output.dir)
+    try:
+        candidate = find_resumable(runs_dir)
+    except NoInputError:
+        return None
+    latest = runs_dir / LATEST
+    if latest.exists() and latest.resolve().stat().st_mtime > candidate.stat().st_mtime:
+        return None
+    try:
+        digest = json.loads((candidate / "run.json").read_text(encoding="utf-8")).get("config_digest")
+    except (OSError, ValueError):
+        return None
+    if digest != config_digest(cfg):
+        log.info("not resuming unfinished run %s: it was started with a different config", candidate.name)
+        return None
+    log.info("an earlier run of this job did not finish (%s): resuming it", candidate.name)
+    return RunPaths(candidate)
+
+
 def find_resumable(runs_dir: Path) -> Path:
     """The newest run in ``runs_dir`` that did not finish."""
     candidates = []
@@ -317,8 +342,8 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _resume(cfg: Config, paths: RunPaths, t_start: float) -> TrainResult:
-    handler = _attach_log_file(paths.log, None)
+def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | None = None) -> TrainResult:
+    handler = _attach_log_file(paths.log, early)
     try:
         summary_status = None
         if paths.summary.is_file():
