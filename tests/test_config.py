@@ -134,7 +134,7 @@ def test_help_and_config_show_do_not_import_tensorflow():
 
 
 @pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["summary"], ["config"], ["config", "show"],
-                                 ["config", "defaults"]])
+                                 ["config", "defaults"], ["runs"], ["promote"], ["rollback"], ["check"]])
 def test_help_on_every_command(cmd):
     code, out, _ = run_cli([*cmd, "--help"])
     assert code == 0 and "Usage:" in out

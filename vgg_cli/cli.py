@@ -67,12 +67,16 @@ def cli() -> None:
 
     \b
     vgg train data.train_dir=~/photos      train on a folder with one subfolder per class
-    vgg predict image.jpg                  label images with the newest run
+    vgg predict image.jpg                  label images with the production (else newest) run
     vgg summary                            show the model the config builds
     vgg config show                        print the resolved configuration
     vgg config defaults > my.yaml          every key, documented; edit, then vgg train --config my.yaml
+    vgg train --config my.yaml --if-changed   the nightly cron job (resumes, skips, promotes only if better)
+    vgg runs | vgg promote RUN | vgg rollback   production model management
+    vgg check ~/photos                     find unreadable files, duplicates and imbalance, without training
 
-    Exit codes: 0 ok, 64 usage, 65 data, 66 missing input, 70 internal, 74 I/O, 75 interrupted, 78 config.
+    Exit codes: 0 ok, 3 trained but not promoted, 64 usage, 65 data, 66 missing input, 70 internal, 74 I/O,
+    75 locked or interrupted, 78 config.
     """
 
 
