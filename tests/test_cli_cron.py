@@ -253,3 +253,20 @@ def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, 
     code, out, _ = run_cli(args)  # and the next night there is nothing to do
     assert code == 0 and json.loads(out)["status"] == "nothing_to_do"
     assert len(real_runs(runs)) == 1
+
+
+def test_a_run_that_keeps_failing_does_not_block_later_nights(tmp_path, data):
+    runs = tmp_path / "runs"
+    args = ["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=3", "--if-changed", "--json"]
+    proc = start(args)
+    wait_for(proc, "epoch 1/3")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    (stuck,) = real_runs(runs)
+    info = json.loads((stuck / "run.json").read_text())
+    info["resumed"] = [{"at": "2026-11-20T02:30:00+00:00", "after_epoch": 1}] * 3  # crashed on three nights
+    (stuck / "run.json").write_text(json.dumps(info))
+    code, out, err = run_cli(args)
+    assert code == 0, err
+    assert "resumed 3 times without finishing" in err
+    assert json.loads(out)["run"] != str(stuck.resolve()) and len(real_runs(runs)) == 2

@@ -38,6 +38,9 @@ log = logging.getLogger("vgg")
 
 # Outcomes of `vgg train` (summary.json "status" and --json "status").
 TRAINED, NOTHING_TO_DO, INTERRUPTED = "trained", "nothing_to_do", "interrupted"
+# --if-changed resumes an unfinished run at most this many times, so a run that keeps crashing cannot block
+# every later night.
+MAX_AUTO_RESUMES = 3
 
 
 @dataclass
@@ -296,10 +299,14 @@ def _unfinished_same_job(cfg: Config) -> RunPaths | None:
     if latest.exists() and latest.resolve().stat().st_mtime > candidate.stat().st_mtime:
         return None
     try:
-        digest = json.loads((candidate / "run.json").read_text(encoding="utf-8")).get("config_digest")
+        info = json.loads((candidate / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if digest != config_digest(cfg):
+    if len(info.get("resumed", [])) >= MAX_AUTO_RESUMES:
+        log.warning("not resuming unfinished run %s again: it was resumed %d times without finishing; training a "
+                    "new run (resume it by hand with --resume to retry)", candidate.name, len(info["resumed"]))
+        return None
+    if info.get("config_digest") != config_digest(cfg):
         log.info("not resuming unfinished run %s: it was started with a different config", candidate.name)
         return None
     log.info("an earlier run of this job did not finish (%s): resuming it", candidate.name)
