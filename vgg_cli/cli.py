@@ -299,12 +299,14 @@ def runs_command(runs_dir: str, as_json: bool) -> int:
         click.echo(f"no runs in {runs_dir}", err=True)
         return 0
     width = max(len(r["run"]) for r in rows)
-    click.echo(f"   {'run':<{width}}  {'started':<25}  {'status':<13}  {'images':>6}  {'classes':>7}  best")
+    click.echo(f"   {'run':<{width}}  {'started':<25}  {'status':<13}  {'images':>6}  {'classes':>7}  "
+               f"{'promoted':<8}  best")
     for r in rows:
         mark = ("P" if r["production"] else " ") + ("L" if r["latest"] else " ")
         best = f"{r['monitor']} {r['best']:.4f}" if r["best"] is not None else "-"
         click.echo(f"{mark} {r['run']:<{width}}  {str(r['started'] or '-'):<25}  {str(r['status']):<13}  "
-                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {best}")
+                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {'yes' if r['promoted'] else 'no':<8}  "
+                   f"{best}")
     return 0
 
 
