@@ -176,3 +176,16 @@ def test_yaml_on_off_for_mixed_precision(tmp_path, text, expected):
     f = tmp_path / "c.yaml"
     f.write_text(f"train:\n  mixed_precision: {text}\n")
     assert load_config(f).train.mixed_precision == expected
+
+
+def test_yaml_words_on_off_yes_no_are_not_booleans(tmp_path):
+    """YAML 1.1 would turn a run named `on` into True; only true/false are booleans here."""
+    cfg = load_config(None, ["output.name=on", "output.tensorboard=no", "train.mixed_precision=off",
+                             "cache.features=off"])
+    assert cfg.output.name == "on" and cfg.output.tensorboard is False
+    assert cfg.train.mixed_precision == "off" and cfg.cache.features == "off"
+    f = tmp_path / "c.yaml"
+    f.write_text("output:\n  name: yes\n  tensorboard: off\ntrain:\n  mixed_precision: on\n")
+    cfg = load_config(f, ["promote.allow_class_change=true"])
+    assert cfg.output.name == "yes" and cfg.output.tensorboard is False and cfg.train.mixed_precision == "on"
+    assert cfg.promote.allow_class_change is True

@@ -116,9 +116,13 @@ class RunRecorder(keras.callbacks.Callback):
     """Commits each completed epoch (see the module docstring) and implements early stopping from the rows,
     so a resumed run knows exactly how long it has gone without improving."""
 
-    def __init__(self, paths: RunPaths, state: TrainState, monitor: Monitor, patience: int, n_train: int):
+    def __init__(self, paths: RunPaths, state: TrainState, monitor: Monitor, patience: int, n_train: int,
+                 save_model: keras.Model | None = None):
+        """``save_model``: the whole model to checkpoint when training runs on part of it (cached features);
+        default: the model being trained."""
         super().__init__()
         self.paths, self.state, self.monitor, self.patience, self.n_train = paths, state, monitor, patience, n_train
+        self.save_model = save_model
         self._t0 = self._t_val = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -137,7 +141,7 @@ class RunRecorder(keras.callbacks.Callback):
                "images_per_sec": round(self.n_train / train_s, 2) if train_s > 0 else None}
         if epoch + 1 != self.state.epoch + 1:
             raise RuntimeError(f"epoch {epoch + 1} finished but the run has {self.state.epoch} epochs recorded")
-        write_with(self.paths.checkpoint(epoch + 1), self.model.save, suffix=".keras")
+        write_with(self.paths.checkpoint(epoch + 1), (self.save_model or self.model).save, suffix=".keras")
         best = self.state.best
         improved = best is None or self.monitor.key(row) > self.monitor.key(best)
         self.state.rows.append(row)

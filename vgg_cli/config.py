@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vgg_cli.errors import ConfigError, NoInputError
 
 BLOCKS = (1, 2, 3, 4, 5)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false are booleans. Under YAML 1.1 (PyYAML's default) yes/no/on/off
+    are too, so ``output.name=on`` or ``mixed_precision: off`` would silently become True/False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class _Section(BaseModel):
@@ -108,7 +125,7 @@ class TrainConfig(_Section):
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:
-        # YAML 1.1 (and so yaml.safe_load) reads a bare on/off as true/false.
+        # Our loader keeps on/off as strings; a config built in Python may still pass a bool.
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("gpus")
@@ -117,6 +134,43 @@ class TrainConfig(_Section):
         if v is not None and any(g < 0 for g in v):
             raise ValueError("GPU indices must be >= 0")
         return v
+
+
+class AugmentConfig(_Section):
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+    rotation: float = Field(ge=0.0, le=0.5)
+    zoom: float = Field(ge=0.0, le=0.9)
+    translation: float = Field(ge=0.0, le=0.5)
+    contrast: float = Field(ge=0.0, le=1.0)
+    brightness: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def _flip(cls, v: Any) -> Any:
+        return "none" if v is None or v is False else v
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or any((self.rotation, self.zoom, self.translation, self.contrast,
+                                           self.brightness))
+
+
+class CacheConfig(_Section):
+    features: Literal["auto", "off"]
+    images: Literal["auto", "off"]
+    ram_mb: int = Field(ge=0)
+    dir: str | None
+    disk_mb: int = Field(ge=1)
+
+    @field_validator("features", "images", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v
+
+    @field_validator("dir")
+    @classmethod
+    def _expand(cls, v: str | None) -> str | None:
+        return None if v is None else os.path.expanduser(str(v))
 
 
 class OutputConfig(_Section):
@@ -147,6 +201,8 @@ class Config(_Section):
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    augment: AugmentConfig
+    cache: CacheConfig
     output: OutputConfig
     promote: PromoteConfig
 
@@ -162,14 +218,14 @@ class Config(_Section):
 
 def default_dict() -> dict[str, Any]:
     text = resources.files("vgg_cli").joinpath("default.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return yaml_load(text)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NoInputError(f"config file {str(path)!r} not found; check the --config path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -231,13 +287,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any], source: str, prefix: str 
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'train.epochs=3'`` -> (['train', 'epochs'], 3); the value is parsed with ``yaml.safe_load``."""
+    """``'train.epochs=3'`` -> (['train', 'epochs'], 3); the value is parsed as YAML (1.2 booleans)."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not key=value; write e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML; quote it, e.g. {key}='{raw}'") from None
     return key.split("."), value

@@ -265,25 +265,94 @@ def build_backbone(arch: str, image_size: int) -> keras.Model:
     return ARCHS[arch](include_top=False, weights=None, input_shape=(image_size, image_size, 3))
 
 
-def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_weights: bool = True) -> tuple[keras.Model, str]:
-    """Backbone (+ weights) + freezing + head. Returns the model and where its backbone weights came from."""
+def augmentation_layers(aug_cfg) -> list[layers.Layer]:
+    """Keras random preprocessing layers for ``augment:``; they act only when called with training=True."""
+    if aug_cfg is None or not aug_cfg.active:
+        return []
+    out: list[layers.Layer] = []
+    if aug_cfg.flip != "none":
+        out.append(layers.RandomFlip(aug_cfg.flip, name="augment_flip"))
+    if aug_cfg.rotation:
+        out.append(layers.RandomRotation(aug_cfg.rotation, fill_mode="reflect", name="augment_rotation"))
+    if aug_cfg.zoom:
+        out.append(layers.RandomZoom(aug_cfg.zoom, fill_mode="reflect", name="augment_zoom"))
+    if aug_cfg.translation:
+        out.append(layers.RandomTranslation(aug_cfg.translation, aug_cfg.translation, fill_mode="reflect",
+                                            name="augment_translation"))
+    if aug_cfg.contrast:
+        out.append(layers.RandomContrast(aug_cfg.contrast, value_range=(0, 255), name="augment_contrast"))
+    if aug_cfg.brightness:
+        out.append(layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), name="augment_brightness"))
+    return out
+
+
+def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_weights: bool = True,
+                augment=None) -> tuple[keras.Model, str]:
+    """[augmentation] + VGG preprocessing + backbone (+ weights, freezing) + head.
+    Returns the model and where its backbone weights came from."""
     backbone = build_backbone(model_cfg.arch, image_size)
     source = load_backbone_weights(backbone, model_cfg.arch, model_cfg.weights) if load_weights else "not loaded"
     apply_freeze(backbone, model_cfg.freeze_blocks)
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = VGGPreprocess(name="preprocess")(inputs)
+    x = inputs
+    for layer in augmentation_layers(augment):
+        x = layer(x)
+    x = VGGPreprocess(name="preprocess")(x)
     x = backbone(x, training=False)
     pool = {"flatten": layers.Flatten, "avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
     x = pool[model_cfg.head.pooling](name=f"head_{model_cfg.head.pooling}_pool")(x)
+    rate = model_cfg.head.dropout
     for i, units in enumerate(model_cfg.head.dense, start=1):
+        if rate > 0:
+            x = layers.Dropout(rate, name=f"head_dropout{i}")(x)
         x = layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
-        if model_cfg.head.dropout > 0:
-            x = layers.Dropout(model_cfg.head.dropout, name=f"head_dropout{i}")(x)
+    if rate > 0:
+        x = layers.Dropout(rate, name="head_dropout")(x)
     x = layers.Dense(len(class_names), name="head_logits")(x)
     x = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     outputs = LabelNames(class_names, dtype="float32", name="labels")(x)
     return keras.Model(inputs, outputs, name=f"{model_cfg.arch}_classifier"), source
+
+
+def frozen_prefix_blocks(freeze_blocks: Sequence[int]) -> int:
+    """How many leading conv blocks are frozen: 3 for [1, 2, 3, 5], 0 for [2, 3]."""
+    k = 0
+    while k + 1 in freeze_blocks:
+        k += 1
+    return k
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return next(l for l in model.layers if isinstance(l, keras.Model) and l.name in ARCHS)
+
+
+def split_frozen_prefix(model: keras.Model, blocks: int) -> tuple[keras.Model, keras.Model]:
+    """Cut ``model`` after ``block{blocks}_pool``: (prefix, rest). The prefix maps raw images to that block's
+    output; the rest maps those activations to class probabilities. Both are built from the model's own layer
+    objects, so training the rest trains ``model``. The model must have no augmentation layers."""
+    if not 1 <= blocks <= 5:
+        raise ValueError(f"blocks must be 1..5, got {blocks}")
+    if any(l.name.startswith("augment_") for l in model.layers):
+        raise ValueError("a model with augmentation layers cannot be split: they change the input every epoch")
+    backbone = backbone_of(model)
+    chain = backbone.layers[1:]  # VGG is a chain; [0] is its InputLayer
+    cut = next(i for i, l in enumerate(chain) if l.name == f"block{blocks}_pool") + 1
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    x = model.get_layer("preprocess")(inputs)
+    for layer in chain[:cut]:
+        x = layer(x)
+    prefix = keras.Model(inputs, x, name=f"{model.name}_prefix")
+
+    features = keras.Input(shape=tuple(x.shape[1:]), dtype=x.dtype, name="features")
+    y = features
+    for layer in chain[cut:]:
+        y = layer(y)
+    after = model.layers[[id(l) for l in model.layers].index(id(backbone)) + 1:]
+    for layer in after:
+        y = layer(y)
+    return prefix, keras.Model(features, y, name=f"{model.name}_rest")
 
 
 def make_optimizer(opt_cfg):
@@ -297,11 +366,13 @@ def make_optimizer(opt_cfg):
     return keras.optimizers.RMSprop(learning_rate=lr, momentum=opt_cfg.momentum, weight_decay=wd)
 
 
-def compile_model(model: keras.Model, train_cfg, num_classes: int) -> None:
+def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=None) -> None:
+    """Loss and metrics; a new optimizer from the config, or ``optimizer`` (to train part of a model with the
+    optimizer, and so the state, of the whole)."""
     metrics: list = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     if num_classes > 5:
         metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
-    model.compile(optimizer=make_optimizer(train_cfg.optimizer),
+    model.compile(optimizer=optimizer if optimizer is not None else make_optimizer(train_cfg.optimizer),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=metrics)
 
 

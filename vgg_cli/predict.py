@@ -60,18 +60,19 @@ def _load(path: str, size: int) -> np.ndarray | str:
 
 
 def predict_files(model, files: list[str], top_k: int, batch_size: int) -> list[Prediction]:
+    """Top-k labels of ``files``; the next batch is decoded (in parallel threads) while this one runs."""
+    from vgg_cli.data.pipeline import decode_workers, prefetch_batches
     from vgg_cli.model import class_names_of, image_size_of
 
     classes = class_names_of(model)
     size = image_size_of(model)
     k = max(1, min(top_k, len(classes)))
     results: list[Prediction] = []
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
-        for start in range(0, len(files), batch_size):
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
+        for start, loaded in prefetch_batches(files, lambda f: _load(f, size), batch_size, pool):
             chunk = files[start:start + batch_size]
-            loaded = list(pool.map(lambda f: _load(f, size), chunk))
             good = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
-            probs = np.asarray(model.predict_on_batch(np.stack([loaded[i] for i in good]).astype("float32"))) if good else []
+            probs = np.asarray(model.predict_on_batch(np.stack([loaded[i] for i in good]))) if good else []
             by_index = dict(zip(good, probs))
             for i, path in enumerate(chunk):
                 if i in by_index:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from vgg_cli import __version__
 from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, read_state, sync
@@ -61,9 +62,11 @@ def _now() -> str:
 
 
 def config_digest(cfg: Config) -> str:
-    """What makes two trainings the same job: the resolved config without the output section."""
+    """What makes two trainings the same job: the resolved config without the sections that do not change the
+    result (output, cache)."""
     d = cfg.to_dict()
     d.pop("output", None)
+    d.pop("cache", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -259,7 +262,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
 
     keras.utils.set_random_seed(cfg.train.seed)
     log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
-    model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes)
+    model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
     if requested_weights in (PRODUCTION, LATEST):
         weights_source = f"{requested_weights}: {weights_source}"
         if copy_head_if_compatible(model, Path(cfg.model.weights)):
@@ -369,7 +372,7 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
         if state is None:
             log.info("resuming %s from the start: no epoch was completed", paths.root.name)
             keras.utils.set_random_seed(cfg.train.seed)
-            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes)
+            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
             compile_model(model, cfg.train, len(index.classes))
             state = TrainState(epochs=cfg.train.epochs)
         else:
@@ -388,10 +391,11 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
 
 def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device,
                     state: TrainState, run_info: dict, t_start: float) -> TrainResult:
-    stopped_by, train_s = None, 0.0
+    stopped_by, train_s, input_info = None, 0.0, None
     if state.epoch < state.epochs and not state.stopped_early:
-        stopped_by, train_s = _fit(cfg, index, model, paths, state)
+        stopped_by, train_s, input_info = _fit(cfg, index, model, paths, state)
     summary = _summary(cfg, index, model, device, state, run_info, stopped_by, train_s, t_start)
+    summary["input"] = input_info
     summary["run"] = paths.root.name
     write_json(paths.summary, summary)
     if stopped_by:
@@ -418,38 +422,110 @@ def _interrupted(paths: RunPaths, state: TrainState, why: str) -> InterruptedRun
     return InterruptedRun(text)
 
 
-def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState):
-    """Train epochs state.epoch .. epochs-1. Returns (signal name or None, seconds)."""
-    from vgg_cli.data.pipeline import make_dataset, make_train_dataset
+@dataclass
+class InputPlan:
+    """What feeds training: a source of per-image arrays and the model that trains on them."""
+    source: object
+    fit_model: keras.Model
+    info: dict  # summary.json "input": which path ran and why, cache use
+    train_ids: list[int]
+    val_ids: list[int]
+    labels: np.ndarray
+    cache_root: Path | None = None  # the feature cache folder, and the entries this run uses (never pruned)
+    cache_entries: frozenset = frozenset()
 
-    train_paths, train_labels = index.split(TRAIN)
-    val_paths, val_labels = index.split(VAL)
-    size, bs, seed = cfg.data.image_size, cfg.train.batch_size, cfg.train.seed
-    train_ds = make_train_dataset(train_paths, train_labels, size, bs, seed, state.epoch, state.epochs)
-    val_ds = make_dataset(val_paths, val_labels, size, bs) if val_paths else None
-    if val_ds is None:
-        log.warning("no validation images (data.val_split=0 and no data.val_dir): best model chosen on training metrics")
-    monitor = Monitor(cfg.train.monitor, has_val=val_ds is not None)
-    steps = -(-len(train_paths) // bs)
+
+def _input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check) -> InputPlan:
+    """Cached frozen-prefix features when the leading blocks are frozen and augmentation is off; else images
+    (with the RAM image cache when enabled)."""
+    from vgg_cli.data.pipeline import ImageSource
+    from vgg_cli.model import frozen_prefix_blocks
+
+    entries = [e for e in index.files if e.split == TRAIN] + [e for e in index.files if e.split == VAL]
+    n_train = sum(1 for e in entries if e.split == TRAIN)
+    files = [str(index.root_of(e) / e.path) for e in entries]
+    labels = np.asarray([e.label for e in entries], np.int32)
+    ids = list(range(len(entries)))
+    ram = cfg.cache.ram_mb * 2**20
+    blocks = frozen_prefix_blocks(cfg.model.freeze_blocks)
+    why_not = None
+    if cfg.cache.features == "off":
+        why_not = "cache.features=off"
+    elif cfg.augment.active:
+        why_not = "augmentation is on"
+    elif blocks == 0:
+        why_not = "block 1 is not frozen"
+    if why_not is None:
+        from vgg_cli.data.features import FeatureSource, FeatureStore, prefix_key
+        from vgg_cli.model import compile_model, split_frozen_prefix
+
+        prefix, rest = split_frozen_prefix(model, blocks)
+        key = prefix_key(prefix, cfg.model.arch, blocks, cfg.data.image_size)
+        root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.output.dir) / ".cache" / "features"
+        shape = tuple(int(d) for d in prefix.output.shape[1:])
+        store = FeatureStore(root, key, shape, prefix.output.dtype)
+        source = FeatureSource(store, [e.sha1 for e in entries], ram)
+        t0 = time.perf_counter()
+        source.fill(prefix, files, cfg.data.image_size, cfg.train.batch_size, stop_check)
+        compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer)
+        cut = f"block{blocks}_pool" + (" (the whole backbone: head-only training)" if blocks == 5 else "")
+        info = {"path": "features", "frozen_prefix_blocks": blocks, "cache_dir": str(store.dir),
+                "computed": source.computed, "reused": source.reused, "in_ram": source.ram_items,
+                "entries": len(source.unique), "mib": round(len(source.unique) * source.item_bytes / 2**20, 2),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "description": f"cached features: frozen blocks 1-{blocks} ran once per image, training runs "
+                               f"after {cut}; {source.describe()}"}
+        return InputPlan(source, rest, info, ids[:n_train], ids[n_train:], labels, root,
+                         frozenset(store.path(s) for s in source.unique))
+    source = ImageSource(files, cfg.data.image_size, ram if cfg.cache.images == "auto" else 0)
+    info = {"path": "images", "why": why_not, "in_ram": source.ram_items,
+            "description": f"whole network every epoch ({why_not}); {source.describe()}"}
+    return InputPlan(source, model, info, ids[:n_train], ids[n_train:], labels)
+
+
+def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState):
+    """Train epochs state.epoch .. epochs-1. Returns (signal name or None, seconds, input description)."""
+    from vgg_cli.data.pipeline import eval_batches, train_batches
+
+    bs, seed = cfg.train.batch_size, cfg.train.seed
     stopper = StopOnSignal()
-    callbacks: list = [stopper, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
-                                            len(train_paths))]
-    if sys.stderr.isatty():
-        callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
-    if cfg.output.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), write_graph=False,
-                                                     profile_batch=0))
     t0 = time.perf_counter()
-    stopped_by = None
+    stopped_by, plan = None, None
     with stopper:
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=state.epochs, initial_epoch=state.epoch,
-                      steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0)
+            plan = _input_plan(cfg, index, model, stopper._check)
+            log.info("input: %s", plan.info["description"])
+            train_ds = train_batches(plan.source, plan.train_ids, plan.labels, bs, seed, state.epoch, state.epochs)
+            val_ds = eval_batches(plan.source, plan.val_ids, plan.labels, bs) if plan.val_ids else None
+            if val_ds is None:
+                log.warning("no validation images (data.val_split=0 and no data.val_dir): best model chosen on "
+                            "training metrics")
+            monitor = Monitor(cfg.train.monitor, has_val=val_ds is not None)
+            steps = -(-len(plan.train_ids) // bs)
+            callbacks: list = [stopper, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
+                                                    len(plan.train_ids), save_model=model)]
+            if sys.stderr.isatty():
+                callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
+            if cfg.output.tensorboard:
+                callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), write_graph=False,
+                                                             profile_batch=0))
+            plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=state.epochs, initial_epoch=state.epoch,
+                               steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0)
         except _Stop as e:
             stopped_by = str(e)
         except KeyboardInterrupt:
             stopped_by = stopper.signal_name or "SIGINT"
-    return stopped_by, time.perf_counter() - t0
+        finally:
+            if plan is not None:
+                plan.source.close()
+    if plan is not None and plan.cache_root is not None:
+        from vgg_cli.data.features import prune_cache
+
+        removed = prune_cache(plan.cache_root, cfg.cache.disk_mb * 2**20, plan.cache_entries)
+        if removed:
+            log.info("feature cache %s: removed %d least recently used entries (cache.disk_mb=%d)",
+                     plan.cache_root, removed, cfg.cache.disk_mb)
+    return stopped_by, time.perf_counter() - t0, plan.info if plan is not None else None
 
 
 def _summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state: TrainState, run_info: dict,

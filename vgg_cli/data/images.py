@@ -13,12 +13,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Extensions we read, lowercase; matched case-insensitively. Reused in messages.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Larger than any sane photo (~ 16k x 12k): above this a file is treated as a decompression bomb.
 MAX_PIXELS = 200_000_000
+# Changes whenever ``decode`` could produce different pixels for the same file (it keys the feature cache).
+DECODER_VERSION = f"pillow-{PIL.__version__}-exif-rgb-draft-bilinear-1"
 # Files larger than this are not read at all.
 MAX_FILE_BYTES = 512 * 1024 * 1024
 

@@ -1,71 +1,152 @@
-"""Batches for training and evaluation.
+"""Batches for training and evaluation, from a *source* of per-image arrays.
 
-This is the one module that uses TensorFlow directly (``tf.data``); model, training and prediction code use
-Keras APIs only. Images are decoded by ``vgg_cli.data.images.load_image``, the same function prediction uses,
-in parallel (Pillow releases the GIL while decoding), then batched and prefetched.
+A source holds one array per image of a fixed list (training images first, then validation images) and returns
+batches of them by index:
 
-Training order is a pure function of (seed, epoch): epoch ``e`` visits the images in
+- ``ImageSource``: decoded, resized uint8 images (``load_image``, the function prediction uses too), decoded in
+  parallel threads (Pillow releases the GIL), with an optional RAM cache so that later epochs skip decoding;
+- ``vgg_cli.data.features.FeatureSource``: activations of the frozen prefix of the network, computed once.
+
+``tf.data`` only schedules: it turns per-epoch index orders into batches, calls the source from a few threads in
+parallel and prefetches, so the next batches are ready while the accelerator computes. This is the one module that
+uses TensorFlow directly; model, training and prediction code use Keras APIs only.
+
+Training order is a pure function of (seed, epoch): epoch ``e`` visits the training images in
 ``numpy.random.default_rng([seed, e]).permutation(n)``. A run resumed at epoch ``k`` therefore sees exactly the
-batches an uninterrupted run would have seen from epoch ``k`` on.
+batches an uninterrupted run would have seen from epoch ``k`` on, whichever source feeds it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from vgg_cli.data.images import load_image
+from vgg_cli.data.images import BadImage, load_image
+from vgg_cli.errors import DataError
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _decode_batches(ds, image_size: int, batch_size: int):
+def decode_workers() -> int:
+    return max(2, min(16, os.cpu_count() or 2))
+
+
+def _changed_since_scan(path: str, e: BadImage) -> DataError:
+    return DataError(f"image {path!r} can no longer be read ({e}); it changed after the dataset scan: run "
+                     f"`vgg check` on the folder and train again")
+
+
+def load_or_fail(path: str, size: int) -> np.ndarray:
+    """``load_image`` for a file the scan accepted: a failure now is a DataError."""
+    try:
+        return load_image(path, size)
+    except BadImage as e:
+        raise _changed_since_scan(path, e) from None
+
+
+def prefetch_batches(items: Sequence, load: Callable, batch_size: int, pool: Executor) -> Iterator[tuple[int, list]]:
+    """Yield ``(start, [load(item) ...])`` per batch of ``items``, loading the next batch in ``pool`` while the
+    caller works on this one (decoding overlaps inference)."""
+    pending = None
+    for start in range(0, len(items), batch_size):
+        futures = pending if pending is not None else [pool.submit(load, x) for x in items[start:start + batch_size]]
+        nxt = start + batch_size
+        pending = [pool.submit(load, x) for x in items[nxt:nxt + batch_size]] if nxt < len(items) else None
+        yield start, [f.result() for f in futures]
+
+
+class ImageSource:
+    """uint8 images (size, size, 3) of ``paths``; the first ``ram_bytes`` worth are kept in RAM once decoded."""
+
+    def __init__(self, paths: Sequence[str], size: int, ram_bytes: int = 0, workers: int | None = None):
+        self.paths = list(paths)
+        self.shape = (size, size, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.size = size
+        item = int(np.prod(self.shape))
+        self.ram_items = min(len(self.paths), max(0, ram_bytes) // item)
+        self._ram = np.empty((self.ram_items, *self.shape), np.uint8)
+        self._filled = np.zeros(self.ram_items, bool)
+        self._pool = ThreadPoolExecutor(max_workers=workers or decode_workers(), thread_name_prefix="vgg-decode")
+        self.decoded = 0  # images decoded (a cache hit does not count)
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        if self.ram_items == 0:
+            return "images decoded every epoch (no RAM image cache)"
+        part = "all" if self.ram_items == len(self.paths) else f"{self.ram_items} of {len(self.paths)}"
+        return f"decoded images cached in RAM ({part}, {self.ram_items * np.prod(self.shape) / 2**20:.1f} MiB)"
+
+    def _load(self, i: int) -> np.ndarray:
+        if i < self.ram_items and self._filled[i]:
+            return self._ram[i]
+        arr = load_or_fail(self.paths[i], self.size)
+        with self._lock:
+            self.decoded += 1
+        if i < self.ram_items:
+            self._ram[i] = arr
+            self._filled[i] = True
+        return arr
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), *self.shape), self.dtype)
+        for j, arr in enumerate(self._pool.map(self._load, (int(i) for i in idx))):
+            out[j] = arr
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _batches_of(source, index_ds, labels: np.ndarray):
     import tensorflow as tf
 
-    def _load(path: bytes) -> np.ndarray:
-        return load_image(path.decode("utf-8"), image_size)
+    labels_t = tf.constant(labels.astype(np.int32))
+    tf_dtype = tf.as_dtype(source.dtype)
 
-    def _map(path, label):
-        image = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
-        image.set_shape((image_size, image_size, 3))
-        return image, label
+    def _get(idx):
+        x = tf.numpy_function(source.get, [idx], tf_dtype, stateful=False)
+        x.set_shape((None, *source.shape))
+        return x, tf.gather(labels_t, idx)
 
-    return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    return index_ds.map(_get, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(paths: Sequence[str], labels: Sequence[int], image_size: int, batch_size: int):
-    """Evaluation batches in the given order: (uint8 images [B, S, S, 3], int32 labels [B])."""
+def eval_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int):
+    """Batches of source items ``ids`` in that order: (arrays [B, ...], int32 labels [B]). ``labels`` is indexed by
+    source item."""
     import tensorflow as tf
 
-    if not paths:
-        raise ValueError("make_dataset needs at least one image")
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, dtype=np.int32)))
-    return _decode_batches(ds, image_size, batch_size).prefetch(tf.data.AUTOTUNE)
+    if len(ids) == 0:
+        raise ValueError("eval_batches needs at least one item")
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(ids, np.int64)).batch(batch_size)
+    return _batches_of(source, ds, labels)
 
 
-def make_train_dataset(paths: Sequence[str], labels: Sequence[int], image_size: int, batch_size: int, seed: int,
-                       first_epoch: int, epochs: int):
-    """Training batches for epochs ``first_epoch .. epochs-1``, each epoch shuffled by ``epoch_order`` and
-    batched on its own (a batch never spans two epochs). Use with ``steps_per_epoch=ceil(n / batch_size)``."""
+def train_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, first_epoch: int,
+                  epochs: int):
+    """Training batches for epochs ``first_epoch .. epochs-1``, each epoch visiting ``ids`` in ``epoch_order`` and
+    batched on its own (a batch never spans two epochs). Use with ``steps_per_epoch=ceil(len(ids) / batch_size)``."""
     import tensorflow as tf
 
-    if not paths:
-        raise ValueError("make_train_dataset needs at least one image")
-    paths_t = tf.constant(list(paths))
-    labels_t = tf.constant(np.asarray(labels, dtype=np.int32))
-    n = len(paths)
+    if len(ids) == 0:
+        raise ValueError("train_batches needs at least one item")
+    ids_np = np.asarray(ids, np.int64)
+    n = len(ids_np)
 
-    def _perm(epoch: np.int64) -> np.ndarray:
-        return epoch_order(n, seed, int(epoch)).astype(np.int64)
+    def _order(epoch: np.int64) -> np.ndarray:
+        return ids_np[epoch_order(n, seed, int(epoch))]
 
     def _epoch(epoch):
-        order = tf.numpy_function(_perm, [epoch], tf.int64, stateful=False)
+        order = tf.numpy_function(_order, [epoch], tf.int64, stateful=False)
         order.set_shape((n,))
-        ds = tf.data.Dataset.from_tensor_slices(order).map(lambda i: (tf.gather(paths_t, i), tf.gather(labels_t, i)))
-        return _decode_batches(ds, image_size, batch_size)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(_epoch)  # lazily, one epoch at a time
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _batches_of(source, ds, labels)

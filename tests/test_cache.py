@@ -1,0 +1,215 @@
+"""The fast paths: cached frozen-prefix features, the RAM image cache, and what they must not change."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SIZE, colour_image, make_colour_dataset, run_cli
+
+FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.3",
+        "train.epochs=3", "train.batch_size=8", "train.early_stopping_patience=0", "output.tensorboard=false"]
+
+
+def _train(data: Path, runs: Path, name: str, *extra: str) -> dict:
+    code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", f"output.name={name}",
+                              *FAST, *extra])
+    assert code in (0, 3), err  # 3: trained, not promoted (these tests compare runs, not their accuracy)
+    return json.loads((runs / name / "summary.json").read_text())
+
+
+def _metrics(run: Path) -> np.ndarray:
+    lines = (run / "metrics.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    keep = [i for i, h in enumerate(head) if h in ("loss", "accuracy", "val_loss", "val_accuracy")]
+    return np.array([[float(line.split(",")[i]) for i in keep] for line in lines[1:]])
+
+
+def _weights(run: Path) -> dict[str, np.ndarray]:
+    import keras
+
+    model = keras.saving.load_model(run / "model" / "best.keras", compile=False)
+    backbone = next(l for l in model.layers if isinstance(l, keras.Model))
+    out = {w.path: np.asarray(w) for w in model.weights if "vgg16" not in w.path}
+    out.update({f"backbone/{w.path}": np.asarray(w) for w in backbone.weights})
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_colour_dataset(tmp_path_factory.mktemp("cache") / "train", per_class=10, seed=3)
+
+
+@pytest.mark.parametrize("freeze", ["[1,2,3,4,5]", "[1,2,3]"])
+def test_cached_features_train_exactly_like_the_whole_network(tmp_path, data, freeze):
+    """Same seed and data: the run on cached prefix activations and the run through the whole network agree
+    (metrics every epoch and every saved weight) to float tolerance; blocks in the prefix never change."""
+    args = (f"model.freeze_blocks={freeze}", "train.optimizer.learning_rate=0.0003")
+    cached = _train(data, tmp_path / "runs", "cached", *args)
+    whole = _train(data, tmp_path / "runs", "whole", *args, "cache.features=off")
+    # Float rounding differs (a conv over a batch vs once per image) and training through blocks 4-5 amplifies it.
+    tol = {"rtol": 1e-4, "atol": 1e-5} if freeze == "[1,2,3,4,5]" else {"rtol": 1e-3, "atol": 1e-4}
+    assert cached["input"]["path"] == "features" and whole["input"]["path"] == "images"
+    assert cached["input"]["frozen_prefix_blocks"] == (5 if freeze == "[1,2,3,4,5]" else 3)
+    assert "cache.features=off" in whole["input"]["description"]
+    m_cached, m_whole = _metrics(tmp_path / "runs" / "cached"), _metrics(tmp_path / "runs" / "whole")
+    assert m_cached.shape == (3, 4)
+    np.testing.assert_allclose(m_cached, m_whole, **tol)
+    w_cached, w_whole = _weights(tmp_path / "runs" / "cached"), _weights(tmp_path / "runs" / "whole")
+    assert w_cached.keys() == w_whole.keys()
+    for k in w_cached:
+        np.testing.assert_allclose(w_cached[k], w_whole[k], **tol, err_msg=k)
+    assert m_cached[-1, 1] < m_cached[0, 1]  # it learns
+    if freeze == "[1,2,3]":  # blocks 4-5 trained through the cached path; it really trains them
+        assert cached["params"]["trainable"] > 7_000_000
+
+
+def test_feature_cache_is_reused_and_recomputes_only_changed_files(tmp_path):
+    data = make_colour_dataset(tmp_path / "train", per_class=6, seed=5)
+    runs = tmp_path / "runs"
+    first = _train(data, runs, "r1")["input"]
+    assert (first["computed"], first["reused"], first["entries"]) == (18, 0, 18)
+    cache = runs / ".cache" / "features"
+    entries = sorted(cache.glob("*/*/*.npy"))
+    assert len(entries) == 18 and all(p.parent.parent.parent == cache for p in entries)
+
+    second = _train(data, runs, "r2")["input"]
+    assert (second["computed"], second["reused"]) == (0, 18)
+
+    # Edit one image, add one, duplicate one under another name: two new entries, the duplicate shares.
+    victim = sorted((data / "red").iterdir())[0]
+    colour_image((250, 0, 0), np.random.default_rng(1)).save(victim)
+    colour_image((0, 0, 250), np.random.default_rng(2)).save(data / "blue" / "new.png")
+    shutil.copyfile(data / "green" / "green_000.png", data / "green" / "copy of green 0.png")
+    third = _train(data, runs, "r3")["input"]
+    assert (third["computed"], third["reused"], third["entries"]) == (2, 17, 19)  # 20 images, 19 contents
+
+    # Another image size or another freeze point is another key: nothing is mixed up.
+    other = _train(data, runs, "r4", "model.freeze_blocks=[1,2,3,4]")["input"]
+    assert other["computed"] == 19 and other["cache_dir"] != third["cache_dir"]
+
+
+def test_small_ram_budget_reads_features_from_disk_with_the_same_result(tmp_path, data):
+    full = _train(data, tmp_path / "runs", "ram")
+    spill = _train(data, tmp_path / "runs", "disk", "cache.ram_mb=0")
+    assert full["input"]["in_ram"] == full["input"]["entries"] and spill["input"]["in_ram"] == 0
+    assert "read from" in spill["input"]["description"]
+    np.testing.assert_allclose(_metrics(tmp_path / "runs" / "disk"), _metrics(tmp_path / "runs" / "ram"),
+                               rtol=1e-6)
+
+
+def test_damaged_cache_entry_is_recomputed(tmp_path):
+    data = make_colour_dataset(tmp_path / "train", per_class=4, seed=6)
+    runs = tmp_path / "runs"
+    _train(data, runs, "a")
+    entry = sorted((runs / ".cache" / "features").glob("*/*/*.npy"))[0]
+    entry.write_bytes(entry.read_bytes()[:50])  # as after a crash mid-write on a filesystem that lost the data
+    again = _train(data, runs, "b")["input"]
+    assert (again["computed"], again["reused"]) == (1, 11)
+
+
+def test_disk_cap_prunes_least_recently_used_entries_of_other_runs(tmp_path):
+    from vgg_cli.data.features import prune_cache
+
+    root = tmp_path / "features"
+    paths = []
+    for i in range(6):
+        p = root / "key" / f"{i:02d}" / f"{i:02d}{'0' * 38}.npy"
+        p.parent.mkdir(parents=True)
+        np.save(p, np.zeros(1000, np.float32))  # 4128 bytes each
+        os.utime(p, (1000 + i, 1000 + i))
+        paths.append(p)
+    keep = {paths[0]}  # the oldest, but used by the current run
+    removed = prune_cache(root, 3 * 4128, keep)
+    assert removed == 3
+    assert [p.exists() for p in paths] == [True, False, False, False, True, True]
+    assert not (root / "key" / "01").exists()  # empty shard folders go too
+
+
+def test_augmentation_runs_the_whole_network_and_is_off_in_predict(tmp_path, data):
+    summary = _train(data, tmp_path / "runs", "aug", "augment.flip=horizontal", "augment.rotation=0.05",
+                     "augment.zoom=0.1", "augment.contrast=0.2", "augment.brightness=0.1",
+                     "augment.translation=0.1")
+    assert summary["input"]["path"] == "images" and summary["input"]["why"] == "augmentation is on"
+    import keras
+
+    model = keras.saving.load_model(tmp_path / "runs" / "aug" / "model" / "best.keras", compile=False)
+    names = [l.name for l in model.layers]
+    assert [n for n in names if n.startswith("augment_")] == [
+        "augment_flip", "augment_rotation", "augment_zoom", "augment_translation", "augment_contrast",
+        "augment_brightness"]
+    x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+                  for p in sorted((data / "red").iterdir())[:4]]).astype("float32")
+    inference = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), inference, rtol=1e-6)
+    assert not np.allclose(np.asarray(model(x, training=True)), inference, atol=1e-4)  # augmentation is live in training
+    img = tmp_path / "one.png"
+    Image.fromarray(x[0].astype(np.uint8)).save(img)
+    outs = [json.loads(run_cli(["predict", str(img), "--run", str(tmp_path / "runs" / "aug"), "--format",
+                                "json"])[1])["probability"] for _ in range(2)]
+    assert outs[0] == outs[1]
+    np.testing.assert_allclose(outs[0], inference[0].max(), rtol=1e-4)
+
+
+def test_ram_image_cache_decodes_each_image_once(tmp_path):
+    from vgg_cli.data.pipeline import ImageSource
+
+    data = make_colour_dataset(tmp_path / "train", per_class=3, seed=8)
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    cached = ImageSource(files, 16, ram_bytes=10 * 2**20)
+    uncached = ImageSource(files, 16, ram_bytes=0)
+    half = ImageSource(files, 16, ram_bytes=4 * 16 * 16 * 3)  # room for 4 of 9
+    idx = np.arange(len(files))
+    for _ in range(3):  # three "epochs"
+        a, b, c = cached.get(idx[::-1]), uncached.get(idx[::-1]), half.get(idx[::-1])
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    assert (cached.decoded, uncached.decoded, half.decoded) == (9, 27, 4 + 3 * 5)
+    for s in (cached, uncached, half):
+        s.close()
+
+
+def test_image_cache_setting_is_reported(tmp_path, data):
+    on = _train(data, tmp_path / "runs", "on", "model.freeze_blocks=[]", "train.epochs=1")
+    off = _train(data, tmp_path / "runs", "off", "model.freeze_blocks=[]", "train.epochs=1", "cache.images=off")
+    assert on["input"]["why"] == "block 1 is not frozen" and on["input"]["in_ram"] == 30
+    assert off["input"]["in_ram"] == 0 and "no RAM image cache" in off["input"]["description"]
+
+
+def test_prefetch_batches_overlaps_and_keeps_order():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vgg_cli.data.pipeline import prefetch_batches
+
+    started: list[int] = []
+
+    def load(x):
+        started.append(x)
+        time.sleep(0.01)
+        return x * 10
+
+    seen = []
+    with ThreadPoolExecutor(4) as pool:
+        for start, batch in prefetch_batches(list(range(10)), load, 4, pool):
+            if start == 0:
+                time.sleep(0.1)
+                assert set(started) >= {4, 5, 6, 7}  # the next batch was loading while we worked on this one
+            seen.append((start, batch))
+    assert seen == [(0, [0, 10, 20, 30]), (4, [40, 50, 60, 70]), (8, [80, 90])]
+
+
+def test_cache_settings_do_not_make_a_new_job(tmp_path, data):
+    """--if-changed: changing only cache.* is no reason to retrain (results do not depend on it)."""
+    runs = tmp_path / "runs"
+    _train(data, runs, "first")
+    code, out, err = run_cli(["train", "--if-changed", "--json", f"data.train_dir={data}", f"output.dir={runs}",
+                              *FAST, "cache.ram_mb=1", "cache.images=off"])
+    assert code == 0, err
+    assert json.loads(out)["status"] == "nothing_to_do"

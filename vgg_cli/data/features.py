@@ -1,0 +1,203 @@
+"""The frozen-prefix feature cache: each image goes through the frozen leading conv blocks once.
+
+Entries live on disk under ``cache.dir/<prefix key>/<sha1[:2]>/<sha1>.npy``:
+
+- the *prefix key* is a hash of everything that decides the activations except the image: the backbone weights of
+  the frozen prefix (their bytes), the cut point, the image size, the decoder and the preprocessing, and the dtype;
+- the entry name is the SHA-1 of the image file's content (from the dataset scan), so an edited or added file
+  gets a new entry, a renamed or duplicated one reuses its entry, and a later run on the same data computes nothing.
+
+During a run the entries of its images are held in RAM up to ``cache.ram_mb``; the rest are read back from disk
+per batch, so memory is bounded by the budget, not by the dataset. Entries are written to a temporary file and
+renamed; an entry that cannot be read back (e.g. after a crash) is computed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vgg_cli.data.images import DECODER_VERSION
+from vgg_cli.data.pipeline import decode_workers, load_or_fail, prefetch_batches
+
+log = logging.getLogger("vgg")
+FORMAT = "vgg-features-1"
+
+
+def prefix_key(prefix_model, arch: str, blocks: int, image_size: int) -> str:
+    h = hashlib.sha256()
+    h.update(f"{FORMAT}\0{arch}\0{blocks}\0{image_size}\0{DECODER_VERSION}\0vgg-bgr-mean\0"
+             f"{np.dtype(prefix_model.output.dtype).name}\0".encode())
+    for w in prefix_model.weights:
+        a = np.ascontiguousarray(np.asarray(w))
+        h.update(f"{w.path}:{a.dtype}:{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+class FeatureStore:
+    """One prefix key's folder of ``.npy`` entries, named by image content hash."""
+
+    def __init__(self, root: Path, key: str, shape: tuple[int, ...], dtype):
+        self.dir = Path(root) / key
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def path(self, sha1: str) -> Path:
+        return self.dir / sha1[:2] / f"{sha1}.npy"
+
+    def load(self, sha1: str) -> np.ndarray | None:
+        try:
+            arr = np.load(self.path(sha1), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if arr.shape != self.shape or arr.dtype != self.dtype:
+            return None
+        return arr
+
+    def save(self, sha1: str, arr: np.ndarray) -> None:
+        target = self.path(sha1)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha1}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.ascontiguousarray(arr, dtype=self.dtype), allow_pickle=False)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class FeatureSource:
+    """Prefix activations of a fixed list of images (see ``vgg_cli.data.pipeline``): RAM for the first
+    ``ram_items`` distinct images, disk for the rest."""
+
+    def __init__(self, store: FeatureStore, shas: Sequence[str], ram_bytes: int):
+        self.store = store
+        self.shape, self.dtype = store.shape, store.dtype
+        self.shas = list(shas)
+        # Items with the same content share one slot.
+        self._slot_of_sha: dict[str, int] = {}
+        self.slot = np.array([self._slot_of_sha.setdefault(s, len(self._slot_of_sha)) for s in self.shas], np.int64)
+        self.unique = list(self._slot_of_sha)
+        item = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.item_bytes = item
+        self.ram_items = min(len(self.unique), max(0, ram_bytes) // item)
+        self._ram = np.empty((self.ram_items, *self.shape), self.dtype)
+        self.computed = self.reused = 0
+
+    def describe(self) -> str:
+        where = ("all in RAM" if self.ram_items == len(self.unique) else
+                 f"{self.ram_items} of {len(self.unique)} in RAM, the rest read from {self.store.dir}")
+        return (f"{self.computed} computed, {self.reused} reused from the cache; "
+                f"{_mib(len(self.unique) * self.item_bytes)}, {where}")
+
+    def fill(self, prefix_model, paths: Sequence[str], image_size: int, batch_size: int, stop_check=None) -> None:
+        """Make sure every item has an entry: load the cached ones (into RAM where they fit), compute the rest.
+        ``stop_check()`` is called between batches (it raises to stop; entries computed so far are kept)."""
+        first_path: dict[int, str] = {}
+        for i, p in enumerate(paths):
+            first_path.setdefault(int(self.slot[i]), p)
+        missing: list[int] = []
+        now = time.time()
+        for s, sha in enumerate(self.unique):
+            if s < self.ram_items:
+                arr = self.store.load(sha)
+                if arr is None:
+                    missing.append(s)
+                    continue
+                self._ram[s] = arr
+            elif not self._valid_on_disk(sha):
+                missing.append(s)
+                continue
+            with contextlib.suppress(OSError):  # recently used: kept longest by prune_cache
+                os.utime(self.store.path(sha), (now, now))
+        self.reused = len(self.unique) - len(missing)
+        if not missing:
+            return
+        log.info("computing frozen-prefix features of %d images (%d already cached)", len(missing), self.reused)
+        todo = [first_path[s] for s in missing]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="vgg-decode") as pool:
+            load = functools.partial(load_or_fail, size=image_size)
+            for start, arrays in prefetch_batches(todo, load, batch_size, pool):
+                if stop_check is not None:
+                    stop_check()
+                feats = np.asarray(prefix_model.predict_on_batch(np.stack(arrays)))
+                for j, f in enumerate(feats):
+                    s = missing[start + j]
+                    self.store.save(self.unique[s], f)
+                    if s < self.ram_items:
+                        self._ram[s] = f
+                    self.computed += 1
+        dt = time.perf_counter() - t0
+        log.info("features computed in %.1fs (%.1f img/s)", dt, len(missing) / dt if dt > 0 else 0.0)
+
+    def _valid_on_disk(self, sha: str) -> bool:
+        try:  # header only: the data is read when a batch needs it
+            arr = np.load(self.store.path(sha), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return False
+        return arr.shape == self.shape and arr.dtype == self.dtype
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), *self.shape), self.dtype)
+        for j, i in enumerate(idx):
+            s = int(self.slot[int(i)])
+            if s < self.ram_items:
+                out[j] = self._ram[s]
+            else:
+                arr = self.store.load(self.unique[s])
+                if arr is None:
+                    raise RuntimeError(f"feature cache entry {self.store.path(self.unique[s])} disappeared or was "
+                                       f"damaged during training")
+                out[j] = arr
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 100 * 2**20 else f"{n / 2**20:.0f} MiB"
+
+
+def prune_cache(root: Path, max_bytes: int, keep: set[Path] = frozenset()) -> int:
+    """Remove the least recently used entries under ``root`` (any prefix key) until it holds at most
+    ``max_bytes``; entries in ``keep`` are not removed. Returns the number removed."""
+    entries = []
+    total = 0
+    for p in Path(root).glob("*/*/*.npy"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        total += st.st_size
+        entries.append((st.st_mtime, st.st_size, p))
+    removed = 0
+    for _, size, p in sorted(entries):
+        if total <= max_bytes:
+            break
+        if p in keep:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed += 1
+            total -= size
+    for d in Path(root).glob("*/*"):  # empty shard folders, then empty key folders
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    for d in Path(root).glob("*"):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    return removed
