@@ -179,8 +179,9 @@ def _echo_json(obj: dict) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="json: one object per line (for jq).")
 @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
 def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs_dir: str, top_k: int, fmt: str,
-            batch_size: int) -> int:
+            batch_size: int, verbose: bool) -> int:
     """Label images with a trained model.
 
     Folders are walked recursively. An unreadable file gets its own row with the error while the others are
@@ -196,12 +197,23 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
 
         raise NoInputError(f"no image files found in {', '.join(inputs)}; pass image files or folders of images")
     path = resolve_model_file(run, model_file, runs_dir)
+    import time
+
+    t0 = time.perf_counter()
     load_frameworks()
     from vgg_cli.model import load_model
     from vgg_cli.predict import format_results, predict_files
 
-    results = predict_files(load_model(path), files, top_k, batch_size)
+    t1 = time.perf_counter()
+    model = load_model(path)
+    t2 = time.perf_counter()
+    results = predict_files(model, files, top_k, batch_size)
+    t3 = time.perf_counter()
     click.echo(format_results(results, fmt, top_k), nl=False)
+    if verbose:
+        click.echo(f"timings: import {t1 - t0:.2f}s, model load {t2 - t1:.2f}s ({path}), predict {t3 - t2:.2f}s for "
+                   f"{len(files)} file(s) ({len(files) / (t3 - t2):.1f} img/s, decoding overlapped with inference)",
+                   err=True)
     failed = [r for r in results if r.error is not None]
     if failed:
         click.echo(f"error: {len(failed)} of {len(results)} input(s) could not be read (see their rows)", err=True)
