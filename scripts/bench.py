@@ -76,6 +76,9 @@ def make_dataset(out: Path, n: int, seed: int) -> Path:
 
 def backbone_weights(work: Path, size: int) -> tuple[str, str]:
     """(path, description): Keras' cached ImageNet file if present, else a random He-normal VGG16 saved once."""
+    from vgg_cli.cli import load_frameworks
+
+    load_frameworks()  # quietly
     from vgg_cli.model import keras_cache_file
 
     cached = keras_cache_file("vgg16")

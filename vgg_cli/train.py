@@ -120,12 +120,17 @@ class ProgressBar(keras.callbacks.Callback):
         self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                         leave=False, file=sys.stderr, dynamic_ncols=True)
         self._t0 = time.perf_counter()
+        self._shown = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         if self.bar is None:
             return
         self.bar.update(1)
-        elapsed = time.perf_counter() - self._t0
+        now = time.perf_counter()
+        if now - self._shown < 0.5 and batch + 1 < self.steps:
+            return  # reading the loss waits for the device: at most twice a second, not every step
+        self._shown = now
+        elapsed = now - self._t0
         logs = logs or {}
         post = {"img/s": f"{(batch + 1) * self.batch_size / elapsed:.1f}" if elapsed > 0 else "-"}
         for k in ("loss", "accuracy"):
