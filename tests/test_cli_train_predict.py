@@ -29,13 +29,33 @@ def truth(path: str) -> str:
 # ------------------------------------------------------------------------------------------------ train
 
 
+def _tensorboard_scalars(root) -> dict:
+    import tensorflow as tf
+
+    out: dict = {}
+    for f in sorted(root.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in event.summary.value:
+                out.setdefault(f.parent.name, {}).setdefault(v.tag, []).append(
+                    (event.step, float(tf.make_ndarray(v.tensor))))
+    return out
+
+
 def test_train_prints_only_the_run_dir_and_writes_every_artifact(trained_run):
     run = trained_run["run_dir"]
     assert trained_run["stdout"].strip() == str(run)
     for rel in ("config.yaml", "classes.json", "data.json", "model/best.keras", "model/last.keras", "metrics.csv",
                 "summary.json", "train.log"):
         assert (run / rel).is_file(), rel
-    assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
+    scalars = _tensorboard_scalars(run / "tensorboard")
+    epochs = len((run / "metrics.csv").read_text().splitlines()) - 1
+    for split in ("train", "validation"):
+        for name in ("epoch_loss", "epoch_accuracy"):
+            assert [step for step, _ in scalars[split][name]] == list(range(epochs)), (split, name)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    last_val_loss = float(rows[-1].split(",")[head.index("val_loss")])
+    assert abs(scalars["validation"]["epoch_loss"][-1][1] - last_val_loss) < 1e-5
     leftovers = [p.name for p in run.rglob("*") if ".tmp" in p.name]
     assert leftovers == []  # every artifact renamed into place
     umask = os.umask(0o022)

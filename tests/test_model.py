@@ -232,3 +232,32 @@ def test_summary_shows_frozen_blocks(colour_data):
     assert "block1: 2 conv layers, 38,720 params, frozen" in out
     assert "block3: 3 conv layers, 1,475,328 params, trainable" in out
     assert "head: 3 classes (class folders in" in out
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_training_loss_is_computed_from_logits_so_confident_mistakes_still_learn(cached):
+    """A new head can start confidently wrong: the true class's float32 probability underflows, and a loss on the
+    softmax output (clipped at 1e-7) has no gradient there. Training fits a view ending at the logits instead."""
+    from vgg_cli.model import compile_model, logits_view, split_frozen_prefix
+
+    cfg = load_config(None, ["model.weights=none", "model.head.dense=[]", "model.head.dropout=0"])
+    keras.utils.set_random_seed(0)
+    model, _ = build_model(cfg.model, S, CLASSES)
+    compile_model(model, cfg.train, len(CLASSES))
+    logits = model.get_layer("head_logits")
+    kernel, bias = logits.get_weights()
+    x = images(8)
+    y = np.full(8, 2, np.int32)
+    bias[:] = [500.0, 0.0, -500.0]  # class "c" has probability exp(-1000): 0 in float32
+    logits.set_weights([kernel, bias])
+    assert np.asarray(model.predict_on_batch(x))[:, 2].max() == 0.0
+    if cached:
+        prefix, fit_model = split_frozen_prefix(model, 5)
+        inputs = np.asarray(prefix.predict_on_batch(x))
+    else:
+        fit_model, inputs = logits_view(model), x
+    assert fit_model.output.shape[-1] == 3 and fit_model.layers[-1].name == "head_logits"
+    compile_model(fit_model, cfg.train, len(CLASSES), optimizer=model.optimizer, from_logits=True)
+    loss = fit_model.train_on_batch(inputs, y, return_dict=True)["loss"]
+    assert loss > 900  # the real loss (about 1000), not -log(1e-7) = 16.1
+    assert logits.get_weights()[1][2] > bias[2]  # the true class's bias moved up: there was a gradient

@@ -32,6 +32,7 @@ IMAGENET_NOTOP = {
 }
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_PIXEL_STD = 57.4  # mean of the per-channel pixel std on ImageNet (58.4, 57.1, 57.4)
+LOGITS = "head_logits"  # the layer whose output training's loss uses
 
 
 @keras.saving.register_keras_serializable(package="vgg_cli")
@@ -309,7 +310,7 @@ def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_wei
         x = layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
     if rate > 0:
         x = layers.Dropout(rate, name="head_dropout")(x)
-    x = layers.Dense(len(class_names), name="head_logits")(x)
+    x = layers.Dense(len(class_names), name=LOGITS)(x)
     x = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     outputs = LabelNames(class_names, dtype="float32", name="labels")(x)
     return keras.Model(inputs, outputs, name=f"{model_cfg.arch}_classifier"), source
@@ -329,7 +330,7 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def split_frozen_prefix(model: keras.Model, blocks: int) -> tuple[keras.Model, keras.Model]:
     """Cut ``model`` after ``block{blocks}_pool``: (prefix, rest). The prefix maps raw images to that block's
-    output; the rest maps those activations to class probabilities. Both are built from the model's own layer
+    output; the rest maps those activations to the logits (see ``logits_view``). Both are built from the model's own layer
     objects, so training the rest trains ``model``. The model must have no augmentation layers."""
     if not 1 <= blocks <= 5:
         raise ValueError(f"blocks must be 1..5, got {blocks}")
@@ -352,7 +353,16 @@ def split_frozen_prefix(model: keras.Model, blocks: int) -> tuple[keras.Model, k
     after = model.layers[[id(l) for l in model.layers].index(id(backbone)) + 1:]
     for layer in after:
         y = layer(y)
+        if layer.name == LOGITS:
+            break
     return prefix, keras.Model(features, y, name=f"{model.name}_rest")
+
+
+def logits_view(model: keras.Model) -> keras.Model:
+    """The same network (same layer objects) ending at the logits: what training fits, with the loss computed
+    from logits. From the softmax output, float32 probabilities underflow and clip at 1e-7 where the model is
+    confidently wrong, which kills exactly the gradients it needs (random heads start there)."""
+    return keras.Model(model.inputs, model.get_layer(LOGITS).output, name=f"{model.name}_logits")
 
 
 def make_optimizer(opt_cfg):
@@ -366,14 +376,14 @@ def make_optimizer(opt_cfg):
     return keras.optimizers.RMSprop(learning_rate=lr, momentum=opt_cfg.momentum, weight_decay=wd)
 
 
-def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=None) -> None:
-    """Loss and metrics; a new optimizer from the config, or ``optimizer`` (to train part of a model with the
-    optimizer, and so the state, of the whole)."""
+def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=None, from_logits: bool = False) -> None:
+    """Loss and metrics; a new optimizer from the config, or ``optimizer`` (to train a view of a model with the
+    optimizer, and so the state, of the whole). ``from_logits``: the model outputs logits (``logits_view``)."""
     metrics: list = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     if num_classes > 5:
         metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
     model.compile(optimizer=optimizer if optimizer is not None else make_optimizer(train_cfg.optimizer),
-                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=metrics)
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), metrics=metrics)
 
 
 # ------------------------------------------------------------------------------------------------ reading back

@@ -144,6 +144,39 @@ class ProgressBar(keras.callbacks.Callback):
             self.bar = None
 
 
+class EpochScalars(keras.callbacks.Callback):
+    """TensorBoard scalars per epoch (``train/`` and ``validation/``, as Keras' TensorBoard callback lays them out).
+    Keras' callback also hooks every training step and took ~20 s to close its writers at the end of a VGG run
+    with trainable conv blocks; per-epoch scalars are all a run needs."""
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict = {}
+
+    def _writer(self, name: str):
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        for key, value in (logs or {}).items():
+            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(split).as_default():
+                tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+
 class _EarlyLog(logging.Handler):
     """Keeps the records logged before the run directory exists, so train.log tells the whole story."""
 
@@ -399,6 +432,7 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     stopped_by, train_s, input_info = None, 0.0, None
     if state.epoch < state.epochs and not state.stopped_early:
         stopped_by, train_s, input_info = _fit(cfg, index, model, paths, state)
+    log.debug("training finished; writing the summary")
     summary = _summary(cfg, index, model, device, state, run_info, stopped_by, train_s, t_start)
     summary["input"] = input_info
     summary["run"] = paths.root.name
@@ -429,7 +463,8 @@ def _interrupted(paths: RunPaths, state: TrainState, why: str) -> InterruptedRun
 
 @dataclass
 class InputPlan:
-    """What feeds training: a source of per-image arrays and the model that trains on them."""
+    """What feeds training: a source of per-image arrays and the model that trains on them (a view of the saved
+    model, sharing its layers and optimizer, that outputs logits: the loss is computed from them)."""
     source: object
     fit_model: keras.Model
     info: dict  # summary.json "input": which path ran and why, cache use
@@ -472,7 +507,7 @@ def _input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check
         source = FeatureSource(store, [e.sha1 for e in entries], ram)
         t0 = time.perf_counter()
         source.fill(prefix, files, cfg.data.image_size, cfg.train.batch_size, stop_check)
-        compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer)
+        compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
         cut = f"block{blocks}_pool" + (" (the whole backbone: head-only training)" if blocks == 5 else "")
         info = {"path": "features", "frozen_prefix_blocks": blocks, "cache_dir": str(store.dir),
                 "computed": source.computed, "reused": source.reused, "in_ram": source.ram_items,
@@ -482,10 +517,14 @@ def _input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check
                                f"after {cut}; {source.describe()}"}
         return InputPlan(source, rest, info, ids[:n_train], ids[n_train:], labels, root,
                          frozenset(store.path(s) for s in source.unique))
+    from vgg_cli.model import compile_model, logits_view
+
     source = ImageSource(files, cfg.data.image_size, ram if cfg.cache.images == "auto" else 0)
     info = {"path": "images", "why": why_not, "in_ram": source.ram_items,
             "description": f"whole network every epoch ({why_not}); {source.describe()}"}
-    return InputPlan(source, model, info, ids[:n_train], ids[n_train:], labels)
+    fit_model = logits_view(model)
+    compile_model(fit_model, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
+    return InputPlan(source, fit_model, info, ids[:n_train], ids[n_train:], labels)
 
 
 def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState):
@@ -512,10 +551,10 @@ def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, 
             if sys.stderr.isatty():
                 callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
             if cfg.output.tensorboard:
-                callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), write_graph=False,
-                                                             profile_batch=0))
+                callbacks.append(EpochScalars(paths.tensorboard))
             plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=state.epochs, initial_epoch=state.epoch,
                                steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0)
+            log.debug("fit returned")
         except _Stop as e:
             stopped_by = str(e)
         except KeyboardInterrupt:
