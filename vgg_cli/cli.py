@@ -19,26 +19,12 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT, EXIT_NOT_PROMOTED, EXIT_TEMP
 OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs=3 (values parsed as YAML)."
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that allocates its own malloc arena (up to 8 per core) and rarely returns their
-    freed memory: with TensorFlow's and our decode threads, peak RSS then grew with the number of images processed
-    (+70-190 MiB for 4x the images in scripts/bench.py) although nothing was kept. Two arenas keep memory bounded
-    by the caches at no measured speed cost. Set MALLOC_ARENA_MAX to choose another value; no-op off glibc."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-
-
 def load_frameworks() -> None:
     """Import Keras (and its backend) once, keeping TensorFlow's native start-up chatter out of the terminal and
     cron logs. TensorFlow 2.21 prints some of it even at TF_CPP_MIN_LOG_LEVEL=3, so fd 2 is closed off during the
     import; set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see it."""
     if "keras" in sys.modules:
         return
-    limit_malloc_arenas()  # before TensorFlow starts its threads
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
         import keras  # noqa: F401
         return

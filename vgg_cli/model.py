@@ -355,14 +355,21 @@ def split_frozen_prefix(model: keras.Model, blocks: int) -> tuple[keras.Model, k
         y = layer(y)
         if layer.name == LOGITS:
             break
-    return prefix, keras.Model(features, y, name=f"{model.name}_rest")
+    return prefix, keras.Model(features, _as_float32(y), name=f"{model.name}_rest")
+
+
+def _as_float32(logits):
+    """Under mixed precision the logits are float16; the loss and top-k accuracy want float32."""
+    if logits.dtype == "float32":
+        return logits
+    return layers.Activation("linear", dtype="float32", name="logits_float32")(logits)
 
 
 def logits_view(model: keras.Model) -> keras.Model:
     """The same network (same layer objects) ending at the logits: what training fits, with the loss computed
     from logits. From the softmax output, float32 probabilities underflow and clip at 1e-7 where the model is
     confidently wrong, which kills exactly the gradients it needs (random heads start there)."""
-    return keras.Model(model.inputs, model.get_layer(LOGITS).output, name=f"{model.name}_logits")
+    return keras.Model(model.inputs, _as_float32(model.get_layer(LOGITS).output), name=f"{model.name}_logits")
 
 
 def make_optimizer(opt_cfg):
