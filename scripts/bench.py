@@ -335,7 +335,7 @@ def memory_case(data_small: Path, data_big: Path, size: int, weights: str, work:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def print_tables(train_rows, predict_rows, mem_rows, header: str, markdown: bool) -> str:
+def format_tables(train_rows, predict_rows, mem_rows, header: str) -> str:
     lines = [header, ""]
     if train_rows:
         lines += ["| case | program | wall s | epoch 1 s | later epochs s | img/s (later) | peak RSS MiB | val acc |",
@@ -364,8 +364,7 @@ def print_tables(train_rows, predict_rows, mem_rows, header: str, markdown: bool
                          f"{r['in_ram']} |")
         lines.append("")
         lines += [f"- memory: {r['target']}" for r in mem_rows if "target" in r]
-    text = "\n".join(lines)
-    return text
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -416,7 +415,7 @@ def main() -> int:
     header = (f"vgg bench, {date.today().isoformat()}: {os.cpu_count()} CPU cores ({cpu}), {len(gpus) or 'no'} GPU, TensorFlow "
               f"{tf.__version__}; {args.images} JPEGs ~500x375 in 4 classes at {size} px, batch 32; backbone "
               f"weights: {weights_desc}; total bench time {(time.perf_counter() - t0) / 60:.1f} min")
-    text = print_tables(train_rows, predict_rows, mem_rows, header, args.markdown)
+    text = format_tables(train_rows, predict_rows, mem_rows, header)
     print()
     print(text)
     if args.markdown:

@@ -44,6 +44,14 @@ def wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> list[
     raise AssertionError(f"process ended before {prefix!r}:\n{''.join(lines)}")
 
 
+def sigkill_after(args: list[str], prefix: str) -> None:
+    """Start ``vgg args``, SIGKILL it once stderr shows ``prefix``, and reap it."""
+    proc = start(args)
+    wait_for(proc, prefix)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
 def real_runs(runs: Path) -> list[Path]:
     return [p for p in runs.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
 
@@ -240,10 +248,7 @@ def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, 
     """The nightly command itself resumes: no separate --resume step in cron."""
     runs = tmp_path / "runs"
     args = ["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=4", "--if-changed", "--json"]
-    proc = start(args)
-    wait_for(proc, "epoch 1/4")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    sigkill_after(args, "epoch 1/4")
     (killed,) = real_runs(runs)
     code, out, err = run_cli(args)
     assert code == 0, err
@@ -259,10 +264,7 @@ def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, 
 def test_a_run_that_keeps_failing_does_not_block_later_nights(tmp_path, data):
     runs = tmp_path / "runs"
     args = ["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=3", "--if-changed", "--json"]
-    proc = start(args)
-    wait_for(proc, "epoch 1/3")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    sigkill_after(args, "epoch 1/3")
     (stuck,) = real_runs(runs)
     info = json.loads((stuck / "run.json").read_text())
     info["resumed"] = [{"at": "2026-11-20T02:30:00+00:00", "after_epoch": 1}] * 3  # crashed on three nights

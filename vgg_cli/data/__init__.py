@@ -1,1 +1,2 @@
-"""Dataset indexing (scan), image decoding (images) and batching (pipeline)."""
+"""Dataset indexing (scan), image decoding (images), batching (pipeline) and the frozen-prefix feature cache
+(features)."""
