@@ -116,8 +116,12 @@ def _batches_of(source, index_ds, labels: np.ndarray):
         return x, tf.gather(labels_t, idx)
 
     # Two batches in flight (each source call is itself parallel inside) and two ready: the next batch is always
-    # waiting. Not AUTOTUNE: with it, tearing the iterator down at the end of fit took 40-55 s on 2 cores.
-    return index_ds.map(_get, num_parallel_calls=2, deterministic=True).prefetch(2)
+    # waiting. Fixed sizes, and tf.data's autotuning off: its optimisation thread sleeps for periods that double up
+    # to 60 s, and destroying the iterator (when fit returns) waited for that sleep to end -- up to a minute of
+    # idle time at the end of every long enough run.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return index_ds.map(_get, num_parallel_calls=2, deterministic=True).prefetch(2).with_options(options)
 
 
 def eval_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int):
