@@ -239,6 +239,24 @@ def test_train_batches_follow_the_epoch_order_and_never_span_epochs():
     assert ds.options().autotune.enabled is False
 
 
+def test_large_batch_buffers_are_their_own_memory_maps():
+    import mmap
+
+    from vgg_cli.data.pipeline import batch_buffer
+
+    def root(a):
+        while isinstance(a, np.ndarray) and a.base is not None:
+            a = a.base
+        return a.obj if isinstance(a, memoryview) else a
+
+    small = batch_buffer((4, 8, 8, 3), np.uint8)
+    assert small.base is None  # plain malloc below 1 MiB
+    big = batch_buffer((32, 16, 16, 256), np.float32)  # 8 MiB: a batch of block-3 features at 128 px
+    assert isinstance(root(big), mmap.mmap) and big.shape == (32, 16, 16, 256) and big.dtype == np.float32
+    big[:] = 1.5  # writeable, and C-contiguous for readinto
+    assert big.flags["C_CONTIGUOUS"] and float(big.sum()) == 1.5 * big.size
+
+
 def test_cache_settings_do_not_make_a_new_job(tmp_path, data):
     """--if-changed: changing only cache.* is no reason to retrain (results do not depend on it)."""
     runs = tmp_path / "runs"

@@ -100,6 +100,7 @@ def test_metrics_csv_and_summary_agree(trained_run):
     assert summary["weights"] == "random (He-normal)" and summary["device"]["precision"] == "float32"
     assert summary["params"]["trainable"] == 512 * 32 + 32 + 32 * 3 + 3  # head only: every block frozen
     assert {"keras", "tensorflow", "python", "vgg"} <= set(summary["versions"])
+    assert 100 < summary["timings"]["peak_rss_mib"] < 24 * 1024  # TensorFlow and VGG16 alone take >100 MiB
 
 
 def test_progress_is_one_plain_line_per_epoch_off_a_terminal(trained_run):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import keras
 
+from vgg_cli.device import release_free_memory
 from vgg_cli.errors import NoInputError
 from vgg_cli.runs import RunPaths, place_copy, write_json, write_text, write_with
 
@@ -153,6 +154,7 @@ class RunRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
         write_json(self.paths.state, self.state.to_dict(self.paths))  # the commit point
         sync(self.paths, self.state)
+        release_free_memory()  # what this epoch's decoding and the checkpoint's writing freed
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info("epoch %d/%d  %s  %.1f img/s  %.1fs%s", epoch + 1, self.state.epochs, shown,
                  row["images_per_sec"] or 0.0, row["seconds"], "  *best" if improved else "")

@@ -6,12 +6,58 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 from vgg_cli.errors import ConfigError
 
 # float16 tensor cores arrived with Volta (compute capability 7.0).
 MIN_MIXED_CC = (7, 0)
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory so far (MiB), or None where the OS does not report it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+_glibc_handle = None
+_last_trim = 0.0
+
+
+def _glibc():
+    """The C library when it is glibc (malloc_trim exists), else None."""
+    global _glibc_handle
+    if _glibc_handle is None:
+        _glibc_handle = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                libc.malloc_trim  # noqa: B018 (exists: glibc)
+                _glibc_handle = libc
+            except (OSError, AttributeError):  # musl and other C libraries: nothing to trim
+                pass
+    return _glibc_handle or None
+
+
+def release_free_memory(min_interval_s: float = 1.0) -> None:
+    """Hand memory that the C allocator holds but no longer uses back to the OS (glibc's malloc_trim; a no-op
+    elsewhere), at most once per ``min_interval_s`` (a trim walks the heaps). Called between batches and epochs."""
+    global _last_trim
+    libc = _glibc()
+    if libc is None:
+        return
+    now = time.monotonic()
+    if now - _last_trim >= min_interval_s:
+        libc.malloc_trim(0)
+        _last_trim = time.monotonic()
 
 
 @dataclass(frozen=True)

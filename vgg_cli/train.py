@@ -28,7 +28,7 @@ from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, read_state, sy
 from vgg_cli.config import Config, load_run_config
 from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, previous_splits_from, require_dir,
                                scan)
-from vgg_cli.device import setup_devices
+from vgg_cli.device import peak_rss_mib, setup_devices
 from vgg_cli.errors import DataError, InterruptedRun, NoInputError
 from vgg_cli.model import build_model, check_weights_available, compile_model, copy_head_if_compatible
 from vgg_cli.promote import PRODUCTION, decide, prune
@@ -444,6 +444,7 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
              b["epoch"], state.epoch, paths.best)
     summary["promotion"] = decide(cfg, paths, index)
+    summary["timings"]["peak_rss_mib"] = peak_rss_mib()  # the whole process, promotion's evaluation included
     write_json(paths.summary, summary)
     if cfg.output.keep is not None:
         prune(paths.root.parent, cfg.output.keep, paths.root.name)
@@ -554,7 +555,7 @@ def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, 
                 callbacks.append(EpochScalars(paths.tensorboard))
             plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=state.epochs, initial_epoch=state.epoch,
                                steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0)
-            log.debug("fit returned")
+            log.debug("fit returned (peak RSS %s MiB)", peak_rss_mib())
         except _Stop as e:
             stopped_by = str(e)
         except KeyboardInterrupt:

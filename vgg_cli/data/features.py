@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from vgg_cli.data.images import DECODER_VERSION
-from vgg_cli.data.pipeline import decode_workers, load_or_fail, prefetch_batches
+from vgg_cli.data.pipeline import batch_buffer, decode_workers, load_or_fail, prefetch_batches
+from vgg_cli.device import peak_rss_mib
 
 log = logging.getLogger("vgg")
 FORMAT = "vgg-features-1"
@@ -55,14 +56,22 @@ class FeatureStore:
     def path(self, sha1: str) -> Path:
         return self.dir / sha1[:2] / f"{sha1}.npy"
 
-    def load(self, sha1: str) -> np.ndarray | None:
+    def load_into(self, sha1: str, out: np.ndarray) -> bool:
+        """Read an entry straight into ``out`` (C-contiguous, this store's shape and dtype): no temporary array per
+        read, which on training's reader threads left the allocator holding memory that grew with the file count.
+        False when the entry is missing or is not a complete array of this store's shape and dtype."""
         try:
-            arr = np.load(self.path(sha1), allow_pickle=False)
+            with open(self.path(sha1), "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+                if tuple(shape) != self.shape or dtype != self.dtype or fortran:
+                    return False
+                view = memoryview(out).cast("B")
+                return f.readinto(view) == len(view) and not f.read(1)
         except (OSError, ValueError, EOFError):
-            return None
-        if arr.shape != self.shape or arr.dtype != self.dtype:
-            return None
-        return arr
+            return False
 
     def save(self, sha1: str, arr: np.ndarray) -> None:
         target = self.path(sha1)
@@ -112,11 +121,9 @@ class FeatureSource:
         now = time.time()
         for s, sha in enumerate(self.unique):
             if s < self.ram_items:
-                arr = self.store.load(sha)
-                if arr is None:
+                if not self.store.load_into(sha, self._ram[s]):
                     missing.append(s)
                     continue
-                self._ram[s] = arr
             elif not self._valid_on_disk(sha):
                 missing.append(s)
                 continue
@@ -142,6 +149,7 @@ class FeatureSource:
                     self.computed += 1
         dt = time.perf_counter() - t0
         log.info("features computed in %.1fs (%.1f img/s)", dt, len(missing) / dt if dt > 0 else 0.0)
+        log.debug("peak RSS after the feature pass: %s MiB", peak_rss_mib())
 
     def _valid_on_disk(self, sha: str) -> bool:
         try:  # header only: the data is read when a batch needs it
@@ -151,17 +159,14 @@ class FeatureSource:
         return arr.shape == self.shape and arr.dtype == self.dtype
 
     def get(self, idx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(idx), *self.shape), self.dtype)
+        out = batch_buffer((len(idx), *self.shape), self.dtype)
         for j, i in enumerate(idx):
             s = int(self.slot[int(i)])
             if s < self.ram_items:
                 out[j] = self._ram[s]
-            else:
-                arr = self.store.load(self.unique[s])
-                if arr is None:
-                    raise RuntimeError(f"feature cache entry {self.store.path(self.unique[s])} disappeared or was "
-                                       f"damaged during training")
-                out[j] = arr
+            elif not self.store.load_into(self.unique[s], out[j]):
+                raise RuntimeError(f"feature cache entry {self.store.path(self.unique[s])} disappeared or was "
+                                   f"damaged during training")
         return out
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ batches an uninterrupted run would have seen from epoch ``k`` on, whichever sour
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -26,6 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vgg_cli.data.images import BadImage, load_image
+from vgg_cli.device import release_free_memory
 from vgg_cli.errors import DataError
 
 
@@ -40,6 +42,17 @@ def decode_workers() -> int:
 def _changed_since_scan(path: str, e: BadImage) -> DataError:
     return DataError(f"image {path!r} can no longer be read ({e}); it changed after the dataset scan: run "
                      f"`vgg check` on the folder and train again")
+
+
+def batch_buffer(shape: tuple, dtype) -> np.ndarray:
+    """An empty array for one batch, in its own anonymous memory map when it is large: unmapped (returned to
+    the OS) as soon as the last reference goes. From malloc, per-batch buffers allocated on tf.data's threads
+    stayed in glibc's per-thread heaps and peak memory grew with the number of images processed."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    if n < 1 << 20:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, n), dtype).reshape(shape)
 
 
 def load_or_fail(path: str, size: int) -> np.ndarray:
@@ -59,6 +72,7 @@ def prefetch_batches(items: Sequence, load: Callable, batch_size: int, pool: Exe
         nxt = start + batch_size
         pending = [pool.submit(load, x) for x in items[nxt:nxt + batch_size]] if nxt < len(items) else None
         yield start, [f.result() for f in futures]
+        release_free_memory()  # else freed batch memory piles up in the allocator: memory grew with the file count
 
 
 class ImageSource:
@@ -95,7 +109,7 @@ class ImageSource:
         return arr
 
     def get(self, idx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(idx), *self.shape), self.dtype)
+        out = batch_buffer((len(idx), *self.shape), self.dtype)
         for j, arr in enumerate(self._pool.map(self._load, (int(i) for i in idx))):
             out[j] = arr
         return out
