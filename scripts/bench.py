@@ -350,7 +350,7 @@ def memory_case(data_small: Path, data_big: Path, size: int, weights: str, work:
     grow = rows[1]["rss_mib"] - rows[0]["rss_mib"]
     data_grow = rows[1]["features_mib"] - rows[0]["features_mib"]
     ok = grow < 32 + 0.1 * data_grow
-    rows[1]["target"] = (f"{rows[1]['who'].split(',')[1].strip()} images vs {rows[0]['who'].split(',')[1].strip()}: "
+    rows[1]["target"] = (f"{rows[1]['who'].split(',')[1].strip()} vs {rows[0]['who'].split(',')[1].strip()}: "
                          f"peak RSS grew {grow:+.0f} MiB while the cached features grew {data_grow:+.0f} MiB "
                          f"{'MET' if ok else 'MISSED'} (target: memory bounded by the cache, not the dataset)")
     return rows
