@@ -135,9 +135,9 @@ RECIPE = r'''
 import json, sys, time
 t_start = time.perf_counter()
 import keras, tensorflow as tf
-data, size, epochs, freeze, augment, lr, weights, out = sys.argv[1:9]
+data, size, epochs, freeze, augment, lr, weights, out, seed = sys.argv[1:10]
 size, epochs, lr, augment = int(size), int(epochs), float(lr), augment == "1"
-keras.utils.set_random_seed(0)
+keras.utils.set_random_seed(int(seed))
 
 # keras.io: load, resize, batch, .cache() and .prefetch(buffer_size=10).
 train_ds, validation_ds = keras.utils.image_dataset_from_directory(
@@ -181,11 +181,12 @@ json.dump({"rows": rows, "n_train": n_train, "total_s": time.perf_counter() - t_
 '''
 
 
-def run_recipe(case: dict, data: Path, size: int, weights: str, work: Path) -> dict:
-    out = work / f"recipe-{case['name']}.json"
+def run_recipe(case: dict, data: Path, size: int, weights: str, work: Path, seed: int = 0) -> dict:
+    tag = f"-seed{seed}" if seed else ""
+    out = work / f"recipe-{case['name']}{tag}.json"
     m = measure([sys.executable, "-c", RECIPE, str(data), str(size), str(case["epochs"]), case["recipe_freeze"],
-                 "1" if case["augment"] else "0", str(case["lr"]), weights, str(out)],
-                work / f"recipe-{case['name']}.log")
+                 "1" if case["augment"] else "0", str(case["lr"]), weights, str(out), str(seed)],
+                work / f"recipe-{case['name']}{tag}.log")
     r = json.loads(out.read_text())
     rows = r["rows"]
     return {**m, "epoch_s": [x["seconds"] for x in rows], "val_accuracy": rows[-1]["val_accuracy"],
