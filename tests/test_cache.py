@@ -226,7 +226,7 @@ def test_train_batches_follow_the_epoch_order_and_never_span_epochs():
     ids = [1, 2, 4, 5]  # the training items; 0 and 3 are validation items
     ds = train_batches(_ArraySource(arrays), ids, labels, 3, seed=7, first_epoch=1, epochs=3)
     batches = [(x.numpy(), y.numpy()) for x, y in ds]
-    assert [len(y) for _, y in batches] == [3, 1, 3, 1]  # epochs 1 and 2, each batched on its own
+    assert [len(y) for _, y in batches] == [2, 2, 2, 2]  # epochs 1 and 2, each in 2 equal batches of at most 3
     for epoch, pair in ((1, batches[0:2]), (2, batches[2:4])):
         order = np.asarray(ids)[epoch_order(len(ids), 7, epoch)]
         got = np.concatenate([x for x, _ in pair])
@@ -237,6 +237,19 @@ def test_train_batches_follow_the_epoch_order_and_never_span_epochs():
     # No tf.data autotuning: destroying an autotuned iterator waits for its optimisation thread, whose sleeps grow
     # to 60 s (measured: up to a minute idle when fit returned).
     assert ds.options().autotune.enabled is False
+
+
+def test_batches_of_an_epoch_differ_in_size_by_at_most_one():
+    from vgg_cli.data.pipeline import batch_bounds
+
+    assert list(np.diff(batch_bounds(161, 32))) == [27, 27, 27, 27, 27, 26]  # not 32 x 5 + a batch of 1
+    assert list(np.diff(batch_bounds(160, 32))) == [32] * 5
+    assert list(np.diff(batch_bounds(5, 32))) == [5]
+    for n in range(1, 100):
+        for bs in (1, 3, 8, 32):
+            sizes = np.diff(batch_bounds(n, bs))
+            assert sizes.sum() == n and len(sizes) == -(-n // bs) and sizes.max() <= bs
+            assert sizes.max() - sizes.min() <= 1
 
 
 def test_large_batch_buffers_are_their_own_memory_maps():

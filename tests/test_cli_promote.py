@@ -113,12 +113,15 @@ def test_keep_prunes_old_runs_but_never_production(champion, data):
 
 def test_warm_start_from_production_takes_backbone_and_head(champion, data):
     runs, champ = champion
-    code, result, err = train(data, runs, *GOOD, "model.weights=production", "train.epochs=1")
+    code, result, err = train(data, runs, *GOOD, "model.weights=production", "train.epochs=1",
+                              "train.optimizer.learning_rate=1e-4")
     assert code in (0, 3), err
     summary = json.loads((Path(result["run"]) / "summary.json").read_text())
     assert summary["weights"].startswith(f"production: run {champ.resolve()}") and "its head" in summary["weights"]
-    # a head that starts trained: one more epoch is already as good as the champion's best
-    assert summary["final"]["val_accuracy"] >= 0.9
+    # a head that starts trained: after one small-step epoch it is already as good as the champion (a new head
+    # gets about 0.4 here after that epoch; chance is 1/3)
+    champion_best = json.loads((champ / "summary.json").read_text())["best"]["val_accuracy"]
+    assert champion_best >= 0.9 and summary["final"]["val_accuracy"] >= champion_best - 0.1
     code, result, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs.parent / 'empty'}",
                                  "model.weights=production"])
     assert code == 66 and "there is no" in err
