@@ -239,6 +239,26 @@ def test_train_batches_follow_the_epoch_order_and_never_span_epochs():
     assert ds.options().autotune.enabled is False
 
 
+def test_feature_store_reads_only_complete_entries_of_its_shape(tmp_path):
+    from vgg_cli.data.features import FeatureStore
+
+    store = FeatureStore(tmp_path, "key", (2, 3), np.float32)
+    sha = "ab" * 20
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    store.save(sha, arr)
+    out = np.zeros((2, 3), np.float32)
+    assert store.valid(sha) and store.load_into(sha, out)
+    np.testing.assert_array_equal(out, arr)
+    data = store.path(sha).read_bytes()
+    store.path(sha).write_bytes(data[:-1])  # torn write
+    assert not store.valid(sha) and not store.load_into(sha, out)
+    store.path(sha).write_bytes(data + b"\0")  # trailing garbage
+    assert not store.valid(sha) and not store.load_into(sha, out)
+    FeatureStore(tmp_path, "key", (3, 2), np.float32).save(sha, arr.reshape(3, 2))  # another shape, same name
+    assert not store.valid(sha) and not store.load_into(sha, out)
+    assert not store.valid("cd" * 20)  # missing
+
+
 def test_batches_of_an_epoch_differ_in_size_by_at_most_one():
     from vgg_cli.data.pipeline import batch_bounds
 

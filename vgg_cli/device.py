@@ -2,6 +2,7 @@
 
 ``select_precision`` is a pure function of the config and the GPUs found, so its choice is tested on CPU machines.
 ``setup_devices`` applies the GPU choice, memory growth and the Keras dtype policy for the active backend.
+``peak_rss_mib`` and ``release_free_memory`` look after host memory (the run's peak, freed memory back to the OS).
 """
 
 from __future__ import annotations

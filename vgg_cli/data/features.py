@@ -56,20 +56,35 @@ class FeatureStore:
     def path(self, sha1: str) -> Path:
         return self.dir / sha1[:2] / f"{sha1}.npy"
 
+    def _data_follows(self, f) -> bool:
+        """Read an entry's .npy header from ``f``: True when it is an array of this store's shape and dtype (C order)
+        whose data, complete, follows from the current position to the end of the file."""
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        return (tuple(shape) == self.shape and dtype == self.dtype and not fortran
+                and os.fstat(f.fileno()).st_size == f.tell() + nbytes)
+
+    def valid(self, sha1: str) -> bool:
+        """The entry exists and is complete (its header and size only: the data is read when a batch needs it)."""
+        try:
+            with open(self.path(sha1), "rb") as f:
+                return self._data_follows(f)
+        except (OSError, ValueError, EOFError):
+            return False
+
     def load_into(self, sha1: str, out: np.ndarray) -> bool:
         """Read an entry straight into ``out`` (C-contiguous, this store's shape and dtype): no temporary array per
         read, which on training's reader threads left the allocator holding memory that grew with the file count.
         False when the entry is missing or is not a complete array of this store's shape and dtype."""
         try:
             with open(self.path(sha1), "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read_header(f)
-                if tuple(shape) != self.shape or dtype != self.dtype or fortran:
+                if not self._data_follows(f):
                     return False
                 view = memoryview(out).cast("B")
-                return f.readinto(view) == len(view) and not f.read(1)
+                return f.readinto(view) == len(view)
         except (OSError, ValueError, EOFError):
             return False
 
@@ -124,7 +139,7 @@ class FeatureSource:
                 if not self.store.load_into(sha, self._ram[s]):
                     missing.append(s)
                     continue
-            elif not self._valid_on_disk(sha):
+            elif not self.store.valid(sha):
                 missing.append(s)
                 continue
             with contextlib.suppress(OSError):  # recently used: kept longest by prune_cache
@@ -150,13 +165,6 @@ class FeatureSource:
         dt = time.perf_counter() - t0
         log.info("features computed in %.1fs (%.1f img/s)", dt, len(missing) / dt if dt > 0 else 0.0)
         log.debug("peak RSS after the feature pass: %s MiB", peak_rss_mib())
-
-    def _valid_on_disk(self, sha: str) -> bool:
-        try:  # header only: the data is read when a batch needs it
-            arr = np.load(self.store.path(sha), mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return False
-        return arr.shape == self.shape and arr.dtype == self.dtype
 
     def get(self, idx: np.ndarray) -> np.ndarray:
         out = batch_buffer((len(idx), *self.shape), self.dtype)
