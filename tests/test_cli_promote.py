@@ -76,8 +76,22 @@ def test_equal_or_better_model_is_promoted_and_rollback_restores(champion, data)
 def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     runs = tmp_path / "runs"
     code, result, err = train(data, runs, *BAD, "promote.min_accuracy=0.99")
-    assert code == 3 and "below promote.min_accuracy 0.99" in result["promotion"]["reason"]
+    p = result["promotion"]
+    assert code == 3 and "below promote.min_accuracy 0.99" in p["reason"]
     assert not (runs / "production").exists()
+    # with nothing to compare against, the new model's accuracy is its best epoch's validation accuracy; it must
+    # be what the saved model scores when it is run on the held-out images
+    from vgg_cli.data.scan import VAL, index_from_manifest
+    from vgg_cli.promote import evaluate
+
+    run = Path(result["run"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert p["new_accuracy_from"] == f"validation of epoch {summary['best']['epoch']}"
+    index = index_from_manifest(json.loads((run / "data.json").read_text()))
+    files, labels = index.split(VAL)
+    scored = evaluate(run / "model" / "best.keras", files, [index.classes[i] for i in labels])
+    assert p["evaluated_on"]["images"] == scored["images"] == len(files) > 0
+    assert p["new_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-6)
 
 
 def test_class_change_blocks_promotion_unless_allowed(champion, data):

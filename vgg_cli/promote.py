@@ -5,6 +5,8 @@ keeps the history of that pointer (newest last), so ``vgg rollback`` can go back
 model and the production model are evaluated on the same held-out images (the new run's validation split; its
 split is sticky, so earlier runs never trained on those images) and the new one is promoted only if it is at
 least as accurate, clears ``promote.min_accuracy`` and, unless ``promote.allow_class_change``, has the same classes.
+With no production model to compare against, the new model's accuracy is its best epoch's validation accuracy
+(the same images, the same weights), so the run does not pay for a second pass over them.
 """
 
 from __future__ import annotations
@@ -94,8 +96,14 @@ def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: i
             "unreadable": len(results) - len(scored)}
 
 
-def decide(cfg, paths: RunPaths, index) -> dict:
-    """Evaluate the new run against production and promote it if it earns it. Returns the decision record."""
+def decide(cfg, paths: RunPaths, index, best: dict | None = None) -> dict:
+    """Evaluate the new run against production and promote it if it earns it. Returns the decision record.
+
+    ``best``: the best epoch's metrics row. When the new model only has to clear ``promote.min_accuracy`` (no
+    production model with the same classes to compare with), its accuracy is that row's ``val_accuracy``: it was
+    measured on exactly these held-out images by the weights in best.keras, so running the whole network over them
+    again would only repeat it. A comparison with production always runs both models the same way, on the images.
+    """
     from vgg_cli.data.scan import VAL
 
     runs_dir = paths.root.parent
@@ -108,21 +116,33 @@ def decide(cfg, paths: RunPaths, index) -> dict:
     else:
         held_out = True
     truth = [index.classes[i] for i in labels]
-    new = evaluate(paths.best, files, truth, cfg.train.batch_size)
-    record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out},
-                    "min_accuracy": cfg.promote.min_accuracy, "new_accuracy": round(new["accuracy"], 6)}
     prod = production_run(runs_dir)
+    class_change = None
+    if prod is not None:
+        prod_classes = json.loads((prod / "classes.json").read_text(encoding="utf-8"))
+        added = sorted(set(index.classes) - set(prod_classes))
+        removed = sorted(set(prod_classes) - set(index.classes))
+        if added or removed:
+            class_change = {"added": added, "removed": removed}
+    compare = prod is not None and class_change is None
+    if held_out and not compare and best is not None and "val_accuracy" in best:
+        new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
+        source = f"validation of epoch {best['epoch']}"
+    else:
+        new = evaluate(paths.best, files, truth, cfg.train.batch_size)
+        source = "model/best.keras on the images"
+    record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out},
+                    "min_accuracy": cfg.promote.min_accuracy, "new_accuracy": round(new["accuracy"], 6),
+                    "new_accuracy_from": source}
     reasons = []
     if new["accuracy"] < cfg.promote.min_accuracy:
         reasons.append(f"accuracy {new['accuracy']:.4f} is below promote.min_accuracy {cfg.promote.min_accuracy}")
     if prod is not None:
         record["production_run"] = prod.name
-        prod_classes = json.loads((prod / "classes.json").read_text(encoding="utf-8"))
-        added = sorted(set(index.classes) - set(prod_classes))
-        removed = sorted(set(prod_classes) - set(index.classes))
-        if added or removed:
-            record["class_change"] = {"added": added, "removed": removed}
-            text = f"classes changed from production {prod.name} (added {added or 'none'}, removed {removed or 'none'})"
+        if class_change is not None:
+            record["class_change"] = class_change
+            text = (f"classes changed from production {prod.name} (added {class_change['added'] or 'none'}, "
+                    f"removed {class_change['removed'] or 'none'})")
             log.warning(text)
             if not cfg.promote.allow_class_change:
                 reasons.append(f"{text}; set promote.allow_class_change=true to promote it")

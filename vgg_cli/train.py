@@ -443,7 +443,7 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     b = state.best
     log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
              b["epoch"], state.epoch, paths.best)
-    summary["promotion"] = decide(cfg, paths, index)
+    summary["promotion"] = decide(cfg, paths, index, state.best)
     summary["timings"]["peak_rss_mib"] = peak_rss_mib()  # the whole process, promotion's evaluation included
     write_json(paths.summary, summary)
     if cfg.output.keep is not None:
