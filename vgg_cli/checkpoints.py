@@ -50,15 +50,36 @@ class Monitor:
 
 @dataclass
 class TrainState:
-    epochs: int  # planned
+    epochs: int  # planned, all phases
     rows: list[dict] = field(default_factory=list)  # one per completed epoch, in order
     best_epoch: int | None = None
     stopped_early: bool = False
+    # Where each phase ends (cumulative epochs): [10] for one phase, [10, 15] with a 5-epoch phase 2. A phase that
+    # stops early ends there and the later ones move up.
+    phase_ends: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.phase_ends:
+            self.phase_ends = [self.epochs]
 
     @property
     def epoch(self) -> int:
         """Completed epochs."""
         return len(self.rows)
+
+    @property
+    def phase_index(self) -> int:
+        """The phase (0-based) the next epoch belongs to; the last one when all are done."""
+        return next((i for i, end in enumerate(self.phase_ends) if self.epoch < end), len(self.phase_ends) - 1)
+
+    def phase_start(self, index: int) -> int:
+        return self.phase_ends[index - 1] if index > 0 else 0
+
+    def end_phase_early(self, index: int) -> None:
+        """Phase ``index`` stops after the current epoch; later phases keep their lengths and start now."""
+        shift = self.phase_ends[index] - self.epoch
+        self.phase_ends = self.phase_ends[:index] + [end - shift for end in self.phase_ends[index:]]
+        self.epochs = self.phase_ends[-1]
 
     @property
     def best(self) -> dict | None:
@@ -67,7 +88,8 @@ class TrainState:
     def to_dict(self, paths: RunPaths) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "epochs": self.epochs,
                 "checkpoint": paths.checkpoint(self.epoch).relative_to(paths.root).as_posix(),
-                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "rows": self.rows}
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "phase_ends": self.phase_ends,
+                "rows": self.rows}
 
 
 def read_state(paths: RunPaths) -> TrainState | None:
@@ -77,7 +99,8 @@ def read_state(paths: RunPaths) -> TrainState | None:
     try:
         d = json.loads(paths.state.read_text(encoding="utf-8"))
         state = TrainState(epochs=int(d["epochs"]), rows=list(d["rows"]), best_epoch=d["best_epoch"],
-                           stopped_early=bool(d.get("stopped_early", False)))
+                           stopped_early=bool(d.get("stopped_early", False)),
+                           phase_ends=[int(e) for e in d.get("phase_ends") or [d["epochs"]]])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise NoInputError(f"{paths.state} is unreadable ({e}); the run cannot be resumed, start a new one") from None
     if not paths.checkpoint(state.epoch).is_file():
@@ -115,15 +138,17 @@ def sync(paths: RunPaths, state: TrainState) -> None:
 
 class RunRecorder(keras.callbacks.Callback):
     """Commits each completed epoch (see the module docstring) and implements early stopping from the rows,
-    so a resumed run knows exactly how long it has gone without improving."""
+    so a resumed run knows exactly how long it has gone without improving. Early stopping counts within the
+    current phase: stopping phase 1 early starts phase 2; stopping the last phase early ends the run."""
 
     def __init__(self, paths: RunPaths, state: TrainState, monitor: Monitor, patience: int, n_train: int,
-                 save_model: keras.Model | None = None):
+                 save_model: keras.Model | None = None, phase: int = 1):
         """``save_model``: the whole model to checkpoint when training runs on part of it (cached features);
-        default: the model being trained."""
+        default: the model being trained. ``phase``: 1-based, the phase these epochs belong to."""
         super().__init__()
         self.paths, self.state, self.monitor, self.patience, self.n_train = paths, state, monitor, patience, n_train
         self.save_model = save_model
+        self.phase = phase
         self._t0 = self._t_val = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -138,7 +163,9 @@ class RunRecorder(keras.callbacks.Callback):
         end = time.perf_counter()
         train_s = (self._t_val or end) - self._t0
         metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        row = {"epoch": epoch + 1, **metrics, "seconds": round(end - self._t0, 3),
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row = {"epoch": epoch + 1, "phase": self.phase, **metrics, "learning_rate": rate,
+               "seconds": round(end - self._t0, 3),
                "images_per_sec": round(self.n_train / train_s, 2) if train_s > 0 else None}
         if epoch + 1 != self.state.epoch + 1:
             raise RuntimeError(f"epoch {epoch + 1} finished but the run has {self.state.epoch} epochs recorded")
@@ -148,15 +175,24 @@ class RunRecorder(keras.callbacks.Callback):
         self.state.rows.append(row)
         if improved:
             self.state.best_epoch = epoch + 1
-        since_best = self.state.epoch - self.state.best_epoch
-        if self.patience > 0 and since_best >= self.patience and self.state.epoch < self.state.epochs:
-            self.state.stopped_early = True
+        index = self.phase - 1
+        since_best = self.state.epoch - max(self.state.best_epoch, self.state.phase_start(index))
+        last_phase = index == len(self.state.phase_ends) - 1
+        stop = (self.patience > 0 and since_best >= self.patience
+                and self.state.epoch < self.state.phase_ends[index])
+        if stop:
             self.model.stop_training = True
+            if last_phase:
+                self.state.stopped_early = True
+            else:
+                self.state.end_phase_early(index)
         write_json(self.paths.state, self.state.to_dict(self.paths))  # the commit point
         sync(self.paths, self.state)
         release_free_memory()  # what this epoch's decoding and the checkpoint's writing freed
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info("epoch %d/%d  %s  %.1f img/s  %.1fs%s", epoch + 1, self.state.epochs, shown,
                  row["images_per_sec"] or 0.0, row["seconds"], "  *best" if improved else "")
-        if self.state.stopped_early:
-            log.info("early stopping: no improvement in %s for %d epochs", self.monitor.name, since_best)
+        if stop:
+            log.info("early stopping%s: no improvement in %s for %d epochs%s",
+                     "" if len(self.state.phase_ends) == 1 else f" phase {self.phase}", self.monitor.name,
+                     since_best, "" if last_phase else f"; phase {self.phase + 1} starts now")

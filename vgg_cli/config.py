@@ -112,10 +112,20 @@ class OptimizerConfig(_Section):
     weight_decay: float = Field(ge=0.0)
 
 
+class ScheduleConfig(_Section):
+    name: Literal["constant", "cosine", "step"]
+    warmup_epochs: float = Field(ge=0.0)
+    step_epochs: int = Field(ge=1)
+    step_factor: float = Field(gt=0.0, le=1.0)
+
+
 class TrainConfig(_Section):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    label_smoothing: float = Field(ge=0.0, lt=1.0)
+    class_weight: Literal["balanced"] | dict[str, float] | None
     monitor: Literal["val_accuracy", "val_loss"]
     early_stopping_patience: int = Field(ge=0)
     seed: int
@@ -128,12 +138,37 @@ class TrainConfig(_Section):
         # Our loader keeps on/off as strings; a config built in Python may still pass a bool.
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
+    @field_validator("class_weight")
+    @classmethod
+    def _class_weight(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("needs at least one class: weight pair, or balanced, or null")
+            bad = {k: w for k, w in v.items() if not w > 0}
+            if bad:
+                raise ValueError(f"weights must be > 0, got {bad}")
+        return v
+
     @field_validator("gpus")
     @classmethod
     def _gpus(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and any(g < 0 for g in v):
             raise ValueError("GPU indices must be >= 0")
         return v
+
+
+class FinetuneConfig(_Section):
+    epochs: int = Field(ge=0)
+    unfreeze_blocks: list[int]
+    learning_rate: float = Field(gt=0.0)
+
+    @field_validator("unfreeze_blocks")
+    @classmethod
+    def _blocks(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b not in BLOCKS]
+        if bad:
+            raise ValueError(f"blocks must be between 1 and 5, got {bad}")
+        return sorted(set(v))
 
 
 class AugmentConfig(_Section):
@@ -201,6 +236,7 @@ class Config(_Section):
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    finetune: FinetuneConfig
     augment: AugmentConfig
     cache: CacheConfig
     output: OutputConfig
@@ -355,9 +391,27 @@ def load_config(config_path: str | os.PathLike | None = None, overrides: tuple[s
 
 def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Config:
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_validation(e, sources or {})) from None
+    _check_across_sections(cfg, sources or {})
+    return cfg
+
+
+def _check_across_sections(cfg: Config, sources: dict[str, str]) -> None:
+    """Rules that tie keys of different sections together (each key alone was valid)."""
+    ft = cfg.finetune
+    if ft.epochs > 0:
+        src = sources.get("finetune.unfreeze_blocks", "the defaults")
+        if not ft.unfreeze_blocks:
+            raise ConfigError(f"config key 'finetune.unfreeze_blocks' = [] from {src} is invalid: phase 2 "
+                              f"(finetune.epochs={ft.epochs}) needs blocks to unfreeze; set e.g. "
+                              f"finetune.unfreeze_blocks=[4,5], or finetune.epochs=0")
+        not_frozen = [b for b in ft.unfreeze_blocks if b not in cfg.model.freeze_blocks]
+        if not_frozen:
+            raise ConfigError(f"config key 'finetune.unfreeze_blocks' = {ft.unfreeze_blocks} from {src} is invalid: "
+                              f"blocks {not_frozen} are not frozen in phase 1 (model.freeze_blocks="
+                              f"{cfg.model.freeze_blocks}); unfreeze only blocks listed in model.freeze_blocks")
 
 
 def load_run_config(path: Path) -> Config:

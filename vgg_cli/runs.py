@@ -161,6 +161,10 @@ class RunPaths:
         return self.root / "metrics.csv"
 
     @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 

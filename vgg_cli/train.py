@@ -29,8 +29,9 @@ from vgg_cli.config import Config, load_run_config
 from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, previous_splits_from, require_dir,
                                scan)
 from vgg_cli.device import peak_rss_mib, setup_devices
-from vgg_cli.errors import DataError, InterruptedRun, NoInputError
-from vgg_cli.model import build_model, check_weights_available, compile_model, copy_head_if_compatible
+from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError
+from vgg_cli.model import (apply_freeze, backbone_of, build_model, check_weights_available, compile_model,
+                           copy_head_if_compatible, learning_rate_for)
 from vgg_cli.promote import PRODUCTION, decide, prune
 from vgg_cli.runs import (LATEST, RunPaths, check_run_name_free, new_run_dir, point, runs_lock, write_json,
                           write_text)
@@ -59,6 +60,71 @@ class TrainResult:
 
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training with fixed frozen blocks, its own optimizer and learning rate."""
+    number: int  # 1-based
+    epochs: int
+    frozen_blocks: tuple[int, ...]
+    learning_rate: float
+
+    def describe(self) -> str:
+        frozen = ", ".join(map(str, self.frozen_blocks)) or "none"
+        return f"phase {self.number}: frozen blocks {frozen}, learning rate {self.learning_rate:g}"
+
+
+def plan_phases(cfg: Config) -> list[Phase]:
+    """Phase 1 with model.freeze_blocks; phase 2 (finetune.epochs > 0) with finetune.unfreeze_blocks trainable."""
+    phases = [Phase(1, cfg.train.epochs, tuple(cfg.model.freeze_blocks), cfg.train.optimizer.learning_rate)]
+    if cfg.finetune.epochs > 0:
+        frozen = tuple(b for b in cfg.model.freeze_blocks if b not in cfg.finetune.unfreeze_blocks)
+        phases.append(Phase(2, cfg.finetune.epochs, frozen, cfg.finetune.learning_rate))
+    return phases
+
+
+def new_state(cfg: Config) -> TrainState:
+    ends, total = [], 0
+    for phase in plan_phases(cfg):
+        total += phase.epochs
+        ends.append(total)
+    return TrainState(epochs=total, phase_ends=ends)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return -(-n_train // batch_size)
+
+
+def set_up_phase(model: keras.Model, cfg: Config, phase: Phase, n_train: int, n_classes: int) -> None:
+    """Freeze the phase's blocks (everything else in the backbone trainable) and compile with a new optimizer at
+    the phase's learning rate and schedule. Changing ``trainable`` needs this recompile (keras.io guide)."""
+    apply_freeze(backbone_of(model), phase.frozen_blocks)
+    rate = learning_rate_for(cfg.train.schedule, phase.learning_rate, phase.epochs,
+                             steps_per_epoch(n_train, cfg.train.batch_size))
+    compile_model(model, cfg.train, n_classes, learning_rate=rate)
+
+
+def class_weights(cfg: Config, index: DatasetIndex) -> dict[int, float] | None:
+    """train.class_weight as {label: weight}; balanced = n / (n_classes * n_of_class) over the training split."""
+    wanted = cfg.train.class_weight
+    if wanted is None:
+        return None
+    counts = index.counts()
+    if wanted == "balanced":
+        n = sum(c[TRAIN] for c in counts.values())
+        # a class with no training image (all of it held out) never reaches the loss; its weight is moot
+        return {i: n / (len(index.classes) * counts[c][TRAIN]) if counts[c][TRAIN] else 1.0
+                for i, c in enumerate(index.classes)}
+    unknown = sorted(set(wanted) - set(index.classes))
+    if unknown:
+        raise ConfigError(f"train.class_weight names {unknown}, which are not classes of this dataset "
+                          f"(classes: {index.classes}); use the class folder names, or balanced")
+    return {i: float(wanted.get(c, 1.0)) for i, c in enumerate(index.classes)}
+
+
+def _n_train(index: DatasetIndex) -> int:
+    return sum(1 for e in index.files if e.split == TRAIN)
 
 
 def config_digest(cfg: Config) -> str:
@@ -305,7 +371,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
         weights_source = f"{requested_weights}: {weights_source}"
         if copy_head_if_compatible(model, Path(cfg.model.weights)):
             weights_source += " + its head (same classes)"
-    compile_model(model, cfg.train, len(index.classes))
+    set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
     log.info("backbone %s, weights: %s, frozen blocks: %s", cfg.model.arch, weights_source,
              cfg.model.freeze_blocks or "none")
     t_built = time.perf_counter()
@@ -321,7 +387,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
                     "resumed": []}
         write_json(paths.root / "run.json", run_info)
-        state = TrainState(epochs=cfg.train.epochs)
+        state = new_state(cfg)
         return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
     finally:
         log.removeHandler(handler)
@@ -411,8 +477,8 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
             log.info("resuming %s from the start: no epoch was completed", paths.root.name)
             keras.utils.set_random_seed(cfg.train.seed)
             model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
-            compile_model(model, cfg.train, len(index.classes))
-            state = TrainState(epochs=cfg.train.epochs)
+            set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
+            state = new_state(cfg)
         else:
             sync(paths, state)  # repair anything a crash between commit and sync left behind
             log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch,
@@ -429,14 +495,18 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
 
 def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device,
                     state: TrainState, run_info: dict, t_start: float) -> TrainResult:
-    stopped_by, train_s, input_info = None, 0.0, None
+    stopped_by, train_s, inputs = None, 0.0, {}
     if state.epoch < state.epochs and not state.stopped_early:
-        stopped_by, train_s, input_info = _fit(cfg, index, model, paths, state)
+        stopped_by, train_s, inputs = _fit(cfg, index, model, paths, state)
     log.debug("training finished; writing the summary")
     summary = _summary(cfg, index, model, device, state, run_info, stopped_by, train_s, t_start)
-    summary["input"] = input_info
+    summary["input"] = next(iter(inputs.values()), None)  # what fed the first phase this session trained
+    summary["phases"] = _phase_summary(cfg, state, inputs)
+    weights = class_weights(cfg, index)
+    summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
     summary["run"] = paths.root.name
     write_json(paths.summary, summary)
+    _plot_curves(paths, state, summary["monitor"])
     if stopped_by:
         raise _interrupted(paths, state, stopped_by)
     point(paths.root.parent / LATEST, paths.root.name)
@@ -449,6 +519,28 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     if cfg.output.keep is not None:
         prune(paths.root.parent, cfg.output.keep, paths.root.name)
     return TrainResult(TRAINED, paths.root, summary)
+
+
+def _phase_summary(cfg: Config, state: TrainState, inputs: dict) -> list[dict]:
+    out = []
+    for phase in plan_phases(cfg):
+        ran = [r["epoch"] for r in state.rows if r.get("phase", 1) == phase.number]
+        out.append({"phase": phase.number, "frozen_blocks": list(phase.frozen_blocks),
+                    "learning_rate": phase.learning_rate, "epochs_planned": phase.epochs,
+                    "epochs": [ran[0], ran[-1]] if ran else None, "input": inputs.get(phase.number)})
+    return out
+
+
+def _plot_curves(paths: RunPaths, state: TrainState, monitor: str) -> None:
+    """<run>/curves.png: loss and accuracy per epoch. A picture that cannot be drawn is not worth failing a run."""
+    if not state.rows:
+        return
+    try:
+        from vgg_cli.plots import training_curves
+
+        training_curves(state.rows, paths.curves, best_epoch=state.best_epoch, monitor=monitor)
+    except ImportError as e:
+        log.warning("no training curves picture: %s", e)
 
 
 def _interrupted(paths: RunPaths, state: TrainState, why: str) -> InterruptedRun:
@@ -476,9 +568,10 @@ class InputPlan:
     cache_entries: frozenset = frozenset()
 
 
-def _input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check) -> InputPlan:
-    """Cached frozen-prefix features when the leading blocks are frozen and augmentation is off; else images
-    (with the RAM image cache when enabled)."""
+def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
+                frozen_blocks: tuple[int, ...]) -> InputPlan:
+    """Cached frozen-prefix features when the leading blocks (of ``frozen_blocks``, this phase's) are frozen and
+    augmentation is off; else images (with the RAM image cache when enabled)."""
     from vgg_cli.data.pipeline import ImageSource
     from vgg_cli.model import frozen_prefix_blocks
 
@@ -488,7 +581,7 @@ def _input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check
     labels = np.asarray([e.label for e in entries], np.int32)
     ids = list(range(len(entries)))
     ram = cfg.cache.ram_mb * 2**20
-    blocks = frozen_prefix_blocks(cfg.model.freeze_blocks)
+    blocks = frozen_prefix_blocks(frozen_blocks)
     why_not = None
     if cfg.cache.features == "off":
         why_not = "cache.features=off"
@@ -529,48 +622,74 @@ def _input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check
 
 
 def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState):
-    """Train epochs state.epoch .. epochs-1. Returns (signal name or None, seconds, input description)."""
-    from vgg_cli.data.pipeline import eval_batches, train_batches
-
-    bs, seed = cfg.train.batch_size, cfg.train.seed
+    """Train epochs state.epoch .. epochs-1, phase by phase. Returns (signal name or None, seconds, what fed each
+    phase that ran: {phase number: input description})."""
+    phases = plan_phases(cfg)
     stopper = StopOnSignal()
     t0 = time.perf_counter()
-    stopped_by, plan = None, None
+    stopped_by, inputs = None, {}
+    # the phase the model is set up for: a new run's or a checkpoint's (its trainable flags and optimizer)
+    configured = state.rows[-1].get("phase", 1) if state.rows else 1
+    weights = class_weights(cfg, index)
+    if weights is not None:
+        log.info("class weights: %s", ", ".join(f"{index.classes[i]} {w:.3g}" for i, w in weights.items()))
     with stopper:
         try:
-            plan = _input_plan(cfg, index, model, stopper._check)
-            log.info("input: %s", plan.info["description"])
-            train_ds = train_batches(plan.source, plan.train_ids, plan.labels, bs, seed, state.epoch, state.epochs)
-            val_ds = eval_batches(plan.source, plan.val_ids, plan.labels, bs) if plan.val_ids else None
-            if val_ds is None:
-                log.warning("no validation images (data.val_split=0 and no data.val_dir): best model chosen on "
-                            "training metrics")
-            monitor = Monitor(cfg.train.monitor, has_val=val_ds is not None)
-            steps = -(-len(plan.train_ids) // bs)
-            callbacks: list = [stopper, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
-                                                    len(plan.train_ids), save_model=model)]
-            if sys.stderr.isatty():
-                callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
-            if cfg.output.tensorboard:
-                callbacks.append(EpochScalars(paths.tensorboard))
-            plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=state.epochs, initial_epoch=state.epoch,
-                               steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0)
-            log.debug("fit returned (peak RSS %s MiB)", peak_rss_mib())
+            while state.epoch < state.epochs and not state.stopped_early:
+                i = state.phase_index
+                phase = phases[i]
+                if phase.number != configured:
+                    set_up_phase(model, cfg, phase, _n_train(index), len(index.classes))
+                    configured = phase.number
+                if len(phases) > 1:
+                    log.info("%s (epochs %d-%d)", phase.describe(), state.phase_start(i) + 1, state.phase_ends[i])
+                inputs[phase.number] = _fit_phase(cfg, index, model, paths, state, phase, stopper, weights)
         except _Stop as e:
             stopped_by = str(e)
         except KeyboardInterrupt:
             stopped_by = stopper.signal_name or "SIGINT"
-        finally:
-            if plan is not None:
-                plan.source.close()
-    if plan is not None and plan.cache_root is not None:
-        from vgg_cli.data.features import prune_cache
+    return stopped_by, time.perf_counter() - t0, inputs
 
-        removed = prune_cache(plan.cache_root, cfg.cache.disk_mb * 2**20, plan.cache_entries)
-        if removed:
-            log.info("feature cache %s: removed %d least recently used entries (cache.disk_mb=%d)",
-                     plan.cache_root, removed, cfg.cache.disk_mb)
-    return stopped_by, time.perf_counter() - t0, plan.info if plan is not None else None
+
+def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState,
+               phase: Phase, stopper: StopOnSignal, weights: dict[int, float] | None) -> dict:
+    """Fit the rest of one phase (to state.phase_ends[phase]); returns the input description."""
+    from vgg_cli.data.pipeline import eval_batches, train_batches
+
+    bs, seed = cfg.train.batch_size, cfg.train.seed
+    end = state.phase_ends[phase.number - 1]
+    plan = None
+    try:
+        plan = input_plan(cfg, index, model, stopper._check, phase.frozen_blocks)
+        log.info("input: %s", plan.info["description"])
+        train_ds = train_batches(plan.source, plan.train_ids, plan.labels, bs, seed, state.epoch, end)
+        val_ds = eval_batches(plan.source, plan.val_ids, plan.labels, bs) if plan.val_ids else None
+        if val_ds is None and phase.number == 1:
+            log.warning("no validation images (data.val_split=0 and no data.val_dir): best model chosen on "
+                        "training metrics")
+        monitor = Monitor(cfg.train.monitor, has_val=val_ds is not None)
+        steps = steps_per_epoch(len(plan.train_ids), bs)
+        callbacks: list = [stopper, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
+                                                len(plan.train_ids), save_model=model, phase=phase.number)]
+        if sys.stderr.isatty():
+            callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
+        if cfg.output.tensorboard:
+            callbacks.append(EpochScalars(paths.tensorboard))
+        plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
+                           steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0,
+                           class_weight=weights)
+        log.debug("fit returned (peak RSS %s MiB)", peak_rss_mib())
+    finally:
+        if plan is not None:
+            plan.source.close()
+            if plan.cache_root is not None:
+                from vgg_cli.data.features import prune_cache
+
+                removed = prune_cache(plan.cache_root, cfg.cache.disk_mb * 2**20, plan.cache_entries)
+                if removed:
+                    log.info("feature cache %s: removed %d least recently used entries (cache.disk_mb=%d)",
+                             plan.cache_root, removed, cfg.cache.disk_mb)
+    return plan.info
 
 
 def _summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state: TrainState, run_info: dict,
