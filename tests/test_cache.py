@@ -156,6 +156,10 @@ def test_augmentation_runs_the_whole_network_and_is_off_in_predict(tmp_path, dat
                                 "json"])[1])["probability"] for _ in range(2)]
     assert outs[0] == outs[1]
     np.testing.assert_allclose(outs[0], inference[0].max(), rtol=1e-4)
+    # evaluate goes through the same inference path: repeated evaluations give the very same report
+    reports = [json.loads(run_cli(["evaluate", "--run", str(tmp_path / "runs" / "aug"), "--json"])[1])
+               for _ in range(2)]
+    assert reports[0]["per_class"] == reports[1]["per_class"] and reports[0]["images"] > 0
 
 
 def test_ram_image_cache_decodes_each_image_once(tmp_path):

@@ -74,6 +74,8 @@ def cli() -> None:
     vgg train --config my.yaml --if-changed   the nightly cron job (resumes, skips, promotes only if better)
     vgg runs | vgg promote RUN | vgg rollback   production model management
     vgg check ~/photos                     find unreadable files, duplicates and imbalance, without training
+    vgg evaluate [DATA_DIR]                accuracy, per-class report, confusion matrix (default: validation split)
+    vgg lr-find data.train_dir=~/photos    learning-rate range test: a suggested rate and its plot
 
     Exit codes: 0 ok, 3 trained but not promoted, 64 usage, 65 data, 66 missing input, 70 internal, 74 I/O,
     75 locked or interrupted, 78 config.
@@ -220,6 +222,116 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
         if len(failed) == len(results) and all(r.error == NOT_FOUND for r in failed):
             return EXIT_NOINPUT
         return EXIT_DATA
+    return 0
+
+
+@cli.command(short_help="Measure a trained model: accuracy, per-class report, confusion matrix.")
+@click.argument("data_dir", required=False)
+@click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: production, else latest.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False),
+              help="A .keras model file instead of a run (then DATA_DIR is required).")
+@click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for the report files. Default: <run>/evaluation/<val or DATA_DIR's name>.")
+@click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs_dir: str, out_dir: str | None,
+             batch_size: int, as_json: bool) -> int:
+    """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
+    subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
+    one is reported).
+
+    \b
+    Prints accuracy, top-5 accuracy (more than 5 classes), per-class precision/recall/F1/support and the
+    confusion matrix; writes report.json, per_class.csv, confusion_matrix.csv, confusion_matrix.png,
+    confusion_matrix_normalised.png and misclassified.csv (with each file's top predictions).
+    """
+    from pathlib import Path
+
+    from vgg_cli.runs import find_model_file, resolve_run
+
+    if run is not None and model_file is not None:
+        raise click.UsageError("give either --run or --model, not both")
+    if model_file is not None and data_dir is None:
+        raise click.UsageError("--model FILE needs DATA_DIR (only a run directory knows its validation split)")
+    if model_file is not None:
+        from vgg_cli.predict import resolve_model_file
+
+        path, run_dir = resolve_model_file(None, model_file, runs_dir), None
+    else:
+        run_dir = resolve_run(run, Path(runs_dir))
+        path = find_model_file(run_dir)
+    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
+        from vgg_cli.errors import NoInputError
+
+        raise NoInputError(f"DATA_DIR {data_dir!r} is not a folder; pass a folder with one subfolder per class")
+    name = "val" if data_dir is None else (Path(os.path.expanduser(data_dir)).resolve().name or "data")
+    out = Path(out_dir) if out_dir else (run_dir / "evaluation" / name if run_dir else Path("evaluation") / name)
+    _setup_logging(False)
+    load_frameworks()
+    from vgg_cli import evaluate as ev
+    from vgg_cli.model import class_names_of, image_size_of, load_model
+
+    model = load_model(path)
+    if data_dir is None:
+        data = ev.validation_set(run_dir)
+    else:
+        data = ev.folder_set(os.path.expanduser(data_dir), class_names_of(model), image_size_of(model))
+    if data.missing_classes:
+        click.echo(f"warning: no images of class(es) {data.missing_classes} in the {data.source}", err=True)
+    for s in data.skipped:
+        click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
+    with contextlib.redirect_stdout(sys.stderr):
+        report = ev.evaluate(model, path, data, out, batch_size)
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(ev.format_report(report), nl=False)
+    return 0
+
+
+@cli.command("lr-find", short_help="Learning-rate range test: plot and a suggested rate.")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10, max=10000),
+              help="Training steps (batches) at most.")
+@click.option("--start", default=1e-7, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="First learning rate.")
+@click.option("--end", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Last learning rate.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for lr_find.png/.csv/.json. Default: <output.dir>/lr-find.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, start: float, end: float,
+            out_dir: str | None, as_json: bool, verbose: bool) -> int:
+    """Train the model the config builds (phase 1: model.freeze_blocks, train.optimizer) for up to --steps batches
+    while the learning rate grows exponentially from --start to --end; stop when the loss diverges. Prints the
+    rate where the loss fell fastest (a good train.optimizer.learning_rate) and writes the loss-vs-rate plot.
+    Nothing is added to the runs."""
+    from pathlib import Path
+
+    from vgg_cli.config import load_config
+
+    if start >= end:
+        raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
+    cfg = load_config(config_path, overrides)
+    _setup_logging(verbose)
+    load_frameworks()
+    from vgg_cli.lrfind import lr_find as run_lr_find
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_lr_find(cfg, steps, start, end, Path(out_dir) if out_dir else Path(cfg.output.dir) / "lr-find")
+    if as_json:
+        _echo_json(result)
+        return 0
+    rate = result["suggested_learning_rate"]
+    click.echo(f"suggested learning rate: {rate:.2g} (steepest fall of the loss)" if rate is not None else
+               "suggested learning rate: none (the loss never fell; try a lower --start or check the data)")
+    if result["min_loss_rate_div10"] is not None:
+        click.echo(f"rate at the lowest loss / 10: {result['min_loss_rate_div10']:.2g}")
+    click.echo(f"{result['steps']} steps, stopped: {result['stopped']}")
+    click.echo(f"plot: {result['files']['plot']}  (also lr_find.csv, lr_find.json)")
     return 0
 
 

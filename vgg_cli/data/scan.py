@@ -237,6 +237,14 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache
     return per_class, skipped, ignored, dims
 
 
+def scan_labelled(folder: str, image_size: int) -> tuple[Path, dict[str, list[str]], list[dict[str, str]]]:
+    """A folder with one subfolder per class, checked file by file (nothing cached, nothing written): its resolved
+    root, class folder name -> usable image paths (absolute, sorted), and the skipped files with reasons."""
+    root = require_dir(folder, "DATA_DIR").resolve()
+    per_class, skipped, _, _ = _collect(root, _class_folders(root), image_size, "scanning", ScanCache(None))
+    return root, {c: sorted(str(root / rel) for rel, _, _ in files) for c, files in per_class.items()}, skipped
+
+
 def scan(data_cfg, previous_splits: dict[str, str] | None = None, cache_dir: Path | None = None) -> DatasetIndex:
     """Index ``data_cfg.train_dir`` (and ``val_dir``); ``previous_splits`` (relpath -> split) keeps old assignments;
     ``cache_dir`` holds the per-file check cache (see ScanCache)."""
