@@ -76,9 +76,10 @@ def cli() -> None:
     vgg check ~/photos                     find unreadable files, duplicates and imbalance, without training
     vgg evaluate [DATA_DIR]                accuracy, per-class report, confusion matrix (default: validation split)
     vgg lr-find data.train_dir=~/photos    learning-rate range test: a suggested rate and its plot
+    vgg export --format onnx               SavedModel / TFLite / ONNX, checked against Keras in its runtime
 
-    Exit codes: 0 ok, 3 trained but not promoted, 64 usage, 65 data, 66 missing input, 70 internal, 74 I/O,
-    75 locked or interrupted, 78 config.
+    Exit codes: 0 ok, 3 trained but not promoted, 64 usage, 65 data, 66 missing input, 69 optional package
+    missing, 70 internal, 74 I/O, 75 locked or interrupted, 78 config.
     """
 
 
@@ -145,6 +146,8 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
                     "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
                     "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
                     "fingerprint": s.get("fingerprint")})
+    elif result.status == t.WORKER_DONE:  # a multi-worker job's other worker: the chief prints the run
+        click.echo(f"worker done: the chief wrote the run in {result.run_dir}", err=True)
     else:
         click.echo(str(result.run_dir))
     return code  # the "not promoted: ..." reason was logged by the decision itself
@@ -287,6 +290,60 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
         _echo_json(report)
     else:
         click.echo(ev.format_report(report), nl=False)
+    return 0
+
+
+@cli.command(short_help="Export a trained model: SavedModel, TFLite or ONNX.")
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), required=True,
+              help="saved_model: TF Serving; tflite: LiteRT on devices; onnx: onnxruntime and friends.")
+@click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: production, else latest.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False), help="A .keras model file instead of a run.")
+@click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
+@click.option("--out", "out_path", type=click.Path(),
+              help="Where to write it. Default: <run>/export/saved_model, model.tflite or model.onnx.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out_path: str | None,
+           as_json: bool) -> int:
+    """Export a trained model for serving, then load the export in its own runtime (tf.saved_model.load, the
+    TFLite interpreter, onnxruntime) and check that it gives the Keras model's probabilities (max difference
+    1e-4) before it replaces anything.
+
+    \b
+    Every format takes float32 [N, S, S, 3] raw RGB pixels 0-255 (S = the run's data.image_size; VGG
+    preprocessing is inside) and returns class probabilities. Class names travel with it: the SavedModel
+    signature also returns class_index and class_name, and has assets.extra/labels.txt; TFLite and ONNX get
+    <name>.labels.txt beside the file (ONNX also in its metadata, class_names).
+    """
+    from pathlib import Path
+
+    from vgg_cli.export import DEFAULT_NAMES
+    from vgg_cli.predict import resolve_model_file
+    from vgg_cli.runs import find_model_file, resolve_run
+
+    if run is not None and model_file is not None:
+        raise click.UsageError("give either --run or --model, not both")
+    if model_file is not None:
+        path = resolve_model_file(None, model_file, runs_dir)
+        default_root = path.parent / "export"
+    else:
+        run_dir = resolve_run(run, Path(runs_dir))
+        path = find_model_file(run_dir)
+        default_root = run_dir / "export"
+    out = Path(os.path.expanduser(out_path)) if out_path else default_root / DEFAULT_NAMES[fmt]
+    _setup_logging(False)
+    load_frameworks()
+    from vgg_cli.export import export_model
+    from vgg_cli.model import load_model
+
+    with contextlib.redirect_stdout(sys.stderr):
+        report = export_model(load_model(path), fmt, out)
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(report["path"])
+        click.echo(f"{fmt}: {report['bytes'] / 2**20:.1f} MiB; input {report['input']['description']}; labels in "
+                   f"{report['labels']}; checked in {report['runtime']}: max |difference| from Keras "
+                   f"{report['max_abs_diff']:.2g} on {report['probe_images']} probe images", err=True)
     return 0
 
 

@@ -131,6 +131,7 @@ class TrainConfig(_Section):
     seed: int
     mixed_precision: Literal["auto", "on", "off"]
     gpus: list[int] | None
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"]
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -73,9 +73,123 @@ class DeviceInfo:
     gpus: list[dict] = field(default_factory=list)
     precision: str = "float32"
     note: str = ""
+    distribute: str = "none"  # none | mirrored | multi_worker
+    distribute_note: str = ""
+    replicas: int = 1
+    worker: int = 0  # this process's index among the workers (multi_worker), 0 = the chief
+    workers: int = 1
+    strategy: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_chief(self) -> bool:
+        """Only the chief writes the run directory (multi_worker); a single process always is."""
+        return self.worker == 0
+
+    def scope(self):
+        """The distribution strategy's scope (models, optimizers and fit must live in it), else a no-op."""
+        import contextlib
+
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("strategy")
+        return d
+
+
+def cluster_of(tf_config: str | None) -> tuple[int, int] | None:
+    """(number of tasks, this task's index with the chief first) from a TF_CONFIG value, as Kubeflow's TFJob sets
+    it; None when there is none. A 'chief' task counts as worker 0 and shifts the workers up by one."""
+    import json
+
+    if not tf_config:
+        return None
+    try:
+        conf = json.loads(tf_config)
+        cluster, task = conf["cluster"], conf.get("task", {})
+        chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
+        kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"TF_CONFIG is not valid JSON with a 'cluster' and a 'task' ({tf_config[:120]!r}); fix "
+                          f"it or unset it") from None
+    n = len(chiefs) + len(workers)
+    if n == 0 or kind not in ("chief", "worker") or index >= len(cluster.get(kind, [])):
+        raise ConfigError(f"TF_CONFIG: task {kind!r} {index} is not in its cluster {cluster}; fix TF_CONFIG")
+    return n, (index if kind == "chief" else len(chiefs) + index)
+
+
+def select_distribution(mode: str, backend: str, n_gpus: int, n_cpu_devices: int,
+                        cluster: tuple[int, int] | None) -> tuple[str, str]:
+    """(none|mirrored|multi_worker, reason) for ``train.distribute``; pure, so its choices are tested anywhere."""
+    if mode == "none":
+        return "none", "distribute=none"
+    if backend != "tensorflow":
+        if mode == "auto":
+            return "none", f"distribution strategies need the tensorflow backend (KERAS_BACKEND={backend})"
+        raise ConfigError(f"train.distribute={mode} needs the tensorflow backend (KERAS_BACKEND={backend}); "
+                          f"unset KERAS_BACKEND or set train.distribute=none")
+    if mode == "multi_worker" or (mode == "auto" and cluster is not None and cluster[0] > 1):
+        if cluster is None:
+            raise ConfigError("train.distribute=multi_worker needs TF_CONFIG (the cluster's workers and this "
+                              "task); set it on every worker, or use train.distribute=auto")
+        return "multi_worker", f"TF_CONFIG: {cluster[0]} workers, this is worker {cluster[1]}"
+    if mode == "mirrored":
+        if n_gpus:
+            return "mirrored", f"distribute=mirrored over {n_gpus} GPU(s)"
+        return "mirrored", f"distribute=mirrored without a GPU: over {n_cpu_devices} CPU device(s)"
+    if n_gpus > 1:
+        return "mirrored", f"{n_gpus} GPUs: MirroredStrategy"
+    return "none", "one device" if n_gpus == 1 or n_cpu_devices <= 1 else "no GPU"
+
+
+def in_distribution_scope() -> bool:
+    """Inside a tf.distribute strategy's scope (training under train.distribute)."""
+    if "tensorflow" not in sys.modules:
+        return False
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()
+
+
+def worker_role(mode: str) -> tuple[int, int] | None:
+    """(workers, this worker's index) when ``train.distribute`` = ``mode`` makes this process one worker of a
+    multi-worker job (TF_CONFIG), else None. Known before any device is set up, so a non-chief worker can stay
+    away from the chief's run directory and lock."""
+    import os
+
+    if mode not in ("auto", "multi_worker") or "keras" not in sys.modules:
+        return None
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    cluster = cluster_of(os.environ.get("TF_CONFIG"))
+    if cluster is None or (mode == "auto" and cluster[0] < 2):
+        return None
+    return cluster
+
+
+def in_multi_worker_scope() -> bool:
+    """Inside a MultiWorkerMirroredStrategy's scope (train.distribute=multi_worker)."""
+    if not in_distribution_scope():
+        return False
+    import tensorflow as tf
+
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _make_strategy(kind: str, n_gpus: int):
+    import tensorflow as tf
+
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if n_gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("GPU")])
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
 
 
 def select_precision(mode: str, gpus: list[Gpu]) -> tuple[str, str]:
@@ -122,6 +236,37 @@ def _tf_gpus(requested: list[int] | None) -> list[Gpu]:
     return out
 
 
+def _parse_cc(value) -> tuple[int, int] | None:
+    """'9.0' / (9, 0) -> (9, 0)."""
+    try:
+        if isinstance(value, str):
+            major, minor = value.split(".")[:2]
+            return int(major), int(minor)
+        return int(value[0]), int(value[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _jax_gpus() -> list[Gpu]:
+    import jax
+
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError:  # no GPU platform in this jaxlib
+        return []
+    return [Gpu(getattr(d, "device_kind", str(d)), _parse_cc(getattr(d, "compute_capability", None)))
+            for d in devices]
+
+
+def _torch_gpus() -> list[Gpu]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [Gpu(torch.cuda.get_device_name(i), _parse_cc(torch.cuda.get_device_capability(i)))
+            for i in range(torch.cuda.device_count())]
+
+
 def setup_devices(train_cfg) -> DeviceInfo:
     """Choose GPUs, enable memory growth and set the global Keras dtype policy."""
     import keras
@@ -133,8 +278,28 @@ def setup_devices(train_cfg) -> DeviceInfo:
     elif train_cfg.gpus is not None:
         raise ConfigError(f"train.gpus is only supported on the tensorflow backend (KERAS_BACKEND={backend}); "
                           f"use CUDA_VISIBLE_DEVICES instead")
+    elif backend == "jax":
+        gpus = _jax_gpus()
+    elif backend == "torch":
+        gpus = _torch_gpus()
     policy, note = select_precision(train_cfg.mixed_precision, gpus)
     keras.mixed_precision.set_global_policy(policy)
-    return DeviceInfo(backend=backend,
+    info = DeviceInfo(backend=backend,
                       gpus=[{"name": g.name, "compute_capability": g.compute_capability} for g in gpus],
                       precision=policy, note=note)
+    import os
+
+    cluster = cluster_of(os.environ.get("TF_CONFIG")) if backend == "tensorflow" else None
+    n_cpu = 1
+    if backend == "tensorflow" and not gpus and train_cfg.distribute == "mirrored":
+        import tensorflow as tf  # listing logical devices starts TF's runtime: never before a multi-worker strategy
+
+        n_cpu = len(tf.config.list_logical_devices("CPU"))
+    kind, why = select_distribution(train_cfg.distribute, backend, len(gpus), n_cpu, cluster)
+    info.distribute, info.distribute_note = kind, why
+    if kind != "none":
+        info.strategy = _make_strategy(kind, len(gpus))
+        info.replicas = int(info.strategy.num_replicas_in_sync)
+        if kind == "multi_worker":
+            info.workers, info.worker = cluster
+    return info

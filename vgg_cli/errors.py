@@ -11,6 +11,7 @@ EXIT_NOT_PROMOTED = 3  # vgg train: a new model was trained and kept, but not pr
 EXIT_USAGE = 64  # bad command line
 EXIT_DATA = 65  # bad data: too few classes, unreadable inputs
 EXIT_NOINPUT = 66  # a file or folder that must exist does not (dataset, run, weights)
+EXIT_UNAVAILABLE = 69  # an optional package the command needs is not installed (export runtimes, a backend)
 EXIT_INTERNAL = 70  # a bug: unexpected exception
 EXIT_IOERR = 74  # could not write an artifact (disk full, permissions)
 EXIT_TEMPFAIL = 75  # locked or interrupted; try again later
@@ -42,6 +43,10 @@ class DataError(VggError):
 
 class NoInputError(VggError):
     exit_code = EXIT_NOINPUT
+
+
+class UnavailableError(VggError):
+    exit_code = EXIT_UNAVAILABLE
 
 
 class ArtifactIOError(VggError):

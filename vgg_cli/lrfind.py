@@ -10,6 +10,7 @@ training (cached frozen-prefix features when it applies) keeps it fast.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -56,7 +57,7 @@ def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
     import keras
 
     from vgg_cli import train as t
-    from vgg_cli.data.pipeline import train_batches
+    from vgg_cli.data.pipeline import close_batches, train_batches
     from vgg_cli.data.scan import scan
     from vgg_cli.model import apply_freeze, backbone_of, build_model, check_weights_available, compile_model
 
@@ -78,18 +79,19 @@ def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     with stopper:
         plan = t.input_plan(cfg, index, model, stopper._check, phase.frozen_blocks)
+        ds = None
         try:
             log.info("input: %s", plan.info["description"])
             per_epoch = t.steps_per_epoch(len(plan.train_ids), cfg.train.batch_size)
             ds = train_batches(plan.source, plan.train_ids, plan.labels, cfg.train.batch_size, cfg.train.seed, 0,
-                               math.ceil(steps / per_epoch))
+                               math.ceil(steps / per_epoch), t.class_weights(cfg, index))
             optimizer = plan.fit_model.optimizer
-            weights_map = t.class_weights(cfg, index)
             best = math.inf
-            for step, (x, y) in enumerate(ds.take(steps)):
+            for step, (x, y, *w) in enumerate(itertools.islice(ds, steps)):
                 stopper._check()
                 optimizer.learning_rate = float(rates[step])
-                loss = float(plan.fit_model.train_on_batch(x, y, class_weight=weights_map, return_dict=True)["loss"])
+                loss = float(plan.fit_model.train_on_batch(x, y, sample_weight=w[0] if w else None,
+                                                           return_dict=True)["loss"])
                 losses.append(loss)
                 current = smooth(losses)[-1]
                 if not math.isfinite(current):
@@ -100,6 +102,7 @@ def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
                     stopped = f"the loss diverged (over {DIVERGED:g}x its minimum) at rate {rates[step]:.3g}"
                     break
         finally:
+            close_batches(ds)
             plan.source.close()
     if len(losses) < 5:
         raise DataError(f"the range test ran only {len(losses)} steps; it needs more training images or --steps")

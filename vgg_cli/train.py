@@ -16,6 +16,7 @@ import platform
 import signal
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +29,8 @@ from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, read_state, sy
 from vgg_cli.config import Config, load_run_config
 from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, previous_splits_from, require_dir,
                                scan)
-from vgg_cli.device import peak_rss_mib, setup_devices
+from vgg_cli.device import (in_distribution_scope, in_multi_worker_scope, peak_rss_mib, setup_devices,
+                            worker_role)
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError
 from vgg_cli.model import (apply_freeze, backbone_of, build_model, check_weights_available, compile_model,
                            copy_head_if_compatible, learning_rate_for)
@@ -40,6 +42,7 @@ log = logging.getLogger("vgg")
 
 # Outcomes of `vgg train` (summary.json "status" and --json "status").
 TRAINED, NOTHING_TO_DO, INTERRUPTED = "trained", "nothing_to_do", "interrupted"
+WORKER_DONE = "worker_done"  # a multi-worker job's non-chief worker finished; the chief wrote the run
 # --if-changed resumes an unfinished run at most this many times, so a run that keeps crashing cannot block
 # every later night.
 MAX_AUTO_RESUMES = 3
@@ -227,6 +230,16 @@ class EpochScalars(keras.callbacks.Callback):
             self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
         return self._writers[name]
 
+    @staticmethod
+    def available() -> bool:
+        """TensorBoard's event files are written with tf.summary: on the JAX and PyTorch backends only when
+        TensorFlow is installed too."""
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
     def on_epoch_end(self, epoch, logs=None):
         import tensorflow as tf
 
@@ -265,8 +278,8 @@ def _attach_log_file(path: Path, early: _EarlyLog | None) -> logging.Handler:
     return handler
 
 
-def _previous_splits(cfg: Config) -> dict[str, str]:
-    manifest = Path(cfg.output.dir) / LATEST / "data.json"
+def _previous_splits(cfg: Config, runs_dir: Path | None = None) -> dict[str, str]:
+    manifest = Path(runs_dir or cfg.output.dir) / LATEST / "data.json"
     if not manifest.is_file():
         return {}
     try:
@@ -279,10 +292,13 @@ def _previous_splits(cfg: Config) -> dict[str, str]:
 def _versions() -> dict:
     out = {"vgg": __version__, "keras": keras.__version__, "python": platform.python_version(),
            "backend": keras.backend.backend()}
-    if out["backend"] == "tensorflow":
-        import tensorflow as tf
+    for name in {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(out["backend"], []):
+        from importlib.metadata import PackageNotFoundError, version
 
-        out["tensorflow"] = tf.__version__
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
     return out
 
 
@@ -308,6 +324,12 @@ def run_training(cfg: Config, *, if_changed: bool = False, command: str = "") ->
     previous_policy = keras.mixed_precision.global_policy()
     try:
         require_dir(cfg.data.train_dir, "data.train_dir")  # cheap checks before waiting on anything
+        role = worker_role(cfg.train.distribute)
+        if role is not None and role[1] > 0:
+            if if_changed:
+                raise ConfigError("--if-changed is not supported with train.distribute=multi_worker (the workers "
+                                  "would have to agree on skipping); run the multi-worker job without it")
+            return _worker_run(cfg, early, t_start, role)
         runs_dir = Path(cfg.output.dir)
         with runs_lock(runs_dir, command) as stale:
             if stale:
@@ -319,6 +341,29 @@ def run_training(cfg: Config, *, if_changed: bool = False, command: str = "") ->
     finally:
         log.removeHandler(early)
         keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
+
+
+def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> TrainResult:
+    """A multi-worker job's non-chief worker: the same training, step for step (its collectives pair with the
+    chief's), but everything it writes goes to a scratch folder that is removed at the end; it reads the real
+    output.dir only for what must match the chief (the sticky split of runs/latest, a warm-start run)."""
+    import shutil
+    import tempfile
+
+    workers, worker = role
+    cfg = _resolve_warm_start(cfg)
+    previous = _previous_splits(cfg)
+    scratch = Path(tempfile.mkdtemp(prefix=f"vgg-worker{worker}-"))
+    try:
+        output = cfg.output.model_copy(update={"dir": str(scratch), "name": "worker", "keep": None})
+        cache = cfg.cache.model_copy(update={"dir": str(scratch / "features")})
+        local = cfg.model_copy(update={"output": output, "cache": cache})
+        log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
+                 worker, workers, scratch)
+        result = _new_run(local, early, t_start, False, previous_splits=previous, chief=False)
+        return TrainResult(WORKER_DONE, Path(cfg.output.dir), {**result.summary, "promotion": None})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _latest_summary(runs_dir: Path) -> tuple[Path, dict] | None:
@@ -341,7 +386,8 @@ def _resolve_warm_start(cfg: Config) -> Config:
     return cfg.model_copy(update={"model": model})
 
 
-def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResult:
+def _new_run(cfg: Config, early, t_start: float, if_changed: bool, previous_splits: dict | None = None,
+             chief: bool = True) -> TrainResult:
     started = _now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
@@ -352,8 +398,12 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
     device = setup_devices(cfg.train)
     if not if_changed:
         check_weights_available(cfg.model)  # fail fast, before a long scan (a skipped run needs no weights)
-    index = scan(cfg.data, previous_splits=_previous_splits(cfg), cache_dir=Path(cfg.output.dir) / ".cache")
+    if previous_splits is None:
+        previous_splits = _previous_splits(cfg)
+    index = scan(cfg.data, previous_splits=previous_splits, cache_dir=Path(cfg.output.dir) / ".cache")
     _log_scan(index)
+    if device.distribute == "multi_worker" and device.is_chief != chief:
+        raise ConfigError(f"TF_CONFIG changed while vgg started (worker {device.worker}); start the job again")
     if if_changed:
         latest = _latest_summary(Path(cfg.output.dir))
         if latest and latest[1].get("fingerprint") == index.fingerprint and latest[1].get("config_digest") == digest:
@@ -365,13 +415,14 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool) -> TrainResul
     t_scanned = time.perf_counter()
 
     keras.utils.set_random_seed(cfg.train.seed)
-    log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
-    model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
-    if requested_weights in (PRODUCTION, LATEST):
-        weights_source = f"{requested_weights}: {weights_source}"
-        if copy_head_if_compatible(model, Path(cfg.model.weights)):
-            weights_source += " + its head (same classes)"
-    set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
+    _log_device(device, cfg)
+    with device.scope():  # a distribution strategy's variables are made in its scope
+        model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+        if requested_weights in (PRODUCTION, LATEST):
+            weights_source = f"{requested_weights}: {weights_source}"
+            if copy_head_if_compatible(model, Path(cfg.model.weights)):
+                weights_source += " + its head (same classes)"
+        set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
     log.info("backbone %s, weights: %s, frozen blocks: %s", cfg.model.arch, weights_source,
              cfg.model.freeze_blocks or "none")
     t_built = time.perf_counter()
@@ -446,6 +497,9 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
         raise NoInputError(f"{str(run_dir)!r} is not a vgg run directory (no config.yaml/data.json); "
                            f"pass a run directory to --resume")
     cfg = load_run_config(paths.config)
+    if worker_role(cfg.train.distribute) is not None:
+        raise ConfigError("--resume is not supported for a multi-worker job (TF_CONFIG with train.distribute="
+                          f"{cfg.train.distribute}); start the job again, or resume on one machine without TF_CONFIG")
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with runs_lock(paths.root.parent, command) as stale:
@@ -473,18 +527,21 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
         device = setup_devices(cfg.train)
         state = read_state(paths)
         run_info = json.loads((paths.root / "run.json").read_text(encoding="utf-8"))
+        _log_device(device, cfg)
         if state is None:
             log.info("resuming %s from the start: no epoch was completed", paths.root.name)
             keras.utils.set_random_seed(cfg.train.seed)
-            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
-            set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
+            with device.scope():
+                model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+                set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
             state = new_state(cfg)
         else:
             sync(paths, state)  # repair anything a crash between commit and sync left behind
             log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch,
                      state.epochs, state.best_epoch)
             keras.utils.set_random_seed(cfg.train.seed + state.epoch)
-            model = keras.saving.load_model(paths.checkpoint(state.epoch), compile=True, safe_mode=True)
+            with device.scope():
+                model = keras.saving.load_model(paths.checkpoint(state.epoch), compile=True, safe_mode=True)
         run_info["resumed"].append({"at": _now(), "after_epoch": state.epoch})
         write_json(paths.root / "run.json", run_info)
         return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
@@ -493,11 +550,24 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
         handler.close()
 
 
+def _log_device(device, cfg: Config) -> None:
+    log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
+    if device.distribute != "none":
+        per = cfg.train.batch_size / device.replicas
+        log.info("distribution: %s, %d replicas (%s); global batch %d, about %.3g per replica; learning rate as "
+                 "configured", device.distribute, device.replicas, device.distribute_note, cfg.train.batch_size, per)
+        if cfg.train.batch_size < device.replicas:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} is smaller than the {device.replicas} "
+                              f"replicas of train.distribute={device.distribute}; it is the global batch, split "
+                              f"across replicas: set it to at least {device.replicas}")
+
+
 def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device,
                     state: TrainState, run_info: dict, t_start: float) -> TrainResult:
     stopped_by, train_s, inputs = None, 0.0, {}
     if state.epoch < state.epochs and not state.stopped_early:
-        stopped_by, train_s, inputs = _fit(cfg, index, model, paths, state)
+        with device.scope():
+            stopped_by, train_s, inputs = _fit(cfg, index, model, paths, state)
     log.debug("training finished; writing the summary")
     summary = _summary(cfg, index, model, device, state, run_info, stopped_by, train_s, t_start)
     summary["input"] = next(iter(inputs.values()), None)  # what fed the first phase this session trained
@@ -513,6 +583,8 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     b = state.best
     log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
              b["epoch"], state.epoch, paths.best)
+    if not device.is_chief:  # a multi-worker job's other workers: the chief decides
+        return TrainResult(TRAINED, paths.root, summary)
     summary["promotion"] = decide(cfg, paths, index, state.best)
     summary["timings"]["peak_rss_mib"] = peak_rss_mib()  # the whole process, promotion's evaluation included
     write_json(paths.summary, summary)
@@ -600,7 +672,10 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
         store = FeatureStore(root, key, shape, prefix.output.dtype)
         source = FeatureSource(store, [e.sha1 for e in entries], ram)
         t0 = time.perf_counter()
-        source.fill(prefix, files, cfg.data.image_size, cfg.train.batch_size, stop_check)
+        # Under a distribution strategy predict_on_batch would shard the batch across workers; every worker needs
+        # every feature, so it calls the prefix directly (on its own copy of the frozen weights).
+        predict = (lambda x: prefix(x, training=False)) if in_distribution_scope() else prefix.predict_on_batch
+        source.fill(predict, files, cfg.data.image_size, cfg.train.batch_size, stop_check)
         compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
         cut = f"block{blocks}_pool" + (" (the whole backbone: head-only training)" if blocks == 5 else "")
         info = {"path": "features", "frozen_prefix_blocks": blocks, "cache_dir": str(store.dir),
@@ -654,16 +729,16 @@ def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, 
 def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState,
                phase: Phase, stopper: StopOnSignal, weights: dict[int, float] | None) -> dict:
     """Fit the rest of one phase (to state.phase_ends[phase]); returns the input description."""
-    from vgg_cli.data.pipeline import eval_batches, train_batches
+    from vgg_cli.data.pipeline import close_batches, eval_batches, train_batches
 
     bs, seed = cfg.train.batch_size, cfg.train.seed
     end = state.phase_ends[phase.number - 1]
-    plan = None
+    plan = train_ds = val_ds = None
     try:
         plan = input_plan(cfg, index, model, stopper._check, phase.frozen_blocks)
         log.info("input: %s", plan.info["description"])
-        train_ds = train_batches(plan.source, plan.train_ids, plan.labels, bs, seed, state.epoch, end)
-        val_ds = eval_batches(plan.source, plan.val_ids, plan.labels, bs) if plan.val_ids else None
+        train_ds = train_batches(plan.source, plan.train_ids, plan.labels, bs, seed, state.epoch, end, weights)
+        val_ds = eval_batches(plan.source, plan.val_ids, plan.labels, bs, repeat=True) if plan.val_ids else None
         if val_ds is None and phase.number == 1:
             log.warning("no validation images (data.val_split=0 and no data.val_dir): best model chosen on "
                         "training metrics")
@@ -673,13 +748,21 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunP
                                                 len(plan.train_ids), save_model=model, phase=phase.number)]
         if sys.stderr.isatty():
             callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
-        if cfg.output.tensorboard:
+        if cfg.output.tensorboard and EpochScalars.available():
             callbacks.append(EpochScalars(paths.tensorboard))
-        plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
-                           steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0,
-                           class_weight=weights)
+        elif cfg.output.tensorboard and phase.number == 1:
+            log.warning("output.tensorboard: TensorFlow is not installed, so no TensorBoard logs are written "
+                        "(metrics.csv and curves.png have the same numbers); set output.tensorboard=false to "
+                        "silence this")
+        fixes = _keras_multi_worker_fixes(plan, weights is not None) if in_multi_worker_scope() else nullcontext()
+        with fixes:
+            plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
+                               steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0,
+                               validation_steps=steps_per_epoch(len(plan.val_ids), bs) if val_ds is not None else None)
         log.debug("fit returned (peak RSS %s MiB)", peak_rss_mib())
     finally:
+        for batches in (train_ds, val_ds):
+            close_batches(batches)
         if plan is not None:
             plan.source.close()
             if plan.cache_root is not None:
@@ -690,6 +773,46 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunP
                     log.info("feature cache %s: removed %d least recently used entries (cache.disk_mb=%d)",
                              plan.cache_root, removed, cfg.cache.disk_mb)
     return plan.info
+
+
+@contextmanager
+def _keras_multi_worker_fixes(plan: InputPlan, weighted: bool):
+    """Two Keras 3 bugs stop ``fit`` under MultiWorkerMirroredStrategy (keras-team/keras#20585, open):
+
+    1. to build the loss, metric and optimizer state, fit reduces the first distributed batch with
+       ``strategy.reduce("MEAN", (x, y))``, a nested structure the collective all-reduce rejects. We build that
+       state here from the batch's shapes (what Keras' own symbolic build does) and drop the model's captured
+       strategy, so fit skips that step; every step still runs under the enclosing scope's strategy
+       (``distribute_strategy`` falls back to ``tf.distribute.get_strategy()``).
+    2. each step's scalar logs (loss, metrics) are reduced across workers with ``axis=0``, which fails on a
+       scalar. For the duration of fit they are averaged across replicas (``axis=None``), so every worker logs,
+       checkpoints and early-stops on the same numbers.
+    """
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    source, model = plan.source, plan.fit_model
+    batch = [np.zeros((2, *source.shape), source.dtype), np.zeros(2, np.int32)]
+    if weighted:
+        batch.append(np.ones(2, np.float32))
+    model._symbolic_build(data_batch=tuple(batch))
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    captured, model._distribute_strategy = model._distribute_strategy, None
+
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original
+        model._distribute_strategy = captured
 
 
 def _summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state: TrainState, run_info: dict,

@@ -126,8 +126,9 @@ class FeatureSource:
         return (f"{self.computed} computed, {self.reused} reused from the cache; "
                 f"{_mib(len(self.unique) * self.item_bytes)}, {where}")
 
-    def fill(self, prefix_model, paths: Sequence[str], image_size: int, batch_size: int, stop_check=None) -> None:
-        """Make sure every item has an entry: load the cached ones (into RAM where they fit), compute the rest.
+    def fill(self, predict, paths: Sequence[str], image_size: int, batch_size: int, stop_check=None) -> None:
+        """Make sure every item has an entry: load the cached ones (into RAM where they fit), compute the rest
+        with ``predict`` (a batch of images -> their prefix activations).
         ``stop_check()`` is called between batches (it raises to stop; entries computed so far are kept)."""
         first_path: dict[int, str] = {}
         for i, p in enumerate(paths):
@@ -155,7 +156,7 @@ class FeatureSource:
             for start, arrays in prefetch_batches(todo, load, batch_size, pool):
                 if stop_check is not None:
                     stop_check()
-                feats = np.asarray(prefix_model.predict_on_batch(np.stack(arrays)))
+                feats = np.asarray(predict(np.stack(arrays)))
                 for j, f in enumerate(feats):
                     s = missing[start + j]
                     self.store.save(self.unique[s], f)

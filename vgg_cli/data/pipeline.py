@@ -7,9 +7,15 @@ batches of them by index:
   parallel threads (Pillow releases the GIL), with an optional RAM cache so that later epochs skip decoding;
 - ``vgg_cli.data.features.FeatureSource``: activations of the frozen prefix of the network, computed once.
 
-``tf.data`` only schedules: it turns per-epoch index orders into batches, calls the source from a few threads in
-parallel and prefetches, so the next batches are ready while the accelerator computes. This is the one module that
-uses TensorFlow directly; model, training and prediction code use Keras APIs only.
+On the TensorFlow backend ``tf.data`` only schedules: it turns per-epoch index orders into batches, calls the source
+from a few threads in parallel and prefetches, so the next batches are ready while the accelerator computes. On the
+JAX and PyTorch backends (where TensorFlow need not be installed at all) a Python generator does the same: a
+background thread makes the next batches while the current one trains (``BackgroundBatches``). Both yield the same
+batches in the same order. This is the one module that uses TensorFlow directly; model, training and prediction code
+use Keras APIs only.
+
+Class weights travel as per-image sample weights (``weights[label]``, what Keras' ``class_weight`` does), since
+Keras accepts ``class_weight`` for tf.data but not for Python generators.
 
 Training order is a pure function of (seed, epoch): epoch ``e`` visits the training images in
 ``numpy.random.default_rng([seed, e]).permutation(n)``. A run resumed at epoch ``k`` therefore sees exactly the
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
@@ -118,16 +125,26 @@ class ImageSource:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _batches_of(source, index_ds, labels: np.ndarray):
+def uses_tf_data() -> bool:
+    """tf.data on the TensorFlow backend (measured: it keeps 2 CPU cores busy); Python generators elsewhere."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+def _batches_of(source, index_ds, labels: np.ndarray, sample_weights: np.ndarray | None):
     import tensorflow as tf
 
     labels_t = tf.constant(labels.astype(np.int32))
+    weights_t = None if sample_weights is None else tf.constant(sample_weights.astype(np.float32))
     tf_dtype = tf.as_dtype(source.dtype)
 
     def _get(idx):
         x = tf.numpy_function(source.get, [idx], tf_dtype, stateful=False)
         x.set_shape((None, *source.shape))
-        return x, tf.gather(labels_t, idx)
+        if weights_t is None:
+            return x, tf.gather(labels_t, idx)
+        return x, tf.gather(labels_t, idx), tf.gather(weights_t, idx)
 
     # Two batches in flight (each source call is itself parallel inside) and two ready: the next batch is always
     # waiting. Fixed sizes, and tf.data's autotuning off: its optimisation thread sleeps for periods that double up
@@ -138,15 +155,136 @@ def _batches_of(source, index_ds, labels: np.ndarray):
     return index_ds.map(_get, num_parallel_calls=2, deterministic=True).prefetch(2).with_options(options)
 
 
-def eval_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int):
-    """Batches of source items ``ids`` in that order: (arrays [B, ...], int32 labels [B]). ``labels`` is indexed by
-    source item."""
+def _distributed(make_index_ds, source, labels: np.ndarray, sample_weights: np.ndarray | None, repeat: bool):
+    """Inside a tf.distribute strategy's scope: each global batch (an index array from ``make_index_ds()``) is
+    split into one slice per replica (replica r of T takes items r, r+T, ...), each worker making only its own
+    replicas' slices (``distribute_datasets_from_function``): every worker walks the same global batches, so all
+    take the same number of steps, and no image is loaded twice. ``repeat``: for validation data, which Keras
+    iterates again every epoch from one iterator."""
     import tensorflow as tf
 
+    strategy = tf.distribute.get_strategy()
+    total = strategy.num_replicas_in_sync
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        local = total // ctx.num_input_pipelines
+        first = ctx.input_pipeline_id * local
+        replicas = tf.data.Dataset.range(first, first + local)
+        ds = make_index_ds().flat_map(lambda idx: replicas.map(lambda r: idx[r::total]))
+        return _batches_of(source, ds.repeat() if repeat else ds, labels, sample_weights)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _in_strategy() -> bool:
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()
+
+
+_END = object()
+
+
+class BackgroundBatches:
+    """Iterator over ``(x, y[, w])`` batches for the index arrays of ``index_iter``, made ``ahead`` batches in
+    advance by a background thread (the tf.data pipeline's prefetch, for backends without TensorFlow). An error in
+    the thread is raised in the consumer. ``close()`` stops the thread; it is a daemon, so a consumer that stops
+    early never blocks the process's exit."""
+
+    def __init__(self, source, index_iter: Iterator[np.ndarray], labels: np.ndarray,
+                 sample_weights: np.ndarray | None = None, ahead: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(source, index_iter, labels, sample_weights),
+                                        name="vgg-batches", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, source, index_iter, labels, sample_weights) -> None:
+        try:
+            for idx in index_iter:
+                y = labels[idx]
+                batch = (source.get(idx), y) if sample_weights is None else (source.get(idx), y, sample_weights[idx])
+                if not self._put(batch):
+                    return
+            self._put(_END)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is _END:
+            self._queue.put(_END)  # stays exhausted
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=5)
+
+
+def _generator(batches: BackgroundBatches):
+    """Keras takes Python generators (not iterators) on every backend; closing the generator stops the thread."""
+    try:
+        yield from batches
+    finally:
+        batches.close()
+
+
+def _item_weights(labels: np.ndarray, class_weight: dict[int, float] | None) -> np.ndarray | None:
+    if class_weight is None:
+        return None
+    table = np.ones(int(labels.max()) + 1 if len(labels) else 1, np.float32)
+    for label, w in class_weight.items():
+        if label < len(table):
+            table[label] = w
+    return table[labels]
+
+
+def eval_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int, repeat: bool = False):
+    """Batches of source items ``ids`` in that order: (arrays [B, ...], int32 labels [B]). ``labels`` is indexed by
+    source item. ``repeat``: without end, the same batches again and again (what Keras' fit needs of a generator
+    used as validation data every epoch, with ``validation_steps=ceil(len(ids) / batch_size)``); tf.data datasets
+    are re-iterated by Keras and ignore it."""
     if len(ids) == 0:
         raise ValueError("eval_batches needs at least one item")
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(ids, np.int64)).batch(batch_size)
-    return _batches_of(source, ds, labels)
+    ids_np = np.asarray(ids, np.int64)
+    if uses_tf_data():
+        import tensorflow as tf
+
+        def _index_ds():
+            return tf.data.Dataset.from_tensor_slices(ids_np).batch(batch_size)
+
+        if _in_strategy():
+            return _distributed(_index_ds, source, labels, None, repeat)
+        return _batches_of(source, _index_ds(), labels, None)
+
+    def _indices():
+        while True:
+            for start in range(0, len(ids_np), batch_size):
+                yield ids_np[start:start + batch_size]
+            if not repeat:
+                return
+
+    return _generator(BackgroundBatches(source, _indices(), labels))
 
 
 def batch_bounds(n: int, batch_size: int) -> np.ndarray:
@@ -162,26 +300,51 @@ def batch_bounds(n: int, batch_size: int) -> np.ndarray:
 
 
 def train_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, first_epoch: int,
-                  epochs: int):
+                  epochs: int, class_weight: dict[int, float] | None = None):
     """Training batches for epochs ``first_epoch .. epochs-1``, each epoch visiting ``ids`` in ``epoch_order`` in
     ``ceil(len(ids) / batch_size)`` batches of near-equal size (``batch_bounds``; a batch never spans two epochs).
-    Use with ``steps_per_epoch=ceil(len(ids) / batch_size)``."""
-    import tensorflow as tf
-
+    Use with ``steps_per_epoch=ceil(len(ids) / batch_size)``. With ``class_weight`` ({label: weight}) each batch
+    also carries per-image sample weights."""
     if len(ids) == 0:
         raise ValueError("train_batches needs at least one item")
     ids_np = np.asarray(ids, np.int64)
     n = len(ids_np)
-    bounds = tf.constant(batch_bounds(n, batch_size))
-    k = int(bounds.shape[0]) - 1
+    bounds_np = batch_bounds(n, batch_size)
+    k = len(bounds_np) - 1
+    weights = _item_weights(labels, class_weight)
 
-    def _order(epoch: np.int64) -> np.ndarray:
+    def _order(epoch) -> np.ndarray:
         return ids_np[epoch_order(n, seed, int(epoch))]
+
+    if not uses_tf_data():
+        def _indices():
+            for epoch in range(first_epoch, epochs):  # lazily, one epoch at a time
+                order = _order(epoch)
+                for i in range(k):
+                    yield order[bounds_np[i]:bounds_np[i + 1]]
+
+        return _generator(BackgroundBatches(source, _indices(), labels, weights))
+
+    import tensorflow as tf
+
+    bounds = tf.constant(bounds_np)
 
     def _epoch(epoch):
         order = tf.numpy_function(_order, [epoch], tf.int64, stateful=False)
         order.set_shape((n,))
         return tf.data.Dataset.range(k).map(lambda i: order[bounds[i]:bounds[i + 1]])
 
-    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(_epoch)  # lazily, one epoch at a time
-    return _batches_of(source, ds, labels)
+    def _index_ds():
+        return tf.data.Dataset.range(first_epoch, epochs).flat_map(_epoch)  # lazily, one epoch at a time
+
+    if _in_strategy():
+        return _distributed(_index_ds, source, labels, weights, repeat=False)
+    return _batches_of(source, _index_ds(), labels, weights)
+
+
+def close_batches(batches) -> None:
+    """Stop the background thread of a generator from this module (a no-op for tf.data datasets)."""
+    import types
+
+    if isinstance(batches, types.GeneratorType):
+        batches.close()

@@ -1,0 +1,139 @@
+"""Keras backends beyond TensorFlow: the whole CLI on JAX with TensorFlow made unimportable, and the generator
+input pipeline that replaces tf.data there (same batches, same order, same weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TRAIN_ARGS
+
+# Runs the real entry point as on a machine where TensorFlow is not installed: the path finder does not see it, so
+# `import tensorflow` fails, importlib.util.find_spec("tensorflow") is None (what Keras, JAX and torch check) and
+# importlib.metadata does not list it.
+WITHOUT_TF = """
+import importlib.machinery, sys
+class WithoutTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'tensorflow':
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+    def invalidate_caches(self):
+        importlib.machinery.PathFinder.invalidate_caches()
+    def find_distributions(self, *args, **kwargs):  # importlib.metadata: installed packages, TensorFlow left out
+        return (d for d in importlib.machinery.PathFinder.find_distributions(*args, **kwargs)
+                if not (d.metadata['Name'] or '').lower().startswith('tensorflow'))
+sys.meta_path[:] = [WithoutTensorFlow() if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+from vgg_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+def vgg_without_tf(args: list[str], backend: str = "jax", timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", WITHOUT_TF, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, colour_data, colour_holdout):
+    pytest.importorskip("jax")
+    runs = tmp_path / "runs"
+    # 1. head-only training on cached features, with class weights (they travel as sample weights here)
+    p = vgg_without_tf(["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS,
+                        "train.class_weight=balanced", "--json"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    run = Path(out["run"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["versions"]["backend"] == "jax" and "jax" in summary["versions"]
+    assert "tensorflow" not in summary["versions"]
+    assert summary["input"]["path"] == "features" and summary["device"]["backend"] == "jax"
+    assert summary["best"]["val_accuracy"] >= 0.9
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert "TensorFlow is not installed" in p.stderr and not (run / "tensorboard").exists()
+    assert (run / "curves.png").stat().st_size > 10_000
+
+    # 2. predict and evaluate read the run back on JAX too
+    p = vgg_without_tf(["predict", str(colour_holdout), "--run", str(run), "--format", "json"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    preds = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(preds) == 12 and sum(r["label"] == Path(r["path"]).parent.name for r in preds) >= 11
+    p = vgg_without_tf(["evaluate", str(colour_holdout), "--run", str(run), "--json"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["accuracy"] >= 11 / 12
+
+    # 3. the whole network every epoch (augmentation on: images through the generator pipeline)
+    p = vgg_without_tf(["train", f"data.train_dir={colour_data}", f"output.dir={tmp_path / 'aug-runs'}",
+                        *TRAIN_ARGS, "train.epochs=2", "augment.flip=horizontal", "output.name=aug", "--json"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    aug = json.loads((tmp_path / "aug-runs" / "aug" / "summary.json").read_text())
+    assert aug["input"]["path"] == "images" and aug["epochs_run"] == 2
+    assert np.isfinite(aug["final"]["loss"])
+
+
+class _Source:
+    """A source whose item i is an array full of i: batches show exactly which items they hold."""
+    shape, dtype = (2, 2), np.dtype(np.float32)
+
+    def __init__(self, fail_at: int | None = None):
+        self.fail_at = fail_at
+
+    def get(self, idx):
+        if self.fail_at is not None and self.fail_at in set(int(i) for i in idx):
+            raise OSError(f"cannot read item {self.fail_at}")
+        return np.stack([np.full(self.shape, i, np.float32) for i in idx])
+
+
+def _as_numpy(batches):
+    return [tuple(np.asarray(part) for part in batch) for batch in batches]
+
+
+def test_generator_pipeline_gives_the_tf_data_batches(monkeypatch):
+    from vgg_cli.data import pipeline
+
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+    ids = list(range(9))  # training items; 9 and 10 are validation items
+    weights = {0: 0.5, 1: 2.0, 2: 1.0}
+    via_tf = _as_numpy(pipeline.train_batches(_Source(), ids, labels, 4, 7, 1, 4, weights))
+    monkeypatch.setattr(pipeline, "uses_tf_data", lambda: False)
+    gen = pipeline.train_batches(_Source(), ids, labels, 4, 7, 1, 4, weights)
+    via_gen = _as_numpy(gen)
+    assert len(via_tf) == len(via_gen) == 3 * 3  # epochs 1..3, ceil(9/4) = 3 near-equal batches each
+    for a, b in zip(via_tf, via_gen):
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    first_epoch = np.concatenate([x[:, 0, 0] for x, _, _ in via_gen[:3]]).astype(int)
+    np.testing.assert_array_equal(first_epoch, np.asarray(ids)[pipeline.epoch_order(9, 7, 1)])
+    for x, y, w in via_gen:
+        np.testing.assert_array_equal(y, labels[x[:, 0, 0].astype(int)])
+        np.testing.assert_array_equal(w, [weights[int(c)] for c in y])
+
+    val = pipeline.eval_batches(_Source(), [9, 10], labels, 1, repeat=True)
+    seen = [int(next(val)[0][0, 0, 0]) for _ in range(5)]
+    assert seen == [9, 10, 9, 10, 9]  # Keras reads validation data again every epoch from one iterator
+    pipeline.close_batches(val)
+    assert not any(t.name == "vgg-batches" and t.is_alive() for t in threading.enumerate())
+
+
+def test_generator_pipeline_raises_the_sources_error_and_stops_its_thread(monkeypatch):
+    from vgg_cli.data import pipeline
+
+    monkeypatch.setattr(pipeline, "uses_tf_data", lambda: False)
+    labels = np.zeros(8, np.int32)
+    gen = pipeline.train_batches(_Source(fail_at=5), list(range(8)), labels, 2, 0, 0, 1)
+    with pytest.raises(OSError, match="cannot read item 5"):
+        list(gen)
+    stopped = pipeline.train_batches(_Source(), list(range(8)), labels, 2, 0, 0, 100)
+    next(stopped)
+    pipeline.close_batches(stopped)  # a consumer that stops early (fit interrupted) leaves no thread behind
+    assert not any(t.name == "vgg-batches" and t.is_alive() for t in threading.enumerate())
