@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--unfreeze", default="[4,5]", help="blocks phase 2 unfreezes (default [4,5])")
     ap.add_argument("--work", default="runs-finetune-vs-head")
     ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args()
+    a = ap.parse_intermixed_args()  # KEY=VALUE overrides may come after the options (and after --)
     half = a.epochs // 2
     common = [f"data.train_dir={a.data}", "model.freeze_blocks=[1,2,3,4,5]", "train.early_stopping_patience=0",
               *a.overrides]

@@ -278,8 +278,8 @@ def _attach_log_file(path: Path, early: _EarlyLog | None) -> logging.Handler:
     return handler
 
 
-def _previous_splits(cfg: Config, runs_dir: Path | None = None) -> dict[str, str]:
-    manifest = Path(runs_dir or cfg.output.dir) / LATEST / "data.json"
+def _previous_splits(cfg: Config) -> dict[str, str]:
+    manifest = Path(cfg.output.dir) / LATEST / "data.json"
     if not manifest.is_file():
         return {}
     try:
@@ -499,7 +499,8 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
     cfg = load_run_config(paths.config)
     if worker_role(cfg.train.distribute) is not None:
         raise ConfigError("--resume is not supported for a multi-worker job (TF_CONFIG with train.distribute="
-                          f"{cfg.train.distribute}); start the job again, or resume on one machine without TF_CONFIG")
+                          f"{cfg.train.distribute}); start the job again (a run with train.distribute=auto can also be resumed on one "
+                          f"machine without TF_CONFIG)")
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with runs_lock(paths.root.parent, command) as stale:

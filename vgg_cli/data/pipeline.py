@@ -261,9 +261,9 @@ def _item_weights(labels: np.ndarray, class_weight: dict[int, float] | None) -> 
 
 def eval_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int, repeat: bool = False):
     """Batches of source items ``ids`` in that order: (arrays [B, ...], int32 labels [B]). ``labels`` is indexed by
-    source item. ``repeat``: without end, the same batches again and again (what Keras' fit needs of a generator
-    used as validation data every epoch, with ``validation_steps=ceil(len(ids) / batch_size)``); tf.data datasets
-    are re-iterated by Keras and ignore it."""
+    source item. ``repeat``: without end, the same batches again and again (what Keras' fit needs of a generator,
+    or a distributed dataset, used as validation data every epoch, with ``validation_steps=ceil(len(ids) /
+    batch_size)``); a plain tf.data dataset is re-iterated by Keras and ignores it."""
     if len(ids) == 0:
         raise ValueError("eval_batches needs at least one item")
     ids_np = np.asarray(ids, np.int64)
