@@ -156,7 +156,7 @@ def _write_onnx(model, path: Path, classes: list[str]) -> None:
     except ImportError:
         raise UnavailableError("--format onnx needs the onnx and tf2onnx packages: pip install 'vgg-cli[export]'") \
             from None
-    with contextlib.redirect_stdout(open(os.devnull, "w")):  # tf2onnx prints its progress
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # tf2onnx prints its progress
         model.export(str(path), format="onnx", verbose=False)
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
