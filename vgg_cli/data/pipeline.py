@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vgg_cli.data.images import BadImage, load_image
-from vgg_cli.device import release_free_memory
+from vgg_cli.device import in_distribution_scope, release_free_memory
 from vgg_cli.errors import DataError
 
 
@@ -126,7 +126,8 @@ class ImageSource:
 
 
 def uses_tf_data() -> bool:
-    """tf.data on the TensorFlow backend (measured: it keeps 2 CPU cores busy); Python generators elsewhere."""
+    """tf.data on the TensorFlow backend (what the benchmarks were tuned on, and what tf.distribute shards);
+    Python generators elsewhere."""
     import keras
 
     return keras.backend.backend() == "tensorflow"
@@ -174,12 +175,6 @@ def _distributed(make_index_ds, source, labels: np.ndarray, sample_weights: np.n
         return _batches_of(source, ds.repeat() if repeat else ds, labels, sample_weights)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def _in_strategy() -> bool:
-    import tensorflow as tf
-
-    return tf.distribute.has_strategy()
 
 
 _END = object()
@@ -273,7 +268,7 @@ def eval_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int
         def _index_ds():
             return tf.data.Dataset.from_tensor_slices(ids_np).batch(batch_size)
 
-        if _in_strategy():
+        if in_distribution_scope():
             return _distributed(_index_ds, source, labels, None, repeat)
         return _batches_of(source, _index_ds(), labels, None)
 
@@ -337,7 +332,7 @@ def train_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: in
     def _index_ds():
         return tf.data.Dataset.range(first_epoch, epochs).flat_map(_epoch)  # lazily, one epoch at a time
 
-    if _in_strategy():
+    if in_distribution_scope():
         return _distributed(_index_ds, source, labels, weights, repeat=False)
     return _batches_of(source, _index_ds(), labels, weights)
 
