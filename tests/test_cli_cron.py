@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
-from vgg_cli.checkpoints import TrainState, sync
+from vgg_cli.checkpoints import TrainState, save_model, sync
 from vgg_cli.runs import RunPaths
 
 FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
@@ -231,6 +231,7 @@ def test_sync_repairs_a_crash_between_commit_and_bookkeeping(tmp_path):
     for e in (1, 2, 3):
         paths.checkpoint(e).write_bytes(f"model after epoch {e}".encode())
     (paths.checkpoints / ".epoch-0004.keras.abc.tmp.keras").write_bytes(b"half")  # killed mid-write
+    (paths.checkpoints / "tmpq7k2x_0f").write_bytes(b"half")  # ... while Keras wrote its HDF5 temp file
     paths.best.write_bytes(b"model after epoch 1")
     rows = [{"epoch": e, "val_accuracy": v, "val_loss": 1.0} for e, v in ((1, 0.5), (2, 0.4))]
     # Killed after epoch 3's checkpoint was written but before it was committed: state says epoch 2.
@@ -243,6 +244,45 @@ def test_sync_repairs_a_crash_between_commit_and_bookkeeping(tmp_path):
     paths.checkpoint(3).write_bytes(b"model after epoch 3")
     sync(paths, TrainState(epochs=5, rows=rows + [{"epoch": 3, "val_accuracy": 0.9, "val_loss": 0.5}], best_epoch=3))
     assert paths.best.read_bytes() == paths.last.read_bytes() == b"model after epoch 3"
+
+
+def test_checkpoints_stream_weights_through_a_file_not_memory(tmp_path, monkeypatch):
+    """save_model makes Keras write the HDF5 weights to a temp file beside the target (not an in-memory copy of
+    the whole file, the peak of a run's memory), removes it, leaves Keras as it was, and the checkpoint restores
+    weights and optimizer state exactly."""
+    import keras
+    from keras.src.saving import saving_lib
+
+    original = saving_lib.is_memory_sufficient  # the switch save_model flips: gone in a new Keras -> this fails
+    stores = []
+
+    class SpyStore(saving_lib.H5IOStore):
+        def __init__(self, path_or_io, archive=None, mode="r"):
+            stores.append((Path(str(path_or_io)).parent, archive is None, mode))
+            super().__init__(path_or_io, archive=archive, mode=mode)
+
+    monkeypatch.setattr(saving_lib, "H5IOStore", SpyStore)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.random.default_rng(0).normal(size=(16, 6)).astype("float32"), np.arange(16) % 3
+    model.fit(x, y, epochs=2, verbose=0)  # optimizer state to save
+    target = tmp_path / "ckpt" / "epoch-0002.keras"
+    target.parent.mkdir()
+    save_model(model, target)
+    assert stores == [(target.parent, True, "w")]  # a file next to the target, no in-memory archive store
+    assert sorted(p.name for p in target.parent.iterdir()) == ["epoch-0002.keras"]  # its temp file is gone
+    assert saving_lib.is_memory_sufficient is original
+    back = keras.saving.load_model(target)
+    for a, b in zip(model.weights + model.optimizer.variables, back.weights + back.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert int(keras.ops.convert_to_numpy(back.optimizer.iterations)) == 2
+    np.testing.assert_array_equal(model.predict(x, verbose=0), back.predict(x, verbose=0))
+    # A failed save (disk full, ...) raises and still leaves Keras' memory check as it was.
+    monkeypatch.setattr(saving_lib, "_save_state", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space")))
+    with pytest.raises(OSError):
+        save_model(model, tmp_path / "ckpt" / "other.keras")
+    assert saving_lib.is_memory_sufficient is original
 
 
 def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, data):

@@ -131,9 +131,34 @@ def sync(paths: RunPaths, state: TrainState) -> None:
         if old != current:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
-    for tmp in paths.checkpoints.glob(".epoch-*"):  # temp files of a write that was killed
+    # Temp files of a write that was killed: ours (.epoch-*) and Keras' HDF5 weights file (tmp*, see save_model).
+    for tmp in [*paths.checkpoints.glob(".epoch-*"), *paths.checkpoints.glob("tmp*")]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def save_model(model: keras.Model, path) -> None:
+    """``model.save(path)`` (a .keras file) without an in-memory copy of the weights.
+
+    Keras builds a .keras file's HDF5 weights in memory before it zips them whenever it judges RAM sufficient
+    (``saving_lib.is_memory_sufficient``): every checkpoint then needs about 1.3x the file's size on top of the
+    model itself, for a moment. With VGG16, Adam and blocks 4-5 trainable that is +218 MiB at every epoch's end, and
+    it was the peak of the whole run; with the 4096-wide dense head (~1.6 GB checkpoints) it would be about 2 GiB.
+    Keras' other path writes the HDF5 file next to ``path`` (``tmp*``, removed after; ``sync`` removes one a kill
+    left behind) and streams it into the zip: one variable at a time in memory, about 0.3 s more per save.
+    """
+    from keras.src.saving import saving_lib
+
+    if not hasattr(saving_lib, "is_memory_sufficient"):  # a Keras that changed this: its own default
+        log.debug("keras.src.saving.saving_lib.is_memory_sufficient is gone: checkpoints saved Keras' default way")
+        model.save(path)
+        return
+    original = saving_lib.is_memory_sufficient
+    saving_lib.is_memory_sufficient = lambda model: False
+    try:
+        model.save(path)
+    finally:
+        saving_lib.is_memory_sufficient = original
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -169,7 +194,8 @@ class RunRecorder(keras.callbacks.Callback):
                "images_per_sec": round(self.n_train / train_s, 2) if train_s > 0 else None}
         if epoch + 1 != self.state.epoch + 1:
             raise RuntimeError(f"epoch {epoch + 1} finished but the run has {self.state.epoch} epochs recorded")
-        write_with(self.paths.checkpoint(epoch + 1), (self.save_model or self.model).save, suffix=".keras")
+        write_with(self.paths.checkpoint(epoch + 1), lambda t: save_model(self.save_model or self.model, t),
+                   suffix=".keras")
         best = self.state.best
         improved = best is None or self.monitor.key(row) > self.monitor.key(best)
         self.state.rows.append(row)
