@@ -294,6 +294,33 @@ def test_large_batch_buffers_are_their_own_memory_maps():
     assert big.flags["C_CONTIGUOUS"] and float(big.sum()) == 1.5 * big.size
 
 
+def test_making_batches_trims_the_heap_at_most_every_interval(monkeypatch):
+    """Training batches hand freed C-heap memory back to the OS on a clock, not once per epoch, so memory does not
+    grow with the epoch's length (the dataset's size)."""
+    from vgg_cli import device
+    from vgg_cli.data import pipeline
+
+    trims = []
+    clock = [1000.0]
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            trims.append(pad)
+
+    monkeypatch.setattr(device, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(device.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(device, "_last_trim", 0.0)
+    for _ in range(5):  # five batches within one interval: one trim
+        pipeline.batch_buffer((32, 16, 16, 256), np.float32)
+    assert trims == [0]
+    clock[0] += pipeline.BATCH_TRIM_INTERVAL_S - 0.01
+    pipeline.batch_buffer((2, 4), np.uint8)
+    assert len(trims) == 1
+    clock[0] += 0.02
+    pipeline.batch_buffer((2, 4), np.uint8)
+    assert len(trims) == 2
+
+
 def test_cache_settings_do_not_make_a_new_job(tmp_path, data):
     """--if-changed: changing only cache.* is no reason to retrain (results do not depend on it)."""
     runs = tmp_path / "runs"
