@@ -228,6 +228,23 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
     return 0
 
 
+def _model_of(run: str | None, model_file: str | None, runs_dir: str):
+    """(model file, its run directory or None) from --run / --model, as evaluate and export take them: a run
+    defaults to production, else latest."""
+    from pathlib import Path
+
+    from vgg_cli.runs import find_model_file, resolve_run
+
+    if run is not None and model_file is not None:
+        raise click.UsageError("give either --run or --model, not both")
+    if model_file is not None:
+        from vgg_cli.predict import resolve_model_file
+
+        return resolve_model_file(None, model_file, runs_dir), None
+    run_dir = resolve_run(run, Path(runs_dir))
+    return find_model_file(run_dir), run_dir
+
+
 @cli.command(short_help="Measure a trained model: accuracy, per-class report, confusion matrix.")
 @click.argument("data_dir", required=False)
 @click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: production, else latest.")
@@ -251,19 +268,9 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
     """
     from pathlib import Path
 
-    from vgg_cli.runs import find_model_file, resolve_run
-
-    if run is not None and model_file is not None:
-        raise click.UsageError("give either --run or --model, not both")
-    if model_file is not None and data_dir is None:
+    if model_file is not None and run is None and data_dir is None:
         raise click.UsageError("--model FILE needs DATA_DIR (only a run directory knows its validation split)")
-    if model_file is not None:
-        from vgg_cli.predict import resolve_model_file
-
-        path, run_dir = resolve_model_file(None, model_file, runs_dir), None
-    else:
-        run_dir = resolve_run(run, Path(runs_dir))
-        path = find_model_file(run_dir)
+    path, run_dir = _model_of(run, model_file, runs_dir)
     if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
         from vgg_cli.errors import NoInputError
 
@@ -317,18 +324,8 @@ def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out
     from pathlib import Path
 
     from vgg_cli.export import DEFAULT_NAMES
-    from vgg_cli.predict import resolve_model_file
-    from vgg_cli.runs import find_model_file, resolve_run
-
-    if run is not None and model_file is not None:
-        raise click.UsageError("give either --run or --model, not both")
-    if model_file is not None:
-        path = resolve_model_file(None, model_file, runs_dir)
-        default_root = path.parent / "export"
-    else:
-        run_dir = resolve_run(run, Path(runs_dir))
-        path = find_model_file(run_dir)
-        default_root = run_dir / "export"
+    path, run_dir = _model_of(run, model_file, runs_dir)
+    default_root = (run_dir or path.parent) / "export"
     out = Path(os.path.expanduser(out_path)) if out_path else default_root / DEFAULT_NAMES[fmt]
     _setup_logging(False)
     load_frameworks()
