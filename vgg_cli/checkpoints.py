@@ -143,7 +143,8 @@ def save_model(model: keras.Model, path) -> None:
     Keras builds a .keras file's HDF5 weights in memory before it zips them whenever it judges RAM sufficient
     (``saving_lib.is_memory_sufficient``): every checkpoint then needs about 1.3x the file's size on top of the
     model itself, for a moment. With VGG16, Adam and blocks 4-5 trainable that is +218 MiB at every epoch's end, and
-    it was the peak of the whole run; with the 4096-wide dense head (~1.6 GB checkpoints) it would be about 2 GiB.
+    it was the peak of the whole run; with a flatten + 2x4096 dense head at 224 px (checkpoints of about 1.5 GB) it
+    would be about 2 GiB.
     Keras' other path writes the HDF5 file next to ``path`` (``tmp*``, removed after; ``sync`` removes one a kill
     left behind) and streams it into the zip: one variable at a time in memory, about 0.3 s more per save.
     """
