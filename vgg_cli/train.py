@@ -499,8 +499,8 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
     cfg = load_run_config(paths.config)
     if worker_role(cfg.train.distribute) is not None:
         raise ConfigError("--resume is not supported for a multi-worker job (TF_CONFIG with train.distribute="
-                          f"{cfg.train.distribute}); start the job again (a run with train.distribute=auto can also be resumed on one "
-                          f"machine without TF_CONFIG)")
+                          f"{cfg.train.distribute}); start the job again (a run with train.distribute=auto can "
+                          "also be resumed on one machine without TF_CONFIG)")
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with runs_lock(paths.root.parent, command) as stale:
