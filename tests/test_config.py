@@ -74,7 +74,19 @@ def test_unknown_keys_get_a_suggestion(override, needle):
     ("model.head.pooling=mean", "'flatten', 'avg' or 'max'"),
     ("model.head.dense=[0]", "units >= 1"),
     ("train.optimizer.name=adagrad", "'adam', 'adamw', 'sgd' or 'rmsprop'"),
-    ("train.optimizer.learning_rate=-1", "greater than 0"),
+    ("train.optimizer.learning_rate=-1", "finite number > 0"),
+    ("train.optimizer.learning_rate=.inf", "finite number > 0"),
+    ("train.optimizer.learning_rate=.nan", "finite number > 0"),
+    ("train.optimizer.learning_rate=fast", "a number > 0 or auto"),
+    ("finetune.learning_rate=auto", "train.optimizer.learning_rate only"),
+    ("train.epochs=true", "not true/false"),
+    ("train.batch_size=false", "not true/false"),
+    ("train.seed=-1", "greater than or equal to 0"),
+    ("train.seed=1099511627776", "less than or equal to 4294967295"),
+    ("train.schedule.warmup_epochs=.inf", "finite number"),
+    ("train.class_weight={a: .inf}", "finite numbers > 0"),
+    ("promote.min_accuracy=1.5", "auto (better than always guessing"),
+    ("output.dir=''", "must name a folder"),
     ("train.mixed_precision=maybe", "'auto', 'on' or 'off'"),
     ("data.classes=[a]", "at least 2 classes"),
     ("data.classes=[a, a, b]", "more than once"),
@@ -88,6 +100,58 @@ def test_bad_values_name_key_value_and_fix(override, needle):
     assert needle in msg
     assert "\n" not in msg
     assert "override" in msg and "set a valid value" in msg
+
+
+def test_wrong_section_key_suggests_the_key_of_that_name():
+    with pytest.raises(ConfigError, match="did you mean 'train.optimizer.learning_rate'"):
+        load_config(None, ["train.learning_rate=0.1"])
+
+
+def test_auto_values_and_numbers_written_without_a_dot():
+    cfg = load_config(None, [])
+    assert cfg.train.optimizer.learning_rate == "auto" and cfg.promote.min_accuracy == "auto"
+    cfg = load_config(None, ["train.optimizer.learning_rate=1e-3", "promote.min_accuracy=0.5"])
+    assert cfg.train.optimizer.learning_rate == 0.001 and cfg.promote.min_accuracy == 0.5
+    from vgg_cli.config import auto_learning_rate
+
+    assert auto_learning_rate([1, 2, 3, 4, 5]) == 1e-3
+    assert auto_learning_rate([1, 2, 3]) == auto_learning_rate([]) == 1e-4
+
+
+@pytest.mark.parametrize("key", ["output.dir", "cache.dir"])
+def test_outputs_inside_the_dataset_are_refused(tmp_path, key):
+    data = tmp_path / "photos"
+    (data / "cats").mkdir(parents=True)
+    for inside in (data / "runs", data / "cats" / "x", data):
+        with pytest.raises(ConfigError, match=f"'{key}' .* is inside data.train_dir .* never writes into a dataset"):
+            load_config(None, [f"data.train_dir={data}", f"{key}={inside}"])
+    link = tmp_path / "link-to-photos"
+    link.symlink_to(data)  # the same folder under another name
+    with pytest.raises(ConfigError, match="never writes into a dataset"):
+        load_config(None, [f"data.train_dir={data}", f"{key}={link / 'runs'}"])
+    with pytest.raises(ConfigError, match="inside data.val_dir"):
+        load_config(None, [f"data.train_dir={tmp_path / 'other'}", f"data.val_dir={data}", f"{key}={data / 'r'}"])
+    load_config(None, [f"data.train_dir={data}", f"{key}={tmp_path / 'photos-runs'}"])  # a sibling is fine
+
+
+def test_hostile_config_files(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("train:\n  epochs: 3  # réglé\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset \d+\); save it as UTF-8"):
+        load_config(latin1, [])
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  epochs: 3\n  batch_size: 8\n  epochs: 30\n")
+    with pytest.raises(ConfigError, match=r"line 4: invalid YAML \(duplicate key 'epochs'"):
+        load_config(dup, [])
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        (tmp_path / "dup2.yaml").write_text("train: {epochs: 3}\ntrain: {epochs: 4}\n")
+        load_config(tmp_path / "dup2.yaml", [])
+    (tmp_path / "empty-run.yaml").write_text("")
+    from vgg_cli.config import load_run_config
+    from vgg_cli.errors import DataError
+
+    with pytest.raises(DataError, match="empty or lacks its data/model sections"):
+        load_run_config(tmp_path / "empty-run.yaml")
 
 
 def test_section_given_a_scalar_and_malformed_override():

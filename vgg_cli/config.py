@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
 from importlib import resources
@@ -18,9 +19,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgg_cli.errors import ConfigError, NoInputError
+from vgg_cli.errors import ConfigError, DataError, NoInputError
 
 BLOCKS = (1, 2, 3, 4, 5)
+AUTO = "auto"
+# train.optimizer.learning_rate: auto (see auto_learning_rate; measured on the digit scans, README)
+AUTO_RATE_HEAD_ONLY = 1e-3  # every conv block frozen: only the new head trains (keras.io guide, fastai's frozen epochs)
+AUTO_RATE_BACKBONE = 1e-4  # any conv block trains too: 1e-3 collapses a from-scratch VGG16 and wrecks ImageNet features
 
 
 class _Loader(yaml.SafeLoader):
@@ -35,12 +40,57 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
                               list("tTfF"))
 
 
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are unique: PyYAML keeps the last of two equal keys without a word, so a config with
+    ``epochs: 3`` twice in a section would silently use one of them."""
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) or key is None:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (a key may appear once per section)", key_node.start_mark)
+            seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        lambda loader, node: _mapping_without_duplicates(loader, node, deep=True))
+
+
 def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
+_NUMBER_TYPES = (int, float, int | None, float | None)
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v: Any, info) -> Any:
+        # pydantic reads true as 1 for an int field: train.epochs=true would silently be 1 epoch.
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in _NUMBER_TYPES:
+            raise ValueError("must be a number, not true/false")
+        return v
+
+
+def _positive_rate(v: Any) -> Any:
+    """A learning rate: ``auto`` or a finite number > 0 (YAML reads 1e-3 without a dot as text: accept it)."""
+    if v == AUTO:
+        return v
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ValueError("must be a number > 0 or auto") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("must be a number > 0 or auto")
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError("must be a finite number > 0 (e.g. 0.001) or auto")
+    return float(v)
 
 
 class DataConfig(_Section):
@@ -107,9 +157,14 @@ class ModelConfig(_Section):
 
 class OptimizerConfig(_Section):
     name: Literal["adam", "adamw", "sgd", "rmsprop"]
-    learning_rate: float = Field(gt=0.0)
+    learning_rate: float | Literal["auto"]
     momentum: float = Field(ge=0.0, lt=1.0)
-    weight_decay: float = Field(ge=0.0)
+    weight_decay: float = Field(ge=0.0, allow_inf_nan=False)
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        return _positive_rate(v)
 
 
 class ScheduleConfig(_Section):
@@ -128,7 +183,7 @@ class TrainConfig(_Section):
     class_weight: Literal["balanced"] | dict[str, float] | None
     monitor: Literal["val_accuracy", "val_loss"]
     early_stopping_patience: int = Field(ge=0)
-    seed: int
+    seed: int = Field(ge=0, le=2**32 - 1)  # NumPy's seed range
     mixed_precision: Literal["auto", "on", "off"]
     gpus: list[int] | None
     distribute: Literal["auto", "none", "mirrored", "multi_worker"]
@@ -139,16 +194,17 @@ class TrainConfig(_Section):
         # Our loader keeps on/off as strings; a config built in Python may still pass a bool.
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
-    @field_validator("class_weight")
+    @field_validator("class_weight", mode="before")
     @classmethod
     def _class_weight(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            if not v:
-                raise ValueError("needs at least one class: weight pair, or balanced, or null")
-            bad = {k: w for k, w in v.items() if not w > 0}
-            if bad:
-                raise ValueError(f"weights must be > 0, got {bad}")
-        return v
+        if v is None or v == "balanced":
+            return v
+        if not isinstance(v, dict) or not v:
+            raise ValueError("must be balanced, null, or a mapping {class: weight}")
+        bad = {k: w for k, w in v.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf}
+        if bad:
+            raise ValueError(f"weights must be finite numbers > 0, got {bad}")
+        return {str(k): float(w) for k, w in v.items()}
 
     @field_validator("gpus")
     @classmethod
@@ -161,7 +217,14 @@ class TrainConfig(_Section):
 class FinetuneConfig(_Section):
     epochs: int = Field(ge=0)
     unfreeze_blocks: list[int]
-    learning_rate: float = Field(gt=0.0)
+    learning_rate: float
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        if v == AUTO:
+            raise ValueError("must be a finite number > 0 (auto applies to train.optimizer.learning_rate only)")
+        return _positive_rate(v)
 
     @field_validator("unfreeze_blocks")
     @classmethod
@@ -218,6 +281,8 @@ class OutputConfig(_Section):
     @field_validator("dir")
     @classmethod
     def _expand(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a folder (e.g. runs); '' would write runs into the current folder")
         return os.path.expanduser(v)
 
     @field_validator("name")
@@ -229,8 +294,17 @@ class OutputConfig(_Section):
 
 
 class PromoteConfig(_Section):
-    min_accuracy: float = Field(ge=0.0, le=1.0)
+    min_accuracy: float | Literal["auto"]
     allow_class_change: bool
+
+    @field_validator("min_accuracy", mode="before")
+    @classmethod
+    def _min_accuracy(cls, v: Any) -> Any:
+        if v == AUTO:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError("must be auto (better than always guessing the most common class) or a number 0..1")
+        return float(v)
 
 
 class Config(_Section):
@@ -262,7 +336,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NoInputError(f"config file {str(path)!r} not found; check the --config path")
     try:
-        data = yaml_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise NoInputError(f"config file {str(path)!r} cannot be read ({e.strerror}); check its permissions") from None
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -298,12 +379,14 @@ def _suggest(key: str, choices: list[str]) -> str:
         key = f"{head}.{alias}" if head else alias
         if key in choices:
             return f" (did you mean {key!r}?)"
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    if not close:  # a key given in the wrong section, e.g. epochs=3 for train.epochs=3
-        everywhere = _dotted_keys(default_dict())
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf]
-        close = close or difflib.get_close_matches(key, everywhere, n=1, cutoff=0.75)
+    # A key given in the wrong section (epochs=3 for train.epochs=3, train.learning_rate for
+    # train.optimizer.learning_rate) is found by its last part before any look-alike in the section.
+    everywhere = _dotted_keys(default_dict())
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf and k != key]
+    same_leaf.sort(key=lambda k: (not k.startswith(head + "."), k.count(".")))
+    close = (same_leaf or difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+             or difflib.get_close_matches(key, everywhere, n=1, cutoff=0.75))
     return f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(sorted(choices))}"
 
 
@@ -399,8 +482,35 @@ def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Con
     return cfg
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it, after following links (neither needs to exist)."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _check_outputs_outside_data(cfg: Config, sources: dict[str, str]) -> None:
+    """vgg only reads a dataset: runs or caches written into it would change it, and the next scan would find them
+    (a class folder named after output.dir)."""
+    data = [("data.train_dir", cfg.data.train_dir)] + ([("data.val_dir", cfg.data.val_dir)] if cfg.data.val_dir else [])
+    outputs = [("output.dir", cfg.output.dir)] + ([("cache.dir", cfg.cache.dir)] if cfg.cache.dir else [])
+    for out_key, out in outputs:
+        for data_key, folder in data:
+            if _inside(out, folder):
+                src = sources.get(out_key, "the defaults")
+                raise ConfigError(f"config key {out_key!r} = {out!r} from {src} is invalid: it is inside "
+                                  f"{data_key} {folder!r}, and vgg never writes into a dataset; choose a folder "
+                                  f"outside it, e.g. {out_key}={os.path.join(os.path.dirname(os.path.realpath(folder)), 'runs')}")
+
+
+def auto_learning_rate(frozen_blocks) -> float:
+    """train.optimizer.learning_rate: auto for a phase with these conv blocks frozen: the head-only rate when all
+    five are, else the lower rate at which trainable conv blocks (pretrained or from scratch) learn."""
+    return AUTO_RATE_HEAD_ONLY if set(BLOCKS) <= set(frozen_blocks) else AUTO_RATE_BACKBONE
+
+
 def _check_across_sections(cfg: Config, sources: dict[str, str]) -> None:
     """Rules that tie keys of different sections together (each key alone was valid)."""
+    _check_outputs_outside_data(cfg, sources)
     ft = cfg.finetune
     if ft.epochs > 0:
         src = sources.get("finetune.unfreeze_blocks", "the defaults")
@@ -419,5 +529,8 @@ def load_run_config(path: Path) -> Config:
     """A run directory's config.yaml over today's defaults (keys added since it was written get their defaults)."""
     tree = copy.deepcopy(default_dict())
     run = _read_yaml(path)
+    if not run.get("data") or not run.get("model"):
+        raise DataError(f"run config {str(path)!r} is empty or lacks its data/model sections (the run directory is "
+                        f"damaged); it cannot be resumed or retrained: start a new run")
     _merge(tree, run, f"run config {str(path)!r}")
     return validate(tree, _leaf_sources(run, f"run config {str(path)!r}"))
