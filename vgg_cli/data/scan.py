@@ -101,29 +101,77 @@ def split_value(relpath: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _walk_images(folder: Path) -> tuple[list[Path], int]:
-    """Image files below ``folder`` (following symlinked folders, once each), and the count of other files."""
+# How deep below a class folder the scan looks for images.
+MAX_DEPTH = 32
+
+
+def _below(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_images(folder: Path, root: Path | None = None,
+                 seen: set[tuple[int, int]] | None = None) -> tuple[list[Path], int, list[dict]]:
+    """Image files below the class folder ``folder`` of the dataset ``root``, the count of other files, and the
+    folders left out.
+
+    The link rule (README, "Symbolic links"): a file link is read wherever it points, and so is a class folder
+    that is itself a link. Below a class folder, a folder link is followed, also out of the dataset, except when
+    its real target is the folder holding it or one of its ancestors (a loop, ``..``, ``/``) or lies in the
+    dataset outside this class (another class: its images would get this class's label). Each real folder is
+    walked once (``seen`` is shared by all classes of a scan), at most ``MAX_DEPTH`` levels below the class."""
+    seen = set() if seen is None else seen
     found: list[Path] = []
+    left_out: list[dict] = []
     ignored = 0
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    top = os.path.realpath(folder)
+    dataset = os.path.realpath(root) if root is not None else None
+    stack: list[tuple[Path, int]] = [(folder, 0)]
+    while stack:
+        path, depth = stack.pop()
         try:
-            st = os.stat(dirpath)
-            key = (st.st_dev, st.st_ino)
+            st = os.stat(path)
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError:
-            dirnames[:] = []
             continue
-        if key in seen:  # a symlink loop or a second link to the same folder
-            dirnames[:] = []
+        if (st.st_dev, st.st_ino) in seen:  # a second link to a folder already walked
             continue
-        seen.add(key)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if is_image_name(name):
-                found.append(Path(dirpath) / name)
-            elif not name.startswith("."):
-                ignored += 1
-    return found, ignored
+        seen.add((st.st_dev, st.st_ino))
+        here = os.path.realpath(path)
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if is_image_name(e.name):
+                    found.append(Path(e.path))
+                else:
+                    ignored += 1
+                continue
+            why = _folder_left_out(os.path.realpath(e.path), here, top, dataset, depth + 1)
+            if why is None:
+                subdirs.append(Path(e.path))
+            else:
+                left_out.append({"path": e.path, "reason": why})
+        stack.extend((d, depth + 1) for d in reversed(subdirs))
+    found.sort(key=lambda p: p.relative_to(folder).parts)
+    return found, ignored, left_out
+
+
+def _folder_left_out(real: str, here: str, top: str, dataset: str | None, depth: int) -> str | None:
+    """Why a folder (real path ``real``) found in ``here`` below the class folder ``top`` is not walked, or None."""
+    if _below(here, real):
+        return f"folder link to {real!r} leads back to a folder that contains it (a loop); not followed"
+    if dataset is not None and _below(real, dataset) and not _below(real, top):
+        return (f"folder link to {real!r} leads to another part of the dataset (another class would get this "
+                f"class's label); not followed")
+    if depth > MAX_DEPTH:
+        return f"more than {MAX_DEPTH} folder levels below its class folder; not walked"
+    return None
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -221,11 +269,14 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache
     dims: dict[str, tuple[int, int]] = {}
     ignored = 0
     jobs: list[tuple[str, Path]] = []
+    seen: set[tuple[int, int]] = set()
     for name in class_names:
-        files, n_ignored = _walk_images(root / name)
+        files, n_ignored, left_out = _walk_images(root / name, root, seen)
         ignored += n_ignored
         per_class[name] = []
         jobs.extend((name, f) for f in files)
+        skipped += [{"path": Path(d["path"]).relative_to(root).as_posix() + "/", "reason": d["reason"]}
+                    for d in left_out]
     results = _check_all([p for _, p in jobs], size, desc, cache)
     for (name, path), result in zip(jobs, results):
         rel = path.relative_to(root).as_posix()
