@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import gc
+import os
 import io
 import json
 import logging
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 import keras
 
 from vgg_cli.device import release_free_memory
-from vgg_cli.errors import NoInputError
+from vgg_cli.errors import DataError, NoInputError
 from vgg_cli.runs import RunPaths, place_copy, write_json, write_text, write_with
 
 log = logging.getLogger("vgg")
@@ -101,12 +104,23 @@ def read_state(paths: RunPaths) -> TrainState | None:
         state = TrainState(epochs=int(d["epochs"]), rows=list(d["rows"]), best_epoch=d["best_epoch"],
                            stopped_early=bool(d.get("stopped_early", False)),
                            phase_ends=[int(e) for e in d.get("phase_ends") or [d["epochs"]]])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise NoInputError(f"{paths.state} is unreadable ({e}); the run cannot be resumed, start a new one") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{paths.state} is unreadable ({type(e).__name__}: {e}); the run cannot be resumed, "
+                        f"start a new one") from None
     if not paths.checkpoint(state.epoch).is_file():
         raise NoInputError(f"{paths.state} names {paths.checkpoint(state.epoch).name}, which is missing; "
                            f"the run cannot be resumed, start a new one")
     return state
+
+
+def load_checkpoint(path) -> keras.Model:
+    """A run's checkpoint with its optimizer state, to resume from (one line when it is damaged)."""
+    from vgg_cli.model import load_model
+
+    try:
+        return load_model(path, compile=True, what="checkpoint")
+    except NoInputError as e:
+        raise NoInputError(f"{e}; the run cannot be resumed from it: start a new run") from None
 
 
 def metrics_csv(rows: list[dict]) -> str:
@@ -156,10 +170,22 @@ def save_model(model: keras.Model, path) -> None:
         return
     original = saving_lib.is_memory_sufficient
     saving_lib.is_memory_sufficient = lambda model: False
+    full = False
     try:
         model.save(path)
+    except RuntimeError as e:
+        # h5py reports a failed write of the HDF5 temp file as RuntimeError("... errno = 28 ..."): make it the
+        # OSError it is, so the atomic write turns it into one line (exit 74) like every other full disk.
+        if "errno = 28" not in str(e) and "No space left on device" not in str(e):
+            raise
+        full = True
     finally:
         saving_lib.is_memory_sufficient = original
+    if full:
+        # Outside the except block, the failed save's frames are gone; collecting them closes Keras' HDF5 temp
+        # file, whose closer deletes it.
+        gc.collect()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class RunRecorder(keras.callbacks.Callback):

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -124,16 +125,23 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
             raise click.UsageError("--resume continues a run with its own config.yaml; drop the KEY=VALUE "
                                    "overrides (only output.dir=..., where to look, is allowed)")
         _setup_logging(verbose)
-        load_frameworks()
-        from vgg_cli import train as t
+        run_dir = _resume_target(resume, cfg.output.dir) if resume is not None else None
+        if run_dir is None:
+            from vgg_cli.data.scan import require_dir
 
-        # stdout carries only the result; anything a library prints goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
-            if resume is not None:
-                run_dir = _resume_target(resume, cfg.output.dir)
-                result = t.resume_training(run_dir, command)
-            else:
-                result = t.run_training(cfg, if_changed=if_changed, command=command)
+            require_dir(cfg.data.train_dir, "data.train_dir")  # a mistyped path makes no runs folder
+        # The lock before the framework: a second run on the same output.dir exits 75 at once, not after Keras'
+        # seconds of start-up. A multi-worker job's workers decide who locks once the backend knows its role.
+        with _early_lock(run_dir.parent if run_dir else Path(cfg.output.dir), cfg, command):
+            load_frameworks()
+            from vgg_cli import train as t
+
+            # stdout carries only the result; anything a library prints goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                if run_dir is not None:
+                    result = t.resume_training(run_dir, command)
+                else:
+                    result = t.run_training(cfg, if_changed=if_changed, command=command)
     except VggError as e:
         if as_json:
             _echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
@@ -153,14 +161,28 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     return code  # the "not promoted: ..." reason was logged by the decision itself
 
 
-def _resume_target(resume: str, runs_dir: str):
-    from pathlib import Path
+@contextlib.contextmanager
+def _early_lock(runs_dir: Path, cfg, command: str):
+    """Hold ``<runs_dir>/.lock`` (re-entered, not re-taken, by the training code), except for a multi-worker job."""
+    from vgg_cli.device import cluster_of
+    from vgg_cli.runs import runs_lock
 
-    from vgg_cli import train as t
+    cluster = cluster_of(os.environ.get("TF_CONFIG")) if cfg.train.distribute in ("auto", "multi_worker") else None
+    if cluster is not None and cluster[0] > 1:
+        yield
+        return
+    with runs_lock(runs_dir, command) as stale:
+        if stale:
+            logging.getLogger("vgg").warning("took over the lock of a vgg run that is no longer running (%s)", stale)
+        yield
+
+
+def _resume_target(resume: str, runs_dir: str):
     from vgg_cli.errors import NoInputError
+    from vgg_cli.runs import find_resumable
 
     if resume == "":
-        return t.find_resumable(Path(runs_dir))
+        return find_resumable(Path(runs_dir))
     p = Path(os.path.expanduser(resume))
     if p.is_dir():
         return p.resolve()

@@ -436,6 +436,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 def make_optimizer(opt_cfg, learning_rate=None):
     """The optimizer ``opt_cfg`` names; ``learning_rate`` (a float or a schedule) replaces its rate."""
     lr = opt_cfg.learning_rate if learning_rate is None else learning_rate
+    if isinstance(lr, str):  # "auto" is resolved per phase (train.plan_phases); a bare config cannot say which
+        raise ValueError(f"make_optimizer needs a resolved learning rate, got {lr!r}")
     wd = opt_cfg.weight_decay or None
     if opt_cfg.name == "adam":
         return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
@@ -466,16 +468,23 @@ def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=Non
 # ------------------------------------------------------------------------------------------------ reading back
 
 
-def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
-    """Load a ``.keras`` model of this tool in Keras safe mode (no arbitrary code)."""
+def load_model(path: str | os.PathLike, compile: bool = False, what: str = "model file") -> keras.Model:
+    """Load a ``.keras`` model of this tool in Keras safe mode (no arbitrary code). A missing, cut-short, damaged
+    or code-carrying file is one line (NoInputError, exit 66), never a traceback."""
+    import zipfile
+
     p = Path(path)
     if not p.is_file():
-        raise NoInputError(f"model file {str(p)!r} not found; pass a .keras file from a vgg run")
+        raise NoInputError(f"{what} {str(p)!r} not found; pass a .keras file from a vgg run")
     try:
         return keras.saving.load_model(p, compile=compile, safe_mode=True)
-    except (ValueError, OSError, TypeError) as e:
-        raise NoInputError(f"model file {str(p)!r} could not be loaded ({str(e).splitlines()[0]}); "
-                           f"is it a complete .keras file from vgg?") from None
+    except (ValueError, OSError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "safe_mode" in str(e) or "Lambda" in str(e):
+            raise NoInputError(f"{what} {str(p)!r} holds code (a Lambda layer) that Keras' safe mode refuses to "
+                               f"run, and vgg never loads such files; use a model or checkpoint written by vgg") from None
+        raise NoInputError(f"{what} {str(p)!r} could not be loaded ({first[:200]}); is it a complete .keras file "
+                           f"from vgg? (a file cut short by a full disk or a copy that did not finish)") from None
 
 
 def class_names_of(model: keras.Model) -> list[str]:

@@ -15,10 +15,11 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
-from vgg_cli.errors import NoInputError, UsageError
-from vgg_cli.runs import LATEST, RunPaths, find_model_file, point, write_json
+from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
+from vgg_cli.runs import LATEST, RunPaths, find_model_file, point, read_json, write_json
 
 log = logging.getLogger("vgg")
 PRODUCTION = "production"
@@ -96,72 +97,122 @@ def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: i
             "unreadable": len(results) - len(scored)}
 
 
-def decide(cfg, paths: RunPaths, index, best: dict | None = None) -> dict:
-    """Evaluate the new run against production and promote it if it earns it. Returns the decision record.
+def min_accuracy_for(setting, truth: list[str]) -> tuple[float, bool, str]:
+    """(threshold, strictly above?, how it was chosen) for promote.min_accuracy on these images' true classes.
+    auto: more than always guessing their most common class scores (its share); when all are of one class,
+    guessing is perfect and only 1.0 counts."""
+    if setting != "auto":
+        return float(setting), False, f"promote.min_accuracy {setting}"
+    top, count = Counter(truth).most_common(1)[0] if truth else ("-", 0)
+    share = count / len(truth) if truth else 0.0
+    if share >= 1.0:
+        return 1.0, False, f"promote.min_accuracy auto: all {len(truth)} images are {top!r}, so only 1.0 counts"
+    return share, True, f"promote.min_accuracy auto: more than {share:.4f}, always guessing {top!r}"
+
+
+def _comparable_production(runs_dir: Path, classes: list[str]) -> tuple[Path | None, dict | None, str | None]:
+    """(production run, its class change or None, why it cannot be used or None). A production run whose files are
+    damaged is reported and treated as no comparable production, never a crash."""
+    prod = production_run(runs_dir)
+    if prod is None:
+        return None, None, None
+    try:
+        prod_classes = read_json(prod / "classes.json", "production run's classes.json")
+        if not isinstance(prod_classes, list) or not all(isinstance(c, str) for c in prod_classes):
+            raise DataError(f"{prod / 'classes.json'} is not a list of class names")
+        find_model_file(prod)
+    except VggError as e:
+        return prod, None, str(e)
+    added = sorted(set(classes) - set(prod_classes))
+    removed = sorted(set(prod_classes) - set(classes))
+    return prod, ({"added": added, "removed": removed} if added or removed else None), None
+
+
+def judge(cfg, paths: RunPaths, index, best: dict | None = None) -> dict:
+    """Evaluate the new run against production and decide, without changing anything: the decision record.
 
     ``best``: the best epoch's metrics row. When the new model only has to clear ``promote.min_accuracy`` (no
     production model with the same classes to compare with), its accuracy is that row's ``val_accuracy``: it was
     measured on exactly these held-out images by the weights in best.keras, so running the whole network over them
     again would only repeat it. A comparison with production always runs both models the same way, on the images.
     """
-    from vgg_cli.data.scan import VAL
+    from vgg_cli.data.scan import TRAIN, VAL
 
-    runs_dir = paths.root.parent
     files, labels = index.split(VAL)
-    if not files:  # no held-out images: judge on the training images (said so in the record)
-        from vgg_cli.data.scan import TRAIN
-
+    held_out = bool(files)
+    if not held_out:  # no held-out images: judge on the training images (said so in the record)
         files, labels = index.split(TRAIN)
-        held_out = False
-    else:
-        held_out = True
     truth = [index.classes[i] for i in labels]
-    prod = production_run(runs_dir)
-    class_change = None
-    if prod is not None:
-        prod_classes = json.loads((prod / "classes.json").read_text(encoding="utf-8"))
-        added = sorted(set(index.classes) - set(prod_classes))
-        removed = sorted(set(prod_classes) - set(index.classes))
-        if added or removed:
-            class_change = {"added": added, "removed": removed}
-    compare = prod is not None and class_change is None
+    prod, class_change, unusable = _comparable_production(paths.root.parent, index.classes)
+    if unusable is not None:
+        log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,
+                    unusable)
+    compare = prod is not None and class_change is None and unusable is None
     if held_out and not compare and best is not None and "val_accuracy" in best:
         new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
         source = f"validation of epoch {best['epoch']}"
     else:
         new = evaluate(paths.best, files, truth, cfg.train.batch_size)
         source = "model/best.keras on the images"
+    threshold, strictly, rule = min_accuracy_for(cfg.promote.min_accuracy, truth)
     record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out},
-                    "min_accuracy": cfg.promote.min_accuracy, "new_accuracy": round(new["accuracy"], 6),
-                    "new_accuracy_from": source}
+                    "min_accuracy": round(threshold, 6), "min_accuracy_rule": rule,
+                    "new_accuracy": round(new["accuracy"], 6), "new_accuracy_from": source}
     reasons = []
-    if new["accuracy"] < cfg.promote.min_accuracy:
-        reasons.append(f"accuracy {new['accuracy']:.4f} is below promote.min_accuracy {cfg.promote.min_accuracy}")
+    # (accuracies are shares of the same images: 1e-6 absorbs float32 metrics against exact fractions)
+    if new["accuracy"] < threshold - 1e-6 or (strictly and new["accuracy"] <= threshold + 1e-6):
+        reasons.append(f"accuracy {new['accuracy']:.4f} does not clear {rule}")
     if prod is not None:
         record["production_run"] = prod.name
-        if class_change is not None:
-            record["class_change"] = class_change
-            text = (f"classes changed from production {prod.name} (added {class_change['added'] or 'none'}, "
-                    f"removed {class_change['removed'] or 'none'})")
-            log.warning(text)
-            if not cfg.promote.allow_class_change:
-                reasons.append(f"{text}; set promote.allow_class_change=true to promote it")
+    if unusable is not None:
+        record["production_unreadable"] = unusable
+    elif class_change is not None:
+        record["class_change"] = class_change
+        text = (f"classes changed from production {prod.name} (added {class_change['added'] or 'none'}, "
+                f"removed {class_change['removed'] or 'none'})")
+        log.warning(text)
+        if not cfg.promote.allow_class_change:
+            reasons.append(f"{text}; set promote.allow_class_change=true to promote it")
+    elif compare:
+        old = _evaluate_production(prod, files, truth, cfg.train.batch_size)
+        if old is None:
+            record["production_unreadable"] = "its model could not be loaded"
         else:
-            old = evaluate(find_model_file(prod), files, truth, cfg.train.batch_size)
             record["production_accuracy"] = round(old["accuracy"], 6)
             if new["accuracy"] < old["accuracy"]:
                 reasons.append(f"accuracy {new['accuracy']:.4f} is below production {prod.name}'s "
                                f"{old['accuracy']:.4f} on the same {new['images']} images")
+    record["promoted"] = not reasons
     if reasons:
         record["reason"] = "; ".join(reasons)
-        log.warning("not promoted: %s; production stays %s", record["reason"], prod.name if prod else "(none)")
+    elif "production_accuracy" not in record:  # nothing to compare with: no, an unreadable or another-class production
+        why = ("no production model yet" if prod is None else f"production {prod.name} is unreadable"
+               if "production_unreadable" in record else "classes changed, allowed by promote.allow_class_change")
+        record["reason"] = f"{why}; accuracy {new['accuracy']:.4f} clears {rule}"
     else:
-        record["promoted"] = True
-        record["reason"] = ("no production model yet" if prod is None else
-                            f"at least as accurate as production {prod.name}")
-        set_production(runs_dir, paths.root.name, "auto")
-        log.info("promoted to production: %s (%s)", paths.root.name, record["reason"])
+        record["reason"] = (f"accuracy {new['accuracy']:.4f} is at least production {prod.name}'s "
+                            f"{record['production_accuracy']:.4f} on the same {new['images']} images")
     return record
+
+
+def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_size: int) -> dict | None:
+    try:
+        return evaluate(find_model_file(prod), files, truth, batch_size)
+    except VggError as e:
+        log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name, e)
+        return None
+
+
+def apply_decision(runs_dir: Path, run_name: str, record: dict) -> None:
+    """Carry out a decision record; safe to repeat (a run killed half-way through finishing redoes it): a run
+    that production already points at is not recorded twice."""
+    prod = production_run(runs_dir)
+    if record["promoted"]:
+        if prod is None or prod.name != run_name:
+            set_production(runs_dir, run_name, "auto")
+        log.info("promoted to production: %s (%s)", run_name, record["reason"])
+    else:
+        log.warning("not promoted: %s; production stays %s", record["reason"], prod.name if prod else "(none)")
 
 
 def list_runs(runs_dir: Path) -> list[dict]:

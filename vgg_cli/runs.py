@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from vgg_cli.errors import ArtifactIOError, ConfigError, LockedError, NoInputError
+from vgg_cli.errors import ArtifactIOError, ConfigError, DataError, LockedError, NoInputError
 
 LATEST = "latest"
 
@@ -72,6 +72,21 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def read_json(path: Path, what: str | None = None) -> Any:
+    """A JSON artifact: missing is NoInputError (66), unreadable or damaged is DataError (65), one line each."""
+    what = what or Path(path).name
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NoInputError(f"{what} {str(path)!r} is missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{what} {str(path)!r} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise DataError(f"{what} {str(path)!r} is damaged (not valid JSON: {e}); it was cut short or edited") from None
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -270,8 +285,32 @@ def _describe_holder(text: str) -> str:
         return "holder unknown"
 
 
+# Locks this process holds: {resolved runs dir: depth}. flock is per open file, so taking the lock again in the
+# same process (the CLI takes it before importing Keras, training takes it again) must not open the file twice.
+_HELD: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
+    """Hold the exclusive lock of a runs directory (see ``_runs_lock``); re-entrant within one process."""
+    key = os.path.realpath(runs_dir)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield None
+        finally:
+            _HELD[key] -= 1
+        return
+    with _runs_lock(runs_dir, command) as stale:
+        _HELD[key] = 1
+        try:
+            yield stale
+        finally:
+            del _HELD[key]
+
+
+@contextlib.contextmanager
+def _runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
     """Hold the exclusive lock of a runs directory (``<runs>/.lock``) for one training run.
 
     An advisory ``flock``: the kernel releases it when the holder exits, however it dies (even SIGKILL), so a
@@ -305,3 +344,38 @@ def runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def run_status(run_dir: Path) -> str | None:
+    """summary.json's status, or None when the run has none yet (or it is unreadable: then state.json decides)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def needs_finishing(summary: dict | None) -> bool:
+    """A run that trained all its epochs but was stopped before its promotion was decided and carried out."""
+    if not isinstance(summary, dict) or summary.get("status") not in ("finished", "early_stopped"):
+        return False
+    promotion = summary.get("promotion")
+    return promotion is None or bool(promotion.get("pending")) or promotion.get("applied") is False
+
+
+def find_resumable(runs_dir: Path) -> Path:
+    """The newest run in ``runs_dir`` that did not finish: it has no summary (or an unreadable one), was
+    interrupted, or trained to the end but was stopped before its promotion was carried out."""
+    candidates = []
+    for d in runs_dir.iterdir() if runs_dir.is_dir() else []:
+        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and (d / "config.yaml").is_file():
+            try:
+                summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                summary = None
+            status = summary.get("status") if isinstance(summary, dict) else None
+            if status in (None, "interrupted") or needs_finishing(summary):
+                candidates.append((d.stat().st_mtime, d))
+    if not candidates:
+        raise NoInputError(f"no unfinished run to resume in {str(runs_dir)!r}; pass --resume RUN_DIR or start a "
+                           f"new run without --resume")
+    return max(candidates)[1]

@@ -13,11 +13,10 @@ import json
 import logging
 import math
 import platform
-import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,23 +24,27 @@ import keras
 import numpy as np
 
 from vgg_cli import __version__
-from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, read_state, sync
-from vgg_cli.config import Config, load_run_config
+from vgg_cli.callbacks import EpochScalars, ProgressBar, StopOnSignal, _EarlyLog, _RunLog, _Stop
+from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, load_checkpoint, read_state, sync
+from vgg_cli.config import AUTO, Config, auto_learning_rate, load_run_config
 from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, previous_splits_from, require_dir,
                                scan)
 from vgg_cli.device import (in_distribution_scope, in_multi_worker_scope, peak_rss_mib, setup_devices,
                             worker_role)
-from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError
+from vgg_cli.errors import ArtifactIOError, ConfigError, DataError, InterruptedRun, NoInputError
+from vgg_cli.finish import PENDING, diverged_error, finish
+from vgg_cli.health import Baseline, Diverged, HealthCheck, HealthRecord
 from vgg_cli.model import (apply_freeze, backbone_of, build_model, check_weights_available, compile_model,
                            copy_head_if_compatible, learning_rate_for)
-from vgg_cli.promote import PRODUCTION, decide, prune
-from vgg_cli.runs import (LATEST, RunPaths, check_run_name_free, new_run_dir, point, runs_lock, write_json,
-                          write_text)
+from vgg_cli.promote import PRODUCTION
+from vgg_cli.runs import (LATEST, RunPaths, check_run_name_free, find_resumable, needs_finishing, new_run_dir,
+                          read_json, runs_lock, write_json, write_text)
 
 log = logging.getLogger("vgg")
 
 # Outcomes of `vgg train` (summary.json "status" and --json "status").
 TRAINED, NOTHING_TO_DO, INTERRUPTED = "trained", "nothing_to_do", "interrupted"
+DIVERGED = "diverged"  # summary.json status of a run stopped by non-finite numbers (vgg_cli.health)
 WORKER_DONE = "worker_done"  # a multi-worker job's non-chief worker finished; the chief wrote the run
 # --if-changed resumes an unfinished run at most this many times, so a run that keeps crashing cannot block
 # every later night.
@@ -73,14 +76,22 @@ class Phase:
     frozen_blocks: tuple[int, ...]
     learning_rate: float
 
+    auto_rate: bool = False  # the rate was chosen by train.optimizer.learning_rate=auto
+
     def describe(self) -> str:
         frozen = ", ".join(map(str, self.frozen_blocks)) or "none"
-        return f"phase {self.number}: frozen blocks {frozen}, learning rate {self.learning_rate:g}"
+        auto = " (auto)" if self.auto_rate else ""
+        return f"phase {self.number}: frozen blocks {frozen}, learning rate {self.learning_rate:g}{auto}"
 
 
 def plan_phases(cfg: Config) -> list[Phase]:
-    """Phase 1 with model.freeze_blocks; phase 2 (finetune.epochs > 0) with finetune.unfreeze_blocks trainable."""
-    phases = [Phase(1, cfg.train.epochs, tuple(cfg.model.freeze_blocks), cfg.train.optimizer.learning_rate)]
+    """Phase 1 with model.freeze_blocks; phase 2 (finetune.epochs > 0) with finetune.unfreeze_blocks trainable.
+    Phase 1's rate is train.optimizer.learning_rate, or with ``auto`` the one that fits what trains."""
+    rate = cfg.train.optimizer.learning_rate
+    auto = rate == AUTO
+    if auto:
+        rate = auto_learning_rate(cfg.model.freeze_blocks)
+    phases = [Phase(1, cfg.train.epochs, tuple(cfg.model.freeze_blocks), rate, auto)]
     if cfg.finetune.epochs > 0:
         frozen = tuple(b for b in cfg.model.freeze_blocks if b not in cfg.finetune.unfreeze_blocks)
         phases.append(Phase(2, cfg.finetune.epochs, frozen, cfg.finetune.learning_rate))
@@ -139,136 +150,12 @@ def config_digest(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-class _Stop(Exception):
-    """Raised at a batch boundary after SIGINT/SIGTERM."""
-
-
-class StopOnSignal(keras.callbacks.Callback):
-    """SIGINT/SIGTERM ask training to stop at the next batch boundary (a second one stops at once)."""
-
-    def __init__(self):
-        super().__init__()
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-    def _handle(self, signum, frame):
-        if self.signal_name is not None:  # asked twice: stop now
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        log.warning("%s received: stopping after the current batch (send it again to stop at once)",
-                    self.signal_name)
-
-    def _check(self, *_, **__):
-        if self.signal_name is not None:
-            raise _Stop(self.signal_name)
-
-    on_train_batch_end = on_test_batch_end = on_epoch_begin = _check
-
-
-class ProgressBar(keras.callbacks.Callback):
-    """A tqdm bar per epoch on a terminal (images/s, loss, accuracy); nothing otherwise."""
-
-    def __init__(self, epochs: int, steps: int, batch_size: int):
-        super().__init__()
-        self.epochs, self.steps, self.batch_size = epochs, steps, batch_size
-        self.bar = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                        leave=False, file=sys.stderr, dynamic_ncols=True)
-        self._t0 = time.perf_counter()
-        self._shown = 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        now = time.perf_counter()
-        if now - self._shown < 0.5 and batch + 1 < self.steps:
-            return  # reading the loss waits for the device: at most twice a second, not every step
-        self._shown = now
-        elapsed = now - self._t0
-        logs = logs or {}
-        post = {"img/s": f"{(batch + 1) * self.batch_size / elapsed:.1f}" if elapsed > 0 else "-"}
-        for k in ("loss", "accuracy"):
-            if k in logs:
-                post[k] = f"{float(logs[k]):.4f}"
-        self.bar.set_postfix(post, refresh=False)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-class EpochScalars(keras.callbacks.Callback):
-    """TensorBoard scalars per epoch (``train/`` and ``validation/``, as Keras' TensorBoard callback lays them out).
-    Keras' callback also hooks every training step and took ~20 s to close its writers at the end of a VGG run
-    with trainable conv blocks; per-epoch scalars are all a run needs."""
-
-    def __init__(self, log_dir: Path):
-        super().__init__()
-        self.log_dir = Path(log_dir)
-        self._writers: dict = {}
-
-    def _writer(self, name: str):
-        import tensorflow as tf
-
-        if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
-        return self._writers[name]
-
-    @staticmethod
-    def available() -> bool:
-        """TensorBoard's event files are written with tf.summary: on the JAX and PyTorch backends only when
-        TensorFlow is installed too."""
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
-        for key, value in (logs or {}).items():
-            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            with self._writer(split).as_default():
-                tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
-        for w in self._writers.values():
-            w.flush()
-
-    def on_train_end(self, logs=None):
-        for w in self._writers.values():
-            w.close()
-        self._writers.clear()
-
-
-class _EarlyLog(logging.Handler):
-    """Keeps the records logged before the run directory exists, so train.log tells the whole story."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def _attach_log_file(path: Path, early: _EarlyLog | None) -> logging.Handler:
-    handler = logging.FileHandler(path, encoding="utf-8")  # appends: a resumed run continues the same log
+    try:
+        handler = _RunLog(path, encoding="utf-8")  # appends: a resumed run continues the same log
+    except OSError as e:
+        raise ArtifactIOError(f"could not write {str(path)!r}: {e.strerror}; free space or fix permissions and "
+                              f"run again") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     if early is not None:
         log.removeHandler(early)
@@ -394,10 +281,10 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, previous_spli
     cfg = _resolve_warm_start(cfg)
     if cfg.data.val_dir is not None:
         require_dir(cfg.data.val_dir, "data.val_dir")
-    check_run_name_free(Path(cfg.output.dir), cfg.output.name)
     device = setup_devices(cfg.train)
     if not if_changed:
-        check_weights_available(cfg.model)  # fail fast, before a long scan (a skipped run needs no weights)
+        check_run_name_free(Path(cfg.output.dir), cfg.output.name)  # fail fast, before a long scan
+        check_weights_available(cfg.model)  # (a skipped run needs neither)
     if previous_splits is None:
         previous_splits = _previous_splits(cfg)
     index = scan(cfg.data, previous_splits=previous_splits, cache_dir=Path(cfg.output.dir) / ".cache")
@@ -411,6 +298,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, previous_spli
             return TrainResult(NOTHING_TO_DO, latest[0], latest[1])
         log.info("dataset or config changed since the latest run: training" if latest else
                  "no earlier finished run: training")
+        check_run_name_free(Path(cfg.output.dir), cfg.output.name)
         check_weights_available(cfg.model)
     t_scanned = time.perf_counter()
 
@@ -423,8 +311,8 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, previous_spli
             if copy_head_if_compatible(model, Path(cfg.model.weights)):
                 weights_source += " + its head (same classes)"
         set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
-    log.info("backbone %s, weights: %s, frozen blocks: %s", cfg.model.arch, weights_source,
-             cfg.model.freeze_blocks or "none")
+    log.info("backbone %s, weights: %s, frozen blocks: %s; %s", cfg.model.arch, weights_source,
+             cfg.model.freeze_blocks or "none", plan_phases(cfg)[0].describe())
     t_built = time.perf_counter()
 
     paths = new_run_dir(Path(cfg.output.dir), cfg.output.name, Path(index.train_dir).name)
@@ -471,24 +359,6 @@ def _unfinished_same_job(cfg: Config) -> RunPaths | None:
     return RunPaths(candidate)
 
 
-def find_resumable(runs_dir: Path) -> Path:
-    """The newest run in ``runs_dir`` that did not finish."""
-    candidates = []
-    for d in runs_dir.iterdir() if runs_dir.is_dir() else []:
-        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and (d / "config.yaml").is_file():
-            status = None
-            try:
-                status = json.loads((d / "summary.json").read_text(encoding="utf-8")).get("status")
-            except (OSError, ValueError):
-                pass
-            if status in (None, INTERRUPTED):
-                candidates.append((d.stat().st_mtime, d))
-    if not candidates:
-        raise NoInputError(f"no unfinished run to resume in {str(runs_dir)!r}; pass --resume RUN_DIR or start a "
-                           f"new run without --resume")
-    return max(candidates)[1]
-
-
 def resume_training(run_dir: Path, command: str = "") -> TrainResult:
     """Continue an unfinished run from its last committed epoch, with its own config and file list."""
     t_start = time.perf_counter()
@@ -511,44 +381,92 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _readable_summary(paths: RunPaths) -> dict | None:
+    """summary.json, or None when there is none yet or it is damaged (then state.json, the commit point, decides
+    what is left to do, and the summary is written again)."""
+    if not paths.summary.is_file():
+        return None
+    try:
+        summary = read_json(paths.summary, "run summary")
+        if not isinstance(summary, dict):
+            raise DataError(f"run summary {str(paths.summary)!r} is not a JSON object")
+        return summary
+    except (DataError, NoInputError) as e:
+        log.warning("%s; continuing from state.json and writing it again", e)
+        return None
+
+
+def _run_info(cfg: Config, paths: RunPaths) -> dict:
+    """run.json (start time, weights, config digest), rebuilt with what is known when it is damaged."""
+    try:
+        info = read_json(paths.root / "run.json", "run info")
+        if isinstance(info, dict) and isinstance(info.get("resumed"), list):
+            return info
+        log.warning("run info %s is not what vgg writes; rebuilding it", paths.root / "run.json")
+    except (DataError, NoInputError) as e:
+        log.warning("%s; rebuilding it", e)
+    return {"started": None, "weights": "unknown (run.json was damaged)", "config_digest": config_digest(cfg),
+            "timings": {}, "resumed": []}
+
+
+def _load_index(paths: RunPaths) -> DatasetIndex:
+    manifest = read_json(paths.data, "run manifest")
+    try:
+        index = index_from_manifest(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"run manifest {str(paths.data)!r} is damaged ({type(e).__name__}: {e}); the run cannot be "
+                        f"resumed: start a new run") from None
+    missing = [e.path for e in index.files if not (index.root_of(e) / e.path).is_file()]
+    if missing:
+        raise DataError(f"cannot resume {paths.root.name}: {len(missing)} of its images are gone "
+                        f"(e.g. {missing[0]!r}); start a new run instead")
+    return index
+
+
 def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | None = None) -> TrainResult:
     handler = _attach_log_file(paths.log, early)
     try:
-        summary_status = None
-        if paths.summary.is_file():
-            summary_status = json.loads(paths.summary.read_text(encoding="utf-8")).get("status")
-        if summary_status not in (None, INTERRUPTED):
-            log.info("run %s already finished (%s): nothing to resume", paths.root.name, summary_status)
-            return TrainResult(NOTHING_TO_DO, paths.root, json.loads(paths.summary.read_text(encoding="utf-8")))
-        index = index_from_manifest(json.loads(paths.data.read_text(encoding="utf-8")))
-        missing = [e.path for e in index.files if not (index.root_of(e) / e.path).is_file()]
-        if missing:
-            raise DataError(f"cannot resume {paths.root.name}: {len(missing)} of its images are gone "
-                            f"(e.g. {missing[0]!r}); start a new run instead")
+        summary = _readable_summary(paths)
+        status = summary.get("status") if summary else None
+        if needs_finishing(summary):
+            log.info("run %s trained all its epochs but was stopped before its promotion was carried out: "
+                     "finishing it", paths.root.name)
+            state = read_state(paths)
+            summary = finish(cfg, paths, _load_index(paths), summary, state.best if state else None)
+            return TrainResult(TRAINED, paths.root, summary)
+        if status not in (None, INTERRUPTED):
+            log.info("run %s already finished (%s): nothing to resume", paths.root.name, status)
+            return TrainResult(NOTHING_TO_DO, paths.root, summary)
+        index = _load_index(paths)
         device = setup_devices(cfg.train)
         state = read_state(paths)
-        run_info = json.loads((paths.root / "run.json").read_text(encoding="utf-8"))
+        run_info = _run_info(cfg, paths)
         _log_device(device, cfg)
-        if state is None:
-            log.info("resuming %s from the start: no epoch was completed", paths.root.name)
-            keras.utils.set_random_seed(cfg.train.seed)
-            with device.scope():
-                model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
-                set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
-            state = new_state(cfg)
-        else:
-            sync(paths, state)  # repair anything a crash between commit and sync left behind
-            log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch,
-                     state.epochs, state.best_epoch)
-            keras.utils.set_random_seed(cfg.train.seed + state.epoch)
-            with device.scope():
-                model = keras.saving.load_model(paths.checkpoint(state.epoch), compile=True, safe_mode=True)
+        model, state = _model_to_resume(cfg, paths, index, device, state)
         run_info["resumed"].append({"at": _now(), "after_epoch": state.epoch})
         write_json(paths.root / "run.json", run_info)
         return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _model_to_resume(cfg: Config, paths: RunPaths, index: DatasetIndex, device, state: TrainState | None):
+    """(model, state) to continue from: the committed checkpoint, or a new model when no epoch was completed."""
+    if state is None:
+        log.info("resuming %s from the start: no epoch was completed", paths.root.name)
+        keras.utils.set_random_seed(cfg.train.seed)
+        with device.scope():
+            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+            set_up_phase(model, cfg, plan_phases(cfg)[0], _n_train(index), len(index.classes))
+        return model, new_state(cfg)
+    sync(paths, state)  # repair anything a crash between commit and sync left behind
+    log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch, state.epochs,
+             state.best_epoch)
+    keras.utils.set_random_seed(cfg.train.seed + state.epoch)
+    with device.scope():
+        model = load_checkpoint(paths.checkpoint(state.epoch))
+    return model, state
 
 
 def _log_device(device, cfg: Config) -> None:
@@ -565,32 +483,30 @@ def _log_device(device, cfg: Config) -> None:
 
 def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device,
                     state: TrainState, run_info: dict, t_start: float) -> TrainResult:
-    stopped_by, train_s, inputs = None, 0.0, {}
+    outcome = FitOutcome()
     if state.epoch < state.epochs and not state.stopped_early:
         with device.scope():
-            stopped_by, train_s, inputs = _fit(cfg, index, model, paths, state)
+            outcome = _fit(cfg, index, model, paths, state)
     log.debug("training finished; writing the summary")
-    summary = _summary(cfg, index, model, device, state, run_info, stopped_by, train_s, t_start)
-    summary["input"] = next(iter(inputs.values()), None)  # what fed the first phase this session trained
-    summary["phases"] = _phase_summary(cfg, state, inputs)
+    summary = _summary(cfg, index, model, device, state, run_info, outcome, t_start)
+    summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
+    summary["phases"] = _phase_summary(cfg, state, outcome.inputs)
     weights = class_weights(cfg, index)
     summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
     summary["run"] = paths.root.name
+    if outcome.diverged is not None:
+        summary["promotion"] = {"promoted": False, "applied": True,
+                                "reason": f"training diverged: {outcome.diverged.what}"}
+    elif not outcome.stopped_by and device.is_chief:
+        summary["promotion"] = dict(PENDING)  # finish() decides; a kill from here on is finished by --resume
     write_json(paths.summary, summary)
     _plot_curves(paths, state, summary["monitor"])
-    if stopped_by:
-        raise _interrupted(paths, state, stopped_by)
-    point(paths.root.parent / LATEST, paths.root.name)
-    b = state.best
-    log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], b[summary["monitor"]],
-             b["epoch"], state.epoch, paths.best)
-    if not device.is_chief:  # a multi-worker job's other workers: the chief decides
-        return TrainResult(TRAINED, paths.root, summary)
-    summary["promotion"] = decide(cfg, paths, index, state.best)
-    summary["timings"]["peak_rss_mib"] = peak_rss_mib()  # the whole process, promotion's evaluation included
-    write_json(paths.summary, summary)
-    if cfg.output.keep is not None:
-        prune(paths.root.parent, cfg.output.keep, paths.root.name)
+    if outcome.stopped_by:
+        raise _interrupted(paths, state, outcome.stopped_by)
+    if outcome.diverged is not None:
+        phase = plan_phases(cfg)[state.phase_index]
+        raise diverged_error(paths, summary["health"], phase.learning_rate, phase.auto_rate)
+    summary = finish(cfg, paths, index, summary, state.best, chief=device.is_chief)
     return TrainResult(TRAINED, paths.root, summary)
 
 
@@ -599,7 +515,8 @@ def _phase_summary(cfg: Config, state: TrainState, inputs: dict) -> list[dict]:
     for phase in plan_phases(cfg):
         ran = [r["epoch"] for r in state.rows if r.get("phase", 1) == phase.number]
         out.append({"phase": phase.number, "frozen_blocks": list(phase.frozen_blocks),
-                    "learning_rate": phase.learning_rate, "epochs_planned": phase.epochs,
+                    "learning_rate": phase.learning_rate, "learning_rate_auto": phase.auto_rate,
+                    "epochs_planned": phase.epochs,
                     "epochs": [ran[0], ran[-1]] if ran else None, "input": inputs.get(phase.number)})
     return out
 
@@ -697,13 +614,22 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
     return InputPlan(source, fit_model, info, ids[:n_train], ids[n_train:], labels)
 
 
-def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState):
-    """Train epochs state.epoch .. epochs-1, phase by phase. Returns (signal name or None, seconds, what fed each
-    phase that ran: {phase number: input description})."""
+@dataclass
+class FitOutcome:
+    """How a session's training ended: a signal (``stopped_by``), divergence, or neither (all epochs ran)."""
+    stopped_by: str | None = None
+    seconds: float = 0.0
+    inputs: dict = field(default_factory=dict)  # {phase number: what fed it}
+    health: HealthRecord = field(default_factory=HealthRecord)
+    diverged: Diverged | None = None
+
+
+def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState) -> FitOutcome:
+    """Train epochs state.epoch .. epochs-1, phase by phase, watching the run's health (vgg_cli.health)."""
     phases = plan_phases(cfg)
     stopper = StopOnSignal()
     t0 = time.perf_counter()
-    stopped_by, inputs = None, {}
+    out = FitOutcome()
     # the phase the model is set up for: a new run's or a checkpoint's (its trainable flags and optimizer)
     configured = state.rows[-1].get("phase", 1) if state.rows else 1
     weights = class_weights(cfg, index)
@@ -719,16 +645,22 @@ def _fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, 
                     configured = phase.number
                 if len(phases) > 1:
                     log.info("%s (epochs %d-%d)", phase.describe(), state.phase_start(i) + 1, state.phase_ends[i])
-                inputs[phase.number] = _fit_phase(cfg, index, model, paths, state, phase, stopper, weights)
+                out.inputs[phase.number] = _fit_phase(cfg, index, model, paths, state, phase, stopper, weights,
+                                                      out.health)
         except _Stop as e:
-            stopped_by = str(e)
+            out.stopped_by = str(e)
         except KeyboardInterrupt:
-            stopped_by = stopper.signal_name or "SIGINT"
-    return stopped_by, time.perf_counter() - t0, inputs
+            out.stopped_by = stopper.signal_name or "SIGINT"
+        except Diverged as e:
+            out.diverged = e
+            out.health.status = "diverged"
+            out.health.diverged = {"epoch": e.epoch, "what": e.what, "kept_epoch": state.epoch}
+    out.seconds = time.perf_counter() - t0
+    return out
 
 
 def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState,
-               phase: Phase, stopper: StopOnSignal, weights: dict[int, float] | None) -> dict:
+               phase: Phase, stopper: StopOnSignal, weights: dict[int, float] | None, health: HealthRecord) -> dict:
     """Fit the rest of one phase (to state.phase_ends[phase]); returns the input description."""
     from vgg_cli.data.pipeline import close_batches, eval_batches, train_batches
 
@@ -745,10 +677,16 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunP
                         "training metrics")
         monitor = Monitor(cfg.train.monitor, has_val=val_ds is not None)
         steps = steps_per_epoch(len(plan.train_ids), bs)
-        callbacks: list = [stopper, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
+        baseline = Baseline.of(plan.labels[plan.train_ids], plan.labels[plan.val_ids], len(index.classes),
+                               cfg.train.label_smoothing)
+        checker = HealthCheck(baseline, health, phase.learning_rate, phase.auto_rate, has_val=val_ds is not None)
+        if not health.replayed and state.rows:
+            checker.replay(state.rows)  # a resumed run: the epochs before this session count too
+        health.replayed = True
+        callbacks: list = [stopper, checker, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
                                                 len(plan.train_ids), save_model=model, phase=phase.number)]
         if sys.stderr.isatty():
-            callbacks.insert(1, ProgressBar(state.epochs, steps, bs))
+            callbacks.insert(2, ProgressBar(state.epochs, steps, bs))
         if cfg.output.tensorboard and EpochScalars.available():
             callbacks.append(EpochScalars(paths.tensorboard))
         elif cfg.output.tensorboard and phase.number == 1:
@@ -817,11 +755,14 @@ def _keras_multi_worker_fixes(plan: InputPlan, weighted: bool):
 
 
 def _summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state: TrainState, run_info: dict,
-             stopped_by: str | None, train_s: float, t_start: float) -> dict:
+             outcome: FitOutcome, t_start: float) -> dict:
     n_train = sum(1 for e in index.files if e.split == TRAIN)
     n_val = len(index.files) - n_train
     has_val = n_val > 0
-    if stopped_by:
+    stopped_by, train_s = outcome.stopped_by, outcome.seconds
+    if outcome.diverged is not None:
+        status = DIVERGED
+    elif stopped_by:
         status = INTERRUPTED
     else:
         status = "early_stopped" if state.stopped_early else "finished"
@@ -835,6 +776,7 @@ def _summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state
         "monitor": Monitor(cfg.train.monitor, has_val).name,
         "best": state.best,
         "final": state.rows[-1] if state.rows else None,
+        "health": outcome.health.to_dict(),
         "classes": index.classes,
         "counts": index.counts(),
         "images": {"train": n_train, "val": n_val, "skipped": len(index.skipped)},

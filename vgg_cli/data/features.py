@@ -15,6 +15,7 @@ renamed; an entry that cannot be read back (e.g. after a crash) is computed agai
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -30,6 +31,7 @@ import numpy as np
 from vgg_cli.data.images import DECODER_VERSION
 from vgg_cli.data.pipeline import batch_buffer, decode_workers, load_or_fail, prefetch_batches
 from vgg_cli.device import peak_rss_mib
+from vgg_cli.errors import ArtifactIOError
 
 log = logging.getLogger("vgg")
 FORMAT = "vgg-features-1"
@@ -90,15 +92,21 @@ class FeatureStore:
 
     def save(self, sha1: str, arr: np.ndarray) -> None:
         target = self.path(sha1)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sha1}.", suffix=".tmp", dir=target.parent)
+        tmp = None
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{sha1}.", suffix=".tmp", dir=target.parent)
             with os.fdopen(fd, "wb") as f:
                 np.save(f, np.ascontiguousarray(arr, dtype=self.dtype), allow_pickle=False)
             os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        except BaseException as e:
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            if isinstance(e, OSError):
+                why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+                raise ArtifactIOError(f"could not write the feature cache in {str(self.dir)!r}: {why}; free space, "
+                                      f"point cache.dir at a disk with room, or set cache.features=off") from None
             raise
 
 
