@@ -242,6 +242,6 @@ def test_finetune_config_errors():
     code, _, err = run_cli(["config", "show", "train.schedule.name=linear"])
     assert code == 78 and "train.schedule.name" in err
     code, _, err = run_cli(["config", "show", "train.class_weight={red: 0}"])
-    assert code == 78 and "weights must be > 0" in err
+    assert code == 78 and "weights must be finite numbers > 0" in err
     code, _, _ = run_cli(["config", "show", "finetune.unfreeze_blocks=[3]", "model.freeze_blocks=[1,2]"])
     assert code == 0  # no phase 2: nothing to check

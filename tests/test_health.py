@@ -44,6 +44,8 @@ def test_nan_loss_stops_the_run_marks_it_and_never_promotes(tmp_path, data):
     # nothing can make it production or resume it into one
     code, _, err = run_cli(["train", "--resume", f"output.dir={runs}"])
     assert code == 66 and "no unfinished run" in err
+    code, _, err = run_cli(["train", "--resume", str(runs / "nan")])
+    assert code == 4 and "diverged (epoch 1 ended with loss nan, val_loss nan) and is not resumed" in err
     code, _, err = run_cli(["promote", "nan", "--runs-dir", str(runs)])
     assert code == 64 and "diverged, not finished" in err
 

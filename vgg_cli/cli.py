@@ -148,17 +148,22 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
         raise
     code = EXIT_NOT_PROMOTED if result.promoted is False else 0
     if as_json:
-        s = result.summary
-        _echo_json({"status": result.status, "exit_code": code, "run": str(result.run_dir.resolve()),
-                    "promoted": result.promoted, "promotion": s.get("promotion") if result.status == "trained" else None,
-                    "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
-                    "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
-                    "fingerprint": s.get("fingerprint")})
+        _echo_json(_train_json(result, code))
     elif result.status == t.WORKER_DONE:  # a multi-worker job's other worker: the chief prints the run
         click.echo(f"worker done: the chief wrote the run in {result.run_dir}", err=True)
     else:
         click.echo(str(result.run_dir))
     return code  # the "not promoted: ..." reason was logged by the decision itself
+
+
+def _train_json(result, code: int) -> dict:
+    """`vgg train --json`'s one line."""
+    s = result.summary
+    return {"status": result.status, "exit_code": code, "run": str(result.run_dir.resolve()),
+            "promoted": result.promoted, "promotion": s.get("promotion") if result.status == "trained" else None,
+            "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
+            "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
+            "fingerprint": s.get("fingerprint"), "health": (s.get("health") or {}).get("status")}
 
 
 @contextlib.contextmanager

@@ -461,8 +461,24 @@ def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=Non
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     if optimizer is None:
+        if learning_rate is None and train_cfg.optimizer.learning_rate == "auto":
+            learning_rate = auto_rate_of(model)
         optimizer = make_optimizer(train_cfg.optimizer, learning_rate)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+
+def auto_rate_of(model: keras.Model) -> float:
+    """train.optimizer.learning_rate: auto for a model as it is now: the backbone rate when any of its conv
+    layers is trainable, else the head-only rate (``config.auto_learning_rate`` decides the same from a config)."""
+    from vgg_cli.config import AUTO_RATE_BACKBONE, AUTO_RATE_HEAD_ONLY
+
+    def layers_of(layer):
+        yield layer
+        for sub in getattr(layer, "layers", []):
+            yield from layers_of(sub)
+
+    conv_trains = any(isinstance(x, layers.Conv2D) and x.trainable for x in layers_of(model))
+    return AUTO_RATE_BACKBONE if conv_trains else AUTO_RATE_HEAD_ONLY
 
 
 # ------------------------------------------------------------------------------------------------ reading back

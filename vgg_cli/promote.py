@@ -174,25 +174,34 @@ def judge(cfg, paths: RunPaths, index, best: dict | None = None) -> dict:
         if not cfg.promote.allow_class_change:
             reasons.append(f"{text}; set promote.allow_class_change=true to promote it")
     elif compare:
-        old = _evaluate_production(prod, files, truth, cfg.train.batch_size)
-        if old is None:
-            record["production_unreadable"] = "its model could not be loaded"
-        else:
-            record["production_accuracy"] = round(old["accuracy"], 6)
-            if new["accuracy"] < old["accuracy"]:
-                reasons.append(f"accuracy {new['accuracy']:.4f} is below production {prod.name}'s "
-                               f"{old['accuracy']:.4f} on the same {new['images']} images")
+        reasons += _against_production(record, prod, new, files, truth, cfg.train.batch_size)
     record["promoted"] = not reasons
-    if reasons:
-        record["reason"] = "; ".join(reasons)
-    elif "production_accuracy" not in record:  # nothing to compare with: no, an unreadable or another-class production
-        why = ("no production model yet" if prod is None else f"production {prod.name} is unreadable"
-               if "production_unreadable" in record else "classes changed, allowed by promote.allow_class_change")
-        record["reason"] = f"{why}; accuracy {new['accuracy']:.4f} clears {rule}"
-    else:
-        record["reason"] = (f"accuracy {new['accuracy']:.4f} is at least production {prod.name}'s "
-                            f"{record['production_accuracy']:.4f} on the same {new['images']} images")
+    record["reason"] = "; ".join(reasons) if reasons else _why_promoted(record, prod, new["accuracy"], rule)
     return record
+
+
+def _against_production(record: dict, prod: Path, new: dict, files: list[str], truth: list[str],
+                        batch_size: int) -> list[str]:
+    """Score production on the same images into ``record``; the reason against the new model, if any."""
+    old = _evaluate_production(prod, files, truth, batch_size)
+    if old is None:
+        record["production_unreadable"] = "its model could not be loaded"
+        return []
+    record["production_accuracy"] = round(old["accuracy"], 6)
+    if new["accuracy"] < old["accuracy"]:
+        return [f"accuracy {new['accuracy']:.4f} is below production {prod.name}'s {old['accuracy']:.4f} on the "
+                f"same {new['images']} images"]
+    return []
+
+
+def _why_promoted(record: dict, prod: Path | None, accuracy: float, rule: str) -> str:
+    if "production_accuracy" in record:
+        return (f"accuracy {accuracy:.4f} is at least production {prod.name}'s {record['production_accuracy']:.4f} "
+                f"on the same {record['evaluated_on']['images']} images")
+    # nothing to compare with: no production, an unreadable one, or one with other classes (allowed)
+    why = ("no production model yet" if prod is None else f"production {prod.name} is unreadable"
+           if "production_unreadable" in record else "classes changed, allowed by promote.allow_class_change")
+    return f"{why}; accuracy {accuracy:.4f} clears {rule}"
 
 
 def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_size: int) -> dict | None:

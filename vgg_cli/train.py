@@ -31,7 +31,8 @@ from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, pr
                                scan)
 from vgg_cli.device import (in_distribution_scope, in_multi_worker_scope, peak_rss_mib, setup_devices,
                             worker_role)
-from vgg_cli.errors import ArtifactIOError, ConfigError, DataError, InterruptedRun, NoInputError
+from vgg_cli.errors import (ArtifactIOError, ConfigError, DataError, InterruptedRun, NoInputError,
+                            TrainingDiverged)
 from vgg_cli.finish import PENDING, diverged_error, finish
 from vgg_cli.health import Baseline, Diverged, HealthCheck, HealthRecord
 from vgg_cli.model import (apply_freeze, backbone_of, build_model, check_weights_available, compile_model,
@@ -434,6 +435,11 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
             state = read_state(paths)
             summary = finish(cfg, paths, _load_index(paths), summary, state.best if state else None)
             return TrainResult(TRAINED, paths.root, summary)
+        if status == DIVERGED:
+            d = (summary.get("health") or {}).get("diverged") or {}
+            raise TrainingDiverged(f"run {paths.root.name} diverged ({d.get('what', 'non-finite numbers')}) and is "
+                                   f"not resumed: it would diverge again; start a new run with a lower "
+                                   f"train.optimizer.learning_rate (or auto)")
         if status not in (None, INTERRUPTED):
             log.info("run %s already finished (%s): nothing to resume", paths.root.name, status)
             return TrainResult(NOTHING_TO_DO, paths.root, summary)
