@@ -271,6 +271,8 @@ def test_symlinks_never_loop_cross_classes_or_walk_twice(tmp_path):
     assert "another part of the dataset" in left_out.pop("red/sub/other/")
     assert list(left_out) == ["green/" + "/".join(f"d{i}" for i in range(33)) + "/"]
     assert "more than 32 folder levels" in left_out.popitem()[1]
+    code, out, _ = run_cli(["check", str(root), f"output.dir={tmp_path / 'runs'}"])  # the dataset doctor says so
+    assert code == 65 and "5 folder(s) not walked" in out and "not walked: red/sub/other/: " in out
     assert tree_hashes(root) == before
 
 

@@ -34,8 +34,11 @@ def report(index: DatasetIndex, min_side: int) -> dict:
             cross_split.append(paths)
     small = sorted(f"{path} ({w}x{h})" for (source, path), (w, h) in index.dims.items() if min(w, h) < min_side)
     errors, warnings = [], []
-    if index.skipped:
-        errors.append(f"{len(index.skipped)} unreadable file(s)")
+    folders = [x for x in index.skipped if x["path"].endswith("/")]  # folder links left out (see scan's link rule)
+    if len(index.skipped) > len(folders):
+        errors.append(f"{len(index.skipped) - len(folders)} unreadable file(s)")
+    if folders:
+        errors.append(f"{len(folders)} folder(s) not walked (links to a loop or another class, or too deep)")
     if index.excluded_classes:
         warnings.append(f"{len(index.excluded_classes)} class folder(s) left out")
     if cross_class:
@@ -64,7 +67,7 @@ def format_report(r: dict) -> str:
     for c in r["classes"]:
         lines.append(f"  {c:<{width}}  {r['counts'][c][TRAIN]:>6}  {r['counts'][c][VAL]:>5}")
     for s in r["skipped"]:
-        lines.append(f"unreadable: {s['path']}: {s['reason']}")
+        lines.append(f"{'not walked' if s['path'].endswith('/') else 'unreadable'}: {s['path']}: {s['reason']}")
     for c in r["excluded_classes"]:
         lines.append(f"left out: class {c['class']!r}: {c['reason']}")
     for group in r["duplicates_across_classes"]:
