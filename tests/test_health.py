@@ -59,6 +59,7 @@ def test_divergence_keeps_the_last_good_epoch(tmp_path, data):
     assert code == 4, err
     result = json.loads(out)
     assert result["status"] == "error" and result["exit_code"] == 4 and "diverged" in result["error"]
+    assert "lower finetune.learning_rate (now 1e+30; try 1e+29)" in result["error"]  # phase 2's own rate
     run = runs / "two"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["epochs_run"] == 2

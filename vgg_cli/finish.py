@@ -63,9 +63,9 @@ def finish(cfg, paths: RunPaths, index, summary: dict, best: dict | None, chief:
     return summary
 
 
-def diverged_error(paths: RunPaths, health: dict, rate: float, auto_rate: bool) -> TrainingDiverged:
+def diverged_error(paths: RunPaths, health: dict, rate: float, auto_rate: bool, phase: int = 1) -> TrainingDiverged:
     d = health["diverged"]
     kept = (f"{paths.best} holds the best of epochs 1-{d['kept_epoch']}" if d["kept_epoch"] else
             "no epoch finished, so there is no model")
     return TrainingDiverged(f"training diverged: {d['what']}; stopped, the run {paths.root} is marked diverged and "
-                            f"not promoted ({kept}); {rate_advice(rate, auto_rate)}")
+                            f"not promoted ({kept}); {rate_advice(rate, auto_rate, phase)}")

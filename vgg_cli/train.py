@@ -511,7 +511,7 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
         raise _interrupted(paths, state, outcome.stopped_by)
     if outcome.diverged is not None:
         phase = plan_phases(cfg)[state.phase_index]
-        raise diverged_error(paths, summary["health"], phase.learning_rate, phase.auto_rate)
+        raise diverged_error(paths, summary["health"], phase.learning_rate, phase.auto_rate, phase.number)
     summary = finish(cfg, paths, index, summary, state.best, chief=device.is_chief)
     return TrainResult(TRAINED, paths.root, summary)
 
@@ -685,7 +685,8 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunP
         steps = steps_per_epoch(len(plan.train_ids), bs)
         baseline = Baseline.of(plan.labels[plan.train_ids], plan.labels[plan.val_ids], len(index.classes),
                                cfg.train.label_smoothing)
-        checker = HealthCheck(baseline, health, phase.learning_rate, phase.auto_rate, has_val=val_ds is not None)
+        checker = HealthCheck(baseline, health, phase.learning_rate, phase.auto_rate, has_val=val_ds is not None,
+                              phase=phase.number)
         if not health.replayed and state.rows:
             checker.replay(state.rows)  # a resumed run: the epochs before this session count too
         health.replayed = True
