@@ -32,6 +32,7 @@ from vgg_cli.data.images import DECODER_VERSION
 from vgg_cli.data.pipeline import batch_buffer, decode_workers, load_or_fail, prefetch_batches
 from vgg_cli.device import peak_rss_mib
 from vgg_cli.errors import ArtifactIOError
+from vgg_cli.progress import Progress
 
 log = logging.getLogger("vgg")
 FORMAT = "vgg-features-1"
@@ -159,7 +160,8 @@ class FeatureSource:
         log.info("computing frozen-prefix features of %d images (%d already cached)", len(missing), self.reused)
         todo = [first_path[s] for s in missing]
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="vgg-decode") as pool:
+        with ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="vgg-decode") as pool, \
+                Progress(len(todo), "computing features") as progress:
             load = functools.partial(load_or_fail, size=image_size)
             for start, arrays in prefetch_batches(todo, load, batch_size, pool):
                 if stop_check is not None:
@@ -171,6 +173,7 @@ class FeatureSource:
                     if s < self.ram_items:
                         self._ram[s] = f
                     self.computed += 1
+                progress.update(len(feats))
         dt = time.perf_counter() - t0
         log.info("features computed in %.1fs (%.1f img/s)", dt, len(missing) / dt if dt > 0 else 0.0)
         log.debug("peak RSS after the feature pass: %s MiB", peak_rss_mib())
