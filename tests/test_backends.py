@@ -137,3 +137,36 @@ def test_generator_pipeline_raises_the_sources_error_and_stops_its_thread(monkey
     next(stopped)
     pipeline.close_batches(stopped)  # a consumer that stops early (fit interrupted) leaves no thread behind
     assert not any(t.name == "vgg-batches" and t.is_alive() for t in threading.enumerate())
+
+
+def test_jax_compile_cache_makes_the_second_identical_run_load_instead_of_compile(tmp_path, colour_data):
+    """JAX compiles on CPU too: the second run of the same model hits the persistent cache (issue 16)."""
+    pytest.importorskip("jax")
+    runs = tmp_path / "runs"
+    args = ["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=2",
+            "output.tensorboard=false", "promote.min_accuracy=0", "--json"]
+    env_free = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    caches = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", WITHOUT_TF, *args], capture_output=True, text=True, timeout=600,
+                           env={**env_free, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+        assert p.returncode == 0, p.stderr[-3000:]
+        caches.append(json.loads((Path(json.loads(p.stdout)["run"]) / "summary.json").read_text())
+                      ["device"]["compile_cache"])
+    first, second = caches
+    assert first["dir"] == second["dir"] == str(runs / ".cache" / "jax") and first["source"] == "output.dir"
+    assert first["max_mb"] == 2048
+    assert first["misses"] > 0 and first["compile_s"] > 0
+    # what the first run compiled, the second loads (a program the first compiled twice is one entry)
+    assert second["hits"] >= 0.9 * first["misses"] and second["misses"] <= first["misses"] // 10
+    assert second["compile_s"] < first["compile_s"]
+    assert any((runs / ".cache" / "jax").glob("*-cache"))
+    # a user's own cache folder wins, and vgg leaves it unbounded
+    own = tmp_path / "own-cache"
+    p = subprocess.run([sys.executable, "-c", WITHOUT_TF, *args], capture_output=True, text=True, timeout=600,
+                       env={**env_free, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+                            "JAX_COMPILATION_CACHE_DIR": str(own)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    third = json.loads((Path(json.loads(p.stdout)["run"]) / "summary.json").read_text())["device"]["compile_cache"]
+    assert third["dir"] == str(own) and third["source"] == "JAX_COMPILATION_CACHE_DIR" and third["max_mb"] is None
+    assert third["misses"] > 0 and any(own.glob("*-cache"))

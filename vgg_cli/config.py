@@ -228,6 +228,7 @@ class CacheConfig(_Section):
     ram_mb: int = Field(ge=0)
     dir: str | None
     disk_mb: int = Field(ge=1)
+    compile_mb: int = Field(ge=1)
 
     @field_validator("features", "images", mode="before")
     @classmethod

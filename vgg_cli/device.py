@@ -79,6 +79,7 @@ class DeviceInfo:
     worker: int = 0  # this process's index among the workers (multi_worker), 0 = the chief
     workers: int = 1
     strategy: object = field(default=None, repr=False, compare=False)
+    compile_cache: object = field(default=None, repr=False, compare=False)  # compile_cache.CompileCacheStats
 
     @property
     def is_chief(self) -> bool:
@@ -94,6 +95,7 @@ class DeviceInfo:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("strategy")
+        d["compile_cache"] = self.compile_cache.to_dict() if self.compile_cache is not None else None
         return d
 
 
@@ -267,11 +269,17 @@ def _torch_gpus() -> list[Gpu]:
             for i in range(torch.cuda.device_count())]
 
 
-def setup_devices(train_cfg) -> DeviceInfo:
-    """Choose GPUs, enable memory growth and set the global Keras dtype policy."""
+def setup_devices(train_cfg, compile_cache_dir=None, compile_cache_mb: int = 2048) -> DeviceInfo:
+    """Choose GPUs, enable memory growth and set the global Keras dtype policy; on JAX, with
+    ``compile_cache_dir``, turn on the persistent compilation cache (``vgg_cli.compile_cache``) first."""
     import keras
 
     backend = keras.backend.backend()
+    cache = None
+    if compile_cache_dir is not None:
+        from vgg_cli.compile_cache import enable
+
+        cache = enable(compile_cache_dir, compile_cache_mb)
     gpus: list[Gpu] = []
     if backend == "tensorflow":
         gpus = _tf_gpus(train_cfg.gpus)
@@ -286,7 +294,7 @@ def setup_devices(train_cfg) -> DeviceInfo:
     keras.mixed_precision.set_global_policy(policy)
     info = DeviceInfo(backend=backend,
                       gpus=[{"name": g.name, "compute_capability": g.compute_capability} for g in gpus],
-                      precision=policy, note=note)
+                      precision=policy, note=note, compile_cache=cache)
     import os
 
     cluster = cluster_of(os.environ.get("TF_CONFIG")) if backend == "tensorflow" else None

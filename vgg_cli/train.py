@@ -282,7 +282,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, previous_spli
     cfg = _resolve_warm_start(cfg)
     if cfg.data.val_dir is not None:
         require_dir(cfg.data.val_dir, "data.val_dir")
-    device = setup_devices(cfg.train)
+    device = setup_devices(cfg.train, *_compile_cache(cfg))
     if not if_changed:
         check_run_name_free(Path(cfg.output.dir), cfg.output.name)  # fail fast, before a long scan
         check_weights_available(cfg.model)  # (a skipped run needs neither)
@@ -444,7 +444,7 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: _EarlyLog | Non
             log.info("run %s already finished (%s): nothing to resume", paths.root.name, status)
             return TrainResult(NOTHING_TO_DO, paths.root, summary)
         index = _load_index(paths)
-        device = setup_devices(cfg.train)
+        device = setup_devices(cfg.train, *_compile_cache(cfg))
         state = read_state(paths)
         run_info = _run_info(cfg, paths)
         _log_device(device, cfg)
@@ -475,8 +475,16 @@ def _model_to_resume(cfg: Config, paths: RunPaths, index: DatasetIndex, device, 
     return model, state
 
 
+def _compile_cache(cfg: Config) -> tuple[Path, int]:
+    """Where the JAX compile cache lives (unless JAX_COMPILATION_CACHE_DIR says) and its size cap."""
+    return Path(cfg.output.dir) / ".cache" / "jax", cfg.cache.compile_mb
+
+
 def _log_device(device, cfg: Config) -> None:
     log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
+    if device.compile_cache is not None:
+        c = device.compile_cache
+        log.info("compile cache %s (%s)", c.dir, f"at most {c.max_mb} MiB" if c.max_mb else "not bounded by vgg")
     if device.distribute != "none":
         per = cfg.train.batch_size / device.replicas
         log.info("distribution: %s, %d replicas (%s); global batch %d, about %.3g per replica; learning rate as "
