@@ -20,11 +20,19 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT, EXIT_NOT_PROMOTED, EXIT_TEMP
 OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs=3 (values parsed as YAML)."
 
 
-def load_frameworks() -> None:
-    """Import Keras (and its backend) once, keeping TensorFlow's native start-up chatter out of the terminal and
-    cron logs. TensorFlow 2.21 prints some of it even at TF_CPP_MIN_LOG_LEVEL=3, so fd 2 is closed off during the
-    import; set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see it."""
+def load_frameworks(backend: str = "auto") -> None:
+    """Import Keras once, on the backend ``vgg_cli.backend`` chooses (KERAS_BACKEND wins, else ``backend``, a
+    train.backend value), keeping TensorFlow's native start-up chatter out of the terminal and cron logs.
+    TensorFlow 2.21 prints some of it even at TF_CPP_MIN_LOG_LEVEL=3, so fd 2 is closed off during the import;
+    set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see it."""
     if "keras" in sys.modules:
+        return
+    from vgg_cli.backend import apply
+
+    why = apply(backend)
+    logging.getLogger("vgg").debug("Keras backend: %s (%s)", os.environ["KERAS_BACKEND"], why)
+    if os.environ["KERAS_BACKEND"] != "tensorflow":
+        import keras  # noqa: F401
         return
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
         import keras  # noqa: F401
@@ -133,7 +141,7 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
         # The lock before the framework: a second run on the same output.dir exits 75 at once, not after Keras'
         # seconds of start-up. A multi-worker job's workers decide who locks once the backend knows its role.
         with _early_lock(run_dir.parent if run_dir else Path(cfg.output.dir), cfg, command):
-            load_frameworks()
+            load_frameworks(_run_backend(run_dir) if run_dir is not None else cfg.train.backend)
             from vgg_cli import train as t
 
             # stdout carries only the result; anything a library prints goes to stderr.
@@ -154,6 +162,19 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     else:
         click.echo(str(result.run_dir))
     return code  # the "not promoted: ..." reason was logged by the decision itself
+
+
+def _run_backend(run_dir) -> str:
+    """The train.backend a run to resume was started with (its config.yaml; auto when it predates the key)."""
+    import yaml
+
+    from vgg_cli.config import yaml_load
+
+    try:
+        tree = yaml_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+        return str(tree["train"].get("backend", "auto"))
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return "auto"  # a damaged config.yaml is reported by the resume itself
 
 
 def _train_json(result, code: int) -> dict:
@@ -398,7 +419,7 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
         raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
     cfg = load_config(config_path, overrides)
     _setup_logging(verbose)
-    load_frameworks()
+    load_frameworks(cfg.train.backend)
     from vgg_cli.lrfind import lr_find as run_lr_find
 
     with contextlib.redirect_stdout(sys.stderr):

@@ -155,6 +155,7 @@ class TrainConfig(_Section):
     mixed_precision: Literal["auto", "on", "off"]
     gpus: list[int] | None
     distribute: Literal["auto", "none", "mirrored", "multi_worker"]
+    backend: Literal["auto", "tensorflow", "jax", "torch"]
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -148,6 +148,8 @@ def config_digest(cfg: Config) -> str:
     d = cfg.to_dict()
     d.pop("output", None)
     d.pop("cache", None)
+    if d["train"].get("backend") == "auto":  # (the key came later: runs from before it keep their digest)
+        d["train"].pop("backend")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,0 +1,61 @@
+"""Which Keras backend runs: chosen before Keras is imported, from what is installed (package metadata only, so
+``vgg --help`` stays instant). ``KERAS_BACKEND``, when set, always wins; else ``train.backend`` (train and
+lr-find) or ``auto``:
+
+1. ``jax`` when a CUDA build of JAX is installed (a ``jax-cuda*-plugin`` package, as ``pip install
+   'vgg-cli[gpu]'`` brings): the GPU path measured fastest (issue 16);
+2. else ``tensorflow`` when it is installed (the default install; ``'.[cuda]'`` is TensorFlow's own GPU build);
+3. else ``jax``, else ``torch``, whichever is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+from vgg_cli.errors import UnavailableError
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _cuda_jax() -> bool:
+    return any(_installed(f"jax-cuda{v}-plugin") for v in (12, 13))
+
+
+def choose(setting: str = "auto", installed=_installed, cuda_jax=_cuda_jax) -> tuple[str, str]:
+    """(backend, why); pure given ``installed`` and ``cuda_jax`` (tests pass fakes)."""
+    env = os.environ.get("KERAS_BACKEND", "").strip()
+    if env:
+        why = "KERAS_BACKEND" + (f" (over train.backend={setting})" if setting not in ("auto", env) else "")
+        return env, why
+    if setting != "auto":
+        if not installed(setting):
+            extra = {"jax": "'vgg-cli[jax]' (or '[gpu]' for CUDA)", "torch": "torch"}.get(setting, setting)
+            raise UnavailableError(f"train.backend={setting}: {setting} is not installed; pip install {extra}, "
+                                   f"or set train.backend=auto")
+        return setting, f"train.backend={setting}"
+    if cuda_jax() and installed("jax"):
+        return "jax", "auto: a CUDA build of JAX is installed"
+    for name in BACKENDS:
+        if installed(name):
+            return name, f"auto: {name} is installed" + ("" if name == "tensorflow" else " (TensorFlow is not)")
+    raise UnavailableError("no Keras backend is installed: pip install tensorflow (or 'vgg-cli[jax]')")
+
+
+def apply(setting: str = "auto") -> str:
+    """Set KERAS_BACKEND for the Keras import to come (a no-op when Keras is already imported); returns why."""
+    import sys
+
+    if "keras" in sys.modules:
+        return "Keras was already imported"
+    name, why = choose(setting)
+    os.environ["KERAS_BACKEND"] = name
+    return why
