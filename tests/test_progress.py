@@ -8,20 +8,30 @@ import re
 from tests.conftest import SIZE, make_colour_dataset, run_cli
 
 
-def test_plain_lines_are_throttled_and_carry_count_and_rate(caplog):
+def test_plain_lines_are_throttled_and_carry_count_and_rate():
     from vgg_cli.progress import PLAIN_EVERY_S, Progress
 
-    now = [0.0]
-    with caplog.at_level(logging.INFO, logger="vgg"):
-        logging.getLogger("vgg").propagate = True
-        try:
-            with Progress(100, "computing features", tty=False, clock=lambda: now[0]) as p:
-                for _ in range(10):
-                    now[0] += PLAIN_EVERY_S / 4
-                    p.update(10)
-        finally:
-            logging.getLogger("vgg").propagate = False
-    lines = [r.getMessage() for r in caplog.records]
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    now, seen = [0.0], Lines()
+    log = logging.getLogger("vgg")
+    level, log.level = log.level, logging.INFO
+    log.addHandler(seen)
+    try:
+        with Progress(100, "computing features", tty=False, clock=lambda: now[0]) as p:
+            for _ in range(10):
+                now[0] += PLAIN_EVERY_S / 4
+                p.update(10)
+    finally:
+        log.removeHandler(seen)
+        log.level = level
+    lines = [r.getMessage() for r in seen.records]
     # 10 updates of 10 images, a quarter of the interval apart: a line after the 4th and the 8th, none at 100/100
     # (the caller's "features computed in" line says that); 40 images in 15 s = 2.7 img/s
     assert lines == ["computing features: 40/100 img (2.7 img/s, about 22s left)",
