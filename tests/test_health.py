@@ -125,3 +125,12 @@ def test_baseline_and_min_accuracy_rules():
     assert min_accuracy_for("auto", ["a", "a", "b", "c"])[:2] == (0.5, True)
     assert min_accuracy_for("auto", ["a", "a"])[:2] == (1.0, False)  # one class: only perfect counts
     assert min_accuracy_for(0.7, ["a", "b"])[:2] == (0.7, False)
+
+
+def test_advice_fits_what_trains():
+    from vgg_cli.health import rate_advice
+
+    assert rate_advice(0.001, True).startswith("lower train.optimizer.learning_rate (auto chose 0.001; try 0.0001)")
+    head = rate_advice(0.001, True, head_only=True)
+    assert "model.weights=imagenet" in head and "model.head.dropout" in head and "freeze more" not in head
+    assert rate_advice(1e-5, False, phase=2).startswith("lower finetune.learning_rate (now 1e-05; try 1e-06)")

@@ -97,14 +97,18 @@ def non_finite_weights(model: keras.Model) -> list[str]:
     return bad
 
 
-def rate_advice(rate: float, auto: bool, phase: int = 1) -> str:
+def rate_advice(rate: float, auto: bool, phase: int = 1, head_only: bool = False) -> str:
     """What to change, for the rate a phase used: phase 1's is train.optimizer.learning_rate, phase 2's
-    finetune.learning_rate."""
+    finetune.learning_rate. With every conv block frozen, the features are what is fixed: weak ones (random
+    weights) need ImageNet's, more epochs or less dropout more than another rate."""
     lower = f"{rate / 10:g}"
     if phase > 1:
         return (f"lower finetune.learning_rate (now {rate:g}; try {lower}) or unfreeze fewer blocks "
                 f"(finetune.unfreeze_blocks)")
     now = f"auto chose {rate:g}; try {lower}" if auto else f"now {rate:g}; try {lower}, or auto"
+    if head_only:
+        return (f"only the head trains on frozen features: start from model.weights=imagenet, train more epochs, "
+                f"lower model.head.dropout, or lower train.optimizer.learning_rate ({now})")
     return (f"lower train.optimizer.learning_rate ({now}), freeze more blocks (model.freeze_blocks) or start "
             f"from model.weights=imagenet")
 
@@ -113,11 +117,11 @@ class HealthCheck(keras.callbacks.Callback):
     """Applies the two rules above. Must come before the callback that commits epochs (RunRecorder)."""
 
     def __init__(self, baseline: Baseline, record: HealthRecord, rate: float, auto_rate: bool, has_val: bool,
-                 phase: int = 1):
+                 phase: int = 1, head_only: bool = False):
         """``record``: this run's, replayed from the committed epochs (``replay``) when a run resumes."""
         super().__init__()
         self.baseline, self.record, self.rate, self.auto_rate = baseline, record, rate, auto_rate
-        self.phase = phase
+        self.phase, self.head_only = phase, head_only
         self.acc_key = "val_accuracy" if has_val else "accuracy"
         self._checked = 0.0
         self._epoch = 0
@@ -175,6 +179,6 @@ class HealthCheck(keras.callbacks.Callback):
             f"the model is not learning: for {self._run} epochs (up to epoch {epoch}) the training loss stayed above "
             f"{self.baseline.stall_loss:.3f} (guessing the class shares scores {self.baseline.describe_loss()}) or "
             f"{self.acc_key} at or below {self.baseline.chance_accuracy:.3f} (always guessing the most common "
-            f"class); latest loss {loss:.4g}, {self.acc_key} {shown_acc}; {rate_advice(self.rate, self.auto_rate, self.phase)}")
+            f"class); latest loss {loss:.4g}, {self.acc_key} {shown_acc}; {rate_advice(self.rate, self.auto_rate, self.phase, self.head_only)}")
         if not quiet:
             log.warning("warning: %s", self.record.warning)

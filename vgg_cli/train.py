@@ -696,7 +696,7 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunP
         baseline = Baseline.of(plan.labels[plan.train_ids], plan.labels[plan.val_ids], len(index.classes),
                                cfg.train.label_smoothing)
         checker = HealthCheck(baseline, health, phase.learning_rate, phase.auto_rate, has_val=val_ds is not None,
-                              phase=phase.number)
+                              phase=phase.number, head_only=len(phase.frozen_blocks) == 5)
         if not health.replayed and state.rows:
             checker.replay(state.rows)  # a resumed run: the epochs before this session count too
         health.replayed = True
