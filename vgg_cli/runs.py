@@ -346,14 +346,6 @@ def _runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
         os.close(fd)
 
 
-def run_status(run_dir: Path) -> str | None:
-    """summary.json's status, or None when the run has none yet (or it is unreadable: then state.json decides)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def needs_finishing(summary: dict | None) -> bool:
     """A run that trained all its epochs but was stopped before its promotion was decided and carried out."""
     if not isinstance(summary, dict) or summary.get("status") not in ("finished", "early_stopped"):

@@ -348,8 +348,10 @@ def _unfinished_same_job(cfg: Config) -> RunPaths | None:
     if latest.exists() and latest.resolve().stat().st_mtime > candidate.stat().st_mtime:
         return None
     try:
-        info = json.loads((candidate / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        info = read_json(candidate / "run.json", "run info")
+    except (DataError, NoInputError):
+        return None
+    if not isinstance(info, dict):
         return None
     if len(info.get("resumed", [])) >= MAX_AUTO_RESUMES:
         log.warning("not resuming unfinished run %s again: it was resumed %d times without finishing; training a "
