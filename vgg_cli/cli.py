@@ -190,12 +190,11 @@ def _train_json(result, code: int) -> dict:
 @contextlib.contextmanager
 def _early_lock(runs_dir: Path, cfg, command: str):
     """Hold ``<runs_dir>/.lock`` (re-entered, not re-taken, by the training code), except for a multi-worker job."""
-    from vgg_cli.device import cluster_of
+    from vgg_cli.distribute import multi_process_env
     from vgg_cli.runs import runs_lock
 
-    cluster = cluster_of(os.environ.get("TF_CONFIG")) if cfg.train.distribute in ("auto", "multi_worker") else None
-    if cluster is not None and cluster[0] > 1:
-        yield
+    if cfg.train.distribute in ("auto", "multi_worker") and multi_process_env():
+        yield  # the chief locks once it knows it is the chief; the others never lock
         return
     with runs_lock(runs_dir, command) as stale:
         if stale:

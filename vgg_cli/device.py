@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from vgg_cli.errors import ConfigError
 
@@ -75,6 +75,7 @@ class DeviceInfo:
     note: str = ""
     distribute: str = "none"  # none | mirrored | multi_worker
     distribute_note: str = ""
+    engine: str = ""  # what does it: tf.distribute.MirroredStrategy, keras.distribution.DataParallel, ...
     replicas: int = 1
     worker: int = 0  # this process's index among the workers (multi_worker), 0 = the chief
     workers: int = 1
@@ -87,111 +88,17 @@ class DeviceInfo:
         return self.worker == 0
 
     def scope(self):
-        """The distribution strategy's scope (models, optimizers and fit must live in it), else a no-op."""
+        """The tf.distribute strategy's or Keras distribution's scope (models, optimizers and fit live in it), else
+        a no-op."""
         import contextlib
 
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("strategy")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("strategy", "compile_cache")}
+        d["gpus"] = [dict(g) for g in self.gpus]
         d["compile_cache"] = self.compile_cache.to_dict() if self.compile_cache is not None else None
         return d
-
-
-def cluster_of(tf_config: str | None) -> tuple[int, int] | None:
-    """(number of tasks, this task's index with the chief first) from a TF_CONFIG value, as Kubeflow's TFJob sets
-    it; None when there is none. A 'chief' task counts as worker 0 and shifts the workers up by one."""
-    import json
-
-    if not tf_config:
-        return None
-    try:
-        conf = json.loads(tf_config)
-        cluster, task = conf["cluster"], conf.get("task", {})
-        chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
-        kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ConfigError(f"TF_CONFIG is not valid JSON with a 'cluster' and a 'task' ({tf_config[:120]!r}); fix "
-                          f"it or unset it") from None
-    n = len(chiefs) + len(workers)
-    if n == 0 or kind not in ("chief", "worker") or index >= len(cluster.get(kind, [])):
-        raise ConfigError(f"TF_CONFIG: task {kind!r} {index} is not in its cluster {cluster}; fix TF_CONFIG")
-    return n, (index if kind == "chief" else len(chiefs) + index)
-
-
-def select_distribution(mode: str, backend: str, n_gpus: int, n_cpu_devices: int,
-                        cluster: tuple[int, int] | None) -> tuple[str, str]:
-    """(none|mirrored|multi_worker, reason) for ``train.distribute``; pure, so its choices are tested anywhere."""
-    if mode == "none":
-        return "none", "distribute=none"
-    if backend != "tensorflow":
-        if mode == "auto":
-            return "none", f"distribution strategies need the tensorflow backend (KERAS_BACKEND={backend})"
-        raise ConfigError(f"train.distribute={mode} needs the tensorflow backend (KERAS_BACKEND={backend}); "
-                          f"unset KERAS_BACKEND or set train.distribute=none")
-    if mode == "multi_worker" or (mode == "auto" and cluster is not None and cluster[0] > 1):
-        if cluster is None:
-            raise ConfigError("train.distribute=multi_worker needs TF_CONFIG (the cluster's workers and this "
-                              "task); set it on every worker, or use train.distribute=auto")
-        return "multi_worker", f"TF_CONFIG: {cluster[0]} workers, this is worker {cluster[1]}"
-    if mode == "mirrored":
-        if n_gpus:
-            return "mirrored", f"distribute=mirrored over {n_gpus} GPU(s)"
-        return "mirrored", f"distribute=mirrored without a GPU: over {n_cpu_devices} CPU device(s)"
-    if n_gpus > 1:
-        return "mirrored", f"{n_gpus} GPUs: MirroredStrategy"
-    return "none", "one device" if n_gpus == 1 or n_cpu_devices <= 1 else "no GPU"
-
-
-def in_distribution_scope() -> bool:
-    """Inside a tf.distribute strategy's scope (training under train.distribute)."""
-    if "tensorflow" not in sys.modules:
-        return False
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return tf.distribute.has_strategy()
-
-
-def worker_role(mode: str) -> tuple[int, int] | None:
-    """(workers, this worker's index) when ``train.distribute`` = ``mode`` makes this process one worker of a
-    multi-worker job (TF_CONFIG), else None. Known before any device is set up, so a non-chief worker can stay
-    away from the chief's run directory and lock."""
-    import os
-
-    if mode not in ("auto", "multi_worker") or "keras" not in sys.modules:
-        return None
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return None
-    cluster = cluster_of(os.environ.get("TF_CONFIG"))
-    if cluster is None or (mode == "auto" and cluster[0] < 2):
-        return None
-    return cluster
-
-
-def in_multi_worker_scope() -> bool:
-    """Inside a MultiWorkerMirroredStrategy's scope (train.distribute=multi_worker)."""
-    if not in_distribution_scope():
-        return False
-    import tensorflow as tf
-
-    return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def _make_strategy(kind: str, n_gpus: int):
-    import tensorflow as tf
-
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if n_gpus:
-        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("GPU")])
-    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
 
 
 def select_precision(mode: str, gpus: list[Gpu]) -> tuple[str, str]:
@@ -250,10 +157,11 @@ def _parse_cc(value) -> tuple[int, int] | None:
 
 
 def _jax_gpus() -> list[Gpu]:
+    """This process's GPUs (a multi-process job's other GPUs are not this process's to describe)."""
     import jax
 
     try:
-        devices = jax.devices("gpu")
+        devices = jax.local_devices(backend="gpu")
     except RuntimeError:  # no GPU platform in this jaxlib
         return []
     return [Gpu(getattr(d, "device_kind", str(d)), _parse_cc(getattr(d, "compute_capability", None)))
@@ -270,9 +178,12 @@ def _torch_gpus() -> list[Gpu]:
 
 
 def setup_devices(train_cfg, compile_cache_dir=None, compile_cache_mb: int = 2048) -> DeviceInfo:
-    """Choose GPUs, enable memory growth and set the global Keras dtype policy; on JAX, with
-    ``compile_cache_dir``, turn on the persistent compilation cache (``vgg_cli.compile_cache``) first."""
+    """Choose GPUs, enable memory growth, set the global Keras dtype policy and the data parallelism of
+    ``train.distribute`` (``vgg_cli.distribute``); on JAX, with ``compile_cache_dir``, turn on the persistent
+    compilation cache (``vgg_cli.compile_cache``) first."""
     import keras
+
+    from vgg_cli import distribute
 
     backend = keras.backend.backend()
     cache = None
@@ -280,34 +191,59 @@ def setup_devices(train_cfg, compile_cache_dir=None, compile_cache_mb: int = 204
         from vgg_cli.compile_cache import enable
 
         cache = enable(compile_cache_dir, compile_cache_mb)
-    gpus: list[Gpu] = []
-    if backend == "tensorflow":
-        gpus = _tf_gpus(train_cfg.gpus)
-    elif train_cfg.gpus is not None:
-        raise ConfigError(f"train.gpus is only supported on the tensorflow backend (KERAS_BACKEND={backend}); "
-                          f"use CUDA_VISIBLE_DEVICES instead")
-    elif backend == "jax":
-        gpus = _jax_gpus()
-    elif backend == "torch":
-        gpus = _torch_gpus()
+    cluster = distribute.env_cluster(backend)
+    if backend == "jax" and cluster is not None and cluster[0] > 1 and train_cfg.distribute in ("auto",
+                                                                                                  "multi_worker"):
+        distribute.start_jax_processes(cluster)  # before JAX looks at a device
+    gpus = _gpus(backend, train_cfg.gpus)
     policy, note = select_precision(train_cfg.mixed_precision, gpus)
     keras.mixed_precision.set_global_policy(policy)
     info = DeviceInfo(backend=backend,
                       gpus=[{"name": g.name, "compute_capability": g.compute_capability} for g in gpus],
                       precision=policy, note=note, compile_cache=cache)
-    import os
+    kind, why = distribute.select_distribution(train_cfg.distribute, backend, len(gpus),
+                                               _cpu_devices(backend, gpus, train_cfg.distribute), cluster)
+    info.distribute, info.distribute_note = kind, why
+    if kind == "none":
+        return info
+    info.engine = distribute.ENGINES[(backend, kind)]
+    if backend == "tensorflow":
+        info.strategy = distribute.make_tf_strategy(kind, len(gpus))
+        info.replicas = int(info.strategy.num_replicas_in_sync)
+    else:
+        info.strategy = distribute.make_jax_data_parallel()
+        info.replicas = int(info.strategy.device_mesh.devices.size)
+    if kind == "multi_worker":
+        info.workers, info.worker = cluster
+    return info
 
-    cluster = cluster_of(os.environ.get("TF_CONFIG")) if backend == "tensorflow" else None
-    n_cpu = 1
-    if backend == "tensorflow" and not gpus and train_cfg.distribute == "mirrored":
+
+def _gpus(backend: str, requested: list[int] | None) -> list[Gpu]:
+    if backend == "tensorflow":
+        return _tf_gpus(requested)
+    if requested is not None:
+        raise ConfigError(f"train.gpus is only supported on the tensorflow backend (backend {backend}); "
+                          f"use CUDA_VISIBLE_DEVICES instead")
+    if backend == "jax":
+        return _jax_gpus()
+    if backend == "torch":
+        return _torch_gpus()
+    return []
+
+
+def _cpu_devices(backend: str, gpus: list, mode: str) -> int:
+    """The local CPU devices data parallelism could use without a GPU (logical TF devices, forced JAX host
+    devices); only looked at for train.distribute=mirrored or auto."""
+    if gpus or mode not in ("mirrored", "auto"):
+        return 1
+    if backend == "tensorflow":
+        if mode != "mirrored":
+            return 1
         import tensorflow as tf  # listing logical devices starts TF's runtime: never before a multi-worker strategy
 
-        n_cpu = len(tf.config.list_logical_devices("CPU"))
-    kind, why = select_distribution(train_cfg.distribute, backend, len(gpus), n_cpu, cluster)
-    info.distribute, info.distribute_note = kind, why
-    if kind != "none":
-        info.strategy = _make_strategy(kind, len(gpus))
-        info.replicas = int(info.strategy.num_replicas_in_sync)
-        if kind == "multi_worker":
-            info.workers, info.worker = cluster
-    return info
+        return len(tf.config.list_logical_devices("CPU"))
+    if backend == "jax":
+        import jax
+
+        return len(jax.local_devices(backend="cpu"))
+    return 1

@@ -16,6 +16,7 @@ import numpy as np
 from keras import layers, ops
 
 from vgg_cli.errors import ConfigError, NoInputError
+from vgg_cli.metrics import Accuracy, TopKAccuracy  # registered: checkpoints compile with them
 
 ARCHS = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}
 # Conv layers per block (names block{b}_conv{i}); both archs have 5 blocks ending in block{b}_pool.
@@ -453,9 +454,9 @@ def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=Non
     """Loss and metrics; a new optimizer from the config (at ``learning_rate``, a float or schedule, when given),
     or ``optimizer`` (to train a view of a model with the optimizer, and so the state, of the whole).
     ``from_logits``: the model outputs logits (``logits_view``)."""
-    metrics: list = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    metrics: list = [Accuracy(name="accuracy")]  # weighted only to skip a JAX distribution's padding
     if num_classes > 5:
-        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+        metrics.append(TopKAccuracy(k=5, name="top5_accuracy"))
     if train_cfg.label_smoothing > 0:
         loss = SmoothedSparseCrossentropy(num_classes, train_cfg.label_smoothing, from_logits=from_logits)
     else:
@@ -464,7 +465,7 @@ def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=Non
         if learning_rate is None and train_cfg.optimizer.learning_rate == "auto":
             learning_rate = auto_rate_of(model)
         optimizer = make_optimizer(train_cfg.optimizer, learning_rate)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=metrics)
 
 
 def auto_rate_of(model: keras.Model) -> float:

@@ -29,8 +29,8 @@ from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, load_checkpoin
 from vgg_cli.config import AUTO, Config, auto_learning_rate, load_run_config
 from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, previous_splits_from, require_dir,
                                scan)
-from vgg_cli.device import (in_distribution_scope, in_multi_worker_scope, peak_rss_mib, setup_devices,
-                            worker_role)
+from vgg_cli.device import peak_rss_mib, setup_devices
+from vgg_cli.distribute import in_multi_worker_scope, local_predictor, worker_role
 from vgg_cli.errors import (ArtifactIOError, ConfigError, DataError, InterruptedRun, NoInputError,
                             TrainingDiverged)
 from vgg_cli.finish import PENDING, diverged_error, finish
@@ -293,7 +293,8 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, previous_spli
     index = scan(cfg.data, previous_splits=previous_splits, cache_dir=Path(cfg.output.dir) / ".cache")
     _log_scan(index)
     if device.distribute == "multi_worker" and device.is_chief != chief:
-        raise ConfigError(f"TF_CONFIG changed while vgg started (worker {device.worker}); start the job again")
+        raise ConfigError(f"the job's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) changed while vgg started "
+                          f"(process {device.worker}); start the job again")
     if if_changed:
         latest = _latest_summary(Path(cfg.output.dir))
         if latest and latest[1].get("fingerprint") == index.fingerprint and latest[1].get("config_digest") == digest:
@@ -373,9 +374,9 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
                            f"pass a run directory to --resume")
     cfg = load_run_config(paths.config)
     if worker_role(cfg.train.distribute) is not None:
-        raise ConfigError("--resume is not supported for a multi-worker job (TF_CONFIG with train.distribute="
-                          f"{cfg.train.distribute}); start the job again (a run with train.distribute=auto can "
-                          "also be resumed on one machine without TF_CONFIG)")
+        raise ConfigError("--resume is not supported for a multi-process job (TF_CONFIG or KERAS_DISTRIBUTION_* "
+                          f"with train.distribute={cfg.train.distribute}); start the job again (a run with "
+                          "train.distribute=auto can also be resumed by one process without those variables)")
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with runs_lock(paths.root.parent, command) as stale:
@@ -491,8 +492,12 @@ def _log_device(device, cfg: Config) -> None:
         log.info("compile cache %s (%s)", c.dir, f"at most {c.max_mb} MiB" if c.max_mb else "not bounded by vgg")
     if device.distribute != "none":
         per = cfg.train.batch_size / device.replicas
-        log.info("distribution: %s, %d replicas (%s); global batch %d, about %.3g per replica; learning rate as "
-                 "configured", device.distribute, device.replicas, device.distribute_note, cfg.train.batch_size, per)
+        log.info("distribution: %s with %s, %d replicas (%s); global batch %d, about %.3g per replica; learning "
+                 "rate as configured", device.distribute, device.engine, device.replicas, device.distribute_note,
+                 cfg.train.batch_size, per)
+        if device.backend == "jax":
+            log.info("a batch whose size is not a multiple of %d is padded with weight-0 copies (JAX shards "
+                     "evenly); its loss and gradient are the unpadded batch's", device.replicas)
         if cfg.train.batch_size < device.replicas:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} is smaller than the {device.replicas} "
                               f"replicas of train.distribute={device.distribute}; it is the global batch, split "
@@ -608,10 +613,8 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
         store = FeatureStore(root, key, shape, prefix.output.dtype)
         source = FeatureSource(store, [e.sha1 for e in entries], ram)
         t0 = time.perf_counter()
-        # Under a distribution strategy predict_on_batch would shard the batch across workers; every worker needs
-        # every feature, so it calls the prefix directly (on its own copy of the frozen weights).
-        predict = (lambda x: prefix(x, training=False)) if in_distribution_scope() else prefix.predict_on_batch
-        source.fill(predict, files, cfg.data.image_size, cfg.train.batch_size, stop_check)
+        # every process of a distributed job needs every feature, and may find a different part of it cached
+        source.fill(local_predictor(prefix), files, cfg.data.image_size, cfg.train.batch_size, stop_check)
         compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
         cut = f"block{blocks}_pool" + (" (the whole backbone: head-only training)" if blocks == 5 else "")
         info = {"path": "features", "frozen_prefix_blocks": blocks, "cache_dir": str(store.dir),

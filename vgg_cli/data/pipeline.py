@@ -11,7 +11,8 @@ On the TensorFlow backend ``tf.data`` only schedules: it turns per-epoch index o
 from a few threads in parallel and prefetches, so the next batches are ready while the accelerator computes. On the
 JAX and PyTorch backends (where TensorFlow need not be installed at all) a Python generator does the same: a
 background thread makes the next batches while the current one trains (``BackgroundBatches``). Both yield the same
-batches in the same order. This is the one module that uses TensorFlow directly; model, training and prediction code
+batches in the same order. Under a JAX distribution (``vgg_cli.distribute``) each batch is padded to a multiple of
+the devices with weight-0 copies and each process yields its slice of it. This is the one module that uses TensorFlow directly; model, training and prediction code
 use Keras APIs only.
 
 Class weights travel as per-image sample weights (``weights[label]``, what Keras' ``class_weight`` does), since
@@ -34,7 +35,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vgg_cli.data.images import BadImage, load_image
-from vgg_cli.device import in_distribution_scope, release_free_memory
+from vgg_cli.device import release_free_memory
+from vgg_cli.distribute import Split, data_split, in_distribution_scope, pad_batch
 from vgg_cli.errors import DataError
 
 
@@ -198,9 +200,10 @@ class BackgroundBatches:
     early never blocks the process's exit."""
 
     def __init__(self, source, index_iter: Iterator[np.ndarray], labels: np.ndarray,
-                 sample_weights: np.ndarray | None = None, ahead: int = 2):
+                 sample_weights: np.ndarray | None = None, ahead: int = 2, split: Split | None = None):
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
+        self._split = split
         self._thread = threading.Thread(target=self._produce, args=(source, index_iter, labels, sample_weights),
                                         name="vgg-batches", daemon=True)
         self._thread.start()
@@ -217,8 +220,13 @@ class BackgroundBatches:
     def _produce(self, source, index_iter, labels, sample_weights) -> None:
         try:
             for idx in index_iter:
-                y = labels[idx]
-                batch = (source.get(idx), y) if sample_weights is None else (source.get(idx), y, sample_weights[idx])
+                if self._split is not None:  # a JAX distribution: padded global batch, this process's slice
+                    idx, w = pad_batch(idx, None if sample_weights is None else sample_weights[idx], self._split)
+                    batch = (source.get(idx), labels[idx], w)
+                elif sample_weights is None:
+                    batch = (source.get(idx), labels[idx])
+                else:
+                    batch = (source.get(idx), labels[idx], sample_weights[idx])
                 if not self._put(batch):
                     return
             self._put(_END)
@@ -290,7 +298,7 @@ def eval_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: int
             if not repeat:
                 return
 
-    return _generator(BackgroundBatches(source, _indices(), labels))
+    return _generator(BackgroundBatches(source, _indices(), labels, split=data_split()))
 
 
 def batch_bounds(n: int, batch_size: int) -> np.ndarray:
@@ -329,7 +337,7 @@ def train_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: in
                 for i in range(k):
                     yield order[bounds_np[i]:bounds_np[i + 1]]
 
-        return _generator(BackgroundBatches(source, _indices(), labels, weights))
+        return _generator(BackgroundBatches(source, _indices(), labels, weights, split=data_split()))
 
     import tensorflow as tf
 
