@@ -4,6 +4,7 @@
     python scripts/bench.py                         # ~300 JPEGs around 500x375, 224 px, all cases (~20 min, 2 cores)
     python scripts/bench.py --images 80 --image-size 96 --cases a,d     # a quick look
     python scripts/bench.py --markdown              # print the table as Markdown too (for the README)
+    python scripts/bench.py --gpu                   # vgg on JAX vs PyTorch programs on a GPU (scripts/bench_gpu.py)
 
 Cases (the issue's targets are checked and printed with each row):
   a  all conv blocks frozen, no augmentation, 10 epochs            target: vgg >= 6x faster (wall)
@@ -394,7 +395,7 @@ def format_tables(train_rows, predict_rows, mem_rows, header: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=300, help="training images (default 300)")
+    ap.add_argument("--images", type=int, default=None, help="training images (default 300; --gpu: 2048)")
     ap.add_argument("--image-size", type=int, default=224, help="model input size (default 224)")
     ap.add_argument("--predict-images", type=int, default=PREDICT_IMAGES)
     ap.add_argument("--cases", default="a,b,c,d,m", help="comma-separated subset of a,b,c,d,m")
@@ -402,7 +403,21 @@ def main() -> int:
     ap.add_argument("--ram-mb", type=int, default=16, help="cache.ram_mb for the memory case (default 16)")
     ap.add_argument("--work", type=Path, default=Path("bench-work"), help="scratch folder (default ./bench-work)")
     ap.add_argument("--markdown", action="store_true", help="also write the tables to WORK/bench.md")
+    gpu = ap.add_argument_group("GPU mode (scripts/bench_gpu.py: vgg on JAX against PyTorch programs)")
+    gpu.add_argument("--gpu", action="store_true", help="run the GPU mode instead of cases a-m")
+    gpu.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    gpu.add_argument("--epochs", type=int, default=3, help="epochs of the whole-network rows (default 3)")
+    gpu.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)),
+                     help="DataLoader worker processes of the PyTorch script (default cores - 2, at most 14)")
+    gpu.add_argument("--no-torch-compile", action="store_true",
+                     help="leave out the torch.compile row (minutes of compiling on a CPU)")
     args = ap.parse_args()
+    if args.gpu:
+        from bench_gpu import main_gpu
+
+        args.images = args.images or 2048
+        return main_gpu(args)
+    args.images = args.images or 300
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in "abcdm"]
     if bad:

@@ -29,3 +29,31 @@ def test_bench_runs_and_prints_every_table(tmp_path):
     # vgg's own run used the feature cache and trained 10 epochs
     metrics = (tmp_path / "w" / "runs-a" / "run" / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 11
+
+
+def test_bench_gpu_mode_runs_end_to_end_on_a_cpu(tmp_path):
+    """The GPU mode with a tiny setting: every vgg row (JAX; torch backend when torch is installed) and, where
+    torch is installed, the PyTorch programs; the table and its checks are printed and written."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--gpu", "--images", "16",
+                           "--image-size", "32", "--batch", "8", "--epochs", "2", "--workers", "1",
+                           "--no-torch-compile", "--work", str(tmp_path / "w"), "--markdown"],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| program | steady img/s (epochs 2+) | first epoch s | whole run s (wall) |" in out
+    cold = next(l for l in out.splitlines() if l.startswith("| vgg, whole network + flip aug (cold compile cache)"))
+    warm = next(l for l in out.splitlines() if l.startswith("| same, second run (compile cache warm)"))
+    assert " 0 hits" in cold and " 0 misses" in warm  # the second identical run compiled nothing
+    assert "| vgg, all blocks frozen (cached features), 10 ep |" in out
+    has_torch = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
+    if has_torch:
+        for row in ("| same, KERAS_BACKEND=torch |", "| PyTorch: DataLoader(1 workers)",
+                    "| PyTorch: images preloaded on the device (eager ceiling) |",
+                    "| PyTorch: backbone frozen (forward every epoch) |"):
+            assert row in out, row
+        assert "torch.compile" not in out  # --no-torch-compile
+        assert "warm-cache vgg run" in out and "vs eager PyTorch on preloaded images" in out
+    else:
+        assert "PyTorch rows skipped: torch is not installed" in out
+    assert (tmp_path / "w" / "bench-gpu.md").read_text().startswith("vgg GPU bench, ")

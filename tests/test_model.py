@@ -261,3 +261,69 @@ def test_training_loss_is_computed_from_logits_so_confident_mistakes_still_learn
     loss = fit_model.train_on_batch(inputs, y, return_dict=True)["loss"]
     assert loss > 900  # the real loss (about 1000), not -log(1e-7) = 16.1
     assert logits.get_weights()[1][2] > bias[2]  # the true class's bias moved up: there was a gradient
+
+
+NO_RANDOM_PROGRAMS = r"""
+import logging, os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+import jax
+jax.config.update("jax_log_compiles", True)
+compiled = []
+class Grab(logging.Handler):
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            compiled.append(msg.split(" with ")[0])
+logging.getLogger("jax").addHandler(Grab())
+logging.getLogger("jax").setLevel(logging.DEBUG)
+import keras
+from vgg_cli.model import build_backbone, he_initialise
+keras.utils.set_random_seed(3)
+backbone = build_backbone("vgg16", 32)
+he_initialise(backbone)
+print("\n".join(compiled))
+print("KERNEL", float(backbone.get_layer("block2_conv1").kernel.numpy().std()))
+import json, numpy as np
+from vgg_cli.config import load_config
+from vgg_cli.model import build_model, load_model
+model, _ = build_model(load_config(None, ["model.weights=none"]).model, 32, ["a", "b"])
+model.save(sys.argv[1])
+compiled.clear()
+loaded = load_model(sys.argv[1])
+print("\n".join("LOAD " + c for c in compiled))
+plain = keras.saving.load_model(sys.argv[1])
+x = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype("uint8")
+print("SAME", float(np.abs(loaded.predict_on_batch(x) - plain.predict_on_batch(x)).max()),
+      json.dumps(loaded.get_config()) == json.dumps(plain.get_config()))
+"""
+
+
+def test_backbone_build_and_model_load_compile_no_random_number_program_on_jax(tmp_path):
+    """On JAX every Keras initializer call compiles a program per kernel shape (the issue's 8 s model build, and
+    as long again per model load); the backbone's placeholder weights and its He init come from NumPy instead,
+    and a loaded model takes every weight from its file, with the same config and outputs as Keras' own load."""
+    pytest.importorskip("jax")
+    p = subprocess.run([sys.executable, "-c", NO_RANDOM_PROGRAMS, str(tmp_path / "m.keras")], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    programs = [line for line in p.stdout.splitlines() if line.startswith("Compiling ")]
+    assert programs, "jax_log_compiles printed nothing: the check would pass vacuously"
+    assert not [x for x in programs if any(k in x for k in ("uniform", "normal", "random", "threefry"))], programs
+    loading = [line for line in p.stdout.splitlines() if line.startswith("LOAD ")]
+    assert not [x for x in loading if any(k in x for k in ("uniform", "normal", "random", "threefry"))], loading
+    assert p.stdout.split("SAME")[1].split() == ["0.0", "True"]
+    std = float(p.stdout.split("KERNEL")[1].split()[0])
+    assert std == pytest.approx(np.sqrt(2 / (3 * 3 * 64)), rel=0.05)  # He-normal for fan-in 3x3x64
+
+
+def test_he_normal_on_the_host_matches_keras_statistics():
+    from vgg_cli.model import he_normal
+
+    a = he_normal(np.random.default_rng(0), (3, 3, 256, 256))
+    b = keras.ops.convert_to_numpy(keras.initializers.HeNormal(seed=0)((3, 3, 256, 256)))
+    assert a.dtype == np.float32 and a.shape == b.shape
+    assert a.std() == pytest.approx(b.std(), rel=0.02) and abs(a.mean()) < 1e-3
+    limit = 2 * np.sqrt(2 / (3 * 3 * 256)) / 0.87962566103423978
+    assert np.abs(a).max() <= limit + 1e-6 and np.abs(b).max() <= limit + 1e-6
+    assert not np.array_equal(a, he_normal(np.random.default_rng(1), (3, 3, 256, 256)))
+    np.testing.assert_array_equal(a, he_normal(np.random.default_rng(0), (3, 3, 256, 256)))

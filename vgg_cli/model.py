@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from vgg_cli import fast_init
 from vgg_cli.errors import ConfigError, NoInputError
 from vgg_cli.metrics import Accuracy, TopKAccuracy  # registered: checkpoints compile with them
 
@@ -153,19 +154,38 @@ def he_initialise(backbone: keras.Model) -> None:
     activations then shrink layer by layer and a from-scratch VGG does not train at all. He init keeps their
     scale from layer to layer. The first conv is further divided by the spread of its input (VGG preprocessing
     leaves pixels in about -124..152, std ~ 57 on ImageNet), so features start near unit scale instead of ~50x it
-    and a new head does not blow up in its first steps. Draws come from Keras' seeded generator, so ``train.seed``
-    makes them repeatable.
+    and a new head does not blow up in its first steps. Draws come from NumPy, seeded by ``train.seed`` (through
+    ``keras.utils.set_random_seed``), so they repeat, and are the same on every backend; on the host, because
+    Keras' own initializers run a backend random op per kernel shape, which JAX compiles once per shape (~8 s for
+    VGG16's kernels on a 2-core CPU).
     """
-    init = keras.initializers.HeNormal()
+    rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
     first = True
     for layer in backbone.layers:
         if isinstance(layer, layers.Conv2D):
-            kernel = init(layer.kernel.shape)
+            shape = tuple(int(d) for d in layer.kernel.shape)
+            kernel = he_normal(rng, shape)
             if first:
-                kernel = kernel / IMAGENET_PIXEL_STD
+                kernel = kernel / np.float32(IMAGENET_PIXEL_STD)
                 first = False
             layer.kernel.assign(kernel)
-            layer.bias.assign(ops.zeros(layer.bias.shape))
+            layer.bias.assign(np.zeros(tuple(int(d) for d in layer.bias.shape), np.float32))
+
+
+def he_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Keras' HeNormal on the host: a normal truncated at 2 standard deviations, std sqrt(2 / fan_in) (corrected
+    for the truncation, as Keras does)."""
+    x = rng.standard_normal(shape, np.float32)
+    out = np.abs(x) > 2
+    while out.any():
+        x[out] = rng.standard_normal(int(out.sum()), np.float32)
+        out = np.abs(x) > 2
+    fan_in = int(np.prod(shape[:-1]))
+    return x * np.float32(np.sqrt(2.0 / fan_in) / 0.87962566103423978)
+
+
+def __call__(self, shape, dtype=None):
+        return np.zeros(shape, dtype or "float32")
 
 
 def check_weights_available(model_cfg) -> None:
@@ -264,7 +284,10 @@ def apply_freeze(backbone: keras.Model, freeze_blocks: Sequence[int]) -> None:
 
 
 def build_backbone(arch: str, image_size: int) -> keras.Model:
-    return ARCHS[arch](include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    """The keras.applications backbone with placeholder (zero) weights: callers load or draw the real ones."""
+    with fast_init.placeholders():  # no random op per kernel shape (JAX compiles each): vgg_cli/fast_init.py
+        backbone = ARCHS[arch](include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    return backbone
 
 
 def augmentation_layers(aug_cfg) -> list[layers.Layer]:
@@ -494,7 +517,8 @@ def load_model(path: str | os.PathLike, compile: bool = False, what: str = "mode
     if not p.is_file():
         raise NoInputError(f"{what} {str(p)!r} not found; pass a .keras file from a vgg run")
     try:
-        return keras.saving.load_model(p, compile=compile, safe_mode=True)
+        with fast_init.placeholders():  # every weight comes from the file
+            return keras.saving.load_model(p, compile=compile, safe_mode=True)
     except (ValueError, OSError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "safe_mode" in str(e) or "Lambda" in str(e):
