@@ -137,6 +137,8 @@ def test_best_checkpoint_is_the_best_epoch(trained_run):
 def test_predict_table_labels_holdout_images(trained_run, colour_holdout):
     code, out, err = run_cli(["predict", str(colour_holdout), "--runs-dir", str(trained_run["runs"])])
     assert code == 0, err
+    production = (trained_run["runs"] / "production").resolve()
+    assert f"model: {production / 'model' / 'best.keras'}" in err  # which run answered, without -v
     lines = out.strip().splitlines()
     assert lines[0].split() == ["path", "prediction"] and len(lines) == 13
     correct = sum(line.split()[1] == truth(line.split()[0]) for line in lines[1:])

@@ -55,11 +55,41 @@ def load_frameworks(backend: str = "auto") -> None:
         os.close(devnull)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr logging that goes quiet when the reader has gone (`vgg train ... 2>&1 | head -2`): the run goes on and
+    its exit code stands, instead of a '--- Logging error ---' report per line."""
+
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            return
+        super().handleError(record)
+
+
+def _emit(text: str, err: bool = False) -> None:
+    """Print a command's result; a closed pipe is not an error of the command (its work is done and on disk)."""
+    try:
+        click.echo(text, err=err)
+        (sys.stderr if err else sys.stdout).flush()
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's exit-time flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (in-process tests)
+        pass
+    finally:
+        os.close(devnull)
+
+
 def _setup_logging(verbose: bool) -> None:
     log = logging.getLogger("vgg")
     handler = next((h for h in log.handlers if getattr(h, "_vgg_console", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ConsoleHandler(sys.stderr)
         handler._vgg_console = True
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
@@ -98,7 +128,7 @@ config_option = click.option("--config", "-c", "config_path", type=click.Path(di
 
 @cli.command(short_help="Train a classifier on a folder of images.")
 @config_option
-@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.argument("overrides", nargs=-1, metavar="[DIR] [KEY=VALUE]...")
 @click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN]",
               help="Continue an unfinished run (default: the newest one in output.dir) from its last epoch.")
 @click.option("--if-changed", is_flag=True,
@@ -112,7 +142,8 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     \b
     KEY=VALUE arguments override the config, e.g.
       vgg train data.train_dir=~/photos train.epochs=3 model.freeze_blocks=[1,2,3]
-    Values are YAML. Every key, with its meaning: `vgg config defaults`.
+    Values are YAML. Every key, with its meaning: `vgg config defaults`. An existing folder as the first
+    argument is the dataset: `vgg train ~/photos train.epochs=3` is data.train_dir=~/photos.
 
     \b
     For cron: one run at a time per output.dir (a second exits 75 at once); --if-changed skips unchanged data;
@@ -123,6 +154,7 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     from vgg_cli.config import load_config
 
     command = "vgg train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "vgg train"
+    overrides = _dataset_argument(overrides)
     if resume and "=" in resume and not os.path.isdir(os.path.expanduser(resume)):
         overrides, resume = (resume, *overrides), ""  # `--resume output.dir=X`: a bare --resume, then an override
     try:
@@ -158,9 +190,9 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     if as_json:
         _echo_json(_train_json(result, code))
     elif result.status == t.WORKER_DONE:  # a multi-worker job's other worker: the chief prints the run
-        click.echo(f"worker done: the chief wrote the run in {result.run_dir}", err=True)
+        _emit(f"worker done: the chief wrote the run in {result.run_dir}", err=True)
     else:
-        click.echo(str(result.run_dir))
+        _emit(str(result.run_dir))
     return code  # the "not promoted: ..." reason was logged by the decision itself
 
 
@@ -185,6 +217,13 @@ def _train_json(result, code: int) -> dict:
             "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
             "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
             "fingerprint": s.get("fingerprint"), "health": (s.get("health") or {}).get("status")}
+
+
+def _dataset_argument(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """`vgg train DIR ...` (the yolo/fastai habit): an existing folder as the first argument is data.train_dir."""
+    if overrides and "=" not in overrides[0] and os.path.isdir(os.path.expanduser(overrides[0])):
+        return (f"data.train_dir={overrides[0]}", *overrides[1:])
+    return overrides
 
 
 @contextlib.contextmanager
@@ -219,12 +258,12 @@ def _resume_target(resume: str, runs_dir: str):
 def _echo_json(obj: dict) -> None:
     import json
 
-    click.echo(json.dumps(obj, ensure_ascii=False, default=str))
+    _emit(json.dumps(obj, ensure_ascii=False, default=str))
 
 
 @cli.command(short_help="Label images with a trained model.")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
-@click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: <runs-dir>/latest.")
+@click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: production, else latest.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False), help="A .keras model file instead of a run.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
 @click.option("--top-k", "-k", default=1, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
@@ -261,6 +300,7 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
     t2 = time.perf_counter()
     results = predict_files(model, files, top_k, batch_size)
     t3 = time.perf_counter()
+    click.echo(f"model: {path}", err=True)  # which run answered (production moves under cron)
     click.echo(format_results(results, fmt, top_k), nl=False)
     if verbose:
         click.echo(f"timings: import {t1 - t0:.2f}s, model load {t2 - t1:.2f}s ({path}), predict {t3 - t2:.2f}s for "
@@ -348,8 +388,8 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
 
 
 @cli.command(short_help="Export a trained model: SavedModel, TFLite or ONNX.")
-@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), required=True,
-              help="saved_model: TF Serving; tflite: LiteRT on devices; onnx: onnxruntime and friends.")
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), default=None,
+              help="(required) saved_model: TF Serving; tflite: LiteRT on devices; onnx: onnxruntime and friends.")
 @click.option("--run", "run", help="Run directory (or its name in --runs-dir). Default: production, else latest.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False), help="A .keras model file instead of a run.")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
@@ -368,6 +408,10 @@ def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out
     signature also returns class_index and class_name, and has assets.extra/labels.txt; TFLite and ONNX get
     <name>.labels.txt beside the file (ONNX also in its metadata, class_names).
     """
+    if fmt is None:
+        from vgg_cli.errors import UsageError
+
+        raise UsageError("vgg export needs --format saved_model, tflite or onnx (e.g. vgg export --format onnx)")
     from pathlib import Path
 
     from vgg_cli.export import DEFAULT_NAMES
@@ -616,4 +660,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(EXIT_TEMPFAIL)
+    except BrokenPipeError:  # the reader of our output went away (`vgg predict DIR | head`): no traceback
+        _silence_stdout()
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

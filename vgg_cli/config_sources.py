@@ -135,6 +135,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
+        if os.sep in text or os.path.exists(os.path.expanduser(text)):
+            raise ConfigError(f"override {text!r} is not key=value; for a dataset folder write "
+                              f"data.train_dir={text} (or pass an existing folder first: vgg train DIR ...)")
         raise ConfigError(f"override {text!r} is not key=value; write e.g. train.epochs=3")
     try:
         value = yaml_load(raw) if raw.strip() else None

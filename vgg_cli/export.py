@@ -154,7 +154,8 @@ def _write_onnx(model, path: Path, classes: list[str]) -> None:
     try:
         import onnx
     except ImportError:
-        raise UnavailableError("--format onnx needs the onnx and tf2onnx packages: pip install 'vgg-cli[export]'") \
+        raise UnavailableError("--format onnx needs the onnx and tf2onnx packages: pip install 'vgg-cli[export]' "
+                               "(in a checkout: pip install '.[export]')") \
             from None
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # tf2onnx prints its progress
         model.export(str(path), format="onnx", verbose=False)
@@ -210,7 +211,8 @@ def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UnavailableError("checking the ONNX export needs onnxruntime: pip install 'vgg-cli[export]'") from None
+        raise UnavailableError("checking the ONNX export needs onnxruntime: pip install 'vgg-cli[export]' (in a "
+                               "checkout: pip install '.[export]')") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, {session.get_inputs()[0].name: images})[0])
 

@@ -27,8 +27,8 @@ from vgg_cli import __version__
 from vgg_cli.callbacks import EpochScalars, ProgressBar, StopOnSignal, _EarlyLog, _RunLog, _Stop
 from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState, load_checkpoint, read_state, sync
 from vgg_cli.config import AUTO, Config, auto_learning_rate, load_run_config
-from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, index_from_manifest, previous_splits_from, require_dir,
-                               scan)
+from vgg_cli.data.scan import (TRAIN, VAL, DatasetIndex, check_layout, index_from_manifest, previous_splits_from,
+                               require_dir, scan)
 from vgg_cli.device import peak_rss_mib, setup_devices
 from vgg_cli.distribute import in_multi_worker_scope, local_predictor, worker_role
 from vgg_cli.errors import (ArtifactIOError, ConfigError, DataError, InterruptedRun, NoInputError,
@@ -285,6 +285,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, previous_spli
     if cfg.data.val_dir is not None:
         require_dir(cfg.data.val_dir, "data.val_dir")
     device = setup_devices(cfg.train, *_compile_cache(cfg))
+    check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
     if not if_changed:
         check_run_name_free(Path(cfg.output.dir), cfg.output.name)  # fail fast, before a long scan
         check_weights_available(cfg.model)  # (a skipped run needs neither)

@@ -311,7 +311,18 @@ def _cache_file(cache_dir: Path, root: Path) -> Path:
     return cache_dir / f"scan-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]}.json"
 
 
-def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: ScanCache) -> DatasetIndex:
+def check_layout(data_cfg) -> None:
+    """The cheap part of the scan (folders only, no image opened): run before anything slow or networked, so a
+    wrong layout is reported first, not hidden behind, say, an ImageNet download error."""
+    root = require_dir(data_cfg.train_dir, "data.train_dir")
+    wanted, _ = _wanted_classes(data_cfg, root)
+    if len(wanted) < 2:
+        raise DataError(f"data.train_dir {str(root)!r} has 1 class folder ({wanted[0]}); at least 2 are needed, "
+                        f"one per class")
+
+
+def _wanted_classes(data_cfg, root: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(class folders to use, folders left out with the reason) under ``root``, by ``data.classes``."""
     folders = _class_folders(root)
     excluded: list[dict[str, str]] = []
     if data_cfg.classes is not None:
@@ -326,6 +337,11 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
     if not wanted:
         raise DataError(f"data.train_dir {str(root)!r} has no class subfolders; put each class's images in "
                         f"its own subfolder ({str(root)}/cats/*.jpg, {str(root)}/dogs/*.jpg)")
+    return wanted, excluded
+
+
+def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: ScanCache) -> DatasetIndex:
+    wanted, excluded = _wanted_classes(data_cfg, root)
 
     per_class, skipped, ignored, dims = _collect(root, wanted, data_cfg.image_size, "scanning", cache)
     all_dims = {("train_dir", rel): wh for rel, wh in dims.items()}

@@ -1,0 +1,73 @@
+"""What a newcomer types first, answered as they would expect (issue 17's friction list)."""
+
+from __future__ import annotations
+
+from tests.conftest import run_cli
+
+
+def test_a_folder_as_the_first_train_argument_is_the_dataset(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    # `vgg train DIR` (the yolo/fastai habit): taken as data.train_dir, so the next problem reported is the
+    # folder's own (no class folders), not the shape of the command line
+    code, _, err = run_cli(["train", str(photos), f"output.dir={tmp_path / 'runs'}"])
+    assert code == 65, err
+    assert "not key=value" not in err and "photos" in err
+    code, out, err = run_cli(["config", "show", f"data.train_dir={photos}"])
+    assert code == 0 and f"train_dir: {photos}" in out
+
+
+def test_a_folder_that_does_not_exist_gets_the_key_to_write(tmp_path):
+    code, _, err = run_cli(["train", "no/such/photos", f"output.dir={tmp_path / 'runs'}"])
+    assert code == 78
+    assert err.strip().splitlines() == ["error: override 'no/such/photos' is not key=value; for a dataset folder "
+                                        "write data.train_dir=no/such/photos (or pass an existing folder first: "
+                                        "vgg train DIR ...)"]
+    code, _, err = run_cli(["train", "epochs3"])
+    assert code == 78 and "write e.g. train.epochs=3" in err
+
+
+def test_export_without_a_format_is_one_line(tmp_path):
+    code, out, err = run_cli(["export", "--runs-dir", str(tmp_path)])
+    assert code == 64 and out == ""
+    assert err.strip().splitlines() == ["error: vgg export needs --format saved_model, tflite or onnx (e.g. vgg "
+                                        "export --format onnx)"]
+
+
+def test_predict_help_names_the_default_model_it_uses():
+    code, out, _ = run_cli(["predict", "--help"])
+    assert code == 0 and "Default: production, else latest." in out and "<runs-dir>/latest" not in out
+
+
+def test_a_wrong_layout_is_reported_before_the_imagenet_download(tmp_path):
+    """Offline, with the default weights: the dataset's problem comes first, in one line, not the download's."""
+    from PIL import Image
+
+    one = tmp_path / "data" / "cats"
+    one.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(one / "a.png")
+    code, _, err = run_cli(["train", f"data.train_dir={tmp_path / 'data'}", f"output.dir={tmp_path / 'runs'}"])
+    assert code == 65 and "ImageNet" not in err
+    assert "has 1 class folder (cats); at least 2 are needed" in err
+
+
+def test_a_reader_that_stops_early_does_not_change_the_exit_code(tmp_path, colour_data):
+    """`vgg train ... 2>&1 | head -2`: head exits after two lines; the run still finishes, is promoted, and vgg
+    exits 0 without a traceback or 'Logging error' report."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TRAIN_ARGS
+
+    root = Path(__file__).resolve().parent.parent
+    runs = tmp_path / "runs"
+    args = " ".join(["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=2",
+                     "promote.min_accuracy=0", "output.tensorboard=false"])
+    script = f"{sys.executable} -m vgg_cli {args} 2>&1 | head -2; echo \"vgg exit ${{PIPESTATUS[0]}}\""
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[-1] == "vgg exit 0", p.stdout + p.stderr
+    assert (runs / "production").resolve().parent == runs.resolve()
