@@ -237,6 +237,7 @@ def test_ctrl_c_leaves_a_usable_run_and_says_so(tmp_path, colour_data):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: training stopped by SIGINT after epoch ") and "last.keras" in last
     assert last.endswith(f"resume with: vgg train --resume {runs / 'r'}")
+    assert err.count("training stopped by SIGINT") == 1  # once on the console (the error line), and in train.log
     run = runs / "r"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs_run"] >= 1

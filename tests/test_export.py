@@ -90,7 +90,8 @@ def test_onnx_export_runs_in_onnxruntime_with_class_names_in_its_metadata(refere
     assert json.loads(meta["class_names"]) == reference["classes"] and "0-255" in meta["input"]
     assert (tmp_path / "served" / "colours.labels.txt").read_text().split() == reference["classes"]
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: reference["images"]})[0]
+    assert [i.name for i in session.get_inputs()] == ["images"]  # as the SavedModel signature names it
+    got = session.run(None, {"images": reference["images"]})[0]
     np.testing.assert_allclose(got, reference["probs"], atol=TOL)
     # exporting again replaces the file in one step (no temporary left behind)
     export(reference["run"], "onnx", "--out", str(target))

@@ -64,6 +64,9 @@ class _ConsoleHandler(logging.StreamHandler):
             return
         super().handleError(record)
 
+    def filter(self, record):  # a record logged with extra={"console": False} is for train.log only
+        return getattr(record, "console", True) and super().filter(record)
+
 
 def _emit(text: str, err: bool = False) -> None:
     """Print a command's result; a closed pipe is not an error of the command (its work is done and on disk)."""

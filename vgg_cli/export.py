@@ -160,11 +160,23 @@ def _write_onnx(model, path: Path, classes: list[str]) -> None:
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # tf2onnx prints its progress
         model.export(str(path), format="onnx", verbose=False)
     proto = onnx.load(str(path))
+    _rename_input(proto, "images")  # the SavedModel signature's name, and the one the report gives
     del proto.metadata_props[:]
     for key, value in (("class_names", json.dumps(classes, ensure_ascii=False)),
                        ("input", INPUT_DOC.format(s=int(model.input_shape[1]))), ("producer", "vgg export")):
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
+
+
+def _rename_input(proto, name: str) -> None:
+    old = proto.graph.input[0].name
+    if old == name:
+        return
+    proto.graph.input[0].name = name
+    for node in proto.graph.node:
+        for i, value in enumerate(node.input):
+            if value == old:
+                node.input[i] = name
 
 
 def _description(fmt: str, classes: list[str], size: int) -> dict:

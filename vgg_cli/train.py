@@ -564,7 +564,7 @@ def _interrupted(paths: RunPaths, state: TrainState, why: str) -> InterruptedRun
         text = (f"training stopped by {why} after epoch {state.epoch}; {paths.last} holds epoch {state.epoch} and "
                 f"{paths.best} epoch {state.best_epoch}; {LATEST} was not moved; resume with: "
                 f"vgg train --resume {paths.root}")
-    log.warning(text)
+    log.warning(text, extra={"console": False})  # for train.log: the console gets it once, as the error line
     return InterruptedRun(text)
 
 
