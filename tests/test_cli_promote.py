@@ -12,7 +12,7 @@ from tests.conftest import COLOURS, SIZE, colour_image, make_colour_dataset, run
 
 GOOD = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
         "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",
-        "output.tensorboard=false", "train.epochs=6"]
+        "output.tensorboard=false", "train.epochs=10"]
 BAD = [*GOOD, "train.epochs=1", "train.optimizer.learning_rate=1e-7", "train.seed=7"]  # barely trained
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import keras
 
+from vgg_cli.errors import ArtifactIOError
+
 log = logging.getLogger("vgg")
 
 
-class _Stop(Exception):
+class Stop(Exception):
     """Raised at a batch boundary after SIGINT/SIGTERM."""
 
 
@@ -43,11 +45,11 @@ class StopOnSignal(keras.callbacks.Callback):
         log.warning("%s received: stopping after the current batch (send it again to stop at once)",
                     self.signal_name)
 
-    def _check(self, *_, **__):
+    def check(self, *_, **__):
         if self.signal_name is not None:
-            raise _Stop(self.signal_name)
+            raise Stop(self.signal_name)
 
-    on_train_batch_end = on_test_batch_end = on_epoch_begin = _check
+    on_train_batch_end = on_test_batch_end = on_epoch_begin = check
 
 
 class ProgressBar(keras.callbacks.Callback):
@@ -131,7 +133,7 @@ class EpochScalars(keras.callbacks.Callback):
         self._writers.clear()
 
 
-class _EarlyLog(logging.Handler):
+class EarlyLog(logging.Handler):
     """Keeps the records logged before the run directory exists, so train.log tells the whole story."""
 
     def __init__(self):
@@ -142,7 +144,7 @@ class _EarlyLog(logging.Handler):
         self.records.append(record)
 
 
-class _RunLog(logging.FileHandler):
+class RunLog(logging.FileHandler):
     """<run>/train.log. A line that cannot be written (a full disk) is reported once on the console instead of
     logging's traceback for every line; the run's next artifact write then ends it with exit 74."""
 
@@ -155,3 +157,16 @@ class _RunLog(logging.FileHandler):
             sys.stderr.write(f"warning: cannot write {self.baseFilename} ({why}); logging to the console only\n")
 
 
+def attach_log_file(path: Path, early: EarlyLog | None) -> logging.Handler:
+    try:
+        handler = RunLog(path, encoding="utf-8")  # appends: a resumed run continues the same log
+    except OSError as e:
+        raise ArtifactIOError(f"could not write {str(path)!r}: {e.strerror}; free space or fix permissions and "
+                              f"run again") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if early is not None:
+        log.removeHandler(early)
+        for record in early.records:
+            handler.handle(record)
+    log.addHandler(handler)
+    return handler

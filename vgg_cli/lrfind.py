@@ -56,39 +56,40 @@ def suggest(rates: np.ndarray, smoothed: list[float]) -> tuple[float | None, flo
 def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
     import keras
 
-    from vgg_cli import train as t
+    from vgg_cli.callbacks import StopOnSignal
     from vgg_cli.data.pipeline import close_batches, train_batches
-    from vgg_cli.data.scan import scan
+    from vgg_cli.inputs import input_plan
     from vgg_cli.model import apply_freeze, backbone_of, build_model, check_weights_available, compile_model
+    from vgg_cli.phases import class_weights, plan_phases, steps_per_epoch
+    from vgg_cli.prepare import resolve_warm_start, scan_dataset
 
-    cfg = t._resolve_warm_start(cfg)
+    cfg = resolve_warm_start(cfg)
     check_weights_available(cfg.model)
-    index = scan(cfg.data, previous_splits=t._previous_splits(cfg), cache_dir=Path(cfg.output.dir) / ".cache")
-    t._log_scan(index)
+    index = scan_dataset(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
     model, weights = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
-    phase = t.plan_phases(cfg)[0]
+    phase = plan_phases(cfg)[0]
     apply_freeze(backbone_of(model), phase.frozen_blocks)
     compile_model(model, cfg.train, len(index.classes), learning_rate=start)
     log.info("lr-find: %s backbone (weights: %s), frozen blocks %s, %s, %d steps from %g to %g",
              cfg.model.arch, weights, list(phase.frozen_blocks) or "none", cfg.train.optimizer.name, steps, start, end)
-    stopper = t.StopOnSignal()
+    stopper = StopOnSignal()
     rates = range_rates(start, end, steps)
     losses: list[float] = []
     stopped = f"reached {steps} steps"
     t0 = time.perf_counter()
     with stopper:
-        plan = t.input_plan(cfg, index, model, stopper._check, phase.frozen_blocks)
+        plan = input_plan(cfg, index, model, stopper.check, phase.frozen_blocks)
         ds = None
         try:
             log.info("input: %s", plan.info["description"])
-            per_epoch = t.steps_per_epoch(len(plan.train_ids), cfg.train.batch_size)
+            per_epoch = steps_per_epoch(len(plan.train_ids), cfg.train.batch_size)
             ds = train_batches(plan.source, plan.train_ids, plan.labels, cfg.train.batch_size, cfg.train.seed, 0,
-                               math.ceil(steps / per_epoch), t.class_weights(cfg, index))
+                               math.ceil(steps / per_epoch), class_weights(cfg, index))
             optimizer = plan.fit_model.optimizer
             best = math.inf
             for step, (x, y, *w) in enumerate(itertools.islice(ds, steps)):
-                stopper._check()
+                stopper.check()
                 optimizer.learning_rate = float(rates[step])
                 loss = float(plan.fit_model.train_on_batch(x, y, sample_weight=w[0] if w else None,
                                                            return_dict=True)["loss"])

@@ -19,10 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
-from vgg_cli.runs import LATEST, RunPaths, find_model_file, point, read_json, write_json
+from vgg_cli.runs import LATEST, PRODUCTION, RunPaths, find_model_file, point, read_json, write_json
 
 log = logging.getLogger("vgg")
-PRODUCTION = "production"
 HISTORY = ".production.json"
 
 

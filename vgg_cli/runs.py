@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 from vgg_cli.errors import ArtifactIOError, ConfigError, DataError, LockedError, NoInputError
 
 LATEST = "latest"
+PRODUCTION = "production"  # the promoted run (vgg_cli.promote moves it)
 
 
 def _current_umask() -> int:
