@@ -78,7 +78,8 @@ def make_dataset(out: Path, n: int, seed: int) -> Path:
 
 CALIBRATE = r'''
 import sys, glob, keras, numpy as np
-from vgg_cli.model import build_backbone, he_initialise
+from vgg_cli.model import build_backbone
+from vgg_cli.weights import he_initialise
 from vgg_cli.data.images import load_image
 data, size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 keras.utils.set_random_seed(0)
@@ -104,7 +105,7 @@ def backbone_weights(work: Path, data: Path, size: int) -> tuple[str, str]:
     from vgg_cli.cli import load_frameworks
 
     load_frameworks()  # quietly
-    from vgg_cli.model import keras_cache_file
+    from vgg_cli.weights import keras_cache_file
 
     cached = keras_cache_file("vgg16")
     if cached.is_file():
@@ -261,7 +262,7 @@ PER_IMAGE_LOOP = r'''
 import sys, time, json
 t0 = time.perf_counter()
 import keras, numpy as np
-from vgg_cli.model import load_model
+from vgg_cli.model_io import load_model
 model = load_model(sys.argv[1]); size = int(model.input_shape[1])
 files = sys.argv[3:]
 t1 = time.perf_counter()
@@ -276,7 +277,7 @@ PRELOADED = r'''
 import sys, time, json
 t0 = time.perf_counter()
 import numpy as np
-from vgg_cli.model import load_model
+from vgg_cli.model_io import load_model
 from vgg_cli.data.images import load_image
 model = load_model(sys.argv[1]); size = int(model.input_shape[1])
 files = sys.argv[3:]
@@ -450,18 +451,26 @@ def main() -> int:
     import tensorflow as tf  # for the header only
 
     gpus = tf.config.list_physical_devices("GPU")
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    header = (f"vgg bench, {date.today().isoformat()}: {os.cpu_count()} CPU cores ({cpu}), {len(gpus) or 'no'} GPU, TensorFlow "
+    header = (f"vgg bench, {date.today().isoformat()}: {os.cpu_count()} CPU cores ({cpu_name()}), {len(gpus) or 'no'} GPU, TensorFlow "
               f"{tf.__version__}; {args.images} JPEGs ~500x375 in 4 classes at {size} px, batch 32; backbone "
               f"weights: {weights_desc}; total bench time {(time.perf_counter() - t0) / 60:.1f} min")
-    text = format_tables(train_rows, predict_rows, mem_rows, header)
+    publish(format_tables(train_rows, predict_rows, mem_rows, header), work / "bench.md" if args.markdown else None)
+    return 0
+
+
+def cpu_name() -> str:
+    if Path("/proc/cpuinfo").exists():
+        return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return platform.processor()
+
+
+def publish(text: str, markdown: Path | None) -> None:
+    """Print the tables; with --markdown also write them to ``markdown``."""
     print()
     print(text)
-    if args.markdown:
-        (work / "bench.md").write_text(text + "\n")
-        print(f"\nwritten to {work / 'bench.md'}")
-    return 0
+    if markdown is not None:
+        markdown.write_text(text + "\n")
+        print(f"\nwritten to {markdown}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -222,15 +221,15 @@ def _row(program: str, r: dict) -> dict:
 
 
 def _header(args) -> str:
+    from bench import cpu_name
+
     probe = ("import json, jax, keras; d = jax.devices()[0]; print(json.dumps([d.platform, getattr(d, 'device_kind', "
              "str(d)), jax.__version__, keras.__version__]))")
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                        env={**os.environ, "KERAS_BACKEND": "jax"})
     platform_, kind, jax_v, keras_v = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
         ("?", "?", "?", "?")
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"vgg GPU bench, {date.today().isoformat()}: {kind} ({platform_}), {os.cpu_count()} CPU cores ({cpu}); "
+    return (f"vgg GPU bench, {date.today().isoformat()}: {kind} ({platform_}), {os.cpu_count()} CPU cores ({cpu_name()}); "
             f"jax {jax_v}, Keras {keras_v}; {args.images} JPEGs ~500x375 in 4 classes at {args.image_size} px, batch "
             f"{args.batch}, {args.epochs} epochs, random VGG16 init")
 
@@ -262,7 +261,7 @@ def _checks(by: dict) -> list[str]:
 
 def main_gpu(args) -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench import make_dataset
+    from bench import make_dataset, publish
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -299,9 +298,5 @@ def main_gpu(args) -> int:
             by[mode] = _row(title, run_torch(mode, listing, args, work))
             rows.append(by[mode])
     text = format_table(rows, _checks(by), _header(args) + f"; bench time {(time.perf_counter() - t0) / 60:.1f} min")
-    print()
-    print(text)
-    if args.markdown:
-        (work / "bench-gpu.md").write_text(text + "\n")
-        print(f"\nwritten to {work / 'bench-gpu.md'}")
+    publish(text, work / "bench-gpu.md" if args.markdown else None)
     return 0

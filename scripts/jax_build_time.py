@@ -39,7 +39,7 @@ if os.environ["KERAS_BACKEND"] == "jax":
     logging.getLogger("jax").setLevel(logging.DEBUG)
 import keras, numpy as np
 from vgg_cli.config import load_config
-from vgg_cli import model as m
+from vgg_cli import model as m, model_io, weights
 keras.utils.set_random_seed(0)
 cfg = load_config(None, ["model.weights=none", f"data.image_size={size}"]).model
 keras.ops.convert_to_tensor(np.zeros(1))  # the backend is up before the clock starts
@@ -53,14 +53,14 @@ if what == "build" and how == "keras":  # the same build_model, as it was: Keras
             if isinstance(layer, keras.layers.Conv2D):
                 layer.kernel.assign(init(layer.kernel.shape))
                 layer.bias.assign(keras.ops.zeros(layer.bias.shape))
-    m.he_initialise = keras_he
+    weights.he_initialise = keras_he
 if what == "build":
     model, _ = m.build_model(cfg, size, ["a", "b", "c"])
 elif what == "save":
     model, _ = m.build_model(cfg, size, ["a", "b", "c"])
     model.save(path)
 elif how == "vgg":
-    m.load_model(path)
+    model_io.load_model(path)
 else:
     keras.saving.load_model(path, compile=False, safe_mode=True)
 seconds = time.perf_counter() - t

@@ -43,6 +43,7 @@ def test_keras_backend_wins_and_explicit_settings_are_checked(monkeypatch):
         choose("auto", installed=fake(), cuda_jax=lambda: False)
 
 
+@pytest.mark.slow
 def test_train_backend_jax_trains_on_jax_without_keras_backend_set(tmp_path, colour_data):
     pytest.importorskip("jax")
     runs = tmp_path / "runs"

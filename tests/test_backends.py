@@ -43,6 +43,7 @@ def vgg_without_tf(args: list[str], backend: str = "jax", timeout: int = 600) ->
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, colour_data, colour_holdout):
     pytest.importorskip("jax")
     runs = tmp_path / "runs"
@@ -143,6 +144,7 @@ def test_generator_pipeline_raises_the_sources_error_and_stops_its_thread(monkey
     assert not any(t.name == "vgg-batches" and t.is_alive() for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_jax_compile_cache_makes_the_second_identical_run_load_instead_of_compile(tmp_path, colour_data):
     """JAX compiles on CPU too: the second run of the same model hits the persistent cache (issue 16)."""
     pytest.importorskip("jax")

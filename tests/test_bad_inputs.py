@@ -87,6 +87,7 @@ GOOD_ODD = ["red/cmyk.jpg", "red/sixteen.png", "red/anim.gif", "red/rotated.jpg"
             "red/ünïcode name ☃.png"]
 
 
+@pytest.mark.slow
 def test_every_bad_input_trains_through_reported_and_untouched(tmp_path):
     data = tmp_path / "messy"
     bad = build_messy_dataset(data)
@@ -115,6 +116,7 @@ def test_every_bad_input_trains_through_reported_and_untouched(tmp_path):
     assert tree_hashes(data) == before
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_leaves_previous_artifacts_and_exits_74(tmp_path, monkeypatch):
     data = make_colour_dataset(tmp_path / "d", per_class=6)
     runs = tmp_path / "runs"

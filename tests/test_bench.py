@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_bench_runs_and_prints_every_table(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--images", "16", "--image-size", "32",
@@ -31,6 +34,7 @@ def test_bench_runs_and_prints_every_table(tmp_path):
     assert len(metrics) == 11
 
 
+@pytest.mark.slow
 def test_bench_gpu_mode_runs_end_to_end_on_a_cpu(tmp_path):
     """The GPU mode with a tiny setting: every vgg row (JAX; torch backend when torch is installed) and, where
     torch is installed, the PyTorch programs; the table and its checks are printed and written."""

@@ -47,6 +47,7 @@ def data(tmp_path_factory) -> Path:
     return make_colour_dataset(tmp_path_factory.mktemp("cache") / "train", per_class=10, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", ["[1,2,3,4,5]", "[1,2,3]"])
 def test_cached_features_train_exactly_like_the_whole_network(tmp_path, data, freeze):
     """Same seed and data: the run on cached prefix activations and the run through the whole network agree
@@ -71,6 +72,7 @@ def test_cached_features_train_exactly_like_the_whole_network(tmp_path, data, fr
         assert cached["params"]["trainable"] > 7_000_000
 
 
+@pytest.mark.slow
 def test_feature_cache_is_reused_and_recomputes_only_changed_files(tmp_path):
     data = make_colour_dataset(tmp_path / "train", per_class=6, seed=5)
     runs = tmp_path / "runs"
@@ -96,6 +98,7 @@ def test_feature_cache_is_reused_and_recomputes_only_changed_files(tmp_path):
     assert other["computed"] == 19 and other["cache_dir"] != third["cache_dir"]
 
 
+@pytest.mark.slow
 def test_small_ram_budget_reads_features_from_disk_with_the_same_result(tmp_path, data):
     full = _train(data, tmp_path / "runs", "ram")
     spill = _train(data, tmp_path / "runs", "disk", "cache.ram_mb=0")
@@ -105,6 +108,7 @@ def test_small_ram_budget_reads_features_from_disk_with_the_same_result(tmp_path
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_damaged_cache_entry_is_recomputed(tmp_path):
     data = make_colour_dataset(tmp_path / "train", per_class=4, seed=6)
     runs = tmp_path / "runs"
@@ -133,6 +137,7 @@ def test_disk_cap_prunes_least_recently_used_entries_of_other_runs(tmp_path):
     assert not (root / "key" / "01").exists()  # empty shard folders go too
 
 
+@pytest.mark.slow
 def test_augmentation_runs_the_whole_network_and_is_off_in_predict(tmp_path, data):
     summary = _train(data, tmp_path / "runs", "aug", "augment.flip=horizontal", "augment.rotation=0.05",
                      "augment.zoom=0.1", "augment.contrast=0.2", "augment.brightness=0.1",
@@ -180,6 +185,7 @@ def test_ram_image_cache_decodes_each_image_once(tmp_path):
         s.close()
 
 
+@pytest.mark.slow
 def test_image_cache_setting_is_reported(tmp_path, data):
     on = _train(data, tmp_path / "runs", "on", "model.freeze_blocks=[]", "train.epochs=1")
     off = _train(data, tmp_path / "runs", "off", "model.freeze_blocks=[]", "train.epochs=1", "cache.images=off")
@@ -321,6 +327,7 @@ def test_making_batches_trims_the_heap_at_most_every_interval(monkeypatch):
     assert len(trims) == 2
 
 
+@pytest.mark.slow
 def test_cache_settings_do_not_make_a_new_job(tmp_path, data):
     """--if-changed: changing only cache.* is no reason to retrain (results do not depend on it)."""
     runs = tmp_path / "runs"

@@ -74,7 +74,7 @@ def check_finished_run(run: Path, epochs: int) -> dict:
     assert sorted(p.name for p in (run / "model" / "checkpoints").iterdir()) == [f"epoch-{epochs:04d}.keras"]
     # best.keras really is the best epoch's model: it reproduces that epoch's validation accuracy
     from vgg_cli.data.images import load_image
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     data = json.loads((run / "data.json").read_text())
     val = [f for f in data["files"] if f["split"] == "val"]
@@ -89,6 +89,7 @@ def data(tmp_path) -> Path:
     return make_colour_dataset(tmp_path / "photos", per_class=10, seed=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.4, 1.2])
 def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
     epochs = 30  # cached-feature epochs take a fraction of a second: enough of them that the kill lands mid-run
@@ -114,6 +115,7 @@ def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
     assert (runs / "latest").resolve() == run.resolve()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_a_batch_boundary_and_resume_continues(tmp_path, data):
     runs = tmp_path / "runs"
     proc = start(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=t", *FAST,
@@ -138,6 +140,7 @@ def test_sigterm_stops_at_a_batch_boundary_and_resume_continues(tmp_path, data):
     assert code == 0 and json.loads(out)["status"] == "nothing_to_do"
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_runs_dir_exits_75_naming_the_holder(tmp_path, data):
     runs = tmp_path / "runs"
     first = start(["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=50"])
@@ -157,6 +160,7 @@ def test_second_run_on_the_same_runs_dir_exits_75_naming_the_holder(tmp_path, da
     assert len(real_runs(runs)) == 1  # the refused run made nothing
 
 
+@pytest.mark.slow
 def test_stale_lock_file_from_a_dead_process_is_taken_over(tmp_path, data):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -168,6 +172,7 @@ def test_stale_lock_file_from_a_dead_process_is_taken_over(tmp_path, data):
     assert (runs / ".lock").read_text() == ""  # released cleanly
 
 
+@pytest.mark.slow
 def test_if_changed_skips_unchanged_data_and_trains_on_new_images(tmp_path, data):
     runs = tmp_path / "runs"
     base = ["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=1", "--if-changed",
@@ -286,6 +291,7 @@ def test_checkpoints_stream_weights_through_a_file_not_memory(tmp_path, monkeypa
     assert saving_lib.is_memory_sufficient is original
 
 
+@pytest.mark.slow
 def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, data):
     """The nightly command itself resumes: no separate --resume step in cron."""
     runs = tmp_path / "runs"
@@ -303,6 +309,7 @@ def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, 
     assert len(real_runs(runs)) == 1
 
 
+@pytest.mark.slow
 def test_a_run_that_keeps_failing_does_not_block_later_nights(tmp_path, data):
     runs = tmp_path / "runs"
     args = ["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=3", "--if-changed", "--json"]

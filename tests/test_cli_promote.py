@@ -36,6 +36,7 @@ def champion(tmp_path, data) -> tuple[Path, Path]:
     return runs, runs / "champion"
 
 
+@pytest.mark.slow
 def test_worse_model_is_kept_but_not_promoted_exit_3(champion, data):
     runs, champ = champion
     code, result, err = train(data, runs, *BAD, "output.name=weak")
@@ -54,6 +55,7 @@ def test_worse_model_is_kept_but_not_promoted_exit_3(champion, data):
     assert code == 0 and json.loads(out)["label"] == "red"
 
 
+@pytest.mark.slow
 def test_equal_or_better_model_is_promoted_and_rollback_restores(champion, data):
     runs, champ = champion
     code, result, _ = train(data, runs, *GOOD, "output.name=challenger", "train.seed=5")
@@ -73,6 +75,7 @@ def test_equal_or_better_model_is_promoted_and_rollback_restores(champion, data)
     assert listed["champion"]["images"] == 30 and listed["champion"]["classes"] == 3
 
 
+@pytest.mark.slow
 def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     runs = tmp_path / "runs"
     code, result, err = train(data, runs, *BAD, "promote.min_accuracy=0.99")
@@ -94,6 +97,7 @@ def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     assert p["new_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_class_change_blocks_promotion_unless_allowed(champion, data):
     runs, champ = champion
     rng = np.random.default_rng(4)
@@ -108,6 +112,7 @@ def test_class_change_blocks_promotion_unless_allowed(champion, data):
     assert code == 0 and result["promoted"] and (runs / "production").resolve() == (runs / "four-ok").resolve()
 
 
+@pytest.mark.slow
 def test_promote_refuses_unfinished_runs(champion):
     runs, _ = champion
     (runs / "broken").mkdir()
@@ -116,6 +121,7 @@ def test_promote_refuses_unfinished_runs(champion):
     assert code == 66 and "did not finish" in err
 
 
+@pytest.mark.slow
 def test_keep_prunes_old_runs_but_never_production(champion, data):
     runs, champ = champion
     for i in range(3):
@@ -125,6 +131,7 @@ def test_keep_prunes_old_runs_but_never_production(champion, data):
     assert len(left) == 2
 
 
+@pytest.mark.slow
 def test_warm_start_from_production_takes_backbone_and_head(champion, data):
     runs, champ = champion
     code, result, err = train(data, runs, *GOOD, "model.weights=production", "train.epochs=1",

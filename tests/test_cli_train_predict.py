@@ -41,6 +41,7 @@ def _tensorboard_scalars(root) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_train_prints_only_the_run_dir_and_writes_every_artifact(trained_run):
     run = trained_run["run_dir"]
     assert trained_run["stdout"].strip() == str(run)
@@ -117,7 +118,7 @@ def test_training_never_touches_the_dataset(trained_run):
 
 def test_best_checkpoint_is_the_best_epoch(trained_run):
     """model/best.keras reproduces the best epoch's val accuracy on the validation files."""
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     run = trained_run["run_dir"]
     data = json.loads((run / "data.json").read_text())
@@ -217,6 +218,7 @@ def test_predict_errors_are_one_line(tmp_path, trained_run):
     assert code == 66 and "ERROR: not found" in out  # every input missing: 66, not 65
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_usable_run_and_says_so(tmp_path, colour_data):
     """SIGINT after the first epoch: exit 75, one clear line, summary.json says interrupted, latest not moved."""
     runs = tmp_path / "runs"
@@ -262,6 +264,7 @@ def test_train_data_errors_exit_codes_and_leave_no_run(tmp_path):
     assert not runs.exists() or [p.name for p in runs.iterdir() if not p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_reuse_a_run_as_backbone_weights_with_mixed_precision_and_top5(trained_run, tmp_path):
     """model.weights=RUN takes the backbone from a run; mixed precision's code path runs on CPU; >5 classes
     adds top-5 accuracy; a bad file is skipped and listed while training goes on."""
@@ -287,7 +290,7 @@ def test_reuse_a_run_as_backbone_weights_with_mixed_precision_and_top5(trained_r
     assert json.loads((run / "data.json").read_text())["skipped"][0]["path"] == "c0/truncated.png"
     assert "skipped c0/truncated.png" in err
     # the reused backbone is exactly the earlier run's
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     a = load_model(trained_run["run_dir"] / "model" / "best.keras").get_layer("vgg16")
     b = load_model(run / "model" / "last.keras").get_layer("vgg16")

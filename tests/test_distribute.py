@@ -56,7 +56,7 @@ def finish(p: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
 
 
 def head_weights(run: Path) -> list[np.ndarray]:
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     model = load_model(run / "model" / "last.keras")
     return [w for layer in model.layers if layer.name.startswith("head_") for w in layer.get_weights()]
@@ -76,6 +76,7 @@ def single_device_run(data, tmp_path_factory) -> Path:
     return Path(out.strip())
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_logical_cpus_matches_one_device(data, tmp_path, single_device_run):
     runs = tmp_path / "runs"
     code, out, err = finish(vgg_process(TWO_CPUS, train_args(data, runs, "mirrored", "train.distribute=mirrored")))
@@ -101,6 +102,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_one_model_and_only_the_chief_writes(data, tmp_path, single_device_run):
     runs = tmp_path / "runs"
     hosts = [f"localhost:{p}" for p in _free_ports(2)]
@@ -242,6 +244,7 @@ def _same_training(run: Path, single: Path) -> None:
     assert [r["val_accuracy"] for r in rows] == [r["val_accuracy"] for r in ones]
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_over_two_host_devices_matches_one_device(data, tmp_path, jax_single_run):
     runs = tmp_path / "runs"
     code, out, err = finish(vgg_process(PLAIN, train_args(data, runs, "dp", "train.distribute=mirrored", *JAX_ARGS),
@@ -254,6 +257,7 @@ def test_jax_data_parallel_over_two_host_devices_matches_one_device(data, tmp_pa
     _same_training(run, jax_single_run)
 
 
+@pytest.mark.slow
 def test_jax_two_processes_on_localhost_train_one_model(data, jax_single_run):
     # The chief trains in the single run's output.dir, so it finds every feature cached while the other process
     # computes them all in its scratch folder: neither may wait on the other outside the training steps.

@@ -40,6 +40,7 @@ def _png(path: Path, min_side: int = 300) -> None:
         assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 20
 
 
+@pytest.mark.slow
 def test_evaluate_validation_split_agrees_with_predict(trained_run):
     run = trained_run["run_dir"]
     code, out, err = run_cli(["evaluate", "--run", str(run), "--json"])
@@ -108,6 +109,7 @@ def test_evaluate_errors(trained_run, tmp_path):
     assert code == 66 and "is not a folder" in err
 
 
+@pytest.mark.slow
 def test_lr_find_suggests_a_rate_and_draws_the_curve(tmp_path):
     data = make_colour_dataset(tmp_path / "photos", per_class=12, seed=3)
     out_dir = tmp_path / "lr"

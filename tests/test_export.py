@@ -21,7 +21,7 @@ def holdout_images(folder: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def keras_probabilities(run: Path, images: np.ndarray) -> np.ndarray:
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     return np.asarray(load_model(run / "model" / "best.keras").predict_on_batch(images))
 
@@ -40,6 +40,7 @@ def export(run: Path, fmt: str, *extra: str) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.slow
 def test_saved_model_signature_takes_raw_images_and_returns_names(reference, tmp_path):
     import tensorflow as tf
 
@@ -60,6 +61,7 @@ def test_saved_model_signature_takes_raw_images_and_returns_names(reference, tmp
     assert "raw RGB pixels 0-255" in meta["input"]["description"] and meta["class_names"] == reference["classes"]
 
 
+@pytest.mark.slow
 def test_tflite_export_runs_in_the_interpreter(reference):
     from vgg_cli.export import _tflite_interpreter
 
@@ -79,6 +81,7 @@ def test_tflite_export_runs_in_the_interpreter(reference):
     np.testing.assert_allclose(got, reference["probs"], atol=TOL)
 
 
+@pytest.mark.slow
 def test_onnx_export_runs_in_onnxruntime_with_class_names_in_its_metadata(reference, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -98,6 +101,7 @@ def test_onnx_export_runs_in_onnxruntime_with_class_names_in_its_metadata(refere
     assert sorted(p.name for p in target.parent.iterdir()) == ["colours.labels.txt", "colours.onnx"]
 
 
+@pytest.mark.slow
 def test_mixed_precision_and_augmented_runs_export_as_float32_without_augmentation(tmp_path, colour_data,
                                                                                   colour_holdout):
     import onnx

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -16,7 +15,9 @@ from PIL import Image
 from tests.conftest import SIZE, make_colour_dataset, run_cli
 from tests.test_cli_cron import start, wait_for
 from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState
-from vgg_cli.model import PhaseSchedule, SmoothedSparseCrossentropy, conv_layers_by_block, load_model
+from vgg_cli.model import conv_layers_by_block
+from vgg_cli.model_io import load_model
+from vgg_cli.optim import PhaseSchedule, SmoothedSparseCrossentropy
 from vgg_cli.runs import RunPaths
 
 BASE = [f"data.image_size={SIZE}", "model.head.dense=[16]", "model.head.dropout=0.0", "train.batch_size=8",
@@ -34,7 +35,8 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def backbone_file(tmp_path_factory) -> Path:
     """Random VGG16 conv weights the test knows, so 'unchanged' and 'changed' can be checked exactly."""
-    from vgg_cli.model import build_backbone, he_initialise
+    from vgg_cli.model import build_backbone
+    from vgg_cli.weights import he_initialise
 
     keras.utils.set_random_seed(3)
     backbone = build_backbone("vgg16", SIZE)
@@ -54,6 +56,7 @@ def conv_weights(model: keras.Model) -> dict[int, list[np.ndarray]]:
             for b, convs in conv_layers_by_block(backbone).items()}
 
 
+@pytest.mark.slow
 def test_phase_two_unfreezes_the_named_blocks_only_and_keeps_learning(tmp_path, data, backbone_file):
     runs = tmp_path / "runs"
     code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=ft",
@@ -95,6 +98,7 @@ def _backbone_model(weights: Path) -> keras.Model:
     return keras.Sequential([keras.Input((SIZE, SIZE, 3)), backbone])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", ["epoch 2/4", "epoch 3/4"])
 def test_two_phase_run_resumes_in_either_phase(tmp_path, data, stop_after):
     """SIGTERM right after epoch 2 stops at the phase boundary (resume must set up phase 2); after epoch 3 it stops
@@ -170,7 +174,7 @@ def test_schedules_give_the_expected_rate_per_step(kind, warmup, expected):
 
 def test_schedule_config_maps_epochs_to_steps():
     from vgg_cli.config import load_config
-    from vgg_cli.model import learning_rate_for
+    from vgg_cli.optim import learning_rate_for
 
     cfg = load_config(None, ["train.schedule.name=step", "train.schedule.step_epochs=2",
                              "train.schedule.warmup_epochs=0.5"]).train.schedule
@@ -213,6 +217,7 @@ def test_class_weights_balanced_and_by_name(tmp_path):
         class_weights(cfg, index)
 
 
+@pytest.mark.slow
 def test_run_with_smoothing_weights_and_warmup_writes_readable_curves(tmp_path, data):
     runs = tmp_path / "runs"
     code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=c",

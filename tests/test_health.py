@@ -50,6 +50,7 @@ def test_nan_loss_stops_the_run_marks_it_and_never_promotes(tmp_path, data):
     assert code == 64 and "diverged, not finished" in err
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_last_good_epoch(tmp_path, data):
     """Phase 1 trains the head sanely for 2 epochs; phase 2's absurd rate blows the weights up in epoch 3."""
     runs = tmp_path / "runs"
@@ -69,7 +70,7 @@ def test_divergence_keeps_the_last_good_epoch(tmp_path, data):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
     from vgg_cli.health import non_finite_weights
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     best = load_model(run / "model" / "best.keras")  # the last good epochs' model, finite and usable
     assert non_finite_weights(best) == []
@@ -78,6 +79,7 @@ def test_divergence_keeps_the_last_good_epoch(tmp_path, data):
     assert not (runs / "production").exists() and not (runs / "latest").exists()
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_learn_is_warned_about_and_not_promoted(tmp_path, data):
     """The whole backbone from random weights at 0.01: VGG16 collapses to one answer (the issue's ln K case)."""
     runs = tmp_path / "runs"
@@ -99,6 +101,7 @@ def test_a_model_that_does_not_learn_is_warned_about_and_not_promoted(tmp_path, 
     assert not (runs / "production").exists() and (runs / "latest").resolve() == (runs / "flat").resolve()
 
 
+@pytest.mark.slow
 def test_auto_rate_follows_what_trains_and_a_learning_model_is_promoted(tmp_path, data):
     runs = tmp_path / "runs"
     code, out, err = _train(data, runs, "output.name=ok", "train.epochs=4", "model.freeze_blocks=[1,2,3,4]", "--json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import run_cli
 
 
@@ -51,6 +53,7 @@ def test_a_wrong_layout_is_reported_before_the_imagenet_download(tmp_path):
     assert "has 1 class folder (cats); at least 2 are needed" in err
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_does_not_change_the_exit_code(tmp_path, colour_data):
     """`vgg train ... 2>&1 | head -2`: head exits after two lines; the run still finishes, is promoted, and vgg
     exits 0 without a traceback or 'Logging error' report."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
+import pytest
+
 from tests.conftest import SIZE, make_colour_dataset, run_cli
 
 
@@ -38,6 +40,7 @@ def test_plain_lines_are_throttled_and_carry_count_and_rate():
                      "computing features: 80/100 img (2.7 img/s, about 8s left)"]
 
 
+@pytest.mark.slow
 def test_the_feature_pass_of_a_run_shows_its_progress(tmp_path, monkeypatch):
     import vgg_cli.progress
 

@@ -56,6 +56,7 @@ def _kill_during_promotion(data: Path, runs: Path, name: str, *extra: str) -> Pa
     return run
 
 
+@pytest.mark.slow
 def test_sigkill_during_promotion_is_finished_by_resume_exactly_once(tmp_path, data):
     runs = tmp_path / "runs"
     _champion(data, runs)
@@ -85,6 +86,7 @@ def test_sigkill_during_promotion_is_finished_by_resume_exactly_once(tmp_path, d
     assert summary_of(run)["promotion"]["applied"] is True
 
 
+@pytest.mark.slow
 def test_sigkill_during_promotion_is_finished_by_the_next_if_changed(tmp_path, data):
     runs = tmp_path / "runs"
     _champion(data, runs)
@@ -99,6 +101,7 @@ def test_sigkill_during_promotion_is_finished_by_the_next_if_changed(tmp_path, d
     assert code == 0 and json.loads(out)["status"] == "nothing_to_do", err
 
 
+@pytest.mark.slow
 def test_damaged_production_run_is_reported_and_not_compared(tmp_path, data):
     runs = tmp_path / "runs"
     _champion(data, runs)
@@ -150,6 +153,7 @@ def _unfinished_copy(finished_run: Path, tmp_path: Path) -> Path:
     ("lambda", 66, "holds code \\(a Lambda layer\\) that Keras' safe mode refuses"),
     ("state.json", 65, "state.json is unreadable"),
 ])
+@pytest.mark.slow
 def test_resume_of_a_damaged_run_is_one_line(finished_run, tmp_path, damage, code, needle):
     run = _unfinished_copy(finished_run, tmp_path)
     ckpt = run / "model" / "checkpoints" / "epoch-0002.keras"
@@ -209,6 +213,7 @@ def tmpfs(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_while_keras_writes_the_checkpoint_is_exit_74(tmp_path, data):
     """Room for config.yaml, data.json and the logs, not for the 60 MB checkpoint (Keras' HDF5 temp file)."""
     with tmpfs(tmp_path / "small", "2m") as small:

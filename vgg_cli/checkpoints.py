@@ -115,7 +115,7 @@ def read_state(paths: RunPaths) -> TrainState | None:
 
 def load_checkpoint(path) -> keras.Model:
     """A run's checkpoint with its optimizer state, to resume from (one line when it is damaged)."""
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     try:
         return load_model(path, compile=True, what="checkpoint")

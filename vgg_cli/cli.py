@@ -295,7 +295,7 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
 
     t0 = time.perf_counter()
     load_frameworks()
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
     from vgg_cli.predict import format_results, predict_files
 
     t1 = time.perf_counter()
@@ -370,7 +370,7 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
     _setup_logging(False)
     load_frameworks()
     from vgg_cli import evaluate as ev
-    from vgg_cli.model import class_names_of, image_size_of, load_model
+    from vgg_cli.model_io import class_names_of, image_size_of, load_model
 
     model = load_model(path)
     if data_dir is None:
@@ -424,7 +424,7 @@ def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out
     _setup_logging(False)
     load_frameworks()
     from vgg_cli.export import export_model
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
 
     with contextlib.redirect_stdout(sys.stderr):
         report = export_model(load_model(path), fmt, out)

@@ -113,7 +113,7 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
     confusion_matrix.csv/.png, confusion_matrix_normalised.png and misclassified.csv into ``out_dir``.
     Returns the report."""
-    from vgg_cli.model import class_names_of, image_size_of
+    from vgg_cli.model_io import class_names_of, image_size_of
     from vgg_cli.predict import predict_files
 
     classes = class_names_of(model)

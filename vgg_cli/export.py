@@ -238,7 +238,7 @@ RUNTIMES = {"saved_model": ("tf.saved_model.load", run_saved_model), "tflite": (
 
 def export_model(model, fmt: str, out: Path) -> dict:
     """Write ``model`` (a vgg .keras model) as ``fmt`` to ``out``, check it in its runtime, return a report."""
-    from vgg_cli.model import class_names_of, image_size_of
+    from vgg_cli.model_io import class_names_of, image_size_of
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}")

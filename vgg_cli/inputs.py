@@ -52,7 +52,8 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
         why_not = "block 1 is not frozen"
     if why_not is None:
         from vgg_cli.data.features import FeatureSource, FeatureStore, prefix_key
-        from vgg_cli.model import compile_model, split_frozen_prefix
+        from vgg_cli.model import split_frozen_prefix
+        from vgg_cli.optim import compile_model
 
         prefix, rest = split_frozen_prefix(model, blocks)
         key = prefix_key(prefix, cfg.model.arch, blocks, cfg.data.image_size)
@@ -73,7 +74,8 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
                                f"after {cut}; {source.describe()}"}
         return InputPlan(source, rest, info, ids[:n_train], ids[n_train:], labels, root,
                          frozenset(store.path(s) for s in source.unique))
-    from vgg_cli.model import compile_model, logits_view
+    from vgg_cli.model import logits_view
+    from vgg_cli.optim import compile_model
 
     source = ImageSource(files, cfg.data.image_size, ram if cfg.cache.images == "auto" else 0)
     info = {"path": "images", "why": why_not, "in_ram": source.ram_items,

@@ -59,7 +59,9 @@ def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
     from vgg_cli.callbacks import StopOnSignal
     from vgg_cli.data.pipeline import close_batches, train_batches
     from vgg_cli.inputs import input_plan
-    from vgg_cli.model import apply_freeze, backbone_of, build_model, check_weights_available, compile_model
+    from vgg_cli.model import apply_freeze, backbone_of, build_model
+    from vgg_cli.weights import check_weights_available
+    from vgg_cli.optim import compile_model
     from vgg_cli.phases import class_weights, plan_phases, steps_per_epoch
     from vgg_cli.prepare import resolve_warm_start, scan_dataset
 

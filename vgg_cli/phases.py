@@ -11,7 +11,8 @@ from vgg_cli.checkpoints import TrainState
 from vgg_cli.config import AUTO, Config, auto_learning_rate
 from vgg_cli.data.scan import TRAIN, DatasetIndex
 from vgg_cli.errors import ConfigError
-from vgg_cli.model import apply_freeze, backbone_of, compile_model, learning_rate_for
+from vgg_cli.model import apply_freeze, backbone_of
+from vgg_cli.optim import compile_model, learning_rate_for
 
 
 @dataclass(frozen=True)

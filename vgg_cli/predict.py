@@ -62,7 +62,7 @@ def _load(path: str, size: int) -> np.ndarray | str:
 def predict_files(model, files: list[str], top_k: int, batch_size: int) -> list[Prediction]:
     """Top-k labels of ``files``; the next batch is decoded (in parallel threads) while this one runs."""
     from vgg_cli.data.pipeline import decode_workers, prefetch_batches
-    from vgg_cli.model import class_names_of, image_size_of
+    from vgg_cli.model_io import class_names_of, image_size_of
 
     classes = class_names_of(model)
     size = image_size_of(model)

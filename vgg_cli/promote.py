@@ -86,7 +86,7 @@ def rollback(runs_dir: Path) -> str:
 
 def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: int = 32) -> dict:
     """Top-1 accuracy of a model on images, matching labels by class name."""
-    from vgg_cli.model import load_model
+    from vgg_cli.model_io import load_model
     from vgg_cli.predict import predict_files
 
     results = predict_files(load_model(model_file), files, 1, batch_size)

@@ -25,7 +25,8 @@ from vgg_cli.distribute import worker_role
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.finish import PENDING, diverged_error, finish
 from vgg_cli.fit import FitOutcome, fit
-from vgg_cli.model import build_model, check_weights_available, copy_head_if_compatible
+from vgg_cli.model import build_model
+from vgg_cli.weights import check_weights_available, copy_head_if_compatible
 from vgg_cli.phases import class_weights, n_train, new_state, plan_phases, set_up_phase
 from vgg_cli.prepare import previous_splits, resolve_warm_start, scan_dataset
 from vgg_cli.run_summary import (DIVERGED, INTERRUPTED, NOTHING_TO_DO, TRAINED, build_summary, config_digest, now,

@@ -1,0 +1,42 @@
+"""The layers vgg adds to a model, registered with Keras so a saved ``.keras`` file loads back in safe mode:
+VGG preprocessing inside the model (it takes raw 0-255 RGB), and the class names riding on the output."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import layers, ops
+
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="vgg_cli")
+class VGGPreprocess(layers.Layer):
+    """RGB 0..255 -> BGR minus the ImageNet mean: ``keras.applications.vgg16.preprocess_input`` as a layer."""
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        x = ops.flip(x, axis=-1)
+        return x - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="vgg_cli")
+class LabelNames(layers.Layer):
+    """Identity on the class probabilities; its config carries the class names in index order."""
+
+    def __init__(self, class_names: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = list(class_names)
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": self.class_names}
