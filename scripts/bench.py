@@ -102,7 +102,7 @@ print(f"pooled-feature RMS {rms:.2f} -> 1")
 def backbone_weights(work: Path, data: Path, size: int) -> tuple[str, str]:
     """(path, description): Keras' cached ImageNet file if present, else a random He-normal VGG16 whose pooled
     features are brought to unit scale on the bench images, saved once."""
-    from vgg_cli.cli import load_frameworks
+    from vgg_cli.cli_common import load_frameworks
 
     load_frameworks()  # quietly
     from vgg_cli.weights import keras_cache_file

@@ -226,7 +226,7 @@ class _ArraySource:
 
 
 def test_train_batches_follow_the_epoch_order_and_never_span_epochs():
-    from vgg_cli.cli import load_frameworks
+    from vgg_cli.cli_common import load_frameworks
 
     load_frameworks()
     from vgg_cli.data.pipeline import epoch_order, eval_batches, train_batches
