@@ -31,7 +31,8 @@ import keras
 
 from vgg_cli.device import release_free_memory
 from vgg_cli.errors import DataError, NoInputError
-from vgg_cli.runs import RunPaths, place_copy, write_json, write_text, write_with
+from vgg_cli.fsio import place_copy, write_json, write_text, write_with
+from vgg_cli.runs import RunPaths
 
 log = logging.getLogger("vgg")
 STATE_VERSION = 1

@@ -12,10 +12,10 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vgg_cli.config_sources import _leaf_sources, _merge, _read_yaml, default_dict, resolve_dict, yaml_load
 from vgg_cli.errors import ConfigError, DataError
@@ -24,6 +24,16 @@ __all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "lo
            "resolve_dict", "validate", "yaml_load"]
 
 BLOCKS = (1, 2, 3, 4, 5)
+
+
+def _conv_blocks(v: list[int]) -> list[int]:
+    bad = [b for b in v if b not in BLOCKS]
+    if bad:
+        raise ValueError(f"blocks must be between 1 and 5, got {bad}")
+    return sorted(set(v))
+
+
+BlockList = Annotated[list[int], AfterValidator(_conv_blocks)]  # conv block numbers, sorted, each once
 AUTO = "auto"
 # train.optimizer.learning_rate: auto (see auto_learning_rate; measured on the digit scans, README)
 AUTO_RATE_HEAD_ONLY = 1e-3  # every conv block frozen: only the new head trains (keras.io guide, fastai's frozen epochs)
@@ -102,7 +112,7 @@ class HeadConfig(_Section):
 class ModelConfig(_Section):
     arch: Literal["vgg16", "vgg19"]
     weights: str
-    freeze_blocks: list[int]
+    freeze_blocks: BlockList
     head: HeadConfig
 
     @field_validator("weights", mode="before")
@@ -114,13 +124,6 @@ class ModelConfig(_Section):
             raise ValueError("must be imagenet, none, or a path to a weights file, .keras model or run directory")
         return v if v in ("imagenet", "none", "production", "latest") else os.path.expanduser(v)
 
-    @field_validator("freeze_blocks")
-    @classmethod
-    def _blocks(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b not in BLOCKS]
-        if bad:
-            raise ValueError(f"blocks must be between 1 and 5, got {bad}")
-        return sorted(set(v))
 
 
 class OptimizerConfig(_Section):
@@ -185,7 +188,7 @@ class TrainConfig(_Section):
 
 class FinetuneConfig(_Section):
     epochs: int = Field(ge=0)
-    unfreeze_blocks: list[int]
+    unfreeze_blocks: BlockList
     learning_rate: float
 
     @field_validator("learning_rate", mode="before")
@@ -195,13 +198,6 @@ class FinetuneConfig(_Section):
             raise ValueError("must be a finite number > 0 (auto applies to train.optimizer.learning_rate only)")
         return _positive_rate(v)
 
-    @field_validator("unfreeze_blocks")
-    @classmethod
-    def _blocks(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b not in BLOCKS]
-        if bad:
-            raise ValueError(f"blocks must be between 1 and 5, got {bad}")
-        return sorted(set(v))
 
 
 class AugmentConfig(_Section):

@@ -263,7 +263,7 @@ def export_model(model, fmt: str, out: Path) -> dict:
                                  f"written. Please report this with the run's config.yaml")
     labels = None
     if fmt != "saved_model":
-        from vgg_cli.runs import write_text
+        from vgg_cli.fsio import write_text
 
         labels = out.with_name(out.stem + ".labels.txt") if out.suffix else out.parent / "labels.txt"
         write_text(labels, "".join(c + "\n" for c in classes))

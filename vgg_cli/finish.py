@@ -21,7 +21,8 @@ from vgg_cli.device import peak_rss_mib
 from vgg_cli.errors import TrainingDiverged
 from vgg_cli.health import rate_advice
 from vgg_cli.promote import apply_decision, judge, prune
-from vgg_cli.runs import LATEST, RunPaths, point, write_json
+from vgg_cli.fsio import point, write_json
+from vgg_cli.runs import LATEST, RunPaths
 
 log = logging.getLogger("vgg")
 PENDING = {"pending": True, "promoted": False, "applied": False}

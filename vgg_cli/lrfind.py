@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.errors import DataError
-from vgg_cli.runs import write_json, write_text
+from vgg_cli.fsio import write_json, write_text
 
 log = logging.getLogger("vgg")
 SMOOTHING = 0.95  # exponential moving average of the loss, bias-corrected

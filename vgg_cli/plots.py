@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vgg_cli.runs import write_bytes
+from vgg_cli.fsio import write_bytes
 
 TRAIN_COLOUR, VAL_COLOUR, MARK_COLOUR = "#1f77b4", "#d62728", "#555555"
 

@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
-from vgg_cli.runs import LATEST, PRODUCTION, RunPaths, find_model_file, point, read_json, write_json
+from vgg_cli.fsio import point, read_json, write_json
+from vgg_cli.runs import find_model_file, LATEST, PRODUCTION, RunPaths
 
 log = logging.getLogger("vgg")
 HISTORY = ".production.json"

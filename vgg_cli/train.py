@@ -31,8 +31,9 @@ from vgg_cli.phases import class_weights, n_train, new_state, plan_phases, set_u
 from vgg_cli.prepare import previous_splits, resolve_warm_start, scan_dataset
 from vgg_cli.run_summary import (DIVERGED, INTERRUPTED, NOTHING_TO_DO, TRAINED, build_summary, config_digest, now,
                                  phase_summary, plot_curves)
-from vgg_cli.runs import (LATEST, PRODUCTION, RunPaths, check_run_name_free, find_resumable, needs_finishing,
-                          new_run_dir, read_json, runs_lock, write_json, write_text)
+from vgg_cli.fsio import read_json, write_json, write_text
+from vgg_cli.runs import (check_run_name_free, find_resumable, LATEST, needs_finishing, new_run_dir, PRODUCTION,
+                          RunPaths, runs_lock)
 
 log = logging.getLogger("vgg")
 

@@ -234,7 +234,7 @@ class ScanCache:
         if self.path is None:
             return
         from vgg_cli.errors import ArtifactIOError
-        from vgg_cli.runs import write_json
+        from vgg_cli.fsio import write_json
 
         self.entries = {k: v for k, v in self.entries.items() if k in keep}
         try:

@@ -1,0 +1,143 @@
+"""Writing and reading artifacts safely: the bottom layer every other module may use.
+
+Every artifact is written to a temporary file in the destination folder, flushed and fsynced, then renamed
+over the target with ``os.replace``, so a reader sees either the old file or the new one, never half a file. A
+failed write is one line (ArtifactIOError, exit 74) naming the file and the reason ("disk full"); a JSON artifact
+that is missing or damaged is one line too (``read_json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from vgg_cli.errors import ArtifactIOError, DataError, NoInputError
+
+
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """mkstemp creates 0600 files; artifacts get the permissions a plain open() would give (0644 under umask 022).
+    The umask is read from /proc (Linux), else by setting and restoring it, once, at the first write (not at
+    import: importing vgg_cli changes nothing in the process)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def io_error(path: Path, e: OSError) -> ArtifactIOError:
+    why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return ArtifactIOError(f"could not write {str(path)!r}: {why}; free space or fix permissions and run again "
+                           f"(the previous version of the file is intact)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.fchmod(fd, _file_mode())
+        os.close(fd)
+    except OSError as e:
+        raise io_error(path, e) from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise io_error(path, e) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def read_json(path: Path, what: str | None = None) -> Any:
+    """A JSON artifact: missing is NoInputError (66), unreadable or damaged is DataError (65), one line each."""
+    what = what or Path(path).name
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NoInputError(f"{what} {str(path)!r} is missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{what} {str(path)!r} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise DataError(f"{what} {str(path)!r} is damaged (not valid JSON: {e}); it was cut short or edited") from None
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_with(path: Path, writer: Callable[[Path], None], suffix: str = "") -> None:
+    """Atomic write through a function that writes to a path (e.g. ``model.save``)."""
+    with atomic_path(path, suffix=suffix) as tmp:
+        writer(tmp)
+
+
+def place_copy(source: Path, target: Path) -> None:
+    """Atomically make ``target`` a copy of ``source``: a hard link when possible (free), else a real copy."""
+    tmp = target.parent / f".{target.name}.{os.getpid()}.link"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+
+        write_with(target, lambda t: shutil.copyfile(source, t), suffix=target.suffix)
+        return
+    try:
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise io_error(target, e) from None
+
+
+def point(link: Path, target_name: str) -> None:
+    """Atomically make ``link`` a relative symlink to ``target_name`` (a sibling folder)."""
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(target_name, tmp)
+        os.replace(tmp, link)
+        _fsync_dir(link.parent)
+    except OSError as e:
+        raise io_error(link, e) from None
