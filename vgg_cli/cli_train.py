@@ -130,17 +130,10 @@ def _early_lock(runs_dir: Path, cfg, command: str):
 
 
 def _resume_target(resume: str, runs_dir: str):
-    from vgg_cli.errors import NoInputError
-    from vgg_cli.runs import find_resumable
+    """--resume's run: the newest unfinished one (bare --resume), else a folder or a run name in output.dir."""
+    from vgg_cli.runs import find_resumable, resolve_run
 
-    if resume == "":
-        return find_resumable(Path(runs_dir))
-    p = Path(os.path.expanduser(resume))
-    if p.is_dir():
-        return p.resolve()
-    if (Path(runs_dir) / resume).is_dir():
-        return (Path(runs_dir) / resume).resolve()
-    raise NoInputError(f"--resume {resume!r}: no such run directory (looked in {runs_dir!r} too)")
+    return find_resumable(Path(runs_dir)) if resume == "" else resolve_run(resume, Path(runs_dir))
 
 
 @click.command("lr-find", short_help="Learning-rate range test: plot and a suggested rate.")

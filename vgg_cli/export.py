@@ -21,13 +21,12 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from vgg_cli.errors import ArtifactIOError, UnavailableError, VggError
+from vgg_cli.errors import UnavailableError, VggError
+from vgg_cli.fsio import atomic_tree
 
 log = logging.getLogger("vgg")
 
@@ -89,28 +88,6 @@ def probe_images(size: int, n: int = 6, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ writers
-
-
-@contextlib.contextmanager
-def _atomic_target(target: Path):
-    """Yield a temporary path beside ``target`` (file or folder); on success it replaces ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp = tmp_dir / target.name
-    try:
-        yield tmp
-        old = None
-        if target.is_dir() and not target.is_symlink():
-            old = target.parent / f".{target.name}.old.{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        raise ArtifactIOError(f"could not write {str(target)!r}: {e.strerror or e}; free space or fix permissions "
-                              f"and run again") from None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _need_tensorflow(fmt: str):
@@ -246,7 +223,7 @@ def export_model(model, fmt: str, out: Path) -> dict:
     classes, size = class_names_of(served), image_size_of(served)
     images = probe_images(size)
     expected = np.asarray(served.predict_on_batch(images), np.float32)
-    with _atomic_target(out) as tmp:
+    with atomic_tree(out) as tmp:
         if fmt == "saved_model":
             _write_saved_model(served, tmp, classes, size)
         elif fmt == "tflite":

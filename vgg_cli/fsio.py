@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -141,3 +142,25 @@ def point(link: Path, target_name: str) -> None:
         _fsync_dir(link.parent)
     except OSError as e:
         raise io_error(link, e) from None
+
+
+@contextlib.contextmanager
+def atomic_tree(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` to write a file or a whole folder (a SavedModel) at; on success it
+    replaces ``target`` (an old folder is moved aside, then removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = tmp_dir / target.name
+    try:
+        yield tmp
+        old = None
+        if target.is_dir() and not target.is_symlink():
+            old = target.parent / f".{target.name}.old.{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise io_error(target, e) from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
