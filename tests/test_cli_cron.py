@@ -204,13 +204,14 @@ def test_if_changed_skips_unchanged_data_and_trains_on_new_images(tmp_path, data
 
 def test_scan_cache_makes_unchanged_rescans_read_nothing(tmp_path, data, monkeypatch):
     from vgg_cli.config import load_config
+    from vgg_cli.data import checks
     from vgg_cli.data import scan as scan_mod
 
     cfg = load_config(None, [f"data.train_dir={data}", f"data.image_size={SIZE}"]).data
     first = scan_mod.scan(cfg, cache_dir=tmp_path / "cache")
     reads = []
-    real = scan_mod._check_one
-    monkeypatch.setattr(scan_mod, "_check_one", lambda p, s: reads.append(p) or real(p, s))
+    real = checks.check_one
+    monkeypatch.setattr(checks, "check_one", lambda p, s: reads.append(p) or real(p, s))
     again = scan_mod.scan(cfg, cache_dir=tmp_path / "cache")
     assert reads == [] and again.fingerprint == first.fingerprint
     (data / "red" / "red_000.png").write_bytes(b"broken now")  # changed size and mtime: read again

@@ -54,69 +54,88 @@ def suggest(rates: np.ndarray, smoothed: list[float]) -> tuple[float | None, flo
 
 
 def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
+    """Train ``steps`` batches with the rate rising from ``start`` to ``end``; write the plot, CSV and JSON."""
+    from vgg_cli.callbacks import StopOnSignal
+    from vgg_cli.inputs import input_plan
+
+    cfg, index, model, phase = _prepared_model(cfg, start)  # cfg with a warm start resolved
+    log.info("lr-find: frozen blocks %s, %s, %d steps from %g to %g", list(phase.frozen_blocks) or "none",
+             cfg.train.optimizer.name, steps, start, end)
+    rates = range_rates(start, end, steps)
+    t0 = time.perf_counter()
+    stopper = StopOnSignal()
+    with stopper:
+        plan = input_plan(cfg, index, model, stopper.check, phase.frozen_blocks)
+        try:
+            log.info("input: %s", plan.info["description"])
+            losses, stopped = _sweep(cfg, index, plan, rates, stopper)
+        finally:
+            plan.source.close()
+    if len(losses) < 5:
+        raise DataError(f"the range test ran only {len(losses)} steps; it needs more training images or --steps")
+    info = {"start": start, "end": end, "optimizer": cfg.train.optimizer.name,
+            "frozen_blocks": list(phase.frozen_blocks), "batch_size": cfg.train.batch_size,
+            "seconds": round(time.perf_counter() - t0, 2), "input": plan.info["path"], "stopped": stopped}
+    return _report(rates[: len(losses)], losses, info, out_dir)
+
+
+def _prepared_model(cfg, start: float):
+    """(config with a warm start resolved, dataset index, model compiled at ``start`` with phase 1's frozen blocks,
+    phase 1), as training prepares them."""
     import keras
 
-    from vgg_cli.callbacks import StopOnSignal
-    from vgg_cli.data.pipeline import close_batches, train_batches
-    from vgg_cli.inputs import input_plan
     from vgg_cli.model import apply_freeze, backbone_of, build_model
-    from vgg_cli.weights import check_weights_available
     from vgg_cli.optim import compile_model
-    from vgg_cli.phases import class_weights, plan_phases, steps_per_epoch
+    from vgg_cli.phases import plan_phases
     from vgg_cli.prepare import resolve_warm_start, scan_dataset
+    from vgg_cli.weights import check_weights_available
 
     cfg = resolve_warm_start(cfg)
     check_weights_available(cfg.model)
     index = scan_dataset(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
     model, weights = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+    log.info("lr-find: %s backbone, weights: %s", cfg.model.arch, weights)
     phase = plan_phases(cfg)[0]
     apply_freeze(backbone_of(model), phase.frozen_blocks)
     compile_model(model, cfg.train, len(index.classes), learning_rate=start)
-    log.info("lr-find: %s backbone (weights: %s), frozen blocks %s, %s, %d steps from %g to %g",
-             cfg.model.arch, weights, list(phase.frozen_blocks) or "none", cfg.train.optimizer.name, steps, start, end)
-    stopper = StopOnSignal()
-    rates = range_rates(start, end, steps)
+    return cfg, index, model, phase
+
+
+def _sweep(cfg, index, plan, rates: np.ndarray, stopper) -> tuple[list[float], str]:
+    """One train step per rate until the rates run out or the loss diverges: (losses, why it stopped)."""
+    from vgg_cli.data.pipeline import close_batches, train_batches
+    from vgg_cli.phases import class_weights, steps_per_epoch
+
+    steps = len(rates)
+    per_epoch = steps_per_epoch(len(plan.train_ids), cfg.train.batch_size)
+    ds = train_batches(plan.source, plan.train_ids, plan.labels, cfg.train.batch_size, cfg.train.seed, 0,
+                       math.ceil(steps / per_epoch), class_weights(cfg, index))
     losses: list[float] = []
-    stopped = f"reached {steps} steps"
-    t0 = time.perf_counter()
-    with stopper:
-        plan = input_plan(cfg, index, model, stopper.check, phase.frozen_blocks)
-        ds = None
-        try:
-            log.info("input: %s", plan.info["description"])
-            per_epoch = steps_per_epoch(len(plan.train_ids), cfg.train.batch_size)
-            ds = train_batches(plan.source, plan.train_ids, plan.labels, cfg.train.batch_size, cfg.train.seed, 0,
-                               math.ceil(steps / per_epoch), class_weights(cfg, index))
-            optimizer = plan.fit_model.optimizer
-            best = math.inf
-            for step, (x, y, *w) in enumerate(itertools.islice(ds, steps)):
-                stopper.check()
-                optimizer.learning_rate = float(rates[step])
-                loss = float(plan.fit_model.train_on_batch(x, y, sample_weight=w[0] if w else None,
-                                                           return_dict=True)["loss"])
-                losses.append(loss)
-                current = smooth(losses)[-1]
-                if not math.isfinite(current):
-                    stopped = f"the loss became {current} at rate {rates[step]:.3g}"
-                    break
-                best = min(best, current)
-                if step >= 10 and current > DIVERGED * best:
-                    stopped = f"the loss diverged (over {DIVERGED:g}x its minimum) at rate {rates[step]:.3g}"
-                    break
-        finally:
-            close_batches(ds)
-            plan.source.close()
-    if len(losses) < 5:
-        raise DataError(f"the range test ran only {len(losses)} steps; it needs more training images or --steps")
-    rates = rates[: len(losses)]
+    best = math.inf
+    try:
+        for step, (x, y, *w) in enumerate(itertools.islice(ds, steps)):
+            stopper.check()
+            plan.fit_model.optimizer.learning_rate = float(rates[step])
+            losses.append(float(plan.fit_model.train_on_batch(x, y, sample_weight=w[0] if w else None,
+                                                              return_dict=True)["loss"]))
+            current = smooth(losses)[-1]
+            if not math.isfinite(current):
+                return losses, f"the loss became {current} at rate {rates[step]:.3g}"
+            best = min(best, current)
+            if step >= 10 and current > DIVERGED * best:
+                return losses, f"the loss diverged (over {DIVERGED:g}x its minimum) at rate {rates[step]:.3g}"
+    finally:
+        close_batches(ds)
+    return losses, f"reached {steps} steps"
+
+
+def _report(rates: np.ndarray, losses: list[float], info: dict, out_dir: Path) -> dict:
+    """Write lr_find.csv, lr_find.png and lr_find.json into ``out_dir``; returns the JSON's content."""
     smoothed = smooth(losses)
     steepest, at_min = suggest(rates, smoothed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"suggested_learning_rate": steepest, "min_loss_rate_div10": at_min, "steps": len(losses),
-              "stopped": stopped, "start": start, "end": end, "optimizer": cfg.train.optimizer.name,
-              "frozen_blocks": list(phase.frozen_blocks), "batch_size": cfg.train.batch_size,
-              "seconds": round(time.perf_counter() - t0, 2), "input": plan.info["path"],
+    result = {"suggested_learning_rate": steepest, "min_loss_rate_div10": at_min, "steps": len(losses), **info,
               "files": {"plot": str(out_dir / "lr_find.png"), "csv": str(out_dir / "lr_find.csv"),
                         "json": str(out_dir / "lr_find.json")}}
     write_text(out_dir / "lr_find.csv", "step,learning_rate,loss,smoothed_loss\n" + "".join(
