@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -198,19 +197,20 @@ def test_prefetch_batches_overlaps_and_keeps_order():
 
     from vgg_cli.data.pipeline import prefetch_batches
 
-    started: list[int] = []
+    import threading
+
+    next_batch_started = {x: threading.Event() for x in range(4, 8)}
 
     def load(x):
-        started.append(x)
-        time.sleep(0.01)
+        if x in next_batch_started:
+            next_batch_started[x].set()
         return x * 10
 
     seen = []
     with ThreadPoolExecutor(4) as pool:
         for start, batch in prefetch_batches(list(range(10)), load, 4, pool):
-            if start == 0:
-                time.sleep(0.1)
-                assert set(started) >= {4, 5, 6, 7}  # the next batch was loading while we worked on this one
+            if start == 0:  # the next batch loads while we work on this one (no sleeps: an event per load)
+                assert all(e.wait(timeout=30) for e in next_batch_started.values())
             seen.append((start, batch))
     assert seen == [(0, [0, 10, 20, 30]), (4, [40, 50, 60, 70]), (8, [80, 90])]
 
