@@ -12,8 +12,8 @@ from a few threads in parallel and prefetches, so the next batches are ready whi
 JAX and PyTorch backends (where TensorFlow need not be installed at all) a Python generator does the same: a
 background thread makes the next batches while the current one trains (``BackgroundBatches``). Both yield the same
 batches in the same order. Under a JAX distribution (``vgg_cli.distribute``) each batch is padded to a multiple of
-the devices with weight-0 copies and each process yields its slice of it. This is the one module that uses TensorFlow directly; model, training and prediction code
-use Keras APIs only.
+the devices with weight-0 copies and each process yields its slice of it. This is the one module that uses
+TensorFlow directly; model, training and prediction code use Keras APIs only.
 
 Class weights travel as per-image sample weights (``weights[label]``, what Keras' ``class_weight`` does), since
 Keras accepts ``class_weight`` for tf.data but not for Python generators.
