@@ -40,7 +40,9 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def vgg_process(code: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
-    full_env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("KERAS_DISTRIBUTION")}
+    # KERAS_BACKEND too: an in-process test before this one may have set it, and it would override train.backend
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("TF_CONFIG", "KERAS_BACKEND") and not k.startswith("KERAS_DISTRIBUTION")}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=full_env)

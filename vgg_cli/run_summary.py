@@ -16,8 +16,8 @@ import keras
 from vgg_cli import __version__
 from vgg_cli.checkpoints import Monitor, TrainState
 from vgg_cli.config import Config
-from vgg_cli.data.scan import TRAIN, DatasetIndex
-from vgg_cli.phases import plan_phases
+from vgg_cli.data.scan import DatasetIndex
+from vgg_cli.phases import n_train as count_train, plan_phases
 from vgg_cli.runs import RunPaths
 
 log = logging.getLogger("vgg")
@@ -69,7 +69,7 @@ def plot_curves(paths: RunPaths, state: TrainState, monitor: str) -> None:
 
 def build_summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state: TrainState, run_info: dict,
              outcome, t_start: float) -> dict:
-    n_train = sum(1 for e in index.files if e.split == TRAIN)
+    n_train = count_train(index)
     n_val = len(index.files) - n_train
     has_val = n_val > 0
     stopped_by, train_s = outcome.stopped_by, outcome.seconds
