@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
 from vgg_cli.checkpoints import TrainState, save_model, sync
-from vgg_cli.runs import RunPaths
+from vgg_cli.rundir import RunDir
 
 FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
         "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",
@@ -233,7 +233,7 @@ def test_resume_errors(tmp_path):
 
 def test_sync_repairs_a_crash_between_commit_and_bookkeeping(tmp_path):
     """The commit protocol without training: state.json decides; sync makes the rest agree."""
-    paths = RunPaths(tmp_path / "run")
+    paths = RunDir(tmp_path / "run")
     paths.checkpoints.mkdir(parents=True)
     for e in (1, 2, 3):
         paths.checkpoint(e).write_bytes(f"model after epoch {e}".encode())

@@ -18,7 +18,7 @@ from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState
 from vgg_cli.model import conv_layers_by_block
 from vgg_cli.model_io import load_model
 from vgg_cli.optim import PhaseSchedule, SmoothedSparseCrossentropy
-from vgg_cli.runs import RunPaths
+from vgg_cli.rundir import RunDir
 
 BASE = [f"data.image_size={SIZE}", "model.head.dense=[16]", "model.head.dropout=0.0", "train.batch_size=8",
         "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0", "output.tensorboard=false",
@@ -131,7 +131,7 @@ def test_two_phase_run_resumes_in_either_phase(tmp_path, data, stop_after):
 def _recorder(tmp_path, state: TrainState, phase: int, patience: int = 2) -> RunRecorder:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    paths = RunPaths(tmp_path)
+    paths = RunDir(tmp_path)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     rec = RunRecorder(paths, state, Monitor("val_accuracy", True), patience, 10, phase=phase)
     rec.set_model(model)

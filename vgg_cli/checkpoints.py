@@ -32,7 +32,7 @@ import keras
 from vgg_cli.device import release_free_memory
 from vgg_cli.errors import DataError, NoInputError
 from vgg_cli.fsio import place_copy, write_json, write_text, write_with
-from vgg_cli.runs import RunPaths
+from vgg_cli.rundir import RunDir
 
 log = logging.getLogger("vgg")
 STATE_VERSION = 1
@@ -89,14 +89,14 @@ class TrainState:
     def best(self) -> dict | None:
         return self.rows[self.best_epoch - 1] if self.best_epoch else None
 
-    def to_dict(self, paths: RunPaths) -> dict:
+    def to_dict(self, paths: RunDir) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "epochs": self.epochs,
                 "checkpoint": paths.checkpoint(self.epoch).relative_to(paths.root).as_posix(),
                 "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "phase_ends": self.phase_ends,
                 "rows": self.rows}
 
 
-def read_state(paths: RunPaths) -> TrainState | None:
+def read_state(paths: RunDir) -> TrainState | None:
     """The committed state of a run, or None if no epoch was ever completed."""
     if not paths.state.is_file():
         return None
@@ -135,7 +135,7 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def sync(paths: RunPaths, state: TrainState) -> None:
+def sync(paths: RunDir, state: TrainState) -> None:
     """Make best.keras, last.keras and metrics.csv agree with the committed state; drop stale checkpoints."""
     current = paths.checkpoint(state.epoch)
     if state.best_epoch == state.epoch:
@@ -194,7 +194,7 @@ class RunRecorder(keras.callbacks.Callback):
     so a resumed run knows exactly how long it has gone without improving. Early stopping counts within the
     current phase: stopping phase 1 early starts phase 2; stopping the last phase early ends the run."""
 
-    def __init__(self, paths: RunPaths, state: TrainState, monitor: Monitor, patience: int, n_train: int,
+    def __init__(self, paths: RunDir, state: TrainState, monitor: Monitor, patience: int, n_train: int,
                  save_model: keras.Model | None = None, phase: int = 1):
         """``save_model``: the whole model to checkpoint when training runs on part of it (cached features);
         default: the model being trained. ``phase``: 1-based, the phase these epochs belong to."""

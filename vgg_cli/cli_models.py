@@ -71,7 +71,8 @@ def _model_of(run: str | None, model_file: str | None, runs_dir: str):
     defaults to production, else latest."""
     from pathlib import Path
 
-    from vgg_cli.runs import find_model_file, resolve_run
+    from vgg_cli.rundir import RunDir
+    from vgg_cli.runs import resolve_run
 
     if run is not None and model_file is not None:
         raise click.UsageError("give either --run or --model, not both")
@@ -80,7 +81,7 @@ def _model_of(run: str | None, model_file: str | None, runs_dir: str):
 
         return resolve_model_file(None, model_file, runs_dir), None
     run_dir = resolve_run(run, Path(runs_dir))
-    return find_model_file(run_dir), run_dir
+    return RunDir(run_dir).model_file(), run_dir
 
 
 @click.command(short_help="Measure a trained model: accuracy, per-class report, confusion matrix.")
@@ -114,7 +115,9 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
 
         raise NoInputError(f"DATA_DIR {data_dir!r} is not a folder; pass a folder with one subfolder per class")
     name = "val" if data_dir is None else (Path(os.path.expanduser(data_dir)).resolve().name or "data")
-    out = Path(out_dir) if out_dir else (run_dir / "evaluation" / name if run_dir else Path("evaluation") / name)
+    from vgg_cli.rundir import RunDir
+
+    out = Path(out_dir) if out_dir else (RunDir(run_dir).evaluation(name) if run_dir else Path("evaluation") / name)
     setup_logging(False)
     load_frameworks()
     from vgg_cli import evaluate as ev

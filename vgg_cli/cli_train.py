@@ -89,9 +89,10 @@ def _run_backend(run_dir) -> str:
     import yaml
 
     from vgg_cli.config import yaml_load
+    from vgg_cli.rundir import RunDir
 
     try:
-        tree = yaml_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+        tree = yaml_load(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))
         return str(tree["train"].get("backend", "auto"))
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return "auto"  # a damaged config.yaml is reported by the resume itself

@@ -30,37 +30,13 @@ class VggError(Exception):
             self.exit_code = exit_code
 
 
-class UsageError(VggError):
-    exit_code = EXIT_USAGE
-
-
-class ConfigError(VggError):
-    exit_code = EXIT_CONFIG
-
-
-class DataError(VggError):
-    exit_code = EXIT_DATA
-
-
-class NoInputError(VggError):
-    exit_code = EXIT_NOINPUT
-
-
-class UnavailableError(VggError):
-    exit_code = EXIT_UNAVAILABLE
-
-
-class ArtifactIOError(VggError):
-    exit_code = EXIT_IOERR
-
-
-class LockedError(VggError):
-    exit_code = EXIT_TEMPFAIL
-
-
-class InterruptedRun(VggError):
-    exit_code = EXIT_TEMPFAIL
-
-
-class TrainingDiverged(VggError):
-    exit_code = EXIT_DIVERGED
+# One class per kind of user error, named by what went wrong; the exit code comes with the kind.
+class UsageError(VggError): exit_code = EXIT_USAGE  # noqa: E701
+class ConfigError(VggError): exit_code = EXIT_CONFIG  # noqa: E701
+class DataError(VggError): exit_code = EXIT_DATA  # noqa: E701
+class NoInputError(VggError): exit_code = EXIT_NOINPUT  # noqa: E701
+class UnavailableError(VggError): exit_code = EXIT_UNAVAILABLE  # noqa: E701
+class ArtifactIOError(VggError): exit_code = EXIT_IOERR  # noqa: E701
+class LockedError(VggError): exit_code = EXIT_TEMPFAIL  # noqa: E701
+class InterruptedRun(VggError): exit_code = EXIT_TEMPFAIL  # noqa: E701
+class TrainingDiverged(VggError): exit_code = EXIT_DIVERGED  # noqa: E701

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vgg_cli.errors import DataError, NoInputError
+from vgg_cli.errors import DataError, NoInputError, VggError
 from vgg_cli.fsio import write_json, write_text
+from vgg_cli.rundir import RunDir
 
 log = logging.getLogger("vgg")
 TOP_K = 5
@@ -39,10 +39,10 @@ def validation_set(run_dir: Path) -> EvalSet:
     """The run's own held-out images (data.json), which it never trained on."""
     from vgg_cli.data.scan import VAL, index_from_manifest
 
-    manifest = run_dir / "data.json"
+    manifest = RunDir(run_dir).data
     try:
-        index = index_from_manifest(json.loads(manifest.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError) as e:
+        index = index_from_manifest(RunDir(run_dir).read_manifest())
+    except (VggError, ValueError, KeyError) as e:
         raise NoInputError(f"{str(manifest)!r} is missing or unreadable ({e}); pass a labelled folder: "
                            f"vgg evaluate --run {run_dir} DATA_DIR") from None
     files, labels = index.split(VAL)

@@ -22,25 +22,26 @@ from vgg_cli.errors import TrainingDiverged
 from vgg_cli.health import rate_advice
 from vgg_cli.promote import apply_decision, judge, prune
 from vgg_cli.fsio import point, write_json
-from vgg_cli.runs import LATEST, RunPaths
+from vgg_cli.rundir import RunDir
+from vgg_cli.runs import LATEST
 
 log = logging.getLogger("vgg")
 PENDING = {"pending": True, "promoted": False, "applied": False}
 
 
-def point_latest(paths: RunPaths) -> None:
+def point_latest(paths: RunDir) -> None:
     """``latest`` -> this run, unless it already points at a run created after this one."""
     link = paths.root.parent / LATEST
     if link.exists():
         current = link.resolve()
         if current != paths.root.resolve() and current.is_dir() and \
-                (current / "config.yaml").stat().st_mtime > paths.config.stat().st_mtime:
+                RunDir(current).created() > paths.created():
             log.info("%s stays at the newer run %s", LATEST, current.name)
             return
     point(link, paths.root.name)
 
 
-def finish(cfg, paths: RunPaths, index, summary: dict, best: dict | None, chief: bool = True) -> dict:
+def finish(cfg, paths: RunDir, index, summary: dict, best: dict | None, chief: bool = True) -> dict:
     """Steps 2-5 above for a run whose summary.json (step 1) is written; returns the final summary."""
     point_latest(paths)
     monitor = summary["monitor"]
@@ -64,7 +65,7 @@ def finish(cfg, paths: RunPaths, index, summary: dict, best: dict | None, chief:
     return summary
 
 
-def diverged_error(paths: RunPaths, health: dict, rate: float, auto_rate: bool, phase: int = 1) -> TrainingDiverged:
+def diverged_error(paths: RunDir, health: dict, rate: float, auto_rate: bool, phase: int = 1) -> TrainingDiverged:
     d = health["diverged"]
     kept = (f"{paths.best} holds the best of epochs 1-{d['kept_epoch']}" if d["kept_epoch"] else
             "no epoch finished, so there is no model")

@@ -20,7 +20,7 @@ from vgg_cli.health import Baseline, Diverged, HealthCheck, HealthRecord
 from vgg_cli.inputs import input_plan
 from vgg_cli.keras_fixes import multi_worker_fit_fixes
 from vgg_cli.phases import Phase, class_weights, n_train, plan_phases, set_up_phase, steps_per_epoch
-from vgg_cli.runs import RunPaths
+from vgg_cli.rundir import RunDir
 
 log = logging.getLogger("vgg")
 
@@ -35,7 +35,7 @@ class FitOutcome:
     diverged: Diverged | None = None
 
 
-def fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState) -> FitOutcome:
+def fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, state: TrainState) -> FitOutcome:
     """Train epochs state.epoch .. epochs-1, phase by phase, watching the run's health (vgg_cli.health)."""
     phases = plan_phases(cfg)
     stopper = StopOnSignal()
@@ -70,7 +70,7 @@ def fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, s
     return out
 
 
-def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, state: TrainState,
+def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, state: TrainState,
                phase: Phase, stopper: StopOnSignal, weights: dict[int, float] | None, health: HealthRecord) -> dict:
     """Fit the rest of one phase (to state.phase_ends[phase]); returns the input description."""
     from vgg_cli.data.pipeline import close_batches, eval_batches, train_batches

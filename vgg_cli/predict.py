@@ -109,11 +109,12 @@ def format_results(results: list[Prediction], fmt: str, top_k: int) -> str:
 
 
 def resolve_model_file(run: str | None, model_file: str | None, runs_dir: str) -> Path:
-    from vgg_cli.runs import find_model_file, resolve_run
+    from vgg_cli.rundir import RunDir
+    from vgg_cli.runs import resolve_run
 
     if model_file is not None:
         p = Path(os.path.expanduser(model_file))
         if not p.is_file():
             raise NoInputError(f"--model {model_file!r} not found; pass a .keras file from a vgg run")
         return p
-    return find_model_file(resolve_run(run, Path(runs_dir)))
+    return RunDir(resolve_run(run, Path(runs_dir))).model_file()

@@ -3,13 +3,13 @@ the sticky split of runs/latest, and say what was found."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from vgg_cli.config import Config
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, scan
-from vgg_cli.errors import NoInputError
+from vgg_cli.errors import NoInputError, VggError
+from vgg_cli.rundir import RunDir
 from vgg_cli.runs import LATEST, PRODUCTION
 
 log = logging.getLogger("vgg")
@@ -28,13 +28,13 @@ def resolve_warm_start(cfg: Config) -> Config:
 
 
 def previous_splits(cfg: Config) -> dict[str, str]:
-    manifest = Path(cfg.output.dir) / LATEST / "data.json"
-    if not manifest.is_file():
+    latest = RunDir(Path(cfg.output.dir) / LATEST)
+    if not latest.data.is_file():
         return {}
     try:
-        return previous_splits_from(json.loads(manifest.read_text(encoding="utf-8")), cfg.data)
-    except (OSError, ValueError):
-        log.warning("could not read %s; splitting without it", manifest)
+        return previous_splits_from(latest.read_manifest(), cfg.data)
+    except (VggError, ValueError):
+        log.warning("could not read %s; splitting without it", latest.data)
         return {}
 
 

@@ -11,16 +11,16 @@ With no production model to compare against, the new model's accuracy is its bes
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
-from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
+from vgg_cli.errors import NoInputError, UsageError, VggError
 from vgg_cli.fsio import point, read_json, write_json
-from vgg_cli.runs import find_model_file, LATEST, PRODUCTION, RunPaths
+from vgg_cli.rundir import FINISHED, iter_runs, RunDir
+from vgg_cli.runs import LATEST, PRODUCTION
 
 log = logging.getLogger("vgg")
 HISTORY = ".production.json"
@@ -33,8 +33,8 @@ def production_run(runs_dir: Path) -> Path | None:
 
 def history(runs_dir: Path) -> list[dict]:
     try:
-        return list(json.loads((runs_dir / HISTORY).read_text(encoding="utf-8"))["history"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return list(read_json(runs_dir / HISTORY)["history"])
+    except (VggError, KeyError, TypeError):
         return []
 
 
@@ -47,12 +47,11 @@ def set_production(runs_dir: Path, run_name: str, how: str, entries: list[dict] 
 
 
 def _finished(run: Path) -> dict:
-    try:
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    summary = RunDir(run).summary_or_none()
+    if summary is None:
         raise NoInputError(f"run {str(run)!r} has no summary.json: it did not finish (resume it with "
                            f"`vgg train --resume {run}`)") from None
-    if summary.get("status") not in ("finished", "early_stopped"):
+    if summary.get("status") not in FINISHED:
         raise UsageError(f"run {run.name!r} is {summary.get('status')}, not finished; resume it first")
     return summary
 
@@ -117,10 +116,8 @@ def _comparable_production(runs_dir: Path, classes: list[str]) -> tuple[Path | N
     if prod is None:
         return None, None, None
     try:
-        prod_classes = read_json(prod / "classes.json", "production run's classes.json")
-        if not isinstance(prod_classes, list) or not all(isinstance(c, str) for c in prod_classes):
-            raise DataError(f"{prod / 'classes.json'} is not a list of class names")
-        find_model_file(prod)
+        prod_classes = RunDir(prod).read_classes()
+        RunDir(prod).model_file()
     except VggError as e:
         return prod, None, str(e)
     added = sorted(set(classes) - set(prod_classes))
@@ -128,7 +125,7 @@ def _comparable_production(runs_dir: Path, classes: list[str]) -> tuple[Path | N
     return prod, ({"added": added, "removed": removed} if added or removed else None), None
 
 
-def judge(cfg, paths: RunPaths, index, best: dict | None = None) -> dict:
+def judge(cfg, paths: RunDir, index, best: dict | None = None) -> dict:
     """Evaluate the new run against production and decide, without changing anything: the decision record.
 
     ``best``: the best epoch's metrics row. When the new model only has to clear ``promote.min_accuracy`` (no
@@ -206,7 +203,7 @@ def _why_promoted(record: dict, prod: Path | None, accuracy: float, rule: str) -
 
 def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_size: int) -> dict | None:
     try:
-        return evaluate(find_model_file(prod), files, truth, batch_size)
+        return evaluate(RunDir(prod).model_file(), files, truth, batch_size)
     except VggError as e:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name, e)
         return None
@@ -228,13 +225,9 @@ def list_runs(runs_dir: Path) -> list[dict]:
     prod = production_run(runs_dir)
     latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
     out = []
-    for d in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
-        if d.is_symlink() or not d.is_dir() or d.name.startswith(".") or not (d / "config.yaml").is_file():
-            continue
-        try:
-            s = json.loads((d / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            s = {"status": "unfinished"}
+    for run in iter_runs(runs_dir):
+        d = run.root
+        s = run.summary_or_none() or {"status": "unfinished"}
         best = s.get("best") or {}
         monitor = s.get("monitor")
         out.append({"run": d.name, "started": s.get("started"), "status": s.get("status"),
@@ -257,7 +250,7 @@ def prune(runs_dir: Path, keep: int, current: str) -> list[str]:
         protected.add(entries[-2]["run"])
     if (runs_dir / LATEST).exists():
         protected.add((runs_dir / LATEST).resolve().name)
-    runs = sorted((r["run"] for r in list_runs(runs_dir)), key=lambda n: (runs_dir / n / "config.yaml").stat().st_mtime)
+    runs = [r.name for r in sorted(iter_runs(runs_dir), key=RunDir.created)]
     removed = []
     for name in runs:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)
         if len(runs) - len(removed) <= keep:

@@ -18,7 +18,7 @@ from vgg_cli.checkpoints import Monitor, TrainState
 from vgg_cli.config import Config
 from vgg_cli.data.scan import DatasetIndex
 from vgg_cli.phases import n_train as count_train, plan_phases
-from vgg_cli.runs import RunPaths
+from vgg_cli.rundir import RunDir
 
 log = logging.getLogger("vgg")
 
@@ -55,7 +55,7 @@ def phase_summary(cfg: Config, state: TrainState, inputs: dict) -> list[dict]:
     return out
 
 
-def plot_curves(paths: RunPaths, state: TrainState, monitor: str) -> None:
+def plot_curves(paths: RunDir, state: TrainState, monitor: str) -> None:
     """<run>/curves.png: loss and accuracy per epoch. A picture that cannot be drawn is not worth failing a run."""
     if not state.rows:
         return

@@ -1,5 +1,6 @@
-"""Run directories: their paths and names, the ``latest`` and ``production`` pointers, the lock, and finding runs
-to resume or predict with. Writing files safely is ``vgg_cli.fsio``."""
+"""Run directories as a collection: creating and naming them, the ``latest`` and ``production`` pointers, the
+lock, and finding runs to resume or predict with. One run's files are ``vgg_cli.rundir``; writing files safely is
+``vgg_cli.fsio``."""
 
 from __future__ import annotations
 
@@ -10,76 +11,15 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from vgg_cli.errors import ArtifactIOError, ConfigError, LockedError, NoInputError
 from vgg_cli.fsio import io_error
+from vgg_cli.rundir import FINISHED, RunDir, iter_runs
 
 LATEST = "latest"
 PRODUCTION = "production"  # the promoted run (vgg_cli.promote moves it)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def classes(self) -> Path:
-        return self.root / "classes.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data.json"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def best(self) -> Path:
-        return self.model_dir / "best.keras"
-
-    @property
-    def last(self) -> Path:
-        return self.model_dir / "last.keras"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def curves(self) -> Path:
-        return self.root / "curves.png"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "train.log"
-
-    @property
-    def state(self) -> Path:
-        """The commit point of training progress: the last completed epoch and its checkpoint."""
-        return self.root / "state.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.model_dir / "checkpoints"
-
-    def checkpoint(self, epoch: int) -> Path:
-        return self.checkpoints / f"epoch-{epoch:04d}.keras"
 
 
 def check_run_name_free(runs_dir: Path, name: str | None) -> None:
@@ -93,7 +33,7 @@ def _name_taken(root: Path) -> ConfigError:
                        f"set output.name=null for a timestamped one")
 
 
-def new_run_dir(runs_dir: Path, name: str | None, dataset_name: str) -> RunPaths:
+def new_run_dir(runs_dir: Path, name: str | None, dataset_name: str) -> RunDir:
     """Create a fresh run directory. An explicit name that exists is an error; generated names get -2, -3…"""
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -107,29 +47,19 @@ def new_run_dir(runs_dir: Path, name: str | None, dataset_name: str) -> RunPaths
             raise _name_taken(root) from None
         except OSError as e:
             raise io_error(root, e) from None
-        return RunPaths(root)
+        return RunDir(root)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset_name).strip("._") or "run"
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
     for i in range(1, 1000):
         root = runs_dir / (base if i == 1 else f"{base}-{i}")
         try:
             root.mkdir()
-            return RunPaths(root)
+            return RunDir(root)
         except FileExistsError:
             continue
         except OSError as e:
             raise io_error(root, e) from None
     raise ArtifactIOError(f"could not create a new run directory under {str(runs_dir)!r}; too many runs named {base!r}")
-
-
-def find_model_file(run_dir: Path) -> Path:
-    """The model a finished (or interrupted) run offers: best.keras, else last.keras."""
-    paths = RunPaths(run_dir)
-    for candidate in (paths.best, paths.last):
-        if candidate.is_file():
-            return candidate
-    raise NoInputError(f"run directory {str(run_dir)!r} has no model/best.keras or model/last.keras; "
-                       f"pass a finished run with --run or a model file with --model")
 
 
 def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
@@ -226,7 +156,7 @@ def _runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
 
 def needs_finishing(summary: dict | None) -> bool:
     """A run that trained all its epochs but was stopped before its promotion was decided and carried out."""
-    if not isinstance(summary, dict) or summary.get("status") not in ("finished", "early_stopped"):
+    if not isinstance(summary, dict) or summary.get("status") not in FINISHED:
         return False
     promotion = summary.get("promotion")
     return promotion is None or bool(promotion.get("pending")) or promotion.get("applied") is False
@@ -236,15 +166,11 @@ def find_resumable(runs_dir: Path) -> Path:
     """The newest run in ``runs_dir`` that did not finish: it has no summary (or an unreadable one), was
     interrupted, or trained to the end but was stopped before its promotion was carried out."""
     candidates = []
-    for d in runs_dir.iterdir() if runs_dir.is_dir() else []:
-        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and (d / "config.yaml").is_file():
-            try:
-                summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                summary = None
-            status = summary.get("status") if isinstance(summary, dict) else None
-            if status in (None, "interrupted") or needs_finishing(summary):
-                candidates.append((d.stat().st_mtime, d))
+    for run in iter_runs(runs_dir):
+        summary = run.summary_or_none()
+        status = summary.get("status") if summary else None
+        if status in (None, "interrupted") or needs_finishing(summary):
+            candidates.append((run.root.stat().st_mtime, run.root))
     if not candidates:
         raise NoInputError(f"no unfinished run to resume in {str(runs_dir)!r}; pass --resume RUN_DIR or start a "
                            f"new run without --resume")

@@ -8,7 +8,6 @@ any moment can be resumed with ``vgg train --resume``. SIGINT/SIGTERM stop at th
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -31,9 +30,10 @@ from vgg_cli.phases import class_weights, n_train, new_state, plan_phases, set_u
 from vgg_cli.prepare import previous_splits, resolve_warm_start, scan_dataset
 from vgg_cli.run_summary import (DIVERGED, INTERRUPTED, NOTHING_TO_DO, TRAINED, build_summary, config_digest, now,
                                  phase_summary, plot_curves)
-from vgg_cli.fsio import read_json, write_json, write_text
+from vgg_cli.fsio import write_json, write_text
+from vgg_cli.rundir import RunDir
 from vgg_cli.runs import (check_run_name_free, find_resumable, LATEST, needs_finishing, new_run_dir, PRODUCTION,
-                          RunPaths, runs_lock)
+                          runs_lock)
 
 log = logging.getLogger("vgg")
 
@@ -109,10 +109,8 @@ def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> Tr
 
 def _latest_summary(runs_dir: Path) -> tuple[Path, dict] | None:
     link = runs_dir / LATEST
-    try:
-        return link.resolve(), json.loads((link / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    summary = RunDir(link).summary_or_none() if link.exists() else None
+    return None if summary is None else (link.resolve(), summary)
 
 
 def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict | None = None,
@@ -166,7 +164,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         run_info = {"started": started, "weights": weights_source, "config_digest": digest,
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
                     "resumed": []}
-        write_json(paths.root / "run.json", run_info)
+        write_json(paths.info, run_info)
         state = new_state(cfg)
         return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
     finally:
@@ -174,7 +172,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         handler.close()
 
 
-def _unfinished_same_job(cfg: Config) -> RunPaths | None:
+def _unfinished_same_job(cfg: Config) -> RunDir | None:
     """Cron mode (--if-changed): the newest run that did not finish, if it is newer than runs/latest and was
     started with this same config. It is finished before anything new is trained."""
     runs_dir = Path(cfg.output.dir)
@@ -185,11 +183,9 @@ def _unfinished_same_job(cfg: Config) -> RunPaths | None:
     latest = runs_dir / LATEST
     if latest.exists() and latest.resolve().stat().st_mtime > candidate.stat().st_mtime:
         return None
-    try:
-        info = read_json(candidate / "run.json", "run info")
-    except (DataError, NoInputError):
-        return None
-    if not isinstance(info, dict):
+    run = RunDir(candidate)
+    info = run.info_or_none()
+    if info is None:
         return None
     if len(info.get("resumed", [])) >= MAX_AUTO_RESUMES:
         log.warning("not resuming unfinished run %s again: it was resumed %d times without finishing; training a "
@@ -199,13 +195,13 @@ def _unfinished_same_job(cfg: Config) -> RunPaths | None:
         log.info("not resuming unfinished run %s: it was started with a different config", candidate.name)
         return None
     log.info("an earlier run of this job did not finish (%s): resuming it", candidate.name)
-    return RunPaths(candidate)
+    return run
 
 
 def resume_training(run_dir: Path, command: str = "") -> TrainResult:
     """Continue an unfinished run from its last committed epoch, with its own config and file list."""
     t_start = time.perf_counter()
-    paths = RunPaths(run_dir)
+    paths = RunDir(run_dir)
     if not paths.config.is_file() or not paths.data.is_file():
         raise NoInputError(f"{str(run_dir)!r} is not a vgg run directory (no config.yaml/data.json); "
                            f"pass a run directory to --resume")
@@ -224,36 +220,33 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _readable_summary(paths: RunPaths) -> dict | None:
+def _readable_summary(paths: RunDir) -> dict | None:
     """summary.json, or None when there is none yet or it is damaged (then state.json, the commit point, decides
     what is left to do, and the summary is written again)."""
     if not paths.summary.is_file():
         return None
     try:
-        summary = read_json(paths.summary, "run summary")
-        if not isinstance(summary, dict):
-            raise DataError(f"run summary {str(paths.summary)!r} is not a JSON object")
-        return summary
+        return paths.read_summary()
     except (DataError, NoInputError) as e:
         log.warning("%s; continuing from state.json and writing it again", e)
         return None
 
 
-def _run_info(cfg: Config, paths: RunPaths) -> dict:
+def _run_info(cfg: Config, paths: RunDir) -> dict:
     """run.json (start time, weights, config digest), rebuilt with what is known when it is damaged."""
     try:
-        info = read_json(paths.root / "run.json", "run info")
-        if isinstance(info, dict) and isinstance(info.get("resumed"), list):
+        info = paths.read_info()
+        if isinstance(info.get("resumed"), list):
             return info
-        log.warning("run info %s is not what vgg writes; rebuilding it", paths.root / "run.json")
+        log.warning("run info %s is not what vgg writes; rebuilding it", paths.info)
     except (DataError, NoInputError) as e:
         log.warning("%s; rebuilding it", e)
     return {"started": None, "weights": "unknown (run.json was damaged)", "config_digest": config_digest(cfg),
             "timings": {}, "resumed": []}
 
 
-def _load_index(paths: RunPaths) -> DatasetIndex:
-    manifest = read_json(paths.data, "run manifest")
+def _load_index(paths: RunDir) -> DatasetIndex:
+    manifest = paths.read_manifest()
     try:
         index = index_from_manifest(manifest)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -266,7 +259,7 @@ def _load_index(paths: RunPaths) -> DatasetIndex:
     return index
 
 
-def _resume(cfg: Config, paths: RunPaths, t_start: float, early: EarlyLog | None = None) -> TrainResult:
+def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None = None) -> TrainResult:
     handler = attach_log_file(paths.log, early)
     try:
         summary = _readable_summary(paths)
@@ -292,14 +285,14 @@ def _resume(cfg: Config, paths: RunPaths, t_start: float, early: EarlyLog | None
         _log_device(device, cfg)
         model, state = _model_to_resume(cfg, paths, index, device, state)
         run_info["resumed"].append({"at": now(), "after_epoch": state.epoch})
-        write_json(paths.root / "run.json", run_info)
+        write_json(paths.info, run_info)
         return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _model_to_resume(cfg: Config, paths: RunPaths, index: DatasetIndex, device, state: TrainState | None):
+def _model_to_resume(cfg: Config, paths: RunDir, index: DatasetIndex, device, state: TrainState | None):
     """(model, state) to continue from: the committed checkpoint, or a new model when no epoch was completed."""
     if state is None:
         log.info("resuming %s from the start: no epoch was completed", paths.root.name)
@@ -341,7 +334,7 @@ def _log_device(device, cfg: Config) -> None:
                               f"across replicas: set it to at least {device.replicas}")
 
 
-def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunPaths, device,
+def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, device,
                     state: TrainState, run_info: dict, t_start: float) -> TrainResult:
     outcome = FitOutcome()
     if state.epoch < state.epochs and not state.stopped_early:
@@ -370,7 +363,7 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     return TrainResult(TRAINED, paths.root, summary)
 
 
-def _interrupted(paths: RunPaths, state: TrainState, why: str) -> InterruptedRun:
+def _interrupted(paths: RunDir, state: TrainState, why: str) -> InterruptedRun:
     if state.epoch == 0:
         text = f"training stopped by {why} before the first epoch finished; resume with: vgg train --resume {paths.root}"
     else:

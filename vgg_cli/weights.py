@@ -11,6 +11,7 @@ from keras import layers
 
 from vgg_cli.errors import ConfigError, NoInputError
 from vgg_cli.model_io import class_names_of, load_model
+from vgg_cli.rundir import RunDir
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications"
 # Exactly what keras.applications downloads for include_top=False (file name, URL, md5).
@@ -173,9 +174,7 @@ def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str
     if not p.exists():
         raise _weights_not_found(weights)
     if p.is_dir():
-        from vgg_cli.runs import find_model_file
-
-        model_file = find_model_file(p)
+        model_file = RunDir(p).model_file()
         _copy_backbone_from_model(backbone, load_model(model_file), repr(weights))
         return f"run {p.resolve()} ({model_file.name})"
     if p.name.endswith(".keras"):
@@ -197,9 +196,7 @@ def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str
 
 def copy_head_if_compatible(model: keras.Model, run_dir: Path) -> bool:
     """Warm start: also take the head of an earlier run when it has the same classes and layer shapes."""
-    from vgg_cli.runs import find_model_file
-
-    source = load_model(find_model_file(run_dir))
+    source = load_model(RunDir(run_dir).model_file())
     if class_names_of(source) != class_names_of(model):
         return False
     ours = [l for l in model.layers if l.name.startswith("head_") and l.weights]
