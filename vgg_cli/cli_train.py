@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -62,14 +61,15 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
         # seconds of start-up. A multi-worker job's workers decide who locks once the backend knows its role.
         with _early_lock(run_dir.parent if run_dir else Path(cfg.output.dir), cfg, command):
             load_frameworks(_run_backend(run_dir) if run_dir is not None else cfg.train.backend)
+            from vgg_cli import job
             from vgg_cli import train as t
 
             # stdout carries only the result; anything a library prints goes to stderr.
             with contextlib.redirect_stdout(sys.stderr):
                 if run_dir is not None:
-                    result = t.resume_training(run_dir, command)
+                    result = job.resume(run_dir, command)
                 else:
-                    result = t.run_training(cfg, if_changed=if_changed, command=command)
+                    result = job.train(cfg, if_changed=if_changed, command=command)
     except VggError as e:
         if as_json:
             echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
@@ -124,9 +124,7 @@ def _early_lock(runs_dir: Path, cfg, command: str):
     if cfg.train.distribute in ("auto", "multi_worker") and multi_process_env():
         yield  # the chief locks once it knows it is the chief; the others never lock
         return
-    with runs_lock(runs_dir, command) as stale:
-        if stale:
-            logging.getLogger("vgg").warning("took over the lock of a vgg run that is no longer running (%s)", stale)
+    with runs_lock(runs_dir, command):
         yield
 
 

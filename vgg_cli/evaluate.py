@@ -109,11 +109,24 @@ def scores(truth: list[int], ranked: list[list[int]], num_classes: int) -> dict:
     return out
 
 
-def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32) -> dict:
-    """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
-    confusion_matrix.csv/.png, confusion_matrix_normalised.png and misclassified.csv into ``out_dir``.
-    Returns the report."""
-    from vgg_cli.model_io import class_names_of, image_size_of
+@dataclass
+class Scored:
+    """A model's predictions on an EvalSet, matched to the truth by class name, and their scores."""
+    classes: list[str]  # the model's
+    scored: list[tuple]  # (prediction, true class name) of every readable image
+    truth: list[int]  # their true class indices
+    ranked: list[list[int]]  # their classes ranked by probability
+    unreadable: list[dict]  # {"path", "reason"}
+    scores: dict  # see ``scores``
+
+    @property
+    def accuracy(self) -> float:
+        return self.scores["accuracy"]
+
+
+def score(model, data: EvalSet, batch_size: int = 32) -> Scored:
+    """Predict every image of ``data`` with ``model`` and score the readable ones (``vgg evaluate`` and promotion)."""
+    from vgg_cli.model_io import class_names_of
     from vgg_cli.predict import predict_files
 
     classes = class_names_of(model)
@@ -126,7 +139,19 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
                         f"(e.g. {unreadable[0]['path']}: {unreadable[0]['reason']})")
     truth = [index_of[t] for _, t in scored]
     ranked = [[index_of[label] for label, _ in r.top] for r, _ in scored]
-    s = scores(truth, ranked, len(classes))
+    return Scored(classes, scored, truth, ranked, unreadable, scores(truth, ranked, len(classes)))
+
+
+def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32) -> dict:
+    """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
+    confusion_matrix.csv/.png, confusion_matrix_normalised.png and misclassified.csv into ``out_dir``.
+    Returns the report."""
+    from vgg_cli.model_io import image_size_of
+
+    result = score(model, data, batch_size)
+    classes, scored, truth, ranked, unreadable = (result.classes, result.scored, result.truth, result.ranked,
+                                                  result.unreadable)
+    s = dict(result.scores)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = s.pop("confusion")

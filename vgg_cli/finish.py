@@ -18,15 +18,12 @@ from __future__ import annotations
 import logging
 
 from vgg_cli.device import peak_rss_mib
-from vgg_cli.errors import TrainingDiverged
-from vgg_cli.health import rate_advice
 from vgg_cli.promote import apply_decision, judge, prune
 from vgg_cli.fsio import point, write_json
 from vgg_cli.rundir import RunDir
 from vgg_cli.runs import LATEST
 
 log = logging.getLogger("vgg")
-PENDING = {"pending": True, "promoted": False, "applied": False}
 
 
 def point_latest(paths: RunDir) -> None:
@@ -44,10 +41,6 @@ def point_latest(paths: RunDir) -> None:
 def finish(cfg, paths: RunDir, index, summary: dict, best: dict | None, chief: bool = True) -> dict:
     """Steps 2-5 above for a run whose summary.json (step 1) is written; returns the final summary."""
     point_latest(paths)
-    monitor = summary["monitor"]
-    if best is not None:
-        log.info("done: best %s %.4f at epoch %d of %d; model in %s", monitor, best[monitor], best["epoch"],
-                 summary["epochs_run"], paths.best)
     if not chief:  # a multi-worker job's other workers: the chief decides
         return summary
     promotion = summary.get("promotion")
@@ -63,11 +56,3 @@ def finish(cfg, paths: RunDir, index, summary: dict, best: dict | None, chief: b
     if cfg.output.keep is not None:
         prune(paths.root.parent, cfg.output.keep, paths.root.name)
     return summary
-
-
-def diverged_error(paths: RunDir, health: dict, rate: float, auto_rate: bool, phase: int = 1) -> TrainingDiverged:
-    d = health["diverged"]
-    kept = (f"{paths.best} holds the best of epochs 1-{d['kept_epoch']}" if d["kept_epoch"] else
-            "no epoch finished, so there is no model")
-    return TrainingDiverged(f"training diverged: {d['what']}; stopped, the run {paths.root} is marked diverged and "
-                            f"not promoted ({kept}); {rate_advice(rate, auto_rate, phase)}")

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from vgg_cli.errors import TrainingDiverged
+from vgg_cli.rundir import RunDir
+
 log = logging.getLogger("vgg")
 
 BATCH_CHECK_S = 1.0
@@ -182,3 +185,12 @@ class HealthCheck(keras.callbacks.Callback):
             f"class); latest loss {loss:.4g}, {self.acc_key} {shown_acc}; {rate_advice(self.rate, self.auto_rate, self.phase, self.head_only)}")
         if not quiet:
             log.warning("warning: %s", self.record.warning)
+
+
+def diverged_error(paths: RunDir, health: dict, rate: float, auto_rate: bool, phase: int = 1) -> TrainingDiverged:
+    """The one-line error of a run that diverged: what was kept, and the learning rate to try."""
+    d = health["diverged"]
+    kept = (f"{paths.best} holds the best of epochs 1-{d['kept_epoch']}" if d["kept_epoch"] else
+            "no epoch finished, so there is no model")
+    return TrainingDiverged(f"training diverged: {d['what']}; stopped, the run {paths.root} is marked diverged and "
+                            f"not promoted ({kept}); {rate_advice(rate, auto_rate, phase)}")

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vgg_cli.errors import NoInputError, UsageError, VggError
+from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
 from vgg_cli.fsio import point, read_json, write_json
 from vgg_cli.rundir import FINISHED, iter_runs, RunDir
 from vgg_cli.runs import LATEST, PRODUCTION
@@ -85,15 +85,16 @@ def rollback(runs_dir: Path) -> str:
 
 
 def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: int = 32) -> dict:
-    """Top-1 accuracy of a model on images, matching labels by class name."""
+    """Top-1 accuracy of a model on images, matching labels by class name: ``vgg evaluate``'s scoring. Images
+    that cannot be read are left out (all of them unreadable scores 0)."""
+    from vgg_cli.evaluate import EvalSet, score
     from vgg_cli.model_io import load_model
-    from vgg_cli.predict import predict_files
 
-    results = predict_files(load_model(model_file), files, 1, batch_size)
-    scored = [(r, t) for r, t in zip(results, truth) if r.error is None]
-    correct = sum(r.top[0][0] == t for r, t in scored)
-    return {"accuracy": correct / len(scored) if scored else 0.0, "images": len(scored),
-            "unreadable": len(results) - len(scored)}
+    try:
+        result = score(load_model(model_file), EvalSet(files, truth, "held-out images"), batch_size)
+    except DataError:  # none readable
+        return {"accuracy": 0.0, "images": 0, "unreadable": len(files)}
+    return {"accuracy": result.accuracy, "images": len(result.truth), "unreadable": len(result.unreadable)}
 
 
 def min_accuracy_for(setting, truth: list[str]) -> tuple[float, bool, str]:

@@ -20,6 +20,8 @@ from vgg_cli.errors import DataError, NoInputError, VggError
 from vgg_cli.fsio import read_json
 
 FINISHED = ("finished", "early_stopped")  # summary.json statuses of a run that trained to its end
+# summary.json's promotion while it is undecided: training writes it, vgg_cli.finish decides and carries it out
+PENDING = {"pending": True, "promoted": False, "applied": False}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -18,6 +19,7 @@ from vgg_cli.errors import ArtifactIOError, ConfigError, LockedError, NoInputErr
 from vgg_cli.fsio import io_error
 from vgg_cli.rundir import FINISHED, RunDir, iter_runs
 
+log = logging.getLogger("vgg")
 LATEST = "latest"
 PRODUCTION = "production"  # the promoted run (vgg_cli.promote moves it)
 
@@ -100,7 +102,8 @@ _HELD: dict[str, int] = {}
 
 @contextlib.contextmanager
 def runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
-    """Hold the exclusive lock of a runs directory (see ``_runs_lock``); re-entrant within one process."""
+    """Hold the exclusive lock of a runs directory (see ``_runs_lock``); re-entrant within one process. Taking
+    over the lock of a holder that died is logged here."""
     key = os.path.realpath(runs_dir)
     if key in _HELD:
         _HELD[key] += 1
@@ -110,6 +113,8 @@ def runs_lock(runs_dir: Path, command: str = "") -> Iterator[str | None]:
             _HELD[key] -= 1
         return
     with _runs_lock(runs_dir, command) as stale:
+        if stale:
+            log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)
         _HELD[key] = 1
         try:
             yield stale

@@ -22,8 +22,8 @@ from vgg_cli.data.scan import DatasetIndex, check_layout, index_from_manifest, r
 from vgg_cli.device import setup_devices
 from vgg_cli.distribute import worker_role
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
-from vgg_cli.finish import PENDING, diverged_error, finish
 from vgg_cli.fit import FitOutcome, fit
+from vgg_cli.health import diverged_error
 from vgg_cli.model import build_model
 from vgg_cli.weights import check_weights_available, copy_head_if_compatible
 from vgg_cli.phases import class_weights, n_train, new_state, plan_phases, set_up_phase
@@ -31,7 +31,7 @@ from vgg_cli.prepare import previous_splits, resolve_warm_start, scan_dataset
 from vgg_cli.run_summary import (DIVERGED, INTERRUPTED, NOTHING_TO_DO, TRAINED, build_summary, config_digest, now,
                                  phase_summary, plot_curves)
 from vgg_cli.fsio import write_json, write_text
-from vgg_cli.rundir import RunDir
+from vgg_cli.rundir import PENDING, RunDir
 from vgg_cli.runs import (check_run_name_free, find_resumable, LATEST, needs_finishing, new_run_dir, PRODUCTION,
                           runs_lock)
 
@@ -45,10 +45,23 @@ MAX_AUTO_RESUMES = 3
 
 
 @dataclass
+class ToFinish:
+    """What the end of a trained run (``vgg_cli.finish``: latest, the promotion decision, pruning) needs."""
+    cfg: Config
+    paths: RunDir
+    index: DatasetIndex
+    best: dict | None  # the best epoch's metrics row
+    chief: bool = True  # False: a multi-worker job's other worker, whose scratch run is not finished
+
+
+@dataclass
 class TrainResult:
+    """What training did. A trained run's promotion is still pending (``to_finish``): the caller finishes it,
+    under the same lock (``vgg_cli.job``), so training never imports promotion or prediction."""
     status: str
     run_dir: Path
     summary: dict
+    to_finish: ToFinish | None = None
 
     @property
     def promoted(self) -> bool | None:
@@ -72,9 +85,7 @@ def run_training(cfg: Config, *, if_changed: bool = False, command: str = "") ->
                                   "would have to agree on skipping); run the multi-worker job without it")
             return _worker_run(cfg, early, t_start, role)
         runs_dir = Path(cfg.output.dir)
-        with runs_lock(runs_dir, command) as stale:
-            if stale:
-                log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)
+        with runs_lock(runs_dir, command):
             unfinished = _unfinished_same_job(cfg) if if_changed else None
             if unfinished is not None:
                 return _resume(load_run_config(unfinished.config), unfinished, t_start, early)
@@ -166,7 +177,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
                     "resumed": []}
         write_json(paths.info, run_info)
         state = new_state(cfg)
-        return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
+        return _fit_and_summarise(cfg, index, model, paths, device, state, run_info, t_start)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -212,9 +223,7 @@ def resume_training(run_dir: Path, command: str = "") -> TrainResult:
                           "train.distribute=auto can also be resumed by one process without those variables)")
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        with runs_lock(paths.root.parent, command) as stale:
-            if stale:
-                log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)
+        with runs_lock(paths.root.parent, command):
             return _resume(cfg, paths, t_start)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -268,8 +277,8 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
             log.info("run %s trained all its epochs but was stopped before its promotion was carried out: "
                      "finishing it", paths.root.name)
             state = read_state(paths)
-            summary = finish(cfg, paths, _load_index(paths), summary, state.best if state else None)
-            return TrainResult(TRAINED, paths.root, summary)
+            return TrainResult(TRAINED, paths.root, summary,
+                               ToFinish(cfg, paths, _load_index(paths), state.best if state else None))
         if status == DIVERGED:
             d = (summary.get("health") or {}).get("diverged") or {}
             raise TrainingDiverged(f"run {paths.root.name} diverged ({d.get('what', 'non-finite numbers')}) and is "
@@ -286,7 +295,7 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
         model, state = _model_to_resume(cfg, paths, index, device, state)
         run_info["resumed"].append({"at": now(), "after_epoch": state.epoch})
         write_json(paths.info, run_info)
-        return _fit_and_finish(cfg, index, model, paths, device, state, run_info, t_start)
+        return _fit_and_summarise(cfg, index, model, paths, device, state, run_info, t_start)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -334,7 +343,7 @@ def _log_device(device, cfg: Config) -> None:
                               f"across replicas: set it to at least {device.replicas}")
 
 
-def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, device,
+def _fit_and_summarise(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, device,
                     state: TrainState, run_info: dict, t_start: float) -> TrainResult:
     outcome = FitOutcome()
     if state.epoch < state.epochs and not state.stopped_early:
@@ -359,8 +368,11 @@ def _fit_and_finish(cfg: Config, index: DatasetIndex, model: keras.Model, paths:
     if outcome.diverged is not None:
         phase = plan_phases(cfg)[state.phase_index]
         raise diverged_error(paths, summary["health"], phase.learning_rate, phase.auto_rate, phase.number)
-    summary = finish(cfg, paths, index, summary, state.best, chief=device.is_chief)
-    return TrainResult(TRAINED, paths.root, summary)
+    best = state.best
+    if best is not None:
+        log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], best[summary["monitor"]],
+                 best["epoch"], summary["epochs_run"], paths.best)
+    return TrainResult(TRAINED, paths.root, summary, ToFinish(cfg, paths, index, best, chief=device.is_chief))
 
 
 def _interrupted(paths: RunDir, state: TrainState, why: str) -> InterruptedRun:
