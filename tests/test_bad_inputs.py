@@ -48,7 +48,7 @@ def build_messy_dataset(root: Path) -> dict[str, str]:
     (red / "notes.jpg").write_text("this is a text file\n")
     bad["red/notes.jpg"] = "not an image"
     (red / "badcrc.png").write_bytes(_png(16, 16, broken_crc=True))
-    bad["red/badcrc.png"] = "bad CRC in its IDAT chunk"
+    bad["red/badcrc.png"] = "corrupt PNG: broken PNG file (bad header checksum in b'IDAT')"
     side = 100_000  # a tiny file whose header claims 10^10 pixels
     (red / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
                                    + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b""))

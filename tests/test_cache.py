@@ -315,7 +315,7 @@ def test_making_batches_trims_the_heap_at_most_every_interval(monkeypatch):
 
     monkeypatch.setattr(device, "_glibc", lambda: FakeLibc())
     monkeypatch.setattr(device.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(device, "_last_trim", 0.0)
+    monkeypatch.setattr(device, "_trim", device._Trimmer())
     for _ in range(5):  # five batches within one interval: one trim
         pipeline.batch_buffer((32, 16, 16, 256), np.float32)
     assert trims == [0]

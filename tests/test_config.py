@@ -253,3 +253,31 @@ def test_yaml_words_on_off_yes_no_are_not_booleans(tmp_path):
     cfg = load_config(f, ["promote.allow_class_change=true"])
     assert cfg.output.name == "yes" and cfg.output.tensorboard is False and cfg.train.mixed_precision == "on"
     assert cfg.promote.allow_class_change is True
+
+
+def test_renamed_and_removed_keys_keep_old_configs_and_runs_working(tmp_path, monkeypatch, caplog):
+    """The rename map: an old key in a config file, an override or an older run's config.yaml moves to its new
+    name (or is dropped when removed) with a warning; giving both names is an error."""
+    from vgg_cli import config_sources
+    from vgg_cli.config import load_run_config
+
+    monkeypatch.setattr(config_sources, "RENAMED", {"train.lr": "train.optimizer.learning_rate"})
+    monkeypatch.setattr(config_sources, "REMOVED", {"train.old_knob": "nothing replaces it"})
+    data = tmp_path / "data"
+    data.mkdir()
+    old = tmp_path / "old.yaml"
+    old.write_text(f"data:\n  train_dir: {data}\ntrain:\n  lr: 0.0123\n  old_knob: 7\n  epochs: 2\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="vgg"):
+        cfg = load_config(old)
+    assert cfg.train.optimizer.learning_rate == 0.0123 and cfg.train.epochs == 2
+    assert "'train.lr' is now 'train.optimizer.learning_rate'" in caplog.text
+    assert "'train.old_knob' was removed" in caplog.text
+    assert load_config(None, [f"data.train_dir={data}", "train.lr=0.5"]).train.optimizer.learning_rate == 0.5
+    with pytest.raises(ConfigError, match="sets both 'train.lr' and its new name"):
+        both = tmp_path / "both.yaml"
+        both.write_text("train:\n  lr: 0.1\n  optimizer:\n    learning_rate: 0.2\n", encoding="utf-8")
+        load_config(both)
+    run_config = tmp_path / "run" / "config.yaml"  # an older run's own config, as --resume reads it
+    run_config.parent.mkdir()
+    run_config.write_text(f"data:\n  train_dir: {data}\nmodel:\n  arch: vgg16\ntrain:\n  lr: 0.003\n", encoding="utf-8")
+    assert load_run_config(run_config).train.optimizer.learning_rate == 0.003

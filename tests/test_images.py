@@ -154,3 +154,18 @@ def test_missing_and_broken_symlink(tmp_path):
 def test_extensions_case_insensitive_and_hidden_ignored():
     assert all(is_image_name(n) for n in ["a.JPG", "b.Jpeg", "c.png", "d.BMP", "e.gif", "f.WebP"])
     assert not any(is_image_name(n) for n in [".hidden.jpg", "notes.txt", "a.tiff", "README"])
+
+
+def test_importing_changes_no_pillow_setting_until_an_image_is_opened():
+    """Importing the package leaves the caller's process as it was; the first image opened applies vgg's settings."""
+    import subprocess
+    import sys
+
+    code = ("from PIL import Image, ImageFile; before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES);"
+            "ImageFile.LOAD_TRUNCATED_IMAGES = True;"
+            "import vgg_cli.data.images as im;"
+            "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == (before[0], True);"
+            "import io; buf = io.BytesIO(); Image.new('RGB', (4, 4)).save(buf, 'PNG'); im.decode(buf.getvalue(), 4);"
+            "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == (im.MAX_PIXELS, False); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgg_cli.config_sources import _leaf_sources, _merge, _read_yaml, default_dict, resolve_dict, yaml_load
+from vgg_cli.config_sources import (_leaf_sources, _merge, _read_yaml, default_dict, resolve_dict, upgrade_keys,
+                                    yaml_load)
 from vgg_cli.errors import ConfigError, DataError
 
 __all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "load_config", "load_run_config",
@@ -369,7 +370,7 @@ def _check_across_sections(cfg: Config, sources: dict[str, str]) -> None:
 def load_run_config(path: Path) -> Config:
     """A run directory's config.yaml over today's defaults (keys added since it was written get their defaults)."""
     tree = copy.deepcopy(default_dict())
-    run = _read_yaml(path)
+    run = upgrade_keys(_read_yaml(path), f"run config {str(path)!r}")
     if not run.get("data") or not run.get("model"):
         raise DataError(f"run config {str(path)!r} is empty or lacks its data/model sections (the run directory is "
                         f"damaged); it cannot be resumed or retrained: start a new run")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import os
 import re
 from importlib import resources
@@ -15,6 +16,8 @@ from typing import Any
 import yaml
 
 from vgg_cli.errors import ConfigError, NoInputError
+
+log = logging.getLogger("vgg")
 
 
 class _Loader(yaml.SafeLoader):
@@ -114,6 +117,48 @@ def _suggest(key: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(sorted(choices))}"
 
 
+# Config keys renamed or removed since they were released. Old config files, old overrides in crontabs and, above
+# all, the config.yaml of every older run (read by --resume, --if-changed and model.weights=RUN) keep working: a
+# renamed key's value moves to its new name, a removed key is dropped; both with a warning naming the fix. Never
+# delete an entry: a run directory written before the change may be resumed years later. (None yet: every key
+# vgg ever released still exists.)
+RENAMED: dict[str, str] = {}  # "old.dotted.key": "new.dotted.key"
+REMOVED: dict[str, str] = {}  # "old.dotted.key": what replaced it, for the warning
+
+
+def upgrade_keys(tree: dict[str, Any], source: str) -> dict[str, Any]:
+    """``tree`` with RENAMED keys moved to their new names and REMOVED keys dropped (in place; also returned)."""
+    for old, new in RENAMED.items():
+        found, value = _pop(tree, old.split("."))
+        if not found:
+            continue
+        if _pop(copy.deepcopy(tree), new.split("."))[0]:
+            raise ConfigError(f"{source} sets both {old!r} and its new name {new!r}; keep only {new!r}")
+        _merge_plain(tree, _nest(new.split("."), value))
+        log.warning("%s: config key %r is now %r; its value was moved (rename it there to silence this)",
+                    source, old, new)
+    for old, why in REMOVED.items():
+        if _pop(tree, old.split("."))[0]:
+            log.warning("%s: config key %r was removed and is ignored (%s)", source, old, why)
+    return tree
+
+
+def _pop(tree: Any, path: list[str]) -> tuple[bool, Any]:
+    for part in path[:-1]:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    if isinstance(tree, dict) and path[-1] in tree:
+        return True, tree.pop(path[-1])
+    return False, None
+
+
+def _merge_plain(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_plain(base[key], value)
+        else:
+            base[key] = value
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any], source: str, prefix: str = "") -> None:
     """Deep-merge ``over`` into ``base`` in place, rejecting keys that ``base`` (the defaults) lacks."""
     for key, value in over.items():
@@ -169,11 +214,16 @@ def resolve_dict(config_path: str | os.PathLike | None = None, overrides: tuple[
     sources: dict[str, str] = {}
     if config_path is not None:
         path = Path(os.path.expanduser(str(config_path)))
-        user = _read_yaml(path)
+        user = upgrade_keys(_read_yaml(path), f"config file {str(path)!r}")
         _merge(tree, user, f"config file {str(path)!r}")
         sources.update(_leaf_sources(user, f"config file {str(path)!r}"))
     for text in overrides:
         parts, value = parse_override(text)
+        if ".".join(parts) in RENAMED or ".".join(parts) in REMOVED:
+            over = upgrade_keys(_nest(parts, value), f"override {text!r}")
+            _merge(tree, over, f"override {text!r}")
+            sources.update(_leaf_sources(over, f"override {text!r}"))
+            continue
         _merge(tree, _nest(parts, value), f"override {text!r}")
         sources[".".join(parts)] = f"override {text!r}"
     return tree, sources

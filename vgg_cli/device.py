@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -27,38 +28,41 @@ def peak_rss_mib() -> float | None:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-_glibc_handle = None
-_last_trim = 0.0
-
-
+@functools.cache
 def _glibc():
-    """The C library when it is glibc (malloc_trim exists), else None."""
-    global _glibc_handle
-    if _glibc_handle is None:
-        _glibc_handle = False
-        if sys.platform.startswith("linux"):
-            import ctypes
+    """The C library when it is glibc (malloc_trim exists), else None. Looked up once per process."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-            try:
-                libc = ctypes.CDLL("libc.so.6")
-                libc.malloc_trim  # noqa: B018 (exists: glibc)
-                _glibc_handle = libc
-            except (OSError, AttributeError):  # musl and other C libraries: nothing to trim
-                pass
-    return _glibc_handle or None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 (exists: glibc)
+        return libc
+    except (OSError, AttributeError):  # musl and other C libraries: nothing to trim
+        return None
+
+
+class _Trimmer:
+    """malloc_trim at most once per interval: the one piece of process-wide state here, kept in one object."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, min_interval_s: float) -> None:
+        libc = _glibc()
+        if libc is not None and time.monotonic() - self.last >= min_interval_s:
+            libc.malloc_trim(0)
+            self.last = time.monotonic()
+
+
+_trim = _Trimmer()
 
 
 def release_free_memory(min_interval_s: float = 1.0) -> None:
     """Hand memory that the C allocator holds but no longer uses back to the OS (glibc's malloc_trim; a no-op
     elsewhere), at most once per ``min_interval_s`` (a trim walks the heaps). Called between batches and epochs."""
-    global _last_trim
-    libc = _glibc()
-    if libc is None:
-        return
-    now = time.monotonic()
-    if now - _last_trim >= min_interval_s:
-        libc.malloc_trim(0)
-        _last_trim = time.monotonic()
+    _trim(min_interval_s)
 
 
 @dataclass(frozen=True)

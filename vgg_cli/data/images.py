@@ -25,10 +25,16 @@ DECODER_VERSION = f"pillow-{PIL.__version__}-exif-rgb-draft-bilinear-1"
 # Files larger than this are not read at all.
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
-# We check sizes ourselves (MAX_PIXELS), before decoding; Pillow's own warning would only be noise.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _configure_pillow() -> None:
+    """Pillow's process-wide settings that decoding relies on, applied when an image is first opened (not at
+    import: importing vgg_cli changes nothing in the caller's process). We check sizes ourselves (MAX_PIXELS),
+    before decoding, so Pillow's own bomb warning would only be noise; truncated files must fail, not decode
+    half grey."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImage(Exception):
@@ -91,6 +97,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def open_image(data: bytes) -> Image.Image:
     """Open from bytes and check the header; raises BadImage with a reason."""
+    if Image.MAX_IMAGE_PIXELS != MAX_PIXELS or ImageFile.LOAD_TRUNCATED_IMAGES:
+        _configure_pillow()
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
@@ -107,31 +115,25 @@ def open_image(data: bytes) -> Image.Image:
     return img
 
 
-def _check_png_crcs(data: bytes) -> None:
-    """Pillow checks the CRC of header chunks but not of the pixel data (IDAT): a corrupted PNG can decode to wrong
-    pixels without an error. Every chunk's CRC is checked here (zlib.crc32 runs at GB/s)."""
-    import struct
-    import zlib
-
-    pos = 8
-    while pos + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        end = pos + 12 + length
-        if end > len(data):
-            return  # truncation is reported by the decoder
-        (crc,) = struct.unpack(">I", data[end - 4:end])
-        if zlib.crc32(data[pos + 4:end - 4]) & 0xFFFFFFFF != crc:
-            raise BadImage(f"corrupt PNG: bad CRC in its {kind.decode('latin-1')} chunk")
-        if kind == b"IEND":
-            return
-        pos = end
+def _verify_png(data: bytes) -> None:
+    """Pillow's ``load()`` checks the CRC of header chunks but not of the pixel data (IDAT): a corrupted PNG can
+    decode to wrong pixels without an error. Pillow's ``verify()`` checks every chunk's CRC (on its own file
+    object: a verified image cannot be loaded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (OSError, SyntaxError, ValueError) as e:
+        text = str(e) or type(e).__name__
+        if "truncated" in text.lower():
+            raise BadImage(f"truncated image: {text}") from None
+        raise BadImage(f"corrupt PNG: {text}") from None
 
 
 def decode(data: bytes, size: int) -> np.ndarray:
     """Bytes of an image file -> uint8 RGB array (size, size, 3). Raises BadImage with a reason."""
     img = open_image(data)
     if img.format == "PNG":
-        _check_png_crcs(data)
+        _verify_png(data)
     try:
         if getattr(img, "is_animated", False):
             img.seek(0)  # first frame of an animated GIF/WebP
