@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from typing import Iterator
 
 import click
 
@@ -92,6 +94,17 @@ def setup_logging(verbose: bool) -> None:
         handler.setStream(sys.stderr)  # the current stderr (it differs between in-process invocations)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+
+
+@contextlib.contextmanager
+def model_work(verbose: bool = False, backend: str = "auto") -> Iterator[None]:
+    """The preamble of every command that runs a model, in one place: console logging, Keras imported quietly on
+    its backend, and stdout kept for the command's result (whatever a library prints inside goes to stderr). The
+    command prints its result after the block."""
+    setup_logging(verbose)
+    load_frameworks(backend)
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def echo_json(obj: dict) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 
 import click
 
-from vgg_cli.cli_common import config_option, echo_json, load_frameworks, run_option, runs_dir_option, setup_logging
+from vgg_cli.cli_common import config_option, echo_json, load_frameworks, model_work, run_option, runs_dir_option
 from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
 
 
@@ -42,15 +40,15 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
     import time
 
     t0 = time.perf_counter()
-    load_frameworks()
-    from vgg_cli.model_io import load_model
-    from vgg_cli.predict import format_results, predict_files
+    with model_work(verbose):
+        from vgg_cli.model_io import load_model
+        from vgg_cli.predict import format_results, predict_files
 
-    t1 = time.perf_counter()
-    model = load_model(path)
-    t2 = time.perf_counter()
-    results = predict_files(model, files, top_k, batch_size)
-    t3 = time.perf_counter()
+        t1 = time.perf_counter()
+        model = load_model(path)
+        t2 = time.perf_counter()
+        results = predict_files(model, files, top_k, batch_size)
+        t3 = time.perf_counter()
     click.echo(f"model: {path}", err=True)  # which run answered (production moves under cron)
     click.echo(format_results(results, fmt, top_k), nl=False)
     if verbose:
@@ -118,21 +116,19 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
     from vgg_cli.rundir import RunDir
 
     out = Path(out_dir) if out_dir else (RunDir(run_dir).evaluation(name) if run_dir else Path("evaluation") / name)
-    setup_logging(False)
-    load_frameworks()
-    from vgg_cli import evaluate as ev
-    from vgg_cli.model_io import class_names_of, image_size_of, load_model
+    with model_work():
+        from vgg_cli import evaluate as ev
+        from vgg_cli.model_io import class_names_of, image_size_of, load_model
 
-    model = load_model(path)
-    if data_dir is None:
-        data = ev.validation_set(run_dir)
-    else:
-        data = ev.folder_set(os.path.expanduser(data_dir), class_names_of(model), image_size_of(model))
-    if data.missing_classes:
-        click.echo(f"warning: no images of class(es) {data.missing_classes} in the {data.source}", err=True)
-    for s in data.skipped:
-        click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
-    with contextlib.redirect_stdout(sys.stderr):
+        model = load_model(path)
+        if data_dir is None:
+            data = ev.validation_set(run_dir)
+        else:
+            data = ev.folder_set(os.path.expanduser(data_dir), class_names_of(model), image_size_of(model))
+        if data.missing_classes:
+            click.echo(f"warning: no images of class(es) {data.missing_classes} in the {data.source}", err=True)
+        for s in data.skipped:
+            click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
         report = ev.evaluate(model, path, data, out, batch_size)
     if as_json:
         echo_json(report)
@@ -172,12 +168,10 @@ def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out
     path, run_dir = _model_of(run, model_file, runs_dir)
     default_root = (run_dir or path.parent) / "export"
     out = Path(os.path.expanduser(out_path)) if out_path else default_root / DEFAULT_NAMES[fmt]
-    setup_logging(False)
-    load_frameworks()
-    from vgg_cli.export import export_model
-    from vgg_cli.model_io import load_model
+    with model_work():
+        from vgg_cli.export import export_model
+        from vgg_cli.model_io import load_model
 
-    with contextlib.redirect_stdout(sys.stderr):
         report = export_model(load_model(path), fmt, out)
     if as_json:
         echo_json(report)

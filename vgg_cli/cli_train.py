@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vgg_cli.cli_common import config_option, echo_json, emit, load_frameworks, setup_logging
+from vgg_cli.cli_common import config_option, echo_json, emit, model_work, setup_logging
 from vgg_cli.errors import EXIT_NOT_PROMOTED, VggError
 
 
@@ -59,17 +59,16 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
             require_dir(cfg.data.train_dir, "data.train_dir")  # a mistyped path makes no runs folder
         # The lock before the framework: a second run on the same output.dir exits 75 at once, not after Keras'
         # seconds of start-up. A multi-worker job's workers decide who locks once the backend knows its role.
-        with _early_lock(run_dir.parent if run_dir else Path(cfg.output.dir), cfg, command):
-            load_frameworks(_run_backend(run_dir) if run_dir is not None else cfg.train.backend)
+        backend = _run_backend(run_dir) if run_dir is not None else cfg.train.backend
+        with _early_lock(run_dir.parent if run_dir else Path(cfg.output.dir), cfg, command), \
+                model_work(verbose, backend):
             from vgg_cli import job
             from vgg_cli import train as t
 
-            # stdout carries only the result; anything a library prints goes to stderr.
-            with contextlib.redirect_stdout(sys.stderr):
-                if run_dir is not None:
-                    result = job.resume(run_dir, command)
-                else:
-                    result = job.train(cfg, if_changed=if_changed, command=command)
+            if run_dir is not None:
+                result = job.resume(run_dir, command)
+            else:
+                result = job.train(cfg, if_changed=if_changed, command=command)
     except VggError as e:
         if as_json:
             echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
@@ -161,11 +160,9 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
     if start >= end:
         raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
     cfg = load_config(config_path, overrides)
-    setup_logging(verbose)
-    load_frameworks(cfg.train.backend)
-    from vgg_cli.lrfind import lr_find as run_lr_find
+    with model_work(verbose, cfg.train.backend):
+        from vgg_cli.lrfind import lr_find as run_lr_find
 
-    with contextlib.redirect_stdout(sys.stderr):
         result = run_lr_find(cfg, steps, start, end, Path(out_dir) if out_dir else Path(cfg.output.dir) / "lr-find")
     if as_json:
         echo_json(result)
