@@ -61,9 +61,9 @@ def runs_command(runs_dir: str, as_json: bool) -> int:
     for r in rows:
         mark = ("P" if r["production"] else " ") + ("L" if r["latest"] else " ")
         best = f"{r['monitor']} {r['best']:.4f}" if r["best"] is not None else "-"
+        promoted = "yes" if r["promoted"] else "no"
         click.echo(f"{mark} {r['run']:<{width}}  {str(r['started'] or '-'):<25}  {str(r['status']):<13}  "
-                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {'yes' if r['promoted'] else 'no':<8}  "
-                   f"{best}")
+                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {promoted:<8}  {best}")
     return 0
 
 

@@ -174,7 +174,8 @@ class TrainConfig(_Section):
             return v
         if not isinstance(v, dict) or not v:
             raise ValueError("must be balanced, null, or a mapping {class: weight}")
-        bad = {k: w for k, w in v.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf}
+        bad = {k: w for k, w in v.items()
+               if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf}
         if bad:
             raise ValueError(f"weights must be finite numbers > 0, got {bad}")
         return {str(k): float(w) for k, w in v.items()}
@@ -341,7 +342,11 @@ def _check_outputs_outside_data(cfg: Config, sources: dict[str, str]) -> None:
                 src = sources.get(out_key, "the defaults")
                 raise ConfigError(f"config key {out_key!r} = {out!r} from {src} is invalid: it is inside "
                                   f"{data_key} {folder!r}, and vgg never writes into a dataset; choose a folder "
-                                  f"outside it, e.g. {out_key}={os.path.join(os.path.dirname(os.path.realpath(folder)), 'runs')}")
+                                  f"outside it, e.g. {out_key}={_beside(folder, 'runs')}")
+
+
+def _beside(folder: str, name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.realpath(folder)), name)
 
 
 def auto_learning_rate(frozen_blocks) -> float:

@@ -208,7 +208,8 @@ def _leaf_sources(tree: dict[str, Any], source: str, prefix: str = "") -> dict[s
     return out
 
 
-def resolve_dict(config_path: str | os.PathLike | None = None, overrides: tuple[str, ...] | list[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+def resolve_dict(config_path: str | os.PathLike | None = None,
+                 overrides: tuple[str, ...] | list[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
     """Defaults <- user file <- overrides, merged but not yet validated. Returns (tree, key -> source)."""
     tree = copy.deepcopy(default_dict())
     sources: dict[str, str] = {}

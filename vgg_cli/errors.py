@@ -8,7 +8,8 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_NOT_PROMOTED = 3  # vgg train: a new model was trained and kept, but not promoted to production
-EXIT_DIVERGED = 4  # vgg train: training diverged (NaN/inf loss or weights); the run keeps its last good epoch, never promoted
+# vgg train: training diverged (NaN/inf loss or weights); the run keeps its last good epoch and is never promoted
+EXIT_DIVERGED = 4
 EXIT_USAGE = 64  # bad command line
 EXIT_DATA = 65  # bad data: too few classes, unreadable inputs
 EXIT_NOINPUT = 66  # a file or folder that must exist does not (dataset, run, weights)

@@ -111,7 +111,8 @@ def _write_saved_model(model, path: Path, classes: list[str], size: int) -> None
         return {"probabilities": probabilities, "class_index": index, "class_name": tf.gather(names, index)}
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # not archive.track(model): it stores every weight a second time (keras-team/keras#23553); the endpoint
+    # captures the variables it uses, which is all TF Serving needs
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
     archive.write_out(str(path), verbose=False)
@@ -245,6 +246,7 @@ def export_model(model, fmt: str, out: Path) -> dict:
         labels = out.with_name(out.stem + ".labels.txt") if out.suffix else out.parent / "labels.txt"
         write_text(labels, "".join(c + "\n" for c in classes))
     files = sorted(p for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
-    return {"format": fmt, "path": str(out), "labels": str(labels) if labels else str(out / "assets.extra" / "labels.txt"),
+    labels = labels or out / "assets.extra" / "labels.txt"
+    return {"format": fmt, "path": str(out), "labels": str(labels),
             "runtime": runtime, "max_abs_diff": diff, "tolerance": TOLERANCE, "probe_images": len(images),
             "top1_agree": agree, "bytes": sum(p.stat().st_size for p in files), **_description(fmt, classes, size)}

@@ -182,7 +182,8 @@ class HealthCheck(keras.callbacks.Callback):
             f"the model is not learning: for {self._run} epochs (up to epoch {epoch}) the training loss stayed above "
             f"{self.baseline.stall_loss:.3f} (guessing the class shares scores {self.baseline.describe_loss()}) or "
             f"{self.acc_key} at or below {self.baseline.chance_accuracy:.3f} (always guessing the most common "
-            f"class); latest loss {loss:.4g}, {self.acc_key} {shown_acc}; {rate_advice(self.rate, self.auto_rate, self.phase, self.head_only)}")
+            f"class); latest loss {loss:.4g}, {self.acc_key} {shown_acc}; "
+            f"{rate_advice(self.rate, self.auto_rate, self.phase, self.head_only)}")
         if not quiet:
             log.warning("warning: %s", self.record.warning)
 

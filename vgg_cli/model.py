@@ -114,8 +114,8 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def split_frozen_prefix(model: keras.Model, blocks: int) -> tuple[keras.Model, keras.Model]:
     """Cut ``model`` after ``block{blocks}_pool``: (prefix, rest). The prefix maps raw images to that block's
-    output; the rest maps those activations to the logits (see ``logits_view``). Both are built from the model's own layer
-    objects, so training the rest trains ``model``. The model must have no augmentation layers."""
+    output; the rest maps those activations to the logits (see ``logits_view``). Both are built from the model's own
+    layer objects, so training the rest trains ``model``. The model must have no augmentation layers."""
     if not 1 <= blocks <= 5:
         raise ValueError(f"blocks must be 1..5, got {blocks}")
     if any(l.name.startswith("augment_") for l in model.layers):

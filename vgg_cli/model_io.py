@@ -32,7 +32,8 @@ def load_model(path: str | os.PathLike, compile: bool = False, what: str = "mode
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "safe_mode" in str(e) or "Lambda" in str(e):
             raise NoInputError(f"{what} {str(p)!r} holds code (a Lambda layer) that Keras' safe mode refuses to "
-                               f"run, and vgg never loads such files; use a model or checkpoint written by vgg") from None
+                               f"run, and vgg never loads such files; use a model or checkpoint written by "
+                               f"vgg") from None
         raise NoInputError(f"{what} {str(p)!r} could not be loaded ({first[:200]}); is it a complete .keras file "
                            f"from vgg? (a file cut short by a full disk or a copy that did not finish)") from None
 

@@ -77,7 +77,8 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
         return p.resolve()
     if (runs_dir / str(run)).is_dir():
         return (runs_dir / str(run)).resolve()
-    raise NoInputError(f"run {str(run)!r} not found (looked for the folder {str(p)!r} and {str(runs_dir / str(run))!r}); "
+    raise NoInputError(f"run {str(run)!r} not found (looked for the folder {str(p)!r} and "
+                       f"{str(runs_dir / str(run))!r}); "
                        f"list your runs with `ls {runs_dir}`")
 
 

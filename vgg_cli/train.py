@@ -377,7 +377,8 @@ def _fit_and_summarise(cfg: Config, index: DatasetIndex, model: keras.Model, pat
 
 def _interrupted(paths: RunDir, state: TrainState, why: str) -> InterruptedRun:
     if state.epoch == 0:
-        text = f"training stopped by {why} before the first epoch finished; resume with: vgg train --resume {paths.root}"
+        text = (f"training stopped by {why} before the first epoch finished; resume with: "
+                f"vgg train --resume {paths.root}")
     else:
         text = (f"training stopped by {why} after epoch {state.epoch}; {paths.last} holds epoch {state.epoch} and "
                 f"{paths.best} epoch {state.best_epoch}; {LATEST} was not moved; resume with: "

@@ -306,7 +306,8 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
             files += [FileEntry(rel, label_of[name], splits[rel], "train_dir", size, sha)
                       for rel, size, sha in entries]
     if not any(e.split == TRAIN for e in files):
-        raise DataError(f"no training images left in {str(root)!r} after the validation split; add images or lower data.val_split")
+        raise DataError(f"no training images left in {str(root)!r} after the validation split; add images or lower "
+                        f"data.val_split")
     return DatasetIndex(
         train_dir=str(root.resolve()),
         val_dir=str(Path(data_cfg.val_dir).resolve()) if data_cfg.val_dir else None,
