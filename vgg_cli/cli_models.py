@@ -19,9 +19,13 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="json: one object per line (for jq).")
 @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--gradcam", "cam_dir", type=click.Path(file_okay=False),
+              help="Write Grad-CAM heatmaps here: <name>.gradcam.png (over the image) and .npy (the raw map).")
+@click.option("--cam-class", help="Explain this class instead of each image's top class (with --gradcam).")
+@click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
 def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs_dir: str, top_k: int, fmt: str,
-            batch_size: int, verbose: bool) -> int:
+            batch_size: int, cam_dir: str | None, cam_class: str | None, cam_layer: str | None, verbose: bool) -> int:
     """Label images with a trained model.
 
     Folders are walked recursively. An unreadable file gets its own row with the error while the others are
@@ -49,8 +53,12 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
         t2 = time.perf_counter()
         results = predict_files(model, files, top_k, batch_size)
         t3 = time.perf_counter()
+        cams = _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size)
     click.echo(f"model: {path}", err=True)  # which run answered (production moves under cron)
-    click.echo(format_results(results, fmt, top_k), nl=False)
+    click.echo(format_results(results, fmt, top_k, cams), nl=False)
+    if cams:
+        click.echo(f"gradcam: {len(cams)} overlay(s) and heatmap(s) in {cam_dir} "
+                   f"(layer {next(iter(cams.values()))['layer']})", err=True)
     if verbose:
         click.echo(f"timings: import {t1 - t0:.2f}s, model load {t2 - t1:.2f}s ({path}), predict {t3 - t2:.2f}s for "
                    f"{len(files)} file(s) ({len(files) / (t3 - t2):.1f} img/s, decoding overlapped with inference)",
@@ -62,6 +70,18 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
             return EXIT_NOINPUT
         return EXIT_DATA
     return 0
+
+
+def _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size) -> dict:
+    if cam_dir is None:
+        if cam_class or cam_layer:
+            raise click.UsageError("--cam-class and --cam-layer go with --gradcam DIR")
+        return {}
+    from pathlib import Path
+
+    from vgg_cli.gradcam import cam_files
+
+    return cam_files(model, results, Path(os.path.expanduser(cam_dir)), cam_class, cam_layer, batch_size)
 
 
 def _model_of(run: str | None, model_file: str | None, runs_dir: str):

@@ -120,9 +120,23 @@ def split_frozen_prefix(model: keras.Model, blocks: int) -> tuple[keras.Model, k
         raise ValueError(f"blocks must be 1..5, got {blocks}")
     if any(l.name.startswith("augment_") for l in model.layers):
         raise ValueError("a model with augmentation layers cannot be split: they change the input every epoch")
+    return split_after(model, f"block{blocks}_pool")
+
+
+def last_conv_name(model: keras.Model) -> str:
+    """The backbone's last conv layer (block5_conv3 in VGG16, block5_conv4 in VGG19): Grad-CAM's default."""
+    return [l for l in backbone_of(model).layers if isinstance(l, layers.Conv2D)][-1].name
+
+
+def split_after(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
+    """Cut ``model`` after the backbone layer ``layer_name``: (raw images -> its output, its output -> logits), both
+    of the model's own layer objects. Augmentation layers are left out (they act only in training)."""
     backbone = backbone_of(model)
     chain = backbone.layers[1:]  # VGG is a chain; [0] is its InputLayer
-    cut = next(i for i, l in enumerate(chain) if l.name == f"block{blocks}_pool") + 1
+    names = [l.name for l in chain]
+    if layer_name not in names:
+        raise ValueError(f"{layer_name!r} is not a layer of the {backbone.name} backbone ({', '.join(names)})")
+    cut = names.index(layer_name) + 1
 
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     x = model.get_layer("preprocess")(inputs)

@@ -84,9 +84,11 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int) -> list[
     return results
 
 
-def format_results(results: list[Prediction], fmt: str, top_k: int) -> str:
+def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict | None = None) -> str:
+    """The table, CSV or JSON lines; ``cams`` ({path: Grad-CAM files}) adds a ``gradcam`` field to JSON."""
     if fmt == "json":
-        return "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+        return "".join(json.dumps({**r.to_dict(), **({"gradcam": cams[r.path]} if cams and r.path in cams else {})},
+                                  ensure_ascii=False) + "\n" for r in results)
     if fmt == "csv":
         k = max((len(r.top) for r in results), default=1)
         head = ["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")] + ["error"]

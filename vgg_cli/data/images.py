@@ -161,3 +161,16 @@ def decode(data: bytes, size: int) -> np.ndarray:
 def load_image(path: str | os.PathLike | Path, size: int) -> np.ndarray:
     """Read and decode one image file: the function training and prediction both use."""
     return decode(read_file(path), size)
+
+
+def load_original(path: str | os.PathLike | Path) -> Image.Image:
+    """An image file at its own resolution, upright (EXIF orientation) and RGB, as ``decode`` sees it before the
+    resize: what overlays (Grad-CAM) and galleries draw on."""
+    img = open_image(read_file(path))
+    try:
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        img.load()
+        return _to_rgb(ImageOps.exif_transpose(img))
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage(f"cannot decode image: {str(e) or type(e).__name__}") from None
