@@ -111,9 +111,11 @@ def _model_of(run: str | None, model_file: str | None, runs_dir: str):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder for the report files. Default: <run>/evaluation/<val or DATA_DIR's name>.")
 @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--gradcam", is_flag=True, help="Gallery tiles show Grad-CAM overlays of the predicted class.")
+@click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs_dir: str, out_dir: str | None,
-             batch_size: int, as_json: bool) -> int:
+             batch_size: int, gradcam: bool, cam_layer: str | None, as_json: bool) -> int:
     """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
     subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
     one is reported).
@@ -149,7 +151,10 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
             click.echo(f"warning: no images of class(es) {data.missing_classes} in the {data.source}", err=True)
         for s in data.skipped:
             click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
-        report = ev.evaluate(model, path, data, out, batch_size)
+        if cam_layer and not gradcam:
+            raise click.UsageError("--cam-layer goes with --gradcam")
+        report = ev.evaluate(model, path, data, out, batch_size, cam_layer or gradcam,
+                             RunDir(run_dir) if run_dir else None)
     if as_json:
         echo_json(report)
     else:

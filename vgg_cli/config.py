@@ -245,6 +245,7 @@ class OutputConfig(_Section):
     name: str | None
     tensorboard: bool
     keep: int | None = Field(ge=1)
+    report: bool
 
     @field_validator("dir")
     @classmethod

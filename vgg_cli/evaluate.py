@@ -142,13 +142,15 @@ def score(model, data: EvalSet, batch_size: int = 32) -> Scored:
     return Scored(classes, scored, truth, ranked, unreadable, scores(truth, ranked, len(classes)))
 
 
-def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32) -> dict:
+def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32, gradcam: bool | str = False,
+             run=None, result: Scored | None = None) -> dict:
     """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
-    confusion_matrix.csv/.png, confusion_matrix_normalised.png and misclassified.csv into ``out_dir``.
-    Returns the report."""
+    confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv, the galleries (misclassified.png,
+    correct.png; Grad-CAM overlays with ``gradcam``) and report.html (with ``run``'s summary, a ``RunDir``) into
+    ``out_dir``. ``result``: the scores when the caller has them already. Returns the report."""
     from vgg_cli.model_io import image_size_of
 
-    result = score(model, data, batch_size)
+    result = result or score(model, data, batch_size)
     classes, scored, truth, ranked, unreadable = (result.classes, result.scored, result.truth, result.ranked,
                                                   result.unreadable)
     s = dict(result.scores)
@@ -182,7 +184,13 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
 
     confusion_matrix(matrix, classes, files["confusion_png"], normalised=False)
     confusion_matrix(matrix, classes, files["confusion_normalised_png"], normalised=True)
+    from vgg_cli.gallery import galleries
+    from vgg_cli.report import write_evaluation_report
+
+    report["files"].update(galleries(model, result, out_dir, gradcam, batch_size))
+    report["files"]["report_html"] = str(out_dir / "report.html")
     write_json(files["report"], report)
+    write_evaluation_report(report, out_dir, run)
     return report
 
 
@@ -225,8 +233,8 @@ def format_report(report: dict) -> str:
         lines.append(f"note: no images of {report['missing_classes']} in this data; their recall and F1 are '-'")
     if report["skipped"]:
         lines.append(f"note: {len(report['skipped'])} unreadable file(s) skipped (listed in report.json)")
-    lines.append(f"written to {report['out_dir']}: report.json, per_class.csv, confusion_matrix.csv/.png, "
-                 f"confusion_matrix_normalised.png, misclassified.csv")
+    lines.append(f"written to {report['out_dir']}: report.html, report.json, per_class.csv, "
+                 f"confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv/.png, correct.png")
     return "\n".join(lines) + "\n"
 
 

@@ -6,9 +6,11 @@ promotion is decided exactly once and carried out exactly once:
 
 1. ``summary.json`` with status finished/early_stopped and ``promotion: {"pending": true}``;
 2. ``latest`` points at the run (unless a newer run took it meanwhile);
-3. the decision (evaluation, no side effects) is written into ``summary.json`` with ``applied: false``;
+3. with ``output.report``, the new model is evaluated on its validation split (``evaluation/val/``); the
+   decision (no side effects; it reuses that evaluation's accuracy) is written into ``summary.json`` with
+   ``applied: false``;
 4. production is moved when promoted (not again if it already points at the run), then ``applied: true``;
-5. ``output.keep`` pruning.
+5. ``report.html`` (with ``output.report``) and ``output.keep`` pruning.
 
 A diverged run stops before 2: it is never ``latest`` and never promoted.
 """
@@ -19,7 +21,9 @@ import logging
 
 from vgg_cli.device import peak_rss_mib
 from vgg_cli.promote import apply_decision, judge, prune
-from vgg_cli.fsio import point, write_json
+from vgg_cli.errors import DataError, NoInputError, VggError
+from vgg_cli.fsio import point, read_json, write_json
+from vgg_cli.report import write_run_report
 from vgg_cli.rundir import RunDir
 from vgg_cli.runs import LATEST
 
@@ -45,7 +49,8 @@ def finish(cfg, paths: RunDir, index, summary: dict, best: dict | None, chief: b
         return summary
     promotion = summary.get("promotion")
     if promotion is None or promotion.get("pending"):
-        promotion = {**judge(cfg, paths, index, best), "applied": False}
+        evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
+        promotion = {**judge(cfg, paths, index, best, evaluation), "applied": False}
         summary["promotion"] = promotion
         write_json(paths.summary, summary)
     if promotion.get("applied") is False:
@@ -53,6 +58,37 @@ def finish(cfg, paths: RunDir, index, summary: dict, best: dict | None, chief: b
         promotion["applied"] = True
         summary.setdefault("timings", {})["peak_rss_mib"] = peak_rss_mib()  # promotion's evaluation included
         write_json(paths.summary, summary)
+    if cfg.output.report:
+        write_run_report(paths, _saved_evaluation(paths))
     if cfg.output.keep is not None:
         prune(paths.root.parent, cfg.output.keep, paths.root.name)
     return summary
+
+
+def evaluate_validation(cfg, paths: RunDir) -> dict | None:
+    """``vgg evaluate`` of the new model on its validation split, into ``<run>/evaluation/val``: the report, or
+    None when the run has no validation images."""
+    from vgg_cli.evaluate import evaluate, validation_set
+    from vgg_cli.model_io import load_model
+
+    try:
+        data = validation_set(paths.root)
+    except NoInputError:
+        log.info("no validation images: the run is not evaluated (report.html shows its training only)")
+        return None
+    try:
+        report = evaluate(load_model(paths.best), paths.best, data, paths.evaluation("val"), cfg.train.batch_size)
+    except DataError as e:  # its validation images became unreadable since the scan
+        log.warning("the validation split could not be evaluated (%s); promotion judges without it", e)
+        return None
+    log.info("evaluated on the validation split: accuracy %.4f (%d of %d correct); report %s", report["accuracy"],
+             report["images"] - report["misclassified"], report["images"], paths.root / "report.html")
+    return report
+
+
+def _saved_evaluation(paths: RunDir) -> dict | None:
+    """evaluation/val/report.json (a run finished again after a kill reuses it), or None."""
+    try:
+        return read_json(paths.evaluation("val") / "report.json")
+    except VggError:
+        return None

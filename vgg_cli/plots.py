@@ -121,3 +121,22 @@ def lr_range(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence
     ax.legend()
     fig.tight_layout()
     _save(fig, path)
+
+
+def image_grid(tiles: Sequence[tuple], path: Path, title: str, columns: int = 6) -> None:
+    """A gallery: ``tiles`` of (RGB image as a uint8 array, caption, good?) in a grid, captions green when good
+    and red when not. An empty gallery is a picture that says so, never a missing file."""
+    plt = _pyplot()
+    n = max(1, len(tiles))
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.9 * rows + 0.4), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    if not tiles:
+        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=14, color=MARK_COLOUR)
+    for ax, (image, caption, good) in zip(axes.flat, tiles):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=9, color="#1a7f37" if good else "#cf222e", wrap=True)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, dpi=100)

@@ -126,13 +126,15 @@ def _comparable_production(runs_dir: Path, classes: list[str]) -> tuple[Path | N
     return prod, ({"added": added, "removed": removed} if added or removed else None), None
 
 
-def judge(cfg, paths: RunDir, index, best: dict | None = None) -> dict:
+def judge(cfg, paths: RunDir, index, best: dict | None = None, evaluation: dict | None = None) -> dict:
     """Evaluate the new run against production and decide, without changing anything: the decision record.
 
     ``best``: the best epoch's metrics row. When the new model only has to clear ``promote.min_accuracy`` (no
     production model with the same classes to compare with), its accuracy is that row's ``val_accuracy``: it was
     measured on exactly these held-out images by the weights in best.keras, so running the whole network over them
-    again would only repeat it. A comparison with production always runs both models the same way, on the images.
+    again would only repeat it. ``evaluation``: the new model's ``vgg evaluate`` report on these images, made
+    right after training (``output.report``); its accuracy is used, so nothing is run twice. A comparison with
+    production runs production the same way, on the images.
     """
     from vgg_cli.data.scan import TRAIN, VAL
 
@@ -146,7 +148,10 @@ def judge(cfg, paths: RunDir, index, best: dict | None = None) -> dict:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,
                     unusable)
     compare = prod is not None and class_change is None and unusable is None
-    if held_out and not compare and best is not None and "val_accuracy" in best:
+    if held_out and evaluation is not None:
+        new = {"accuracy": float(evaluation["accuracy"]), "images": int(evaluation["images"])}
+        source = "evaluation/val: model/best.keras on the images"
+    elif held_out and not compare and best is not None and "val_accuracy" in best:
         new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
         source = f"validation of epoch {best['epoch']}"
     else:
