@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 install_vgg test
+# The report tests load report.html in a real headless browser: Debian's chromium package.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    echo "installing chromium (the headless browser the report tests use) with apt-get..." >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || {
+        $SUDO apt-get update -qq >/dev/null
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    }
+fi
 set +e
 "$VENV/bin/python" -m pytest "$@"
 rc=$?

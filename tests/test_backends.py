@@ -75,9 +75,16 @@ def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, 
     assert p.returncode == 0, p.stderr[-3000:]
     preds = [json.loads(line) for line in p.stdout.splitlines()]
     assert len(preds) == 12 and sum(r["label"] == Path(r["path"]).parent.name for r in preds) >= 11
-    p = vgg_without_tf(["evaluate", str(colour_holdout), "--run", str(run), "--json"])
+    p = vgg_without_tf(["evaluate", str(colour_holdout), "--run", str(run), "--json", "--gradcam"])
     assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads(p.stdout)["accuracy"] >= 11 / 12
+    report = json.loads(p.stdout)
+    assert report["accuracy"] >= 11 / 12
+    # the galleries with Grad-CAM overlays (JAX gradients) and the report page, beside the evaluation at the end of
+    # training (output.report)
+    for key in ("misclassified_png", "correct_png", "report_html"):
+        assert Path(report["files"][key]).stat().st_size > 1000, key
+    assert (run / "report.html").is_file() and (run / "evaluation" / "val" / "report.json").is_file()
+    assert summary["promotion"]["new_accuracy_from"] == "evaluation/val: model/best.keras on the images"
 
     # 3. the whole network every epoch (augmentation on: images through the generator pipeline)
     p = vgg_without_tf(["train", f"data.train_dir={colour_data}", f"output.dir={tmp_path / 'aug-runs'}",

@@ -78,7 +78,7 @@ def test_equal_or_better_model_is_promoted_and_rollback_restores(champion, data)
 @pytest.mark.slow
 def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     runs = tmp_path / "runs"
-    code, result, err = train(data, runs, *BAD, "promote.min_accuracy=0.99")
+    code, result, err = train(data, runs, *BAD, "promote.min_accuracy=0.99", "output.report=false")
     p = result["promotion"]
     assert code == 3 and "does not clear promote.min_accuracy 0.99" in p["reason"]
     assert not (runs / "production").exists()

@@ -41,6 +41,7 @@ window.addEventListener("load", function () {
     note.textContent = bad.length + " picture(s) of this report could not be shown: " +
       bad.map(function (i) { return i.alt; }).join(", ");
     note.style.display = "block";
+    console.error(note.textContent);
   }
 });
 """
