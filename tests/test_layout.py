@@ -20,7 +20,8 @@ LAYERS = [
     ("model", {"layers", "optim", "model_io", "weights", "model"}),
     ("training", {"callbacks", "checkpoints", "phases", "inputs", "fit", "prepare", "run_summary", "runs", "train",
                   "lrfind"}),
-    ("reading runs back", {"predict", "gradcam", "gallery", "report", "evaluate", "export", "promote", "finish", "check"}),
+    ("reading runs back", {"predict", "gradcam", "gallery", "report", "evaluate", "export", "quantize", "promote",
+                           "finish", "check"}),
     ("the train job", {"job"}),
     ("command line", {"cli", "cli_common", "cli_train", "cli_models", "cli_runs", "__main__"}),
 ]

@@ -19,13 +19,16 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="json: one object per line (for jq).")
 @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", type=click.Choice(["none", "flip", "shift", "flip+shift"]), default="none", show_default=True,
+              help="Test-time augmentation: average over a mirrored and/or four shifted copies (see README).")
 @click.option("--gradcam", "cam_dir", type=click.Path(file_okay=False),
               help="Write Grad-CAM heatmaps here: <name>.gradcam.png (over the image) and .npy (the raw map).")
 @click.option("--cam-class", help="Explain this class instead of each image's top class (with --gradcam).")
 @click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
 def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs_dir: str, top_k: int, fmt: str,
-            batch_size: int, cam_dir: str | None, cam_class: str | None, cam_layer: str | None, verbose: bool) -> int:
+            batch_size: int, tta: str, cam_dir: str | None, cam_class: str | None, cam_layer: str | None,
+            verbose: bool) -> int:
     """Label images with a trained model.
 
     Folders are walked recursively. An unreadable file gets its own row with the error while the others are
@@ -51,7 +54,7 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
         t1 = time.perf_counter()
         model = load_model(path)
         t2 = time.perf_counter()
-        results = predict_files(model, files, top_k, batch_size)
+        results = predict_files(model, files, top_k, batch_size, tta)
         t3 = time.perf_counter()
         cams = _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size)
     click.echo(f"model: {path}", err=True)  # which run answered (production moves under cron)
@@ -111,11 +114,13 @@ def _model_of(run: str | None, model_file: str | None, runs_dir: str):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder for the report files. Default: <run>/evaluation/<val or DATA_DIR's name>.")
 @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", type=click.Choice(["none", "flip", "shift", "flip+shift"]), default="none", show_default=True,
+              help="Test-time augmentation: average over a mirrored and/or four shifted copies (see README).")
 @click.option("--gradcam", is_flag=True, help="Gallery tiles show Grad-CAM overlays of the predicted class.")
 @click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs_dir: str, out_dir: str | None,
-             batch_size: int, gradcam: bool, cam_layer: str | None, as_json: bool) -> int:
+             batch_size: int, tta: str, gradcam: bool, cam_layer: str | None, as_json: bool) -> int:
     """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
     subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
     one is reported).
@@ -154,7 +159,7 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
         if cam_layer and not gradcam:
             raise click.UsageError("--cam-layer goes with --gradcam")
         report = ev.evaluate(model, path, data, out, batch_size, cam_layer or gradcam,
-                             RunDir(run_dir) if run_dir else None)
+                             RunDir(run_dir) if run_dir else None, tta=tta)
     if as_json:
         echo_json(report)
     else:
@@ -170,9 +175,15 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
 @runs_dir_option
 @click.option("--out", "out_path", type=click.Path(),
               help="Where to write it. Default: <run>/export/saved_model, model.tflite or model.onnx.")
+@click.option("--int8", is_flag=True, help="INT8 (tflite, onnx): calibrated on the run's training images, "
+              "checked on its validation split. Default file: model.int8.tflite / model.int8.onnx.")
+@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="--int8: refuse (exit 3, nothing written) when the validation accuracy drops by more.")
+@click.option("--calibration-images", default=100, show_default=True, type=click.IntRange(min=1),
+              help="--int8: how many of the run's training images calibrate the quantization.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out_path: str | None,
-           as_json: bool) -> int:
+def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out_path: str | None, int8: bool,
+           max_accuracy_drop: float, calibration_images: int, as_json: bool) -> int:
     """Export a trained model for serving, then load the export in its own runtime (tf.saved_model.load, the
     TFLite interpreter, onnxruntime) and check that it gives the Keras model's probabilities (max difference
     1e-4) before it replaces anything.
@@ -182,6 +193,10 @@ def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out
     preprocessing is inside) and returns class probabilities. Class names travel with it: the SavedModel
     signature also returns class_index and class_name, and has assets.extra/labels.txt; TFLite and ONNX get
     <name>.labels.txt beside the file (ONNX also in its metadata, class_names).
+
+    \b
+    --int8 (tflite, onnx): a quarter of the size. It is checked on the run's validation split instead: written
+    only when its accuracy is at most --max-accuracy-drop below the float model's (exit 3 otherwise).
     """
     if fmt is None:
         from vgg_cli.errors import UsageError
@@ -192,20 +207,36 @@ def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out
     from vgg_cli.export import DEFAULT_NAMES
     path, run_dir = _model_of(run, model_file, runs_dir)
     default_root = (run_dir or path.parent) / "export"
-    out = Path(os.path.expanduser(out_path)) if out_path else default_root / DEFAULT_NAMES[fmt]
+    name = DEFAULT_NAMES[fmt].replace(".", ".int8.") if int8 else DEFAULT_NAMES[fmt]
+    out = Path(os.path.expanduser(out_path)) if out_path else default_root / name
     with model_work():
         from vgg_cli.export import export_model
         from vgg_cli.model_io import load_model
+        from vgg_cli.quantize import export_int8
 
-        report = export_model(load_model(path), fmt, out)
+        model = load_model(path)
+        report = (export_int8(model, fmt, out, run_dir, max_accuracy_drop, calibration_images) if int8
+                  else export_model(model, fmt, out))
     if as_json:
         echo_json(report)
+    elif int8:
+        click.echo(report["path"])
+        click.echo(_int8_line(report), err=True)
     else:
         click.echo(report["path"])
         click.echo(f"{fmt}: {report['bytes'] / 2**20:.1f} MiB; input {report['input']['description']}; labels in "
                    f"{report['labels']}; checked in {report['runtime']}: max |difference| from Keras "
                    f"{report['max_abs_diff']:.2g} on {report['probe_images']} probe images", err=True)
     return 0
+
+
+def _int8_line(r: dict) -> str:
+    return (f"{r['format']} int8: {r['bytes_int8'] / 2**20:.1f} MiB (float {r['bytes_float'] / 2**20:.1f} MiB), "
+            f"{r['latency_ms_int8']:.1f} ms per image on this CPU (float {r['latency_ms_float']:.1f} ms); validation "
+            f"accuracy {r['accuracy_int8']:.4f} vs float {r['accuracy_float']:.4f} on {r['validation_images']} "
+            f"images (drop {r['accuracy_drop']:.4f}, allowed {r['max_accuracy_drop']:g}); same top-1 on "
+            f"{r['top1_agreement']:.1%}; calibrated on {r['calibration_images']} training images; labels in "
+            f"{r['labels']}")
 
 
 @click.command(short_help="Show the model's layers, parameters and frozen blocks.")

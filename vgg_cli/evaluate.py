@@ -124,13 +124,14 @@ class Scored:
         return self.scores["accuracy"]
 
 
-def score(model, data: EvalSet, batch_size: int = 32) -> Scored:
-    """Predict every image of ``data`` with ``model`` and score the readable ones (``vgg evaluate`` and promotion)."""
+def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none") -> Scored:
+    """Predict every image of ``data`` with ``model`` (averaged over ``tta`` variants) and score the readable ones
+    (``vgg evaluate`` and promotion)."""
     from vgg_cli.model_io import class_names_of
     from vgg_cli.predict import predict_files
 
     classes = class_names_of(model)
-    results = predict_files(model, data.files, len(classes), batch_size)
+    results = predict_files(model, data.files, len(classes), batch_size, tta)
     index_of = {c: i for i, c in enumerate(classes)}
     scored = [(r, t) for r, t in zip(results, data.truth) if r.error is None]
     unreadable = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]
@@ -143,21 +144,21 @@ def score(model, data: EvalSet, batch_size: int = 32) -> Scored:
 
 
 def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32, gradcam: bool | str = False,
-             run=None, result: Scored | None = None) -> dict:
+             run=None, result: Scored | None = None, tta: str = "none") -> dict:
     """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
     confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv, the galleries (misclassified.png,
     correct.png; Grad-CAM overlays with ``gradcam``) and report.html (with ``run``'s summary, a ``RunDir``) into
     ``out_dir``. ``result``: the scores when the caller has them already. Returns the report."""
     from vgg_cli.model_io import image_size_of
 
-    result = result or score(model, data, batch_size)
+    result = result or score(model, data, batch_size, tta)
     classes, scored, truth, ranked, unreadable = (result.classes, result.scored, result.truth, result.ranked,
                                                   result.unreadable)
     s = dict(result.scores)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = s.pop("confusion")
-    report = {"model": str(model_file), "data": data.source, "image_size": image_size_of(model), **s,
+    report = {"model": str(model_file), "data": data.source, "image_size": image_size_of(model), "tta": tta, **s,
               "classes": classes, "missing_classes": data.missing_classes,
               "skipped": data.skipped + unreadable, "misclassified": int(sum(r[0] != t for t, r in zip(truth, ranked))),
               "confusion_matrix": matrix.tolist(), "out_dir": str(out_dir)}

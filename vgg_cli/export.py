@@ -214,6 +214,15 @@ RUNTIMES = {"saved_model": ("tf.saved_model.load", run_saved_model), "tflite": (
 # ------------------------------------------------------------------------------------------------ export
 
 
+def write_labels(out: Path, classes: list[str]) -> Path:
+    """``<name>.labels.txt`` beside a single-file export: one class name per line, in output order."""
+    from vgg_cli.fsio import write_text
+
+    labels = out.with_name(out.stem + ".labels.txt") if out.suffix else out.parent / "labels.txt"
+    write_text(labels, "".join(c + "\n" for c in classes))
+    return labels
+
+
 def export_model(model, fmt: str, out: Path) -> dict:
     """Write ``model`` (a vgg .keras model) as ``fmt`` to ``out``, check it in its runtime, return a report."""
     from vgg_cli.model_io import class_names_of, image_size_of
@@ -239,14 +248,8 @@ def export_model(model, fmt: str, out: Path) -> dict:
             raise ExportMismatch(f"the {fmt} export does not match the Keras model in {runtime}: max |difference| "
                                  f"{diff:.3g} (tolerance {TOLERANCE:g}), same top-1 on {agree}; nothing was "
                                  f"written. Please report this with the run's config.yaml")
-    labels = None
-    if fmt != "saved_model":
-        from vgg_cli.fsio import write_text
-
-        labels = out.with_name(out.stem + ".labels.txt") if out.suffix else out.parent / "labels.txt"
-        write_text(labels, "".join(c + "\n" for c in classes))
+    labels = write_labels(out, classes) if fmt != "saved_model" else out / "assets.extra" / "labels.txt"
     files = sorted(p for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
-    labels = labels or out / "assets.extra" / "labels.txt"
     return {"format": fmt, "path": str(out), "labels": str(labels),
             "runtime": runtime, "max_abs_diff": diff, "tolerance": TOLERANCE, "probe_images": len(images),
             "top1_agree": agree, "bytes": sum(p.stat().st_size for p in files), **_description(fmt, classes, size)}

@@ -59,8 +59,38 @@ def _load(path: str, size: int) -> np.ndarray | str:
         return str(e)
 
 
-def predict_files(model, files: list[str], top_k: int, batch_size: int) -> list[Prediction]:
-    """Top-k labels of ``files``; the next batch is decoded (in parallel threads) while this one runs."""
+# Test-time augmentation: each image is also predicted in these variants and the probabilities are averaged.
+TTA = ("none", "flip", "shift", "flip+shift")
+SHIFT = 0.0625  # of the image side: the four shifted copies of "shift" (up, down, left, right)
+
+
+def tta_views(batch: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The variants of a uint8 batch (N, S, S, 3) that ``mode`` averages over; the batch itself first. Shifted
+    copies repeat the edge pixels into the space they leave (no black borders the model never saw)."""
+    if mode not in TTA:
+        raise ValueError(f"tta must be one of {', '.join(TTA)}, got {mode!r}")
+    views = [batch]
+    if "flip" in mode:
+        views.append(batch[:, :, ::-1])
+    if "shift" in mode:
+        d = max(1, round(batch.shape[1] * SHIFT))
+        padded = np.pad(batch, ((0, 0), (d, d), (d, d), (0, 0)), mode="edge")
+        side = batch.shape[1]
+        for dy, dx in ((0, d), (2 * d, d), (d, 0), (d, 2 * d)):
+            views.append(padded[:, dy:dy + side, dx:dx + side])
+    return views
+
+
+def predict_probabilities(model, batch: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Class probabilities of a uint8 batch, averaged over the ``tta`` variants (a model call per variant, so memory
+    stays that of one batch)."""
+    views = tta_views(batch, tta)
+    return np.mean([np.asarray(model.predict_on_batch(np.ascontiguousarray(v))) for v in views], axis=0)
+
+
+def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str = "none") -> list[Prediction]:
+    """Top-k labels of ``files``; the next batch is decoded (in parallel threads) while this one runs. ``tta``:
+    average the probabilities over flipped and/or shifted copies (``TTA``)."""
     from vgg_cli.data.pipeline import decode_workers, prefetch_batches
     from vgg_cli.model_io import class_names_of, image_size_of
 
@@ -72,7 +102,7 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int) -> list[
         for start, loaded in prefetch_batches(files, lambda f: _load(f, size), batch_size, pool):
             chunk = files[start:start + batch_size]
             good = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
-            probs = np.asarray(model.predict_on_batch(np.stack([loaded[i] for i in good]))) if good else []
+            probs = predict_probabilities(model, np.stack([loaded[i] for i in good]), tta) if good else []
             by_index = dict(zip(good, probs))
             for i, path in enumerate(chunk):
                 if i in by_index:
