@@ -1,0 +1,74 @@
+"""INT8 exports: calibrated on the run's training images, checked on its validation split, refused when they lose
+more accuracy than allowed (nothing written, exit 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def export(run: Path, *args: str) -> tuple[int, dict | None, str]:
+    code, out, err = run_cli(["export", "--run", str(run), "--int8", "--json", *args])
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_tflite_int8_is_a_quarter_of_the_size_and_as_accurate(trained_run, tmp_path):
+    out = tmp_path / "m.int8.tflite"
+    code, r, err = export(trained_run["run_dir"], "--format", "tflite", "--out", str(out))
+    assert code == 0, err
+    assert r["path"] == str(out) and out.is_file() and r["bytes_int8"] == out.stat().st_size
+    assert r["bytes_int8"] < 0.3 * r["bytes_float"]
+    summary = json.loads((trained_run["run_dir"] / "summary.json").read_text())
+    assert r["validation_images"] == summary["images"]["val"]
+    assert r["calibration_images"] == summary["images"]["train"]  # fewer than 100: all of them
+    assert r["accuracy_float"] == pytest.approx(summary["best"]["val_accuracy"], abs=1e-6)
+    assert r["accuracy_drop"] <= 0.01 and r["latency_ms_int8"] > 0 and r["latency_ms_float"] > 0
+    assert (tmp_path / "m.int8.labels.txt").read_text().split() == summary["classes"]
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(out))
+    types = {str(d["dtype"]) for d in interpreter.get_tensor_details()}
+    assert "<class 'numpy.int8'>" in types  # the ops compute in int8
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32  # the float export's interface
+
+
+def test_onnx_int8_keeps_the_class_names(trained_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.int8.onnx"
+    code, r, err = export(trained_run["run_dir"], "--format", "onnx", "--out", str(out))
+    assert code == 0, err
+    assert r["bytes_int8"] < 0.3 * r["bytes_float"] and r["accuracy_drop"] <= 0.01
+    import onnx
+
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["class_names"]) == r["class_names"]
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def test_a_badly_calibrated_int8_model_is_refused_and_nothing_is_written(trained_run, tmp_path, monkeypatch):
+    from vgg_cli import quantize
+
+    real = quantize._representative
+    monkeypatch.setattr(quantize, "_representative", lambda images: real(np.zeros_like(images)))  # black frames
+    out = tmp_path / "bad.tflite"
+    code, _, err = export(trained_run["run_dir"], "--format", "tflite", "--out", str(out), "--max-accuracy-drop",
+                          "0.05")
+    assert code == 3, err
+    assert "a drop of" in err and "> --max-accuracy-drop 0.05; nothing was written" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_int8_option_errors(trained_run, tmp_path):
+    code, _, err = export(trained_run["run_dir"], "--format", "saved_model")
+    assert code == 64 and "--int8 goes with --format tflite or onnx" in err
+    code, _, err = run_cli(["export", "--model", str(trained_run["run_dir"] / "model" / "best.keras"), "--int8",
+                            "--format", "tflite", "--out", str(tmp_path / "x.tflite")])
+    assert code == 64 and "--int8 needs a run (--run), not --model" in err
