@@ -71,7 +71,7 @@ def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, 
     assert pixels.shape[1] > pixels.shape[0] >= 200 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
 
     # 2. predict and evaluate read the run back on JAX too
-    p = vgg_without_tf(["predict", str(colour_holdout), "--run", str(run), "--format", "json"])
+    p = vgg_without_tf(["predict", str(colour_holdout), "--run", str(run), "--format", "json", "--tta", "flip"])
     assert p.returncode == 0, p.stderr[-3000:]
     preds = [json.loads(line) for line in p.stdout.splitlines()]
     assert len(preds) == 12 and sum(r["label"] == Path(r["path"]).parent.name for r in preds) >= 11
