@@ -12,9 +12,11 @@ A run killed between training and its finish keeps ``promotion: pending``; ``vgg
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import replace
 from pathlib import Path
 
+from vgg_cli.callbacks import attach_log_file
 from vgg_cli.config import Config
 from vgg_cli.distribute import worker_role
 from vgg_cli.finish import finish
@@ -41,5 +43,11 @@ def complete(result: TrainResult) -> TrainResult:
     f = result.to_finish
     if f is None:
         return result
-    summary = finish(f.cfg, f.paths, f.index, result.summary, f.best, chief=f.chief)
+    handler = attach_log_file(f.paths.log, None) if f.chief else None  # the decision belongs in train.log too
+    try:
+        summary = finish(f.cfg, f.paths, f.index, result.summary, f.best, chief=f.chief)
+    finally:
+        if handler is not None:
+            logging.getLogger("vgg").removeHandler(handler)
+            handler.close()
     return replace(result, summary=summary, to_finish=None)
