@@ -64,7 +64,8 @@ def test_saved_model_signature_takes_raw_images_and_returns_names(reference, tmp
     from vgg_cli.model_io import load_model
 
     values = sum(int(np.prod(shape)) for shape in stored.values())
-    assert values == load_model(reference["run"] / "model" / "best.keras").count_params()
+    params = load_model(reference["run"] / "model" / "best.keras").count_params()
+    assert params <= values <= params + 16  # the weights once, and a few scalar states (a seed), not twice
 
 
 @pytest.mark.slow
