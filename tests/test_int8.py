@@ -72,3 +72,12 @@ def test_int8_option_errors(trained_run, tmp_path):
     code, _, err = run_cli(["export", "--model", str(trained_run["run_dir"] / "model" / "best.keras"), "--int8",
                             "--format", "tflite", "--out", str(tmp_path / "x.tflite")])
     assert code == 64 and "--int8 needs a run (--run), not --model" in err
+
+
+def test_int8_onnx_without_onnxruntime_is_one_line(trained_run, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # as if onnxruntime were not installed
+    code, _, err = export(trained_run["run_dir"], "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert code == 69 and "--int8 --format onnx needs onnxruntime" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

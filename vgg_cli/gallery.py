@@ -62,17 +62,8 @@ def _thumbnail(image) -> np.ndarray:
 
 def _overlays(model, paths: list[str], batch_size: int, layer: str | None) -> dict:
     """{path: Grad-CAM overlay (PIL) of the predicted class}."""
-    from vgg_cli.data.images import load_image
     from vgg_cli.gradcam import GradCam, overlay
-    from vgg_cli.model_io import image_size_of
 
     if not paths:
         return {}
-    cam = GradCam(model, layer)
-    size = image_size_of(model)
-    out = {}
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        for path, c in zip(chunk, cam(np.stack([load_image(p, size) for p in chunk]))):
-            out[path] = overlay(path, c.heatmap)
-    return out
+    return {path: overlay(path, c.heatmap) for path, c in GradCam(model, layer).of_files(paths, None, batch_size)}

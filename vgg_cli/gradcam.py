@@ -54,6 +54,16 @@ class GradCam:
                              f"{', '.join(self.classes)}")
         return self.classes.index(name)
 
+    def of_files(self, paths: list[str], class_index: int | None = None, batch_size: int = 32):
+        """(path, Cam) for image files, decoded as for prediction, ``batch_size`` at a time."""
+        from vgg_cli.data.images import load_image
+        from vgg_cli.model_io import image_size_of
+
+        size = image_size_of(self.prefix)
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            yield from zip(chunk, self(np.stack([load_image(p, size) for p in chunk]), class_index))
+
     def __call__(self, images: np.ndarray, class_index: int | None = None) -> list[Cam]:
         """Heatmaps of a batch of raw RGB images (N, S, S, 3), each for ``class_index`` or its top class."""
         acts = np.asarray(self.prefix.predict_on_batch(images.astype(np.float32)), dtype=np.float32)
@@ -132,22 +142,15 @@ def cam_files(model, results, out_dir: Path, class_name: str | None = None, laye
               batch_size: int = 32) -> dict[str, dict]:
     """Grad-CAM overlays (``<stem>.gradcam.png``) and raw heatmaps (``<stem>.gradcam.npy``) in ``out_dir`` for the
     readable images of ``results`` (``predict.Prediction``s). Returns {image path: what was written}."""
-    from vgg_cli.data.images import load_image
-    from vgg_cli.model_io import image_size_of
-
     cam = GradCam(model, layer)
-    target = cam.class_index(class_name)
-    size = image_size_of(model)
     readable = [r.path for r in results if r.error is None]
     names = _unique_stems(readable)
     written: dict[str, dict] = {}
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start:start + batch_size]
-        for path, c in zip(chunk, cam(np.stack([load_image(p, size) for p in chunk]), target)):
-            png, npy = out_dir / f"{names[path]}.gradcam.png", out_dir / f"{names[path]}.gradcam.npy"
-            write_cam(path, c, png, npy)
-            written[path] = {"overlay": str(png), "heatmap": str(npy), "class": cam.classes[c.class_index],
-                             "probability": c.probability, "layer": cam.layer}
+    for path, c in cam.of_files(readable, cam.class_index(class_name), batch_size):
+        png, npy = out_dir / f"{names[path]}.gradcam.png", out_dir / f"{names[path]}.gradcam.npy"
+        write_cam(path, c, png, npy)
+        written[path] = {"overlay": str(png), "heatmap": str(npy), "class": cam.classes[c.class_index],
+                         "probability": c.probability, "layer": cam.layer}
     return written
 
 

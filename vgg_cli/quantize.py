@@ -178,6 +178,17 @@ def check_int8(fmt: str, float_path: Path, int8_path: Path, served, images: np.n
     return result
 
 
+def _need_onnxruntime() -> None:
+    """onnxruntime quantizes and checks the INT8 ONNX model: missing, one line and exit 69, not a traceback."""
+    try:
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError:
+        from vgg_cli.errors import UnavailableError
+
+        raise UnavailableError("--int8 --format onnx needs onnxruntime (and onnx, tf2onnx): pip install "
+                               "'vgg-cli[export]' (in a checkout: pip install '.[export]')") from None
+
+
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
 
@@ -196,6 +207,8 @@ def export_int8(model, fmt: str, out: Path, run_dir: Path | None, max_drop: floa
                          "and its validation split checks it")
     if fmt == "tflite":
         _need_tensorflow(fmt)
+    else:
+        _need_onnxruntime()
     served = inference_model(model)
     classes, size = class_names_of(served), image_size_of(served)
     calibration, _ = run_images(run_dir, "train", size, n_calibration)
