@@ -141,11 +141,6 @@ class RunDir:
     def info_or_none(self) -> dict[str, Any] | None:
         return _or_none(self.read_info)
 
-    def status(self) -> str:
-        """``summary.json``'s status, or ``unfinished`` when there is none (still running, or killed)."""
-        summary = self.summary_or_none()
-        return str(summary.get("status")) if summary and summary.get("status") else "unfinished"
-
 
 def _object(value: Any, path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
