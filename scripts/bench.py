@@ -78,8 +78,8 @@ def make_dataset(out: Path, n: int, seed: int) -> Path:
 
 CALIBRATE = r'''
 import sys, glob, keras, numpy as np
-from vgg_cli.model import build_backbone
-from vgg_cli.weights import he_initialise
+from vgg_cli.model.build import build_backbone
+from vgg_cli.model.weights import he_initialise
 from vgg_cli.data.images import load_image
 data, size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 keras.utils.set_random_seed(0)
@@ -102,10 +102,10 @@ print(f"pooled-feature RMS {rms:.2f} -> 1")
 def backbone_weights(work: Path, data: Path, size: int) -> tuple[str, str]:
     """(path, description): Keras' cached ImageNet file if present, else a random He-normal VGG16 whose pooled
     features are brought to unit scale on the bench images, saved once."""
-    from vgg_cli.cli_common import load_frameworks
+    from vgg_cli.cli.common import load_frameworks
 
     load_frameworks()  # quietly
-    from vgg_cli.weights import keras_cache_file
+    from vgg_cli.model.weights import keras_cache_file
 
     cached = keras_cache_file("vgg16")
     if cached.is_file():
@@ -262,7 +262,7 @@ PER_IMAGE_LOOP = r'''
 import sys, time, json
 t0 = time.perf_counter()
 import keras, numpy as np
-from vgg_cli.model_io import load_model
+from vgg_cli.model.load import load_model
 model = load_model(sys.argv[1]); size = int(model.input_shape[1])
 files = sys.argv[3:]
 t1 = time.perf_counter()
@@ -277,7 +277,7 @@ PRELOADED = r'''
 import sys, time, json
 t0 = time.perf_counter()
 import numpy as np
-from vgg_cli.model_io import load_model
+from vgg_cli.model.load import load_model
 from vgg_cli.data.images import load_image
 model = load_model(sys.argv[1]); size = int(model.input_shape[1])
 files = sys.argv[3:]
@@ -291,7 +291,7 @@ json.dump({"startup_s": t1 - t0, "preload_s": t2 - t1, "predict_s": t3 - t2}, op
 
 MINIMAL_ONE = r'''
 import sys, keras, numpy as np
-import vgg_cli.model  # registers the model's two small custom layers (preprocessing, class names)
+import vgg_cli.model.build  # registers the model's two small custom layers (preprocessing, class names)
 model = keras.saving.load_model(sys.argv[1], compile=False)
 size = int(model.input_shape[1])
 x = keras.utils.img_to_array(keras.utils.load_img(sys.argv[2], target_size=(size, size)))

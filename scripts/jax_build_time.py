@@ -38,8 +38,8 @@ if os.environ["KERAS_BACKEND"] == "jax":
     logging.getLogger("jax").addHandler(Grab())
     logging.getLogger("jax").setLevel(logging.DEBUG)
 import keras, numpy as np
-from vgg_cli.config import load_config
-from vgg_cli import model as m, model_io, weights
+from vgg_cli.config.schema import load_config
+from vgg_cli.model import build as m; from vgg_cli.model import load as model_io; from vgg_cli.model import weights
 keras.utils.set_random_seed(0)
 cfg = load_config(None, ["model.weights=none", f"data.image_size={size}"]).model
 keras.ops.convert_to_tensor(np.zeros(1))  # the backend is up before the clock starts

@@ -53,7 +53,7 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
     """Run ``vgg`` in-process through the real entry point; returns (exit code, stdout, stderr)."""
     from click.testing import CliRunner
 
-    from vgg_cli.cli import main
+    from vgg_cli.cli.main import main
 
     # main() maps errors to exit codes; CliRunner captures stdout, stderr and the SystemExit.
     result = CliRunner().invoke(_MainCommand(main), args, catch_exceptions=False)
@@ -61,7 +61,7 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
 
 
 class _MainCommand:
-    """Adapter so CliRunner calls ``vgg_cli.cli.main`` (the console entry point) rather than the bare group."""
+    """Adapter so CliRunner calls ``vgg_cli.cli.main.main`` (the console entry point) rather than the bare group."""
 
     def __init__(self, main):
         self._main = main

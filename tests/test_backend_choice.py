@@ -1,4 +1,4 @@
-"""train.backend and its auto rule (vgg_cli.backend): KERAS_BACKEND wins; a CUDA JAX is preferred; then TensorFlow."""
+"""train.backend and its auto rule (vgg_cli.platform.backend): KERAS_BACKEND wins; a CUDA JAX is preferred; then TensorFlow."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TRAIN_ARGS
-from vgg_cli.backend import choose
+from vgg_cli.platform.backend import choose
 from vgg_cli.errors import UnavailableError
 
 

@@ -32,7 +32,7 @@ class WithoutTensorFlow:
         return (d for d in importlib.machinery.PathFinder.find_distributions(*args, **kwargs)
                 if not (d.metadata['Name'] or '').lower().startswith('tensorflow'))
 sys.meta_path[:] = [WithoutTensorFlow() if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
-from vgg_cli.cli import main
+from vgg_cli.cli.main import main
 main(sys.argv[1:])
 """
 

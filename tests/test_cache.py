@@ -226,7 +226,7 @@ class _ArraySource:
 
 
 def test_train_batches_follow_the_epoch_order_and_never_span_epochs():
-    from vgg_cli.cli_common import load_frameworks
+    from vgg_cli.cli.common import load_frameworks
 
     load_frameworks()
     from vgg_cli.data.pipeline import epoch_order, eval_batches, train_batches
@@ -303,7 +303,7 @@ def test_large_batch_buffers_are_their_own_memory_maps():
 def test_making_batches_trims_the_heap_at_most_every_interval(monkeypatch):
     """Training batches hand freed C-heap memory back to the OS on a clock, not once per epoch, so memory does not
     grow with the epoch's length (the dataset's size)."""
-    from vgg_cli import device
+    from vgg_cli.platform import device
     from vgg_cli.data import pipeline
 
     trims = []

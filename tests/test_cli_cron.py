@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
-from vgg_cli.checkpoints import TrainState, save_model, sync
-from vgg_cli.rundir import RunDir
+from vgg_cli.training.checkpoints import TrainState, save_model, sync
+from vgg_cli.runs.rundir import RunDir
 
 FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
         "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",
@@ -74,7 +74,7 @@ def check_finished_run(run: Path, epochs: int) -> dict:
     assert sorted(p.name for p in (run / "model" / "checkpoints").iterdir()) == [f"epoch-{epochs:04d}.keras"]
     # best.keras really is the best epoch's model: it reproduces that epoch's validation accuracy
     from vgg_cli.data.images import load_image
-    from vgg_cli.model_io import load_model
+    from vgg_cli.model.load import load_model
 
     data = json.loads((run / "data.json").read_text())
     val = [f for f in data["files"] if f["split"] == "val"]
@@ -203,7 +203,7 @@ def test_if_changed_skips_unchanged_data_and_trains_on_new_images(tmp_path, data
 
 
 def test_scan_cache_makes_unchanged_rescans_read_nothing(tmp_path, data, monkeypatch):
-    from vgg_cli.config import load_config
+    from vgg_cli.config.schema import load_config
     from vgg_cli.data import checks
     from vgg_cli.data import scan as scan_mod
 

@@ -85,7 +85,7 @@ def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     # with nothing to compare against, the new model's accuracy is its best epoch's validation accuracy; it must
     # be what the saved model scores when it is run on the held-out images
     from vgg_cli.data.scan import VAL, index_from_manifest
-    from vgg_cli.promote import evaluate
+    from vgg_cli.promotion.decide import evaluate
 
     run = Path(result["run"])
     summary = json.loads((run / "summary.json").read_text())

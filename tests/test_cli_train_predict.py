@@ -110,7 +110,7 @@ def test_progress_is_one_plain_line_per_epoch_off_a_terminal(trained_run):
     assert "\r" not in err  # no progress bar in logs
     log = (trained_run["run_dir"] / "train.log").read_text()
     assert "epoch 8/8" in log and "dataset" in log
-    # the end of the run (finished by vgg_cli.job, after training) is in the run's log too
+    # the end of the run (finished by vgg_cli.promotion.job, after training) is in the run's log too
     assert "evaluated on the validation split: accuracy" in log and "promoted to production:" in log
 
 
@@ -120,7 +120,7 @@ def test_training_never_touches_the_dataset(trained_run):
 
 def test_best_checkpoint_is_the_best_epoch(trained_run):
     """model/best.keras reproduces the best epoch's val accuracy on the validation files."""
-    from vgg_cli.model_io import load_model
+    from vgg_cli.model.load import load_model
 
     run = trained_run["run_dir"]
     data = json.loads((run / "data.json").read_text())
@@ -292,7 +292,7 @@ def test_reuse_a_run_as_backbone_weights_with_mixed_precision_and_top5(trained_r
     assert json.loads((run / "data.json").read_text())["skipped"][0]["path"] == "c0/truncated.png"
     assert "skipped c0/truncated.png" in err
     # the reused backbone is exactly the earlier run's
-    from vgg_cli.model_io import load_model
+    from vgg_cli.model.load import load_model
 
     a = load_model(trained_run["run_dir"] / "model" / "best.keras").get_layer("vgg16")
     b = load_model(run / "model" / "last.keras").get_layer("vgg16")

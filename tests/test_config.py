@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vgg_cli.config import default_dict, load_config
+from vgg_cli.config.schema import default_dict, load_config
 from vgg_cli.errors import ConfigError, NoInputError
 from tests.conftest import run_cli
 
@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_validate_and_configs_default_is_the_package_file():
     cfg = load_config()
     assert cfg.model.arch == "vgg16" and cfg.train.epochs == 10 and cfg.data.val_split == 0.2
-    assert (ROOT / "configs" / "default.yaml").read_text() == (ROOT / "vgg_cli" / "default.yaml").read_text()
+    assert (ROOT / "configs" / "default.yaml").read_text() == (ROOT / "vgg_cli" / "config" / "default.yaml").read_text()
 
 
 def test_every_default_key_is_documented_with_a_type():
-    text = (ROOT / "vgg_cli" / "default.yaml").read_text()
+    text = (ROOT / "vgg_cli" / "config" / "default.yaml").read_text()
     def leaves(tree, prefix=""):
         for k, v in tree.items():
             if isinstance(v, dict):
@@ -112,7 +112,7 @@ def test_auto_values_and_numbers_written_without_a_dot():
     assert cfg.train.optimizer.learning_rate == "auto" and cfg.promote.min_accuracy == "auto"
     cfg = load_config(None, ["train.optimizer.learning_rate=1e-3", "promote.min_accuracy=0.5"])
     assert cfg.train.optimizer.learning_rate == 0.001 and cfg.promote.min_accuracy == 0.5
-    from vgg_cli.config import auto_learning_rate
+    from vgg_cli.config.schema import auto_learning_rate
 
     assert auto_learning_rate([1, 2, 3, 4, 5]) == 1e-3
     assert auto_learning_rate([1, 2, 3]) == auto_learning_rate([]) == 1e-4
@@ -147,7 +147,7 @@ def test_hostile_config_files(tmp_path):
         (tmp_path / "dup2.yaml").write_text("train: {epochs: 3}\ntrain: {epochs: 4}\n")
         load_config(tmp_path / "dup2.yaml", [])
     (tmp_path / "empty-run.yaml").write_text("")
-    from vgg_cli.config import load_run_config
+    from vgg_cli.config.schema import load_run_config
     from vgg_cli.errors import DataError
 
     with pytest.raises(DataError, match="empty or lacks its data/model sections"):
@@ -188,7 +188,7 @@ def test_config_show_cli_prints_resolved_yaml_and_exit_78_on_error(tmp_path):
 
 
 def test_help_and_config_show_do_not_import_tensorflow():
-    code = ("import sys; from vgg_cli.cli import main\n"
+    code = ("import sys; from vgg_cli.cli.main import main\n"
             "try:\n    main(['config', 'show'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "heavy = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
@@ -258,8 +258,8 @@ def test_yaml_words_on_off_yes_no_are_not_booleans(tmp_path):
 def test_renamed_and_removed_keys_keep_old_configs_and_runs_working(tmp_path, monkeypatch, caplog):
     """The rename map: an old key in a config file, an override or an older run's config.yaml moves to its new
     name (or is dropped when removed) with a warning; giving both names is an error."""
-    from vgg_cli import config_sources
-    from vgg_cli.config import load_run_config
+    from vgg_cli.config import sources as config_sources
+    from vgg_cli.config.schema import load_run_config
 
     monkeypatch.setattr(config_sources, "RENAMED", {"train.lr": "train.optimizer.learning_rate"})
     monkeypatch.setattr(config_sources, "REMOVED", {"train.old_knob": "nothing replaces it"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 import pytest
 
-from vgg_cli.config import load_config
-from vgg_cli.device import Gpu, select_precision, setup_devices
+from vgg_cli.config.schema import load_config
+from vgg_cli.platform.device import Gpu, select_precision, setup_devices
 from vgg_cli.errors import ConfigError
 
 A100 = Gpu("NVIDIA A100", (8, 0))

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import SIZE, make_colour_dataset
-from vgg_cli.distribute import Split, cluster_of, keras_cluster_of, pad_batch, select_distribution
+from vgg_cli.platform.distribute import Split, cluster_of, keras_cluster_of, pad_batch, select_distribution
 from vgg_cli.errors import ConfigError
 
 # A new process whose TensorFlow sees the CPU as two logical devices (set before TF's runtime starts).
 TWO_CPUS = ("import sys, tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
             "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2); "
-            "from vgg_cli.cli import main; main(sys.argv[1:])")
-PLAIN = "import sys; from vgg_cli.cli import main; main(sys.argv[1:])"
+            "from vgg_cli.cli.main import main; main(sys.argv[1:])")
+PLAIN = "import sys; from vgg_cli.cli.main import main; main(sys.argv[1:])"
 # 18 training images in batches of 6: every global batch splits into equal halves, so the averaged gradient
 # is exactly the single-device one. No dropout: the only randomness left is the (seeded) order.
 ARGS = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[8]", "model.head.dropout=0.0",
@@ -58,7 +58,7 @@ def finish(p: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
 
 
 def head_weights(run: Path) -> list[np.ndarray]:
-    from vgg_cli.model_io import load_model
+    from vgg_cli.model.load import load_model
 
     model = load_model(run / "model" / "last.keras")
     return [w for layer in model.layers if layer.name.startswith("head_") for w in layer.get_weights()]
@@ -202,7 +202,7 @@ def test_padding_keeps_the_loss_of_the_unpadded_batch():
 
 
 def test_accuracy_counts_each_real_row_once_whatever_its_weight():
-    from vgg_cli.metrics import Accuracy
+    from vgg_cli.model.metrics import Accuracy
 
     m = Accuracy()
     y = np.array([0, 1, 1, 0])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli
-from vgg_cli.evaluate import scores
+from vgg_cli.evaluation.evaluate import scores
 
 
 def test_scores_match_a_hand_computation():
@@ -129,7 +129,7 @@ def test_lr_find_suggests_a_rate_and_draws_the_curve(tmp_path):
 
 
 def test_lr_find_suggestion_is_the_steepest_fall():
-    from vgg_cli.lrfind import range_rates, smooth, suggest
+    from vgg_cli.training.lrfind import range_rates, smooth, suggest
 
     rates = range_rates(1e-6, 1.0, 100)
     x = np.log10(rates)

@@ -21,7 +21,7 @@ def holdout_images(folder: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def keras_probabilities(run: Path, images: np.ndarray) -> np.ndarray:
-    from vgg_cli.model_io import load_model
+    from vgg_cli.model.load import load_model
 
     return np.asarray(load_model(run / "model" / "best.keras").predict_on_batch(images))
 
@@ -61,7 +61,7 @@ def test_saved_model_signature_takes_raw_images_and_returns_names(reference, tmp
     assert "raw RGB pixels 0-255" in meta["input"]["description"] and meta["class_names"] == reference["classes"]
     # every weight stored once (keras-team/keras#23553: tracking the model stored each twice, 112 MiB for 56)
     stored = tf.train.load_checkpoint(str(tmp_path / "sm" / "variables" / "variables")).get_variable_to_shape_map()
-    from vgg_cli.model_io import load_model
+    from vgg_cli.model.load import load_model
 
     values = sum(int(np.prod(shape)) for shape in stored.values())
     params = load_model(reference["run"] / "model" / "best.keras").count_params()
@@ -70,7 +70,7 @@ def test_saved_model_signature_takes_raw_images_and_returns_names(reference, tmp
 
 @pytest.mark.slow
 def test_tflite_export_runs_in_the_interpreter(reference):
-    from vgg_cli.export import _tflite_interpreter
+    from vgg_cli.export.formats import _tflite_interpreter
 
     report = export(reference["run"], "tflite")  # default place: <run>/export/model.tflite
     path = reference["run"] / "export" / "model.tflite"

@@ -14,11 +14,11 @@ from PIL import Image
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli
 from tests.test_cli_cron import start, wait_for
-from vgg_cli.checkpoints import Monitor, RunRecorder, TrainState
-from vgg_cli.model import conv_layers_by_block
-from vgg_cli.model_io import load_model
-from vgg_cli.optim import PhaseSchedule, SmoothedSparseCrossentropy
-from vgg_cli.rundir import RunDir
+from vgg_cli.training.checkpoints import Monitor, RunRecorder, TrainState
+from vgg_cli.model.build import conv_layers_by_block
+from vgg_cli.model.load import load_model
+from vgg_cli.model.optim import PhaseSchedule, SmoothedSparseCrossentropy
+from vgg_cli.runs.rundir import RunDir
 
 BASE = [f"data.image_size={SIZE}", "model.head.dense=[16]", "model.head.dropout=0.0", "train.batch_size=8",
         "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0", "output.tensorboard=false",
@@ -35,8 +35,8 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def backbone_file(tmp_path_factory) -> Path:
     """Random VGG16 conv weights the test knows, so 'unchanged' and 'changed' can be checked exactly."""
-    from vgg_cli.model import build_backbone
-    from vgg_cli.weights import he_initialise
+    from vgg_cli.model.build import build_backbone
+    from vgg_cli.model.weights import he_initialise
 
     keras.utils.set_random_seed(3)
     backbone = build_backbone("vgg16", SIZE)
@@ -91,7 +91,7 @@ def test_phase_two_unfreezes_the_named_blocks_only_and_keeps_learning(tmp_path, 
 
 
 def _backbone_model(weights: Path) -> keras.Model:
-    from vgg_cli.model import build_backbone
+    from vgg_cli.model.build import build_backbone
 
     backbone = build_backbone("vgg16", SIZE)
     backbone.load_weights(weights)
@@ -173,8 +173,8 @@ def test_schedules_give_the_expected_rate_per_step(kind, warmup, expected):
 
 
 def test_schedule_config_maps_epochs_to_steps():
-    from vgg_cli.config import load_config
-    from vgg_cli.optim import learning_rate_for
+    from vgg_cli.config.schema import load_config
+    from vgg_cli.model.optim import learning_rate_for
 
     cfg = load_config(None, ["train.schedule.name=step", "train.schedule.step_epochs=2",
                              "train.schedule.warmup_epochs=0.5"]).train.schedule
@@ -198,10 +198,10 @@ def test_label_smoothing_loss_matches_the_formula():
 
 
 def test_class_weights_balanced_and_by_name(tmp_path):
-    from vgg_cli.config import load_config
+    from vgg_cli.config.schema import load_config
     from vgg_cli.data.scan import scan
     from vgg_cli.errors import ConfigError
-    from vgg_cli.phases import class_weights
+    from vgg_cli.training.phases import class_weights
 
     root = make_colour_dataset(tmp_path / "d", per_class=4, seed=1, classes=["red", "green"])
     make_colour_dataset(root, per_class=12, seed=2, classes=["blue"])

@@ -54,7 +54,7 @@ def test_onnx_int8_keeps_the_class_names(trained_run, tmp_path):
 
 
 def test_a_badly_calibrated_int8_model_is_refused_and_nothing_is_written(trained_run, tmp_path, monkeypatch):
-    from vgg_cli import quantize
+    from vgg_cli.export import quantize
 
     real = quantize._representative
     monkeypatch.setattr(quantize, "_representative", lambda images: real(np.zeros_like(images)))  # black frames

@@ -1,4 +1,4 @@
-"""Tripwires for the Keras internals vgg touches (vgg_cli/keras_fixes.py, vgg_cli/fast_init.py): a Keras release
+"""Tripwires for the Keras internals vgg touches (vgg_cli/platform/keras_fixes.py, vgg_cli/platform/fast_init.py): a Keras release
 that renames or removes them fails here, by name, before a user's multi-worker run or model build does."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_fast_init_swaps_the_initializers_keras_calls():
     (zeros, ones exactly), and outside they are Keras' own again."""
     import numpy as np
 
-    from vgg_cli import fast_init
+    from vgg_cli.platform import fast_init
 
     glorot = keras.initializers.GlorotUniform()
     before = keras.initializers.GlorotUniform.__call__

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from vgg_cli.config import load_config
+from vgg_cli.config.schema import load_config
 from vgg_cli.errors import ConfigError, NoInputError
-from vgg_cli.model import BLOCK_CONVS, build_backbone, build_model, conv_layers_by_block
-from vgg_cli.model_io import class_names_of, load_model
-from vgg_cli.weights import IMAGENET_NOTOP
+from vgg_cli.model.build import BLOCK_CONVS, build_backbone, build_model, conv_layers_by_block
+from vgg_cli.model.load import class_names_of, load_model
+from vgg_cli.model.weights import IMAGENET_NOTOP
 
 S = 32
 CLASSES = ["a", "b", "c"]
@@ -53,7 +53,7 @@ def test_freeze_flags_per_block(arch, freeze):
 
 
 def test_preprocessing_inside_model_matches_keras():
-    from vgg_cli.layers import VGGPreprocess
+    from vgg_cli.model.layers import VGGPreprocess
 
     x = images()
     ours = keras.ops.convert_to_numpy(VGGPreprocess()(x))
@@ -241,8 +241,8 @@ def test_summary_shows_frozen_blocks(colour_data):
 def test_training_loss_is_computed_from_logits_so_confident_mistakes_still_learn(cached):
     """A new head can start confidently wrong: the true class's float32 probability underflows, and a loss on the
     softmax output (clipped at 1e-7) has no gradient there. Training fits a view ending at the logits instead."""
-    from vgg_cli.model import logits_view, split_frozen_prefix
-    from vgg_cli.optim import compile_model
+    from vgg_cli.model.build import logits_view, split_frozen_prefix
+    from vgg_cli.model.optim import compile_model
 
     cfg = load_config(None, ["model.weights=none", "model.head.dense=[]", "model.head.dropout=0"])
     keras.utils.set_random_seed(0)
@@ -281,17 +281,17 @@ class Grab(logging.Handler):
 logging.getLogger("jax").addHandler(Grab())
 logging.getLogger("jax").setLevel(logging.DEBUG)
 import keras
-from vgg_cli.model import build_backbone
-from vgg_cli.weights import he_initialise
+from vgg_cli.model.build import build_backbone
+from vgg_cli.model.weights import he_initialise
 keras.utils.set_random_seed(3)
 backbone = build_backbone("vgg16", 32)
 he_initialise(backbone)
 print("\n".join(compiled))
 print("KERNEL", float(backbone.get_layer("block2_conv1").kernel.numpy().std()))
 import json, numpy as np
-from vgg_cli.config import load_config
-from vgg_cli.model import build_model
-from vgg_cli.model_io import load_model
+from vgg_cli.config.schema import load_config
+from vgg_cli.model.build import build_model
+from vgg_cli.model.load import load_model
 model, _ = build_model(load_config(None, ["model.weights=none"]).model, 32, ["a", "b"])
 model.save(sys.argv[1])
 compiled.clear()
@@ -324,7 +324,7 @@ def test_backbone_build_and_model_load_compile_no_random_number_program_on_jax(t
 
 
 def test_he_normal_on_the_host_matches_keras_statistics():
-    from vgg_cli.weights import he_normal
+    from vgg_cli.model.weights import he_normal
 
     a = he_normal(np.random.default_rng(0), (3, 3, 256, 256))
     b = keras.ops.convert_to_numpy(keras.initializers.HeNormal(seed=0)((3, 3, 256, 256)))

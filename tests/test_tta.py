@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-from vgg_cli.predict import TTA, tta_views
+from vgg_cli.inference.predict import TTA, tta_views
 
 
 def test_tta_views_are_the_image_its_mirror_and_four_edge_padded_shifts():

@@ -244,7 +244,7 @@ def test_disk_full_in_the_feature_cache_is_exit_74(tmp_path, data):
 
 
 def test_symlinks_never_loop_cross_classes_or_walk_twice(tmp_path):
-    from vgg_cli.config import load_config
+    from vgg_cli.config.schema import load_config
     from vgg_cli.data.scan import scan
 
     root = make_colour_dataset(tmp_path / "ds", per_class=3, classes=["red", "green"])
@@ -294,9 +294,9 @@ def test_output_dir_inside_the_dataset_is_a_config_error_and_writes_nothing(tmp_
 def test_the_lock_is_refused_before_keras_is_imported(tmp_path, data):
     runs = tmp_path / "runs"
     probe = ("import atexit, sys; atexit.register(lambda: print('keras imported' if 'keras' in sys.modules else "
-             "'keras not imported', file=sys.stderr)); from vgg_cli.cli import main; main(sys.argv[1:])")
+             "'keras not imported', file=sys.stderr)); from vgg_cli.cli.main import main; main(sys.argv[1:])")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from vgg_cli.runs import runs_lock\nwith runs_lock(Path(sys.argv[1]), 'holder'):\n"
+                               "from vgg_cli.runs.root import runs_lock\nwith runs_lock(Path(sys.argv[1]), 'holder'):\n"
                                "    print('held', flush=True); time.sleep(120)", str(runs)],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-from vgg_cli.cli import main
+from vgg_cli.cli.main import main
 
 if __name__ == "__main__":
     main()

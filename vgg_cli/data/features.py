@@ -30,7 +30,7 @@ import numpy as np
 
 from vgg_cli.data.images import DECODER_VERSION
 from vgg_cli.data.pipeline import batch_buffer, decode_workers, load_or_fail, prefetch_batches
-from vgg_cli.device import peak_rss_mib
+from vgg_cli.platform.device import peak_rss_mib
 from vgg_cli.errors import ArtifactIOError
 from vgg_cli.progress import Progress
 

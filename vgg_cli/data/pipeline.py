@@ -11,7 +11,7 @@ On the TensorFlow backend ``tf.data`` only schedules: it turns per-epoch index o
 from a few threads in parallel and prefetches, so the next batches are ready while the accelerator computes. On the
 JAX and PyTorch backends (where TensorFlow need not be installed at all) a Python generator does the same: a
 background thread makes the next batches while the current one trains (``BackgroundBatches``). Both yield the same
-batches in the same order. Under a JAX distribution (``vgg_cli.distribute``) each batch is padded to a multiple of
+batches in the same order. Under a JAX distribution (``vgg_cli.platform.distribute``) each batch is padded to a multiple of
 the devices with weight-0 copies and each process yields its slice of it. This is the one module that uses
 TensorFlow directly; model, training and prediction code use Keras APIs only.
 
@@ -35,8 +35,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vgg_cli.data.images import BadImage, load_image
-from vgg_cli.device import release_free_memory
-from vgg_cli.distribute import Split, data_split, in_distribution_scope, pad_batch
+from vgg_cli.platform.device import release_free_memory
+from vgg_cli.platform.distribute import Split, data_split, in_distribution_scope, pad_batch
 from vgg_cli.errors import DataError
 
 

@@ -1,0 +1,124 @@
+"""What every vgg command shares: loading Keras quietly on the right backend, console logging, printing results
+(a closed pipe is not an error), and the options several commands take."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator
+
+import click
+
+OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs=3 (values parsed as YAML)."
+
+
+def load_frameworks(backend: str = "auto") -> None:
+    """Import Keras once, on the backend ``vgg_cli.platform.backend`` chooses (KERAS_BACKEND wins, else ``backend``, a
+    train.backend value), keeping TensorFlow's native start-up chatter out of the terminal and cron logs.
+    TensorFlow 2.21 prints some of it even at TF_CPP_MIN_LOG_LEVEL=3, so fd 2 is closed off during the import;
+    set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see it."""
+    if "keras" in sys.modules:
+        return
+    from vgg_cli.platform.backend import apply
+
+    why = apply(backend)
+    logging.getLogger("vgg").debug("Keras backend: %s (%s)", os.environ["KERAS_BACKEND"], why)
+    if os.environ["KERAS_BACKEND"] != "tensorflow":
+        import keras  # noqa: F401
+        return
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
+        import keras  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # the C++ runtime writes INFO lines to fd 2 before its log level applies
+    try:
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # CUDA probing logs here on machines without a GPU
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr logging that goes quiet when the reader has gone (`vgg train ... 2>&1 | head -2`): the run goes on and
+    its exit code stands, instead of a '--- Logging error ---' report per line."""
+
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            return
+        super().handleError(record)
+
+    def filter(self, record):  # a record logged with extra={"console": False} is for train.log only
+        return getattr(record, "console", True) and super().filter(record)
+
+
+def emit(text: str, err: bool = False) -> None:
+    """Print a command's result; a closed pipe is not an error of the command (its work is done and on disk)."""
+    try:
+        click.echo(text, err=err)
+        (sys.stderr if err else sys.stdout).flush()
+    except BrokenPipeError:
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's exit-time flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (in-process tests)
+        pass
+    finally:
+        os.close(devnull)
+
+
+def setup_logging(verbose: bool) -> None:
+    log = logging.getLogger("vgg")
+    handler = next((h for h in log.handlers if getattr(h, "_vgg_console", False)), None)
+    if handler is None:
+        handler = _ConsoleHandler(sys.stderr)
+        handler._vgg_console = True
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    else:
+        handler.setStream(sys.stderr)  # the current stderr (it differs between in-process invocations)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+@contextlib.contextmanager
+def model_work(verbose: bool = False, backend: str = "auto") -> Iterator[None]:
+    """The preamble of every command that runs a model, in one place: console logging, Keras imported quietly on
+    its backend, and stdout kept for the command's result (whatever a library prints inside goes to stderr). The
+    command prints its result after the block."""
+    setup_logging(verbose)
+    load_frameworks(backend)
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def echo_json(obj: dict) -> None:
+    import json
+
+    emit(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+config_option = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+                             help="YAML file merged over the defaults (configs/default.yaml).")
+
+
+runs_dir_option = click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
+
+
+run_option = click.option("--run", "run",
+                          help="Run directory (or its name in --runs-dir). Default: production, else latest.")

@@ -1,0 +1,280 @@
+"""Commands that use a trained model: predict, evaluate, export; and summary, the model a config builds."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from vgg_cli.cli.common import config_option, echo_json, load_frameworks, model_work, run_option, runs_dir_option
+from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
+
+
+@click.command(short_help="Label images with a trained model.")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
+@run_option
+@click.option("--model", "model_file", type=click.Path(dir_okay=False), help="A .keras model file instead of a run.")
+@runs_dir_option
+@click.option("--top-k", "-k", default=1, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="json: one object per line (for jq).")
+@click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", type=click.Choice(["none", "flip", "shift", "flip+shift"]), default="none", show_default=True,
+              help="Test-time augmentation: average over a mirrored and/or four shifted copies (see README).")
+@click.option("--gradcam", "cam_dir", type=click.Path(file_okay=False),
+              help="Write Grad-CAM heatmaps here: <name>.gradcam.png (over the image) and .npy (the raw map).")
+@click.option("--cam-class", help="Explain this class instead of each image's top class (with --gradcam).")
+@click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
+@click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
+def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs_dir: str, top_k: int, fmt: str,
+            batch_size: int, tta: str, cam_dir: str | None, cam_class: str | None, cam_layer: str | None,
+            verbose: bool) -> int:
+    """Label images with a trained model.
+
+    Folders are walked recursively. An unreadable file gets its own row with the error while the others are
+    predicted; the exit code is then 65.
+    """
+    if run is not None and model_file is not None:
+        raise click.UsageError("give either --run or --model, not both")
+    from vgg_cli.inference.predict import NOT_FOUND, expand_inputs, resolve_model_file
+
+    files = expand_inputs(inputs)
+    if not files:
+        from vgg_cli.errors import NoInputError
+
+        raise NoInputError(f"no image files found in {', '.join(inputs)}; pass image files or folders of images")
+    path = resolve_model_file(run, model_file, runs_dir)
+    import time
+
+    t0 = time.perf_counter()
+    with model_work(verbose):
+        from vgg_cli.model.load import load_model
+        from vgg_cli.inference.predict import format_results, predict_files
+
+        t1 = time.perf_counter()
+        model = load_model(path)
+        t2 = time.perf_counter()
+        results = predict_files(model, files, top_k, batch_size, tta)
+        t3 = time.perf_counter()
+        cams = _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size)
+    click.echo(f"model: {path}", err=True)  # which run answered (production moves under cron)
+    click.echo(format_results(results, fmt, top_k, cams), nl=False)
+    if cams:
+        click.echo(f"gradcam: {len(cams)} overlay(s) and heatmap(s) in {cam_dir} "
+                   f"(layer {next(iter(cams.values()))['layer']})", err=True)
+    if verbose:
+        click.echo(f"timings: import {t1 - t0:.2f}s, model load {t2 - t1:.2f}s ({path}), predict {t3 - t2:.2f}s for "
+                   f"{len(files)} file(s) ({len(files) / (t3 - t2):.1f} img/s, decoding overlapped with inference)",
+                   err=True)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(results)} input(s) could not be read (see their rows)", err=True)
+        if len(failed) == len(results) and all(r.error == NOT_FOUND for r in failed):
+            return EXIT_NOINPUT
+        return EXIT_DATA
+    return 0
+
+
+def _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size) -> dict:
+    if cam_dir is None:
+        if cam_class or cam_layer:
+            raise click.UsageError("--cam-class and --cam-layer go with --gradcam DIR")
+        return {}
+    from pathlib import Path
+
+    from vgg_cli.inference.gradcam import cam_files
+
+    return cam_files(model, results, Path(os.path.expanduser(cam_dir)), cam_class, cam_layer, batch_size)
+
+
+def _model_of(run: str | None, model_file: str | None, runs_dir: str):
+    """(model file, its run directory or None) from --run / --model, as evaluate and export take them: a run
+    defaults to production, else latest."""
+    from pathlib import Path
+
+    from vgg_cli.runs.rundir import RunDir
+    from vgg_cli.runs.root import resolve_run
+
+    if run is not None and model_file is not None:
+        raise click.UsageError("give either --run or --model, not both")
+    if model_file is not None:
+        from vgg_cli.inference.predict import resolve_model_file
+
+        return resolve_model_file(None, model_file, runs_dir), None
+    run_dir = resolve_run(run, Path(runs_dir))
+    return RunDir(run_dir).model_file(), run_dir
+
+
+@click.command(short_help="Measure a trained model: accuracy, per-class report, confusion matrix.")
+@click.argument("data_dir", required=False)
+@run_option
+@click.option("--model", "model_file", type=click.Path(dir_okay=False),
+              help="A .keras model file instead of a run (then DATA_DIR is required).")
+@runs_dir_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for the report files. Default: <run>/evaluation/<val or DATA_DIR's name>.")
+@click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", type=click.Choice(["none", "flip", "shift", "flip+shift"]), default="none", show_default=True,
+              help="Test-time augmentation: average over a mirrored and/or four shifted copies (see README).")
+@click.option("--gradcam", is_flag=True, help="Gallery tiles show Grad-CAM overlays of the predicted class.")
+@click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs_dir: str, out_dir: str | None,
+             batch_size: int, tta: str, gradcam: bool, cam_layer: str | None, as_json: bool) -> int:
+    """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
+    subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
+    one is reported).
+
+    \b
+    Prints accuracy, top-5 accuracy (more than 5 classes), per-class precision/recall/F1/support and the
+    confusion matrix; writes report.json, per_class.csv, confusion_matrix.csv, confusion_matrix.png,
+    confusion_matrix_normalised.png and misclassified.csv (with each file's top predictions).
+    """
+    from pathlib import Path
+
+    if model_file is not None and run is None and data_dir is None:
+        raise click.UsageError("--model FILE needs DATA_DIR (only a run directory knows its validation split)")
+    path, run_dir = _model_of(run, model_file, runs_dir)
+    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
+        from vgg_cli.errors import NoInputError
+
+        raise NoInputError(f"DATA_DIR {data_dir!r} is not a folder; pass a folder with one subfolder per class")
+    name = "val" if data_dir is None else (Path(os.path.expanduser(data_dir)).resolve().name or "data")
+    from vgg_cli.runs.rundir import RunDir
+
+    out = Path(out_dir) if out_dir else (RunDir(run_dir).evaluation(name) if run_dir else Path("evaluation") / name)
+    with model_work():
+        from vgg_cli.evaluation import evaluate as ev
+        from vgg_cli.model.load import class_names_of, image_size_of, load_model
+
+        model = load_model(path)
+        if data_dir is None:
+            data = ev.validation_set(run_dir)
+        else:
+            data = ev.folder_set(os.path.expanduser(data_dir), class_names_of(model), image_size_of(model))
+        if data.missing_classes:
+            click.echo(f"warning: no images of class(es) {data.missing_classes} in the {data.source}", err=True)
+        for s in data.skipped:
+            click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
+        if cam_layer and not gradcam:
+            raise click.UsageError("--cam-layer goes with --gradcam")
+        report = ev.evaluate(model, path, data, out, batch_size, cam_layer or gradcam,
+                             RunDir(run_dir) if run_dir else None, tta=tta)
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(ev.format_report(report), nl=False)
+    return 0
+
+
+@click.command(short_help="Export a trained model: SavedModel, TFLite or ONNX.")
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), default=None,
+              help="(required) saved_model: TF Serving; tflite: LiteRT on devices; onnx: onnxruntime and friends.")
+@run_option
+@click.option("--model", "model_file", type=click.Path(dir_okay=False), help="A .keras model file instead of a run.")
+@runs_dir_option
+@click.option("--out", "out_path", type=click.Path(),
+              help="Where to write it. Default: <run>/export/saved_model, model.tflite or model.onnx.")
+@click.option("--int8", is_flag=True, help="INT8 (tflite, onnx): calibrated on the run's training images, "
+              "checked on its validation split. Default file: model.int8.tflite / model.int8.onnx.")
+@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="--int8: refuse (exit 3, nothing written) when the validation accuracy drops by more.")
+@click.option("--calibration-images", default=100, show_default=True, type=click.IntRange(min=1),
+              help="--int8: how many of the run's training images calibrate the quantization.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out_path: str | None, int8: bool,
+           max_accuracy_drop: float, calibration_images: int, as_json: bool) -> int:
+    """Export a trained model for serving, then load the export in its own runtime (tf.saved_model.load, the
+    TFLite interpreter, onnxruntime) and check that it gives the Keras model's probabilities (max difference
+    1e-4) before it replaces anything.
+
+    \b
+    Every format takes float32 [N, S, S, 3] raw RGB pixels 0-255 (S = the run's data.image_size; VGG
+    preprocessing is inside) and returns class probabilities. Class names travel with it: the SavedModel
+    signature also returns class_index and class_name, and has assets.extra/labels.txt; TFLite and ONNX get
+    <name>.labels.txt beside the file (ONNX also in its metadata, class_names).
+
+    \b
+    --int8 (tflite, onnx): a quarter of the size. It is checked on the run's validation split instead: written
+    only when its accuracy is at most --max-accuracy-drop below the float model's (exit 3 otherwise).
+    """
+    if fmt is None:
+        from vgg_cli.errors import UsageError
+
+        raise UsageError("vgg export needs --format saved_model, tflite or onnx (e.g. vgg export --format onnx)")
+    from pathlib import Path
+
+    from vgg_cli.export.formats import DEFAULT_NAMES
+    path, run_dir = _model_of(run, model_file, runs_dir)
+    default_root = (run_dir or path.parent) / "export"
+    name = DEFAULT_NAMES[fmt].replace(".", ".int8.") if int8 else DEFAULT_NAMES[fmt]
+    out = Path(os.path.expanduser(out_path)) if out_path else default_root / name
+    with model_work():
+        from vgg_cli.export.formats import export_model
+        from vgg_cli.model.load import load_model
+        from vgg_cli.export.quantize import export_int8
+
+        model = load_model(path)
+        report = (export_int8(model, fmt, out, run_dir, max_accuracy_drop, calibration_images) if int8
+                  else export_model(model, fmt, out))
+    if as_json:
+        echo_json(report)
+    elif int8:
+        click.echo(report["path"])
+        click.echo(_int8_line(report), err=True)
+    else:
+        click.echo(report["path"])
+        click.echo(f"{fmt}: {report['bytes'] / 2**20:.1f} MiB; input {report['input']['description']}; labels in "
+                   f"{report['labels']}; checked in {report['runtime']}: max |difference| from Keras "
+                   f"{report['max_abs_diff']:.2g} on {report['probe_images']} probe images", err=True)
+    return 0
+
+
+def _int8_line(r: dict) -> str:
+    return (f"{r['format']} int8: {r['bytes_int8'] / 2**20:.1f} MiB (float {r['bytes_float'] / 2**20:.1f} MiB), "
+            f"{r['latency_ms_int8']:.1f} ms per image on this CPU (float {r['latency_ms_float']:.1f} ms); validation "
+            f"accuracy {r['accuracy_int8']:.4f} vs float {r['accuracy_float']:.4f} on {r['validation_images']} "
+            f"images (drop {r['accuracy_drop']:.4f}, allowed {r['max_accuracy_drop']:g}); same top-1 on "
+            f"{r['top1_agreement']:.1%}; calibrated on {r['calibration_images']} training images; labels in "
+            f"{r['labels']}")
+
+
+@click.command(short_help="Show the model's layers, parameters and frozen blocks.")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--original", type=click.Choice(["vgg16", "vgg19"]),
+              help="Show the paper's full network with its 1000-way ImageNet top instead.")
+def summary(config_path: str | None, overrides: tuple[str, ...], original: str | None) -> int:
+    """Print the model's layers, output shapes, parameter counts and trainable flags (no weights loaded)."""
+    from vgg_cli.config.schema import load_config
+
+    cfg = load_config(config_path, overrides)
+    load_frameworks()
+    from vgg_cli.model import build as m
+
+    if original:
+        m.original_vgg(original).summary(print_fn=lambda s, **_: click.echo(s))
+        return 0
+    classes, note = _summary_classes(cfg)
+    model, _ = m.build_model(cfg.model, cfg.data.image_size, classes, load_weights=False, augment=cfg.augment)
+    model.summary(expand_nested=True, show_trainable=True, print_fn=lambda s, **_: click.echo(s))
+    backbone = model.get_layer(cfg.model.arch)
+    for block, convs in m.conv_layers_by_block(backbone).items():
+        params = sum(layer.count_params() for layer in convs)
+        state = "frozen" if block in cfg.model.freeze_blocks else "trainable"
+        click.echo(f"block{block}: {len(convs)} conv layers, {params:,} params, {state}")
+    click.echo(f"head: {len(classes)} classes ({note}); weights would come from: {cfg.model.weights}")
+    return 0
+
+
+def _summary_classes(cfg) -> tuple[list[str], str]:
+    if cfg.data.classes:
+        return list(cfg.data.classes), "data.classes"
+    root = cfg.data.train_dir
+    if os.path.isdir(root):
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        if len(names) >= 2:
+            return names, f"class folders in {root}"
+    return ["class_0", "class_1"], f"placeholder: {root} has no class folders yet"
+
+

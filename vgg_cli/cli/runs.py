@@ -1,0 +1,129 @@
+"""Commands about runs and data, without training: runs, promote, rollback, check, config."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from vgg_cli.cli.common import config_option, echo_json, runs_dir_option, setup_logging
+from vgg_cli.errors import EXIT_DATA
+
+
+@click.command(short_help="Check a dataset folder without training.")
+@click.argument("data_dir", required=False)
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--min-side", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Report images smaller than this many pixels on a side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, ...], min_side: int,
+          as_json: bool) -> int:
+    """Classes and counts, imbalance, unreadable files with reasons, exact duplicates across classes or across
+    train/val, suspiciously small images. DATA_DIR defaults to data.train_dir. Exit 0 when there is nothing to fix
+    (warnings allowed), 65 when there are errors. Per-file results are cached in <output.dir>/.cache."""
+    from pathlib import Path
+
+    from vgg_cli.data.check import check_dataset, format_report
+    from vgg_cli.config.schema import load_config
+
+    if data_dir and "=" in data_dir and not os.path.isdir(data_dir):
+        overrides, data_dir = (data_dir, *overrides), None
+    cfg = load_config(config_path, (*overrides, *([f"data.train_dir={data_dir}"] if data_dir else [])))
+    result = check_dataset(cfg.data, Path(cfg.output.dir) / ".cache", min_side)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(format_report(result), nl=False)
+    return EXIT_DATA if result["errors"] else 0
+
+
+@click.command("runs", short_help="List runs: date, images, classes, best metric, production.")
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def runs_command(runs_dir: str, as_json: bool) -> int:
+    """List the runs in --runs-dir, oldest first. P marks production, L latest."""
+    from pathlib import Path
+
+    from vgg_cli.promotion.decide import list_runs
+
+    rows = list_runs(Path(runs_dir))
+    if as_json:
+        for r in rows:
+            echo_json(r)
+        return 0
+    if not rows:
+        click.echo(f"no runs in {runs_dir}", err=True)
+        return 0
+    width = max(len(r["run"]) for r in rows)
+    click.echo(f"   {'run':<{width}}  {'started':<25}  {'status':<13}  {'images':>6}  {'classes':>7}  "
+               f"{'promoted':<8}  best")
+    for r in rows:
+        mark = ("P" if r["production"] else " ") + ("L" if r["latest"] else " ")
+        best = f"{r['monitor']} {r['best']:.4f}" if r["best"] is not None else "-"
+        promoted = "yes" if r["promoted"] else "no"
+        click.echo(f"{mark} {r['run']:<{width}}  {str(r['started'] or '-'):<25}  {str(r['status']):<13}  "
+                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {promoted:<8}  {best}")
+    return 0
+
+
+@click.command(short_help="Make a run the production model.")
+@click.argument("run")
+@runs_dir_option
+def promote(run: str, runs_dir: str) -> int:
+    """Point <runs-dir>/production at RUN (a run name or folder), without evaluation. `vgg rollback` undoes it."""
+    from pathlib import Path
+
+    from vgg_cli.promotion.decide import promote_run
+    from vgg_cli.runs.root import resolve_run, runs_lock
+
+    setup_logging(False)
+    with runs_lock(Path(runs_dir), "vgg promote"):
+        promote_run(Path(runs_dir), resolve_run(run, Path(runs_dir)))
+    return 0
+
+
+@click.command(short_help="Put the previous production model back.")
+@runs_dir_option
+def rollback(runs_dir: str) -> int:
+    """Point <runs-dir>/production back at the run it replaced last."""
+    from pathlib import Path
+
+    from vgg_cli.promotion.decide import rollback as do_rollback
+    from vgg_cli.runs.root import runs_lock
+
+    setup_logging(False)
+    with runs_lock(Path(runs_dir), "vgg rollback"):
+        click.echo(do_rollback(Path(runs_dir)))
+    return 0
+
+
+@click.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("defaults", short_help="Print the documented default config (to copy and edit).")
+def config_defaults() -> int:
+    """Print configs/default.yaml with its comments: every key, its type and meaning.
+
+    \b
+    vgg config defaults > my.yaml     # edit, keep only what you change, then: vgg train --config my.yaml
+    """
+    from importlib import resources
+
+    click.echo(resources.files("vgg_cli.config").joinpath("default.yaml").read_text(encoding="utf-8"), nl=False)
+    return 0
+
+
+@config_group.command("show", short_help="Print the resolved configuration as YAML.")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def config_show(config_path: str | None, overrides: tuple[str, ...]) -> int:
+    """Print the resolved configuration (defaults <- --config file <- KEY=VALUE) as YAML."""
+    from vgg_cli.config.schema import load_config
+
+    click.echo(load_config(config_path, overrides).to_yaml(), nl=False)
+    return 0
+
+

@@ -1,0 +1,179 @@
+"""`vgg train` and `vgg lr-find`: the commands that train."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from vgg_cli.cli.common import config_option, echo_json, emit, model_work, setup_logging
+from vgg_cli.errors import EXIT_NOT_PROMOTED, VggError
+
+
+@click.command(short_help="Train a classifier on a folder of images.")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[DIR] [KEY=VALUE]...")
+@click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN]",
+              help="Continue an unfinished run (default: the newest one in output.dir) from its last epoch.")
+@click.option("--if-changed", is_flag=True,
+              help="Do nothing (exit 0) when the dataset and config equal those of runs/latest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary line on stdout instead of the run dir.")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+def train(config_path: str | None, overrides: tuple[str, ...], resume: str | None, if_changed: bool, as_json: bool,
+          verbose: bool) -> int:
+    """Train a classifier on a folder dataset and write a run directory.
+
+    \b
+    KEY=VALUE arguments override the config, e.g.
+      vgg train data.train_dir=~/photos train.epochs=3 model.freeze_blocks=[1,2,3]
+    Values are YAML. Every key, with its meaning: `vgg config defaults`. An existing folder as the first
+    argument is the dataset: `vgg train ~/photos train.epochs=3` is data.train_dir=~/photos.
+
+    \b
+    For cron: one run at a time per output.dir (a second exits 75 at once); --if-changed skips unchanged data;
+    a run stopped by SIGINT/SIGTERM/SIGKILL continues with --resume.
+
+    Prints the run directory on stdout (or, with --json, one summary line); progress and logs go to stderr.
+    """
+    from vgg_cli.config.schema import load_config
+
+    command = "vgg train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "vgg train"
+    overrides = _dataset_argument(overrides)
+    if resume and "=" in resume and not os.path.isdir(os.path.expanduser(resume)):
+        overrides, resume = (resume, *overrides), ""  # `--resume output.dir=X`: a bare --resume, then an override
+    try:
+        cfg = load_config(config_path, overrides)
+        if resume is not None and if_changed:
+            raise click.UsageError("--resume and --if-changed do not go together")
+        if resume is not None and any(not o.startswith("output.dir=") for o in overrides):
+            raise click.UsageError("--resume continues a run with its own config.yaml; drop the KEY=VALUE "
+                                   "overrides (only output.dir=..., where to look, is allowed)")
+        setup_logging(verbose)
+        run_dir = _resume_target(resume, cfg.output.dir) if resume is not None else None
+        if run_dir is None:
+            from vgg_cli.data.scan import require_dir
+
+            require_dir(cfg.data.train_dir, "data.train_dir")  # a mistyped path makes no runs folder
+        # The lock before the framework: a second run on the same output.dir exits 75 at once, not after Keras'
+        # seconds of start-up. A multi-worker job's workers decide who locks once the backend knows its role.
+        backend = _run_backend(run_dir) if run_dir is not None else cfg.train.backend
+        with _early_lock(run_dir.parent if run_dir else Path(cfg.output.dir), cfg, command), \
+                model_work(verbose, backend):
+            from vgg_cli.promotion import job
+            from vgg_cli.training import run as t
+
+            if run_dir is not None:
+                result = job.resume(run_dir, command)
+            else:
+                result = job.train(cfg, if_changed=if_changed, command=command)
+    except VggError as e:
+        if as_json:
+            echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
+        raise
+    code = EXIT_NOT_PROMOTED if result.promoted is False else 0
+    if as_json:
+        echo_json(_train_json(result, code))
+    elif result.status == t.WORKER_DONE:  # a multi-worker job's other worker: the chief prints the run
+        emit(f"worker done: the chief wrote the run in {result.run_dir}", err=True)
+    else:
+        emit(str(result.run_dir))
+    return code  # the "not promoted: ..." reason was logged by the decision itself
+
+
+def _run_backend(run_dir) -> str:
+    """The train.backend a run to resume was started with (its config.yaml; auto when it predates the key)."""
+    import yaml
+
+    from vgg_cli.config.schema import yaml_load
+    from vgg_cli.runs.rundir import RunDir
+
+    try:
+        tree = yaml_load(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))
+        return str(tree["train"].get("backend", "auto"))
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return "auto"  # a damaged config.yaml is reported by the resume itself
+
+
+def _train_json(result, code: int) -> dict:
+    """`vgg train --json`'s one line."""
+    s = result.summary
+    return {"status": result.status, "exit_code": code, "run": str(result.run_dir.resolve()),
+            "promoted": result.promoted, "promotion": s.get("promotion") if result.status == "trained" else None,
+            "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
+            "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
+            "fingerprint": s.get("fingerprint"), "health": (s.get("health") or {}).get("status")}
+
+
+def _dataset_argument(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """`vgg train DIR ...` (the yolo/fastai habit): an existing folder as the first argument is data.train_dir."""
+    if overrides and "=" not in overrides[0] and os.path.isdir(os.path.expanduser(overrides[0])):
+        return (f"data.train_dir={overrides[0]}", *overrides[1:])
+    return overrides
+
+
+@contextlib.contextmanager
+def _early_lock(runs_dir: Path, cfg, command: str):
+    """Hold ``<runs_dir>/.lock`` (re-entered, not re-taken, by the training code), except for a multi-worker job."""
+    from vgg_cli.platform.distribute import multi_process_env
+    from vgg_cli.runs.root import runs_lock
+
+    if cfg.train.distribute in ("auto", "multi_worker") and multi_process_env():
+        yield  # the chief locks once it knows it is the chief; the others never lock
+        return
+    with runs_lock(runs_dir, command):
+        yield
+
+
+def _resume_target(resume: str, runs_dir: str):
+    """--resume's run: the newest unfinished one (bare --resume), else a folder or a run name in output.dir."""
+    from vgg_cli.runs.root import find_resumable, resolve_run
+
+    return find_resumable(Path(runs_dir)) if resume == "" else resolve_run(resume, Path(runs_dir))
+
+
+@click.command("lr-find", short_help="Learning-rate range test: plot and a suggested rate.")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10, max=10000),
+              help="Training steps (batches) at most.")
+@click.option("--start", default=1e-7, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="First learning rate.")
+@click.option("--end", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Last learning rate.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for lr_find.png/.csv/.json. Default: <output.dir>/lr-find.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, start: float, end: float,
+            out_dir: str | None, as_json: bool, verbose: bool) -> int:
+    """Train the model the config builds (phase 1: model.freeze_blocks, train.optimizer) for up to --steps batches
+    while the learning rate grows exponentially from --start to --end; stop when the loss diverges. Prints the
+    rate where the loss fell fastest (a good train.optimizer.learning_rate) and writes the loss-vs-rate plot.
+    Nothing is added to the runs."""
+    from pathlib import Path
+
+    from vgg_cli.config.schema import load_config
+
+    if start >= end:
+        raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
+    cfg = load_config(config_path, overrides)
+    with model_work(verbose, cfg.train.backend):
+        from vgg_cli.training.lrfind import lr_find as run_lr_find
+
+        result = run_lr_find(cfg, steps, start, end, Path(out_dir) if out_dir else Path(cfg.output.dir) / "lr-find")
+    if as_json:
+        echo_json(result)
+        return 0
+    rate = result["suggested_learning_rate"]
+    click.echo(f"suggested learning rate: {rate:.2g} (steepest fall of the loss)" if rate is not None else
+               "suggested learning rate: none (the loss never fell; try a lower --start or check the data)")
+    if result["min_loss_rate_div10"] is not None:
+        click.echo(f"rate at the lowest loss / 10: {result['min_loss_rate_div10']:.2g}")
+    click.echo(f"{result['steps']} steps, stopped: {result['stopped']}")
+    click.echo(f"plot: {result['files']['plot']}  (also lr_find.csv, lr_find.json)")
+    return 0
+
+

@@ -1,0 +1,384 @@
+"""Configuration: defaults + user YAML + ``key=value`` overrides, validated once, then frozen.
+
+The defaults and the documentation of every key live in one place, ``vgg_cli/config/default.yaml`` (also at
+``configs/default.yaml``). This module knows types and ranges (the pydantic schema below), the rules that tie
+sections together and how to report a bad value; reading and merging the sources is ``vgg_cli.config.sources``.
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vgg_cli.config.sources import (_leaf_sources, _merge, _read_yaml, default_dict, resolve_dict, upgrade_keys,
+                                    yaml_load)
+from vgg_cli.errors import ConfigError, DataError
+
+__all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "load_config", "load_run_config",
+           "resolve_dict", "validate", "yaml_load"]
+
+BLOCKS = (1, 2, 3, 4, 5)
+
+
+def _conv_blocks(v: list[int]) -> list[int]:
+    bad = [b for b in v if b not in BLOCKS]
+    if bad:
+        raise ValueError(f"blocks must be between 1 and 5, got {bad}")
+    return sorted(set(v))
+
+
+BlockList = Annotated[list[int], AfterValidator(_conv_blocks)]  # conv block numbers, sorted, each once
+AUTO = "auto"
+# train.optimizer.learning_rate: auto (see auto_learning_rate; measured on the digit scans, README)
+AUTO_RATE_HEAD_ONLY = 1e-3  # every conv block frozen: only the new head trains (keras.io guide, fastai's frozen epochs)
+AUTO_RATE_BACKBONE = 1e-4  # any conv block trains too: 1e-3 collapses a from-scratch VGG16 and wrecks ImageNet features
+
+
+_NUMBER_TYPES = (int, float, int | None, float | None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v: Any, info) -> Any:
+        # pydantic reads true as 1 for an int field: train.epochs=true would silently be 1 epoch.
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in _NUMBER_TYPES:
+            raise ValueError("must be a number, not true/false")
+        return v
+
+
+def _positive_rate(v: Any) -> Any:
+    """A learning rate: ``auto`` or a finite number > 0 (YAML reads 1e-3 without a dot as text: accept it)."""
+    if v == AUTO:
+        return v
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ValueError("must be a number > 0 or auto") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("must be a number > 0 or auto")
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError("must be a finite number > 0 (e.g. 0.001) or auto")
+    return float(v)
+
+
+class DataConfig(_Section):
+    train_dir: str
+    val_dir: str | None
+    val_split: float = Field(ge=0.0, le=0.9)
+    image_size: int = Field(ge=32, le=1024)
+    classes: list[str] | None
+
+    @field_validator("train_dir", "val_dir")
+    @classmethod
+    def _expand(cls, v: str | None) -> str | None:
+        return None if v is None else os.path.expanduser(str(v))
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if len(v) < 2:
+            raise ValueError("must name at least 2 classes, or be null to use every class folder")
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"names {dup} more than once")
+        return v
+
+
+class HeadConfig(_Section):
+    pooling: Literal["flatten", "avg", "max"]
+    dense: list[int]
+    dropout: float = Field(ge=0.0, le=0.95)
+
+    @field_validator("dense")
+    @classmethod
+    def _dense(cls, v: list[int]) -> list[int]:
+        if any(u < 1 for u in v):
+            raise ValueError("every dense layer needs units >= 1")
+        return v
+
+
+class ModelConfig(_Section):
+    arch: Literal["vgg16", "vgg19"]
+    weights: str
+    freeze_blocks: BlockList
+    head: HeadConfig
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, v: Any) -> str:
+        if v is None or v is False:
+            return "none"
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError("must be imagenet, none, or a path to a weights file, .keras model or run directory")
+        return v if v in ("imagenet", "none", "production", "latest") else os.path.expanduser(v)
+
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"]
+    learning_rate: float | Literal["auto"]
+    momentum: float = Field(ge=0.0, lt=1.0)
+    weight_decay: float = Field(ge=0.0, allow_inf_nan=False)
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        return _positive_rate(v)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "cosine", "step"]
+    warmup_epochs: float = Field(ge=0.0)
+    step_epochs: int = Field(ge=1)
+    step_factor: float = Field(gt=0.0, le=1.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    label_smoothing: float = Field(ge=0.0, lt=1.0)
+    class_weight: Literal["balanced"] | dict[str, float] | None
+    monitor: Literal["val_accuracy", "val_loss"]
+    early_stopping_patience: int = Field(ge=0)
+    seed: int = Field(ge=0, le=2**32 - 1)  # NumPy's seed range
+    mixed_precision: Literal["auto", "on", "off"]
+    gpus: list[int] | None
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"]
+    backend: Literal["auto", "tensorflow", "jax", "torch"]
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # Our loader keeps on/off as strings; a config built in Python may still pass a bool.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _class_weight(cls, v: Any) -> Any:
+        if v is None or v == "balanced":
+            return v
+        if not isinstance(v, dict) or not v:
+            raise ValueError("must be balanced, null, or a mapping {class: weight}")
+        bad = {k: w for k, w in v.items()
+               if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf}
+        if bad:
+            raise ValueError(f"weights must be finite numbers > 0, got {bad}")
+        return {str(k): float(w) for k, w in v.items()}
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(g < 0 for g in v):
+            raise ValueError("GPU indices must be >= 0")
+        return v
+
+
+class FinetuneConfig(_Section):
+    epochs: int = Field(ge=0)
+    unfreeze_blocks: BlockList
+    learning_rate: float
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        if v == AUTO:
+            raise ValueError("must be a finite number > 0 (auto applies to train.optimizer.learning_rate only)")
+        return _positive_rate(v)
+
+
+
+class AugmentConfig(_Section):
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+    rotation: float = Field(ge=0.0, le=0.5)
+    zoom: float = Field(ge=0.0, le=0.9)
+    translation: float = Field(ge=0.0, le=0.5)
+    contrast: float = Field(ge=0.0, le=1.0)
+    brightness: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def _flip(cls, v: Any) -> Any:
+        return "none" if v is None or v is False else v
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or any((self.rotation, self.zoom, self.translation, self.contrast,
+                                           self.brightness))
+
+
+class CacheConfig(_Section):
+    features: Literal["auto", "off"]
+    images: Literal["auto", "off"]
+    ram_mb: int = Field(ge=0)
+    dir: str | None
+    disk_mb: int = Field(ge=1)
+    compile_mb: int = Field(ge=1)
+
+    @field_validator("features", "images", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v
+
+    @field_validator("dir")
+    @classmethod
+    def _expand(cls, v: str | None) -> str | None:
+        return None if v is None else os.path.expanduser(str(v))
+
+
+class OutputConfig(_Section):
+    dir: str
+    name: str | None
+    tensorboard: bool
+    keep: int | None = Field(ge=1)
+    report: bool
+
+    @field_validator("dir")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a folder (e.g. runs); '' would write runs into the current folder")
+        return os.path.expanduser(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".") or v in ("latest", "production")):
+            raise ValueError("must be a plain folder name (no slashes, not hidden, not 'latest' or 'production')")
+        return v
+
+
+class PromoteConfig(_Section):
+    min_accuracy: float | Literal["auto"]
+    allow_class_change: bool
+
+    @field_validator("min_accuracy", mode="before")
+    @classmethod
+    def _min_accuracy(cls, v: Any) -> Any:
+        if v == AUTO:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError("must be auto (better than always guessing the most common class) or a number 0..1")
+        return float(v)
+
+
+class Config(_Section):
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    finetune: FinetuneConfig
+    augment: AugmentConfig
+    cache: CacheConfig
+    output: OutputConfig
+    promote: PromoteConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _format_validation(err: ValidationError, sources: dict[str, str]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    msg = msg[0].lower() + msg[1:]
+    bad = first.get("input")
+    src = sources.get(loc, "the defaults")
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    shown = "null (empty)" if bad is None else repr(bad)
+    return (f"config key {loc!r} = {shown} from {src} is invalid: {msg}; set a valid value with "
+            f"{loc}=... or in your --config file{more}")
+
+
+def load_config(config_path: str | os.PathLike | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Resolve and validate. Raises ConfigError (exit 78) with one line naming key, value and fix."""
+    tree, sources = resolve_dict(config_path, overrides)
+    return validate(tree, sources)
+
+
+def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Config:
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, sources or {})) from None
+    _check_across_sections(cfg, sources or {})
+    return cfg
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it, after following links (neither needs to exist)."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _check_outputs_outside_data(cfg: Config, sources: dict[str, str]) -> None:
+    """vgg only reads a dataset: runs or caches written into it would change it, and the next scan would find them
+    (a class folder named after output.dir)."""
+    data = [("data.train_dir", cfg.data.train_dir)] + ([("data.val_dir", cfg.data.val_dir)] if cfg.data.val_dir else [])
+    outputs = [("output.dir", cfg.output.dir)] + ([("cache.dir", cfg.cache.dir)] if cfg.cache.dir else [])
+    for out_key, out in outputs:
+        for data_key, folder in data:
+            if _inside(out, folder):
+                src = sources.get(out_key, "the defaults")
+                raise ConfigError(f"config key {out_key!r} = {out!r} from {src} is invalid: it is inside "
+                                  f"{data_key} {folder!r}, and vgg never writes into a dataset; choose a folder "
+                                  f"outside it, e.g. {out_key}={_beside(folder, 'runs')}")
+
+
+def _beside(folder: str, name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.realpath(folder)), name)
+
+
+def auto_learning_rate(frozen_blocks) -> float:
+    """train.optimizer.learning_rate: auto for a phase with these conv blocks frozen: the head-only rate when all
+    five are, else the lower rate at which trainable conv blocks (pretrained or from scratch) learn."""
+    return AUTO_RATE_HEAD_ONLY if set(BLOCKS) <= set(frozen_blocks) else AUTO_RATE_BACKBONE
+
+
+def _check_across_sections(cfg: Config, sources: dict[str, str]) -> None:
+    """Rules that tie keys of different sections together (each key alone was valid)."""
+    _check_outputs_outside_data(cfg, sources)
+    ft = cfg.finetune
+    if ft.epochs > 0:
+        src = sources.get("finetune.unfreeze_blocks", "the defaults")
+        if not ft.unfreeze_blocks:
+            raise ConfigError(f"config key 'finetune.unfreeze_blocks' = [] from {src} is invalid: phase 2 "
+                              f"(finetune.epochs={ft.epochs}) needs blocks to unfreeze; set e.g. "
+                              f"finetune.unfreeze_blocks=[4,5], or finetune.epochs=0")
+        not_frozen = [b for b in ft.unfreeze_blocks if b not in cfg.model.freeze_blocks]
+        if not_frozen:
+            raise ConfigError(f"config key 'finetune.unfreeze_blocks' = {ft.unfreeze_blocks} from {src} is invalid: "
+                              f"blocks {not_frozen} are not frozen in phase 1 (model.freeze_blocks="
+                              f"{cfg.model.freeze_blocks}); unfreeze only blocks listed in model.freeze_blocks")
+
+
+def load_run_config(path: Path) -> Config:
+    """A run directory's config.yaml over today's defaults (keys added since it was written get their defaults)."""
+    tree = copy.deepcopy(default_dict())
+    run = upgrade_keys(_read_yaml(path), f"run config {str(path)!r}")
+    if not run.get("data") or not run.get("model"):
+        raise DataError(f"run config {str(path)!r} is empty or lacks its data/model sections (the run directory is "
+                        f"damaged); it cannot be resumed or retrained: start a new run")
+    _merge(tree, run, f"run config {str(path)!r}")
+    return validate(tree, _leaf_sources(run, f"run config {str(path)!r}"))

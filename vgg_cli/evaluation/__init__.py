@@ -1,0 +1,1 @@
+"""Scoring a run on labelled images: ``evaluate`` and the galleries (``gallery``)."""

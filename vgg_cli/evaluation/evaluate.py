@@ -1,0 +1,250 @@
+"""`vgg evaluate`: how good a trained model is, on its run's validation split or on any labelled folder.
+
+Reads the run directory (or a .keras file) back, predicts with ``predict.predict_files`` (the same decoding as
+training and prediction; augmentation layers are inactive outside training), and reports accuracy, top-5 accuracy
+(more than 5 classes), per-class precision/recall/F1/support and the confusion matrix; writes them, the pictures
+and the misclassified files into an output folder. Folder classes are matched to the model's by name: a class the
+model does not know is an error, a class the folder lacks is reported and scored as absent, never shifted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vgg_cli.errors import DataError, NoInputError, VggError
+from vgg_cli.fsio import write_json, write_text
+from vgg_cli.runs.rundir import RunDir
+
+log = logging.getLogger("vgg")
+TOP_K = 5
+
+
+@dataclass
+class EvalSet:
+    """Images with their true class names, and where they came from."""
+    files: list[str]
+    truth: list[str]
+    source: str
+    missing_classes: list[str] = field(default_factory=list)  # model classes with no images here
+    skipped: list[dict] = field(default_factory=list)  # unreadable files with reasons
+
+
+def validation_set(run_dir: Path) -> EvalSet:
+    """The run's own held-out images (data.json), which it never trained on."""
+    from vgg_cli.data.scan import VAL, index_from_manifest
+
+    manifest = RunDir(run_dir).data
+    try:
+        index = index_from_manifest(RunDir(run_dir).read_manifest())
+    except (VggError, ValueError, KeyError) as e:
+        raise NoInputError(f"{str(manifest)!r} is missing or unreadable ({e}); pass a labelled folder: "
+                           f"vgg evaluate --run {run_dir} DATA_DIR") from None
+    files, labels = index.split(VAL)
+    if not files:
+        raise NoInputError(f"run {run_dir.name!r} has no validation images (it trained with data.val_split=0 and no "
+                           f"data.val_dir); pass a labelled folder: vgg evaluate --run {run_dir} DATA_DIR")
+    truth = [index.classes[i] for i in labels]
+    return EvalSet(files, truth, f"validation split of run {run_dir.name}",
+                   missing_classes=[c for c in index.classes if c not in set(truth)])
+
+
+def folder_set(folder: str, classes: list[str], image_size: int) -> EvalSet:
+    """Every image of a folder with one subfolder per class; class folders matched to ``classes`` by name."""
+    from vgg_cli.data.scan import scan_labelled
+
+    root, per_class, skipped = scan_labelled(folder, image_size)
+    unknown = sorted(c for c, files in per_class.items() if c not in classes and files)
+    if unknown:
+        raise DataError(f"evaluation folder {str(root)!r} has class folder(s) {unknown} that the model does not "
+                        f"know (its classes: {classes}); evaluate on a folder whose subfolders are among those "
+                        f"classes, or move the others out")
+    files = [(f, c) for c in classes for f in per_class.get(c, [])]
+    if not files:
+        raise DataError(f"evaluation folder {str(root)!r} has no usable images in class folders named like the "
+                        f"model's classes ({classes}); put each class's images in its own subfolder")
+    missing = [c for c in classes if not per_class.get(c)]
+    return EvalSet([f for f, _ in files], [c for _, c in files], f"folder {root}", missing, skipped)
+
+
+def scores(truth: list[int], ranked: list[list[int]], num_classes: int) -> dict:
+    """Accuracy, top-k accuracy, confusion matrix and per-class precision/recall/F1 from true class indices and
+    each image's classes ranked by probability. Precision of a class never predicted is 0 (as in scikit-learn's
+    default); recall and F1 of a class without images are None and left out of the averages."""
+    n = len(truth)
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for t, r in zip(truth, ranked):
+        matrix[t, r[0]] += 1
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    correct = np.diag(matrix)
+    per_class = []
+    for c in range(num_classes):
+        precision = float(correct[c] / predicted[c]) if predicted[c] else 0.0
+        recall = float(correct[c] / support[c]) if support[c] else None
+        if recall is None:
+            f1 = None
+        else:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        per_class.append({"precision": precision, "recall": recall, "f1": f1, "support": int(support[c]),
+                          "predicted": int(predicted[c])})
+    present = [p for p in per_class if p["support"] > 0]
+    weights = np.asarray([p["support"] for p in present], dtype=np.float64)
+
+    def avg(key: str, weighted: bool) -> float:
+        values = np.asarray([p[key] for p in present], dtype=np.float64)
+        return float(np.average(values, weights=weights) if weighted else values.mean())
+
+    out = {"images": n, "accuracy": float(correct.sum() / n) if n else 0.0, "confusion": matrix,
+           "per_class": per_class,
+           "macro": {k: avg(k, False) for k in ("precision", "recall", "f1")} if present else None,
+           "weighted": {k: avg(k, True) for k in ("precision", "recall", "f1")} if present else None}
+    if num_classes > TOP_K:
+        out[f"top{TOP_K}_accuracy"] = float(sum(t in r[:TOP_K] for t, r in zip(truth, ranked)) / n) if n else 0.0
+    return out
+
+
+@dataclass
+class Scored:
+    """A model's predictions on an EvalSet, matched to the truth by class name, and their scores."""
+    classes: list[str]  # the model's
+    scored: list[tuple]  # (prediction, true class name) of every readable image
+    truth: list[int]  # their true class indices
+    ranked: list[list[int]]  # their classes ranked by probability
+    unreadable: list[dict]  # {"path", "reason"}
+    scores: dict  # see ``scores``
+
+    @property
+    def accuracy(self) -> float:
+        return self.scores["accuracy"]
+
+
+def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none") -> Scored:
+    """Predict every image of ``data`` with ``model`` (averaged over ``tta`` variants) and score the readable ones
+    (``vgg evaluate`` and promotion)."""
+    from vgg_cli.model.load import class_names_of
+    from vgg_cli.inference.predict import predict_files
+
+    classes = class_names_of(model)
+    results = predict_files(model, data.files, len(classes), batch_size, tta)
+    index_of = {c: i for i, c in enumerate(classes)}
+    scored = [(r, t) for r, t in zip(results, data.truth) if r.error is None]
+    unreadable = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]
+    if not scored:
+        raise DataError(f"none of the {len(results)} images of the {data.source} could be read "
+                        f"(e.g. {unreadable[0]['path']}: {unreadable[0]['reason']})")
+    truth = [index_of[t] for _, t in scored]
+    ranked = [[index_of[label] for label, _ in r.top] for r, _ in scored]
+    return Scored(classes, scored, truth, ranked, unreadable, scores(truth, ranked, len(classes)))
+
+
+def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32, gradcam: bool | str = False,
+             run=None, result: Scored | None = None, tta: str = "none") -> dict:
+    """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
+    confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv, the galleries (misclassified.png,
+    correct.png; Grad-CAM overlays with ``gradcam``) and report.html (with ``run``'s summary, a ``RunDir``) into
+    ``out_dir``. ``result``: the scores when the caller has them already. Returns the report."""
+    from vgg_cli.model.load import image_size_of
+
+    result = result or score(model, data, batch_size, tta)
+    classes, scored, truth, ranked, unreadable = (result.classes, result.scored, result.truth, result.ranked,
+                                                  result.unreadable)
+    s = dict(result.scores)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = s.pop("confusion")
+    report = {"model": str(model_file), "data": data.source, "image_size": image_size_of(model), "tta": tta, **s,
+              "classes": classes, "missing_classes": data.missing_classes,
+              "skipped": data.skipped + unreadable, "misclassified": int(sum(r[0] != t for t, r in zip(truth, ranked))),
+              "confusion_matrix": matrix.tolist(), "out_dir": str(out_dir)}
+    for c, row in zip(classes, report["per_class"]):
+        row["class"] = c
+    report["per_class"] = [{"class": r.pop("class"), **r} for r in report["per_class"]]
+    files = {"report": out_dir / "report.json", "per_class": out_dir / "per_class.csv",
+             "confusion_csv": out_dir / "confusion_matrix.csv", "confusion_png": out_dir / "confusion_matrix.png",
+             "confusion_normalised_png": out_dir / "confusion_matrix_normalised.png",
+             "misclassified": out_dir / "misclassified.csv"}
+    report["files"] = {k: str(v) for k, v in files.items()}
+    write_text(files["per_class"], _csv([["class", "precision", "recall", "f1", "support", "predicted"]] +
+                                        [[r["class"], _num(r["precision"]), _num(r["recall"]), _num(r["f1"]),
+                                          r["support"], r["predicted"]] for r in report["per_class"]]))
+    write_text(files["confusion_csv"], _csv([["true \\ predicted", *classes]] +
+                                            [[c, *map(int, row)] for c, row in zip(classes, matrix)]))
+    wrong = [(r, t) for (r, t), rk, ti in zip(scored, ranked, truth) if rk[0] != ti]
+    k = min(TOP_K, len(classes))
+    write_text(files["misclassified"], _csv(
+        [["path", "true_class", "predicted_class", "predicted_probability", "true_class_probability", "top_k"]] +
+        [[r.path, t, r.top[0][0], f"{r.top[0][1]:.6f}", f"{dict(r.top)[t]:.6f}",
+          " ".join(f"{lab}:{p:.4f}" for lab, p in r.top[:k])] for r, t in wrong]))
+    from vgg_cli.reporting.plots import confusion_matrix
+
+    confusion_matrix(matrix, classes, files["confusion_png"], normalised=False)
+    confusion_matrix(matrix, classes, files["confusion_normalised_png"], normalised=True)
+    from vgg_cli.evaluation.gallery import galleries
+    from vgg_cli.reporting.report import write_evaluation_report
+
+    report["files"].update(galleries(model, result, out_dir, gradcam, batch_size))
+    report["files"]["report_html"] = str(out_dir / "report.html")
+    write_json(files["report"], report)
+    write_evaluation_report(report, out_dir, run)
+    return report
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.6f}"
+
+
+def _csv(rows: list[list]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def format_report(report: dict) -> str:
+    """The report as a terminal table (like scikit-learn's classification_report)."""
+    width = max(12, *(len(c) for c in report["classes"]))
+    lines = [f"model:  {report['model']}", f"data:   {report['data']} ({report['images']} images)", ""]
+    lines.append(f"{'class':<{width}}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}")
+
+    def cell(x, w):
+        return f"{'-':>{w}}" if x is None else f"{x:>{w}.3f}"
+
+    for r in report["per_class"]:
+        lines.append(f"{r['class']:<{width}}  {cell(r['precision'], 9)}  {cell(r['recall'], 6)}  "
+                     f"{cell(r['f1'], 6)}  {r['support']:>7}")
+    lines.append("")
+    for name in ("macro", "weighted"):
+        avg = report[name]
+        if avg:
+            lines.append(f"{name + ' avg':<{width}}  {avg['precision']:>9.3f}  {avg['recall']:>6.3f}  "
+                         f"{avg['f1']:>6.3f}  {report['images']:>7}")
+    lines.append(f"{'accuracy':<{width}}  {report['accuracy']:>9.3f}  ({report['images'] - report['misclassified']}"
+                 f" of {report['images']} correct)")
+    if f"top{TOP_K}_accuracy" in report:
+        lines.append(f"{f'top-{TOP_K} accuracy':<{width}}  {report[f'top{TOP_K}_accuracy']:>9.3f}")
+    lines.append("")
+    lines.append("confusion matrix (rows: true class, columns: predicted):")
+    lines += _matrix_lines(report["confusion_matrix"], report["classes"])
+    if report["missing_classes"]:
+        lines.append(f"note: no images of {report['missing_classes']} in this data; their recall and F1 are '-'")
+    if report["skipped"]:
+        lines.append(f"note: {len(report['skipped'])} unreadable file(s) skipped (listed in report.json)")
+    lines.append(f"written to {report['out_dir']}: report.html, report.json, per_class.csv, "
+                 f"confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv/.png, correct.png")
+    return "\n".join(lines) + "\n"
+
+
+def _matrix_lines(matrix: list[list[int]], classes: list[str]) -> list[str]:
+    if len(classes) > 20:
+        return [f"  ({len(classes)} classes: see confusion_matrix.csv / .png)"]
+    width = max(len(c) for c in classes)
+    cols = [max(len(c), len(str(max(max(row) for row in matrix)))) for c in classes]
+    out = ["  " + " " * width + "  " + "  ".join(f"{c:>{w}}" for c, w in zip(classes, cols))]
+    for c, row in zip(classes, matrix):
+        out.append(f"  {c:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(row, cols)))
+    return out

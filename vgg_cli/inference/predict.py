@@ -1,0 +1,152 @@
+"""Labelling images with a trained model; reads only the run directory (or a .keras file)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from vgg_cli.data.images import BadImage, is_image_name, load_image
+from vgg_cli.errors import NoInputError
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        d: dict = {"path": self.path}
+        if self.error is None:
+            d["label"], d["probability"] = self.top[0]
+            d["top_k"] = [{"label": lab, "probability": p} for lab, p in self.top]
+        else:
+            d["error"] = self.error
+        return d
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files as given; folders walked recursively (sorted) for image files; a missing path stays, to be reported."""
+    out: list[str] = []
+    for item in inputs:
+        p = Path(os.path.expanduser(item))
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                out += [str(Path(dirpath) / n) for n in sorted(filenames) if is_image_name(n)]
+        else:
+            out.append(str(p))
+    return out
+
+
+NOT_FOUND = "not found"
+
+
+def _load(path: str, size: int) -> np.ndarray | str:
+    if not os.path.lexists(path):
+        return NOT_FOUND
+    try:
+        return load_image(path, size)
+    except BadImage as e:
+        return str(e)
+
+
+# Test-time augmentation: each image is also predicted in these variants and the probabilities are averaged.
+TTA = ("none", "flip", "shift", "flip+shift")
+SHIFT = 0.0625  # of the image side: the four shifted copies of "shift" (up, down, left, right)
+
+
+def tta_views(batch: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The variants of a uint8 batch (N, S, S, 3) that ``mode`` averages over; the batch itself first. Shifted
+    copies repeat the edge pixels into the space they leave (no black borders the model never saw)."""
+    if mode not in TTA:
+        raise ValueError(f"tta must be one of {', '.join(TTA)}, got {mode!r}")
+    views = [batch]
+    if "flip" in mode:
+        views.append(batch[:, :, ::-1])
+    if "shift" in mode:
+        d = max(1, round(batch.shape[1] * SHIFT))
+        padded = np.pad(batch, ((0, 0), (d, d), (d, d), (0, 0)), mode="edge")
+        side = batch.shape[1]
+        for dy, dx in ((0, d), (2 * d, d), (d, 0), (d, 2 * d)):
+            views.append(padded[:, dy:dy + side, dx:dx + side])
+    return views
+
+
+def predict_probabilities(model, batch: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Class probabilities of a uint8 batch, averaged over the ``tta`` variants (a model call per variant, so memory
+    stays that of one batch)."""
+    views = tta_views(batch, tta)
+    return np.mean([np.asarray(model.predict_on_batch(np.ascontiguousarray(v))) for v in views], axis=0)
+
+
+def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str = "none") -> list[Prediction]:
+    """Top-k labels of ``files``; the next batch is decoded (in parallel threads) while this one runs. ``tta``:
+    average the probabilities over flipped and/or shifted copies (``TTA``)."""
+    from vgg_cli.data.pipeline import decode_workers, prefetch_batches
+    from vgg_cli.model.load import class_names_of, image_size_of
+
+    classes = class_names_of(model)
+    size = image_size_of(model)
+    k = max(1, min(top_k, len(classes)))
+    results: list[Prediction] = []
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
+        for start, loaded in prefetch_batches(files, lambda f: _load(f, size), batch_size, pool):
+            chunk = files[start:start + batch_size]
+            good = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
+            probs = predict_probabilities(model, np.stack([loaded[i] for i in good]), tta) if good else []
+            by_index = dict(zip(good, probs))
+            for i, path in enumerate(chunk):
+                if i in by_index:
+                    p = by_index[i]
+                    order = np.argsort(-p, kind="stable")[:k]
+                    results.append(Prediction(path, [(classes[j], float(p[j])) for j in order]))
+                else:
+                    results.append(Prediction(path, error=loaded[i]))
+    return results
+
+
+def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict | None = None) -> str:
+    """The table, CSV or JSON lines; ``cams`` ({path: Grad-CAM files}) adds a ``gradcam`` field to JSON."""
+    if fmt == "json":
+        return "".join(json.dumps({**r.to_dict(), **({"gradcam": cams[r.path]} if cams and r.path in cams else {})},
+                                  ensure_ascii=False) + "\n" for r in results)
+    if fmt == "csv":
+        k = max((len(r.top) for r in results), default=1)
+        head = ["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")] + ["error"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(head)
+        for r in results:
+            cells = [x for lab, p in r.top for x in (lab, f"{p:.6f}")]
+            w.writerow([r.path] + cells + [""] * (2 * k - len(cells)) + [r.error or ""])
+        return buf.getvalue()
+    width = min(max((len(r.path) for r in results), default=4), 60)
+    lines = [f"{'path':<{width}}  prediction"]
+    for r in results:
+        shown = r.path if len(r.path) <= width else "..." + r.path[-(width - 3):]
+        if r.error is not None:
+            lines.append(f"{shown:<{width}}  ERROR: {r.error}")
+        else:
+            lines.append(f"{shown:<{width}}  " + "  ".join(f"{lab} {p:.3f}" for lab, p in r.top))
+    return "\n".join(lines) + "\n"
+
+
+def resolve_model_file(run: str | None, model_file: str | None, runs_dir: str) -> Path:
+    from vgg_cli.runs.rundir import RunDir
+    from vgg_cli.runs.root import resolve_run
+
+    if model_file is not None:
+        p = Path(os.path.expanduser(model_file))
+        if not p.is_file():
+            raise NoInputError(f"--model {model_file!r} not found; pass a .keras file from a vgg run")
+        return p
+    return RunDir(resolve_run(run, Path(runs_dir))).model_file()

@@ -1,0 +1,49 @@
+"""Reading a saved vgg model back: safe mode only, one-line errors, and what the model says about itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+from vgg_cli.platform import fast_init
+from vgg_cli.model import layers as _layers
+from vgg_cli.model import optim as _optim
+from vgg_cli.errors import NoInputError
+
+# A saved model holds these; loading one needs their Keras registration, which importing the modules does.
+REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _optim.PhaseSchedule, _optim.SmoothedSparseCrossentropy,
+              _optim.Accuracy, _optim.TopKAccuracy)
+
+
+def load_model(path: str | os.PathLike, compile: bool = False, what: str = "model file") -> keras.Model:
+    """Load a ``.keras`` model of this tool in Keras safe mode (no arbitrary code). A missing, cut-short, damaged
+    or code-carrying file is one line (NoInputError, exit 66), never a traceback."""
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise NoInputError(f"{what} {str(p)!r} not found; pass a .keras file from a vgg run")
+    try:
+        with fast_init.placeholders():  # every weight comes from the file
+            return keras.saving.load_model(p, compile=compile, safe_mode=True)
+    except (ValueError, OSError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "safe_mode" in str(e) or "Lambda" in str(e):
+            raise NoInputError(f"{what} {str(p)!r} holds code (a Lambda layer) that Keras' safe mode refuses to "
+                               f"run, and vgg never loads such files; use a model or checkpoint written by "
+                               f"vgg") from None
+        raise NoInputError(f"{what} {str(p)!r} could not be loaded ({first[:200]}); is it a complete .keras file "
+                           f"from vgg? (a file cut short by a full disk or a copy that did not finish)") from None
+
+
+def class_names_of(model: keras.Model) -> list[str]:
+    try:
+        return list(model.get_layer("labels").class_names)
+    except ValueError:
+        return [str(i) for i in range(model.output_shape[-1])]
+
+
+def image_size_of(model: keras.Model) -> int:
+    return int(model.input_shape[1])

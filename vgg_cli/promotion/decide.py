@@ -1,0 +1,270 @@
+"""Champion/challenger: which run is in production, promoting, rolling back, listing and pruning runs.
+
+``runs/production`` is a relative symlink to the run ``vgg predict`` uses by default. ``runs/.production.json``
+keeps the history of that pointer (newest last), so ``vgg rollback`` can go back. After a training run, the new
+model and the production model are evaluated on the same held-out images (the new run's validation split; its
+split is sticky, so earlier runs never trained on those images) and the new one is promoted only if it is at
+least as accurate, clears ``promote.min_accuracy`` and, unless ``promote.allow_class_change``, has the same classes.
+With no production model to compare against, the new model's accuracy is its best epoch's validation accuracy
+(the same images, the same weights), so the run does not pay for a second pass over them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
+from vgg_cli.fsio import point, read_json, write_json
+from vgg_cli.runs.rundir import FINISHED, iter_runs, RunDir
+from vgg_cli.runs.root import LATEST, PRODUCTION
+
+log = logging.getLogger("vgg")
+HISTORY = ".production.json"
+
+
+def production_run(runs_dir: Path) -> Path | None:
+    link = runs_dir / PRODUCTION
+    return link.resolve() if link.exists() else None
+
+
+def history(runs_dir: Path) -> list[dict]:
+    try:
+        return list(read_json(runs_dir / HISTORY)["history"])
+    except (VggError, KeyError, TypeError):
+        return []
+
+
+def set_production(runs_dir: Path, run_name: str, how: str, entries: list[dict] | None = None) -> None:
+    """Point runs/production at ``run_name`` and record it (history first, then the pointer)."""
+    entries = history(runs_dir) if entries is None else entries
+    entries.append({"run": run_name, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "how": how})
+    write_json(runs_dir / HISTORY, {"history": entries})
+    point(runs_dir / PRODUCTION, run_name)
+
+
+def _finished(run: Path) -> dict:
+    summary = RunDir(run).summary_or_none()
+    if summary is None:
+        raise NoInputError(f"run {str(run)!r} has no summary.json: it did not finish (resume it with "
+                           f"`vgg train --resume {run}`)") from None
+    if summary.get("status") not in FINISHED:
+        raise UsageError(f"run {run.name!r} is {summary.get('status')}, not finished; resume it first")
+    return summary
+
+
+def promote_run(runs_dir: Path, run: Path) -> None:
+    """`vgg promote RUN`: a person's decision, no evaluation."""
+    _finished(run)
+    if run.parent.resolve() != runs_dir.resolve():
+        raise UsageError(f"run {str(run)!r} is not in {str(runs_dir)!r}; production must point inside it")
+    current = production_run(runs_dir)
+    if current is not None and current.name == run.name:
+        log.info("%s is already in production", run.name)
+        return
+    set_production(runs_dir, run.name, "promote")
+    log.info("production: %s -> %s", current.name if current else "(none)", run.name)
+
+
+def rollback(runs_dir: Path) -> str:
+    """Point production back at the run it replaced last; returns that run's name."""
+    entries = history(runs_dir)
+    current = production_run(runs_dir)
+    if current is None or len(entries) < 2:
+        raise NoInputError(f"nothing to roll back to in {str(runs_dir)!r}: production has no earlier run")
+    entries.pop()  # the current production
+    previous = entries.pop()
+    if not (runs_dir / previous["run"]).is_dir():
+        raise NoInputError(f"the previous production run {previous['run']!r} no longer exists in {str(runs_dir)!r}")
+    set_production(runs_dir, previous["run"], "rollback", entries)
+    log.info("production rolled back: %s -> %s", current.name, previous["run"])
+    return previous["run"]
+
+
+def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: int = 32) -> dict:
+    """Top-1 accuracy of a model on images, matching labels by class name: ``vgg evaluate``'s scoring. Images
+    that cannot be read are left out (all of them unreadable scores 0)."""
+    from vgg_cli.evaluation.evaluate import EvalSet, score
+    from vgg_cli.model.load import load_model
+
+    try:
+        result = score(load_model(model_file), EvalSet(files, truth, "held-out images"), batch_size)
+    except DataError:  # none readable
+        return {"accuracy": 0.0, "images": 0, "unreadable": len(files)}
+    return {"accuracy": result.accuracy, "images": len(result.truth), "unreadable": len(result.unreadable)}
+
+
+def min_accuracy_for(setting, truth: list[str]) -> tuple[float, bool, str]:
+    """(threshold, strictly above?, how it was chosen) for promote.min_accuracy on these images' true classes.
+    auto: more than always guessing their most common class scores (its share); when all are of one class,
+    guessing is perfect and only 1.0 counts."""
+    if setting != "auto":
+        return float(setting), False, f"promote.min_accuracy {setting}"
+    top, count = Counter(truth).most_common(1)[0] if truth else ("-", 0)
+    share = count / len(truth) if truth else 0.0
+    if share >= 1.0:
+        return 1.0, False, f"promote.min_accuracy auto: all {len(truth)} images are {top!r}, so only 1.0 counts"
+    return share, True, f"promote.min_accuracy auto: more than {share:.4f}, always guessing {top!r}"
+
+
+def _comparable_production(runs_dir: Path, classes: list[str]) -> tuple[Path | None, dict | None, str | None]:
+    """(production run, its class change or None, why it cannot be used or None). A production run whose files are
+    damaged is reported and treated as no comparable production, never a crash."""
+    prod = production_run(runs_dir)
+    if prod is None:
+        return None, None, None
+    try:
+        prod_classes = RunDir(prod).read_classes()
+        RunDir(prod).model_file()
+    except VggError as e:
+        return prod, None, str(e)
+    added = sorted(set(classes) - set(prod_classes))
+    removed = sorted(set(prod_classes) - set(classes))
+    return prod, ({"added": added, "removed": removed} if added or removed else None), None
+
+
+def judge(cfg, paths: RunDir, index, best: dict | None = None, evaluation: dict | None = None) -> dict:
+    """Evaluate the new run against production and decide, without changing anything: the decision record.
+
+    ``best``: the best epoch's metrics row. When the new model only has to clear ``promote.min_accuracy`` (no
+    production model with the same classes to compare with), its accuracy is that row's ``val_accuracy``: it was
+    measured on exactly these held-out images by the weights in best.keras, so running the whole network over them
+    again would only repeat it. ``evaluation``: the new model's ``vgg evaluate`` report on these images, made
+    right after training (``output.report``); its accuracy is used, so nothing is run twice. A comparison with
+    production runs production the same way, on the images.
+    """
+    from vgg_cli.data.scan import TRAIN, VAL
+
+    files, labels = index.split(VAL)
+    held_out = bool(files)
+    if not held_out:  # no held-out images: judge on the training images (said so in the record)
+        files, labels = index.split(TRAIN)
+    truth = [index.classes[i] for i in labels]
+    prod, class_change, unusable = _comparable_production(paths.root.parent, index.classes)
+    if unusable is not None:
+        log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,
+                    unusable)
+    compare = prod is not None and class_change is None and unusable is None
+    if held_out and evaluation is not None:
+        new = {"accuracy": float(evaluation["accuracy"]), "images": int(evaluation["images"])}
+        source = "evaluation/val: model/best.keras on the images"
+    elif held_out and not compare and best is not None and "val_accuracy" in best:
+        new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
+        source = f"validation of epoch {best['epoch']}"
+    else:
+        new = evaluate(paths.best, files, truth, cfg.train.batch_size)
+        source = "model/best.keras on the images"
+    threshold, strictly, rule = min_accuracy_for(cfg.promote.min_accuracy, truth)
+    record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out},
+                    "min_accuracy": round(threshold, 6), "min_accuracy_rule": rule,
+                    "new_accuracy": round(new["accuracy"], 6), "new_accuracy_from": source}
+    reasons = []
+    # (accuracies are shares of the same images: 1e-6 absorbs float32 metrics against exact fractions)
+    if new["accuracy"] < threshold - 1e-6 or (strictly and new["accuracy"] <= threshold + 1e-6):
+        reasons.append(f"accuracy {new['accuracy']:.4f} does not clear {rule}")
+    if prod is not None:
+        record["production_run"] = prod.name
+    if unusable is not None:
+        record["production_unreadable"] = unusable
+    elif class_change is not None:
+        record["class_change"] = class_change
+        text = (f"classes changed from production {prod.name} (added {class_change['added'] or 'none'}, "
+                f"removed {class_change['removed'] or 'none'})")
+        log.warning(text)
+        if not cfg.promote.allow_class_change:
+            reasons.append(f"{text}; set promote.allow_class_change=true to promote it")
+    elif compare:
+        reasons += _against_production(record, prod, new, files, truth, cfg.train.batch_size)
+    record["promoted"] = not reasons
+    record["reason"] = "; ".join(reasons) if reasons else _why_promoted(record, prod, new["accuracy"], rule)
+    return record
+
+
+def _against_production(record: dict, prod: Path, new: dict, files: list[str], truth: list[str],
+                        batch_size: int) -> list[str]:
+    """Score production on the same images into ``record``; the reason against the new model, if any."""
+    old = _evaluate_production(prod, files, truth, batch_size)
+    if old is None:
+        record["production_unreadable"] = "its model could not be loaded"
+        return []
+    record["production_accuracy"] = round(old["accuracy"], 6)
+    if new["accuracy"] < old["accuracy"]:
+        return [f"accuracy {new['accuracy']:.4f} is below production {prod.name}'s {old['accuracy']:.4f} on the "
+                f"same {new['images']} images"]
+    return []
+
+
+def _why_promoted(record: dict, prod: Path | None, accuracy: float, rule: str) -> str:
+    if "production_accuracy" in record:
+        return (f"accuracy {accuracy:.4f} is at least production {prod.name}'s {record['production_accuracy']:.4f} "
+                f"on the same {record['evaluated_on']['images']} images")
+    # nothing to compare with: no production, an unreadable one, or one with other classes (allowed)
+    why = ("no production model yet" if prod is None else f"production {prod.name} is unreadable"
+           if "production_unreadable" in record else "classes changed, allowed by promote.allow_class_change")
+    return f"{why}; accuracy {accuracy:.4f} clears {rule}"
+
+
+def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_size: int) -> dict | None:
+    try:
+        return evaluate(RunDir(prod).model_file(), files, truth, batch_size)
+    except VggError as e:
+        log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name, e)
+        return None
+
+
+def apply_decision(runs_dir: Path, run_name: str, record: dict) -> None:
+    """Carry out a decision record; safe to repeat (a run killed half-way through finishing redoes it): a run
+    that production already points at is not recorded twice."""
+    prod = production_run(runs_dir)
+    if record["promoted"]:
+        if prod is None or prod.name != run_name:
+            set_production(runs_dir, run_name, "auto")
+        log.info("promoted to production: %s (%s)", run_name, record["reason"])
+    else:
+        log.warning("not promoted: %s; production stays %s", record["reason"], prod.name if prod else "(none)")
+
+
+def list_runs(runs_dir: Path) -> list[dict]:
+    prod = production_run(runs_dir)
+    latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
+    out = []
+    for run in iter_runs(runs_dir):
+        d = run.root
+        s = run.summary_or_none() or {"status": "unfinished"}
+        best = s.get("best") or {}
+        monitor = s.get("monitor")
+        out.append({"run": d.name, "started": s.get("started"), "status": s.get("status"),
+                    "images": (s.get("images") or {}).get("train", 0) + (s.get("images") or {}).get("val", 0)
+                    if s.get("images") else None,
+                    "classes": len(s.get("classes") or []) or None, "monitor": monitor,
+                    "best": best.get(monitor) if monitor else None,
+                    "promoted": bool((s.get("promotion") or {}).get("promoted")),
+                    "production": prod is not None and d.resolve() == prod, "latest": latest == d.resolve()})
+    return out
+
+
+def prune(runs_dir: Path, keep: int, current: str) -> list[str]:
+    """Delete the oldest runs beyond ``keep``; never production, the run it replaced last, latest or current."""
+    entries = history(runs_dir)
+    protected = {current}
+    if production_run(runs_dir) is not None:
+        protected.add(production_run(runs_dir).name)
+    if len(entries) >= 2:
+        protected.add(entries[-2]["run"])
+    if (runs_dir / LATEST).exists():
+        protected.add((runs_dir / LATEST).resolve().name)
+    runs = [r.name for r in sorted(iter_runs(runs_dir), key=RunDir.created)]
+    removed = []
+    for name in runs:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)
+        if len(runs) - len(removed) <= keep:
+            break
+        if name in protected:
+            continue
+        shutil.rmtree(runs_dir / name, ignore_errors=True)
+        removed.append(name)
+    if removed:
+        log.info("output.keep=%d: removed old runs %s", keep, ", ".join(removed))
+    return removed

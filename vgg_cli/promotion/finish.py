@@ -1,0 +1,94 @@
+"""The end of a run, after its last epoch: summary, ``latest``, the promotion decision, pruning.
+
+Part of the commit protocol (``vgg_cli.training.checkpoints`` commits the epochs): every step here can be redone, so a run
+killed at any moment after its last epoch is finished by ``vgg train --resume`` or ``--if-changed``, and its
+promotion is decided exactly once and carried out exactly once:
+
+1. ``summary.json`` with status finished/early_stopped and ``promotion: {"pending": true}``;
+2. ``latest`` points at the run (unless a newer run took it meanwhile);
+3. with ``output.report``, the new model is evaluated on its validation split (``evaluation/val/``); the
+   decision (no side effects; it reuses that evaluation's accuracy) is written into ``summary.json`` with
+   ``applied: false``;
+4. production is moved when promoted (not again if it already points at the run), then ``applied: true``;
+5. ``report.html`` (with ``output.report``) and ``output.keep`` pruning.
+
+A diverged run stops before 2: it is never ``latest`` and never promoted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vgg_cli.platform.device import peak_rss_mib
+from vgg_cli.promotion.decide import apply_decision, judge, prune
+from vgg_cli.errors import DataError, NoInputError, VggError
+from vgg_cli.fsio import point, read_json, write_json
+from vgg_cli.reporting.report import write_run_report
+from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.root import LATEST
+
+log = logging.getLogger("vgg")
+
+
+def point_latest(paths: RunDir) -> None:
+    """``latest`` -> this run, unless it already points at a run created after this one."""
+    link = paths.root.parent / LATEST
+    if link.exists():
+        current = link.resolve()
+        if current != paths.root.resolve() and current.is_dir() and \
+                RunDir(current).created() > paths.created():
+            log.info("%s stays at the newer run %s", LATEST, current.name)
+            return
+    point(link, paths.root.name)
+
+
+def finish(cfg, paths: RunDir, index, summary: dict, best: dict | None, chief: bool = True) -> dict:
+    """Steps 2-5 above for a run whose summary.json (step 1) is written; returns the final summary."""
+    point_latest(paths)
+    if not chief:  # a multi-worker job's other workers: the chief decides
+        return summary
+    promotion = summary.get("promotion")
+    if promotion is None or promotion.get("pending"):
+        evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
+        promotion = {**judge(cfg, paths, index, best, evaluation), "applied": False}
+        summary["promotion"] = promotion
+        write_json(paths.summary, summary)
+    if promotion.get("applied") is False:
+        apply_decision(paths.root.parent, paths.root.name, promotion)
+        promotion["applied"] = True
+        summary.setdefault("timings", {})["peak_rss_mib"] = peak_rss_mib()  # promotion's evaluation included
+        write_json(paths.summary, summary)
+    if cfg.output.report:
+        write_run_report(paths, _saved_evaluation(paths))
+    if cfg.output.keep is not None:
+        prune(paths.root.parent, cfg.output.keep, paths.root.name)
+    return summary
+
+
+def evaluate_validation(cfg, paths: RunDir) -> dict | None:
+    """``vgg evaluate`` of the new model on its validation split, into ``<run>/evaluation/val``: the report, or
+    None when the run has no validation images."""
+    from vgg_cli.evaluation.evaluate import evaluate, validation_set
+    from vgg_cli.model.load import load_model
+
+    try:
+        data = validation_set(paths.root)
+    except NoInputError:
+        log.info("no validation images: the run is not evaluated (report.html shows its training only)")
+        return None
+    try:
+        report = evaluate(load_model(paths.best), paths.best, data, paths.evaluation("val"), cfg.train.batch_size)
+    except DataError as e:  # its validation images became unreadable since the scan
+        log.warning("the validation split could not be evaluated (%s); promotion judges without it", e)
+        return None
+    log.info("evaluated on the validation split: accuracy %.4f (%d of %d correct); report %s", report["accuracy"],
+             report["images"] - report["misclassified"], report["images"], paths.root / "report.html")
+    return report
+
+
+def _saved_evaluation(paths: RunDir) -> dict | None:
+    """evaluation/val/report.json (a run finished again after a kill reuses it), or None."""
+    try:
+        return read_json(paths.evaluation("val") / "report.json")
+    except VggError:
+        return None

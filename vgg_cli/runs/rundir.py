@@ -1,0 +1,165 @@
+"""One run directory as a typed object: the name of every file a run writes, and readers that return them typed.
+
+The bottom of the run-directory side (beside ``fsio``): it knows the format of a run, nothing of training,
+promotion or prediction, so any layer may read a run through it. Every other module names a run's files through
+``RunDir``; the literal file names live here only.
+
+Readers come in two kinds, by what a missing or damaged file means to the caller:
+
+- ``read_*`` raise a one-line user error (``NoInputError`` 66 when missing, ``DataError`` 65 when damaged);
+- ``summary_or_none`` / ``info_or_none`` return None: a run that has not written its summary yet is normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from vgg_cli.errors import DataError, NoInputError, VggError
+from vgg_cli.fsio import read_json
+
+FINISHED = ("finished", "early_stopped")  # summary.json statuses of a run that trained to its end
+# summary.json's promotion while it is undecided: training writes it, vgg_cli.promotion.finish decides and carries it out
+PENDING = {"pending": True, "promoted": False, "applied": False}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def classes(self) -> Path:
+        return self.root / "classes.json"
+
+    @property
+    def data(self) -> Path:
+        """The manifest: every file of the dataset, its split and class, and what was skipped."""
+        return self.root / "data.json"
+
+    @property
+    def info(self) -> Path:
+        """run.json: start time, weights, config digest, resumes."""
+        return self.root / "run.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def best(self) -> Path:
+        return self.model_dir / "best.keras"
+
+    @property
+    def last(self) -> Path:
+        return self.model_dir / "last.keras"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def state(self) -> Path:
+        """The commit point of training progress: the last completed epoch and its checkpoint."""
+        return self.root / "state.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.model_dir / "checkpoints"
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch-{epoch:04d}.keras"
+
+    def evaluation(self, name: str) -> Path:
+        """Where ``vgg evaluate`` writes its report on ``name`` (``val`` or a folder's name)."""
+        return self.root / "evaluation" / name
+
+    # ------------------------------------------------------------------------------------------ what it is
+
+    def is_run(self) -> bool:
+        """A real run folder (not a pointer such as ``latest``, not hidden) that got as far as its config."""
+        return (self.root.is_dir() and not self.root.is_symlink() and not self.name.startswith(".")
+                and self.config.is_file())
+
+    def created(self) -> float:
+        """When the run was created (its config.yaml is written once, first): orders runs oldest to newest."""
+        return self.config.stat().st_mtime
+
+    def model_file(self) -> Path:
+        """The model a finished (or interrupted) run offers: best.keras, else last.keras."""
+        for candidate in (self.best, self.last):
+            if candidate.is_file():
+                return candidate
+        raise NoInputError(f"run directory {str(self.root)!r} has no model/best.keras or model/last.keras; "
+                           f"pass a finished run with --run or a model file with --model")
+
+    # ------------------------------------------------------------------------------------------ readers
+
+    def read_classes(self) -> list[str]:
+        classes = read_json(self.classes, "run classes")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise DataError(f"{self.classes} is not a list of class names; the run is damaged")
+        return classes
+
+    def read_manifest(self) -> dict[str, Any]:
+        return _object(read_json(self.data, "run manifest"), self.data)
+
+    def read_summary(self) -> dict[str, Any]:
+        return _object(read_json(self.summary, "run summary"), self.summary)
+
+    def read_info(self) -> dict[str, Any]:
+        return _object(read_json(self.info, "run info"), self.info)
+
+    def summary_or_none(self) -> dict[str, Any] | None:
+        """summary.json, or None when the run has not written one yet or it is damaged."""
+        return _or_none(self.read_summary)
+
+    def info_or_none(self) -> dict[str, Any] | None:
+        return _or_none(self.read_info)
+
+
+def _object(value: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DataError(f"{path} is not a JSON object; the run is damaged")
+    return value
+
+
+def _or_none(reader) -> dict[str, Any] | None:
+    try:
+        return reader()
+    except VggError:
+        return None
+
+
+def iter_runs(runs_dir: Path) -> Iterator[RunDir]:
+    """Every run in a runs directory, by name (pointers, hidden folders and stray folders left out)."""
+    if not runs_dir.is_dir():
+        return
+    for d in sorted(runs_dir.iterdir()):
+        run = RunDir(d)
+        if run.is_run():
+            yield run

@@ -1,0 +1,60 @@
+"""What both `vgg train` and `vgg lr-find` do before a model exists: resolve a warm start, scan the dataset with
+the sticky split of runs/latest, and say what was found."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from vgg_cli.config.schema import Config
+from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, scan
+from vgg_cli.errors import NoInputError, VggError
+from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.root import LATEST, PRODUCTION
+
+log = logging.getLogger("vgg")
+
+
+def resolve_warm_start(cfg: Config) -> Config:
+    """model.weights: production|latest -> that run directory in output.dir."""
+    if cfg.model.weights not in (PRODUCTION, LATEST):
+        return cfg
+    link = Path(cfg.output.dir) / cfg.model.weights
+    if not link.exists():
+        raise NoInputError(f"model.weights={cfg.model.weights}: there is no {link} yet; train a first run with "
+                           f"model.weights=imagenet (or none), or pass a run directory")
+    model = cfg.model.model_copy(update={"weights": str(link.resolve())})
+    return cfg.model_copy(update={"model": model})
+
+
+def previous_splits(cfg: Config) -> dict[str, str]:
+    latest = RunDir(Path(cfg.output.dir) / LATEST)
+    if not latest.data.is_file():
+        return {}
+    try:
+        return previous_splits_from(latest.read_manifest(), cfg.data)
+    except (VggError, ValueError):
+        log.warning("could not read %s; splitting without it", latest.data)
+        return {}
+
+
+def log_scan(index: DatasetIndex) -> None:
+    counts = index.counts()
+    n_train = sum(c[TRAIN] for c in counts.values())
+    n_val = sum(c[VAL] for c in counts.values())
+    log.info("dataset %s: %d classes, %d train + %d val images, %d skipped", index.train_dir, len(index.classes),
+             n_train, n_val, len(index.skipped))
+    for s in index.skipped[:20]:
+        log.warning("skipped %s: %s", s["path"], s["reason"])
+    if len(index.skipped) > 20:
+        log.warning("... and %d more skipped files (all listed in data.json)", len(index.skipped) - 20)
+    for c in index.excluded_classes:
+        log.warning("class folder %r left out: %s", c["class"], c["reason"])
+
+
+def scan_dataset(cfg: Config, splits: dict[str, str] | None = None) -> DatasetIndex:
+    """Scan data.train_dir (and val_dir), keeping runs/latest's split (or ``splits``), and log what was found."""
+    index = scan(cfg.data, previous_splits=previous_splits(cfg) if splits is None else splits,
+                 cache_dir=Path(cfg.output.dir) / ".cache")
+    log_scan(index)
+    return index

@@ -1,0 +1,389 @@
+"""A training run: scan -> model -> fit -> run directory; and resuming one.
+
+The config is read, never changed. Nothing is written until the dataset scan and the model build have
+succeeded, so a bad dataset or weights path leaves no half-made run behind. One run at a time per runs
+directory (``runs/.lock``). Every epoch is committed as described in ``vgg_cli.training.checkpoints``, so a run killed at
+any moment can be resumed with ``vgg train --resume``. SIGINT/SIGTERM stop at the next batch boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from vgg_cli.training.callbacks import EarlyLog, attach_log_file
+from vgg_cli.training.checkpoints import TrainState, load_checkpoint, read_state, sync
+from vgg_cli.config.schema import Config, load_run_config
+from vgg_cli.data.scan import DatasetIndex, check_layout, index_from_manifest, require_dir
+from vgg_cli.platform.device import setup_devices
+from vgg_cli.platform.distribute import worker_role
+from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
+from vgg_cli.training.fit import FitOutcome, fit
+from vgg_cli.training.health import diverged_error
+from vgg_cli.model.build import build_model
+from vgg_cli.model.weights import check_weights_available, copy_head_if_compatible
+from vgg_cli.training.phases import class_weights, n_train, new_state, plan_phases, set_up_phase
+from vgg_cli.training.prepare import previous_splits, resolve_warm_start, scan_dataset
+from vgg_cli.training.summary import (DIVERGED, INTERRUPTED, NOTHING_TO_DO, TRAINED, build_summary, config_digest, now,
+                                 phase_summary, plot_curves)
+from vgg_cli.fsio import write_json, write_text
+from vgg_cli.runs.rundir import PENDING, RunDir
+from vgg_cli.runs.root import (check_run_name_free, find_resumable, LATEST, needs_finishing, new_run_dir, PRODUCTION,
+                          runs_lock)
+
+log = logging.getLogger("vgg")
+
+# Outcomes of `vgg train` beside run_summary's TRAINED, NOTHING_TO_DO, INTERRUPTED and DIVERGED.
+WORKER_DONE = "worker_done"  # a multi-worker job's non-chief worker finished; the chief wrote the run
+# --if-changed resumes an unfinished run at most this many times, so a run that keeps crashing cannot block
+# every later night.
+MAX_AUTO_RESUMES = 3
+
+
+@dataclass
+class ToFinish:
+    """What the end of a trained run (``vgg_cli.promotion.finish``: latest, the promotion decision, pruning) needs."""
+    cfg: Config
+    paths: RunDir
+    index: DatasetIndex
+    best: dict | None  # the best epoch's metrics row
+    chief: bool = True  # False: a multi-worker job's other worker, whose scratch run is not finished
+
+
+@dataclass
+class TrainResult:
+    """What training did. A trained run's promotion is still pending (``to_finish``): the caller finishes it,
+    under the same lock (``vgg_cli.promotion.job``), so training never imports promotion or prediction."""
+    status: str
+    run_dir: Path
+    summary: dict
+    to_finish: ToFinish | None = None
+
+    @property
+    def promoted(self) -> bool | None:
+        """None when no promotion decision was made (nothing trained)."""
+        promotion = self.summary.get("promotion")
+        return None if promotion is None or self.status != TRAINED else bool(promotion.get("promoted"))
+
+
+def run_training(cfg: Config, *, if_changed: bool = False, command: str = "") -> TrainResult:
+    """Train a new run (or, with ``if_changed``, do nothing when data and config match the latest run)."""
+    t_start = time.perf_counter()
+    early = EarlyLog()
+    log.addHandler(early)
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        require_dir(cfg.data.train_dir, "data.train_dir")  # cheap checks before waiting on anything
+        role = worker_role(cfg.train.distribute)
+        if role is not None and role[1] > 0:
+            if if_changed:
+                raise ConfigError("--if-changed is not supported with train.distribute=multi_worker (the workers "
+                                  "would have to agree on skipping); run the multi-worker job without it")
+            return _worker_run(cfg, early, t_start, role)
+        runs_dir = Path(cfg.output.dir)
+        with runs_lock(runs_dir, command):
+            unfinished = _unfinished_same_job(cfg) if if_changed else None
+            if unfinished is not None:
+                return _resume(load_run_config(unfinished.config), unfinished, t_start, early)
+            return _new_run(cfg, early, t_start, if_changed)
+    finally:
+        log.removeHandler(early)
+        keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
+
+
+def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> TrainResult:
+    """A multi-worker job's non-chief worker: the same training, step for step (its collectives pair with the
+    chief's), but everything it writes goes to a scratch folder that is removed at the end; it reads the real
+    output.dir only for what must match the chief (the sticky split of runs/latest, a warm-start run)."""
+    import shutil
+    import tempfile
+
+    workers, worker = role
+    cfg = resolve_warm_start(cfg)
+    previous = previous_splits(cfg)
+    scratch = Path(tempfile.mkdtemp(prefix=f"vgg-worker{worker}-"))
+    try:
+        output = cfg.output.model_copy(update={"dir": str(scratch), "name": "worker", "keep": None})
+        cache = cfg.cache.model_copy(update={"dir": str(scratch / "features")})
+        local = cfg.model_copy(update={"output": output, "cache": cache})
+        log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
+                 worker, workers, scratch)
+        result = _new_run(local, early, t_start, False, splits=previous, chief=False)
+        return TrainResult(WORKER_DONE, Path(cfg.output.dir), {**result.summary, "promotion": None})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _latest_summary(runs_dir: Path) -> tuple[Path, dict] | None:
+    link = runs_dir / LATEST
+    summary = RunDir(link).summary_or_none() if link.exists() else None
+    return None if summary is None else (link.resolve(), summary)
+
+
+def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict | None = None,
+             chief: bool = True) -> TrainResult:
+    started = now()
+    requested_weights = cfg.model.weights
+    digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
+    cfg = resolve_warm_start(cfg)
+    if cfg.data.val_dir is not None:
+        require_dir(cfg.data.val_dir, "data.val_dir")
+    check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
+    device = setup_devices(cfg.train, *_compile_cache(cfg))
+    if not if_changed:
+        check_run_name_free(Path(cfg.output.dir), cfg.output.name)  # fail fast, before a long scan
+        check_weights_available(cfg.model)  # (a skipped run needs neither)
+    index = scan_dataset(cfg, splits)
+    if device.distribute == "multi_worker" and device.is_chief != chief:
+        raise ConfigError(f"the job's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) changed while vgg started "
+                          f"(process {device.worker}); start the job again")
+    if if_changed:
+        latest = _latest_summary(Path(cfg.output.dir))
+        if latest and latest[1].get("fingerprint") == index.fingerprint and latest[1].get("config_digest") == digest:
+            log.info("nothing to do: the dataset and the config are unchanged since run %s", latest[0].name)
+            return TrainResult(NOTHING_TO_DO, latest[0], latest[1])
+        log.info("dataset or config changed since the latest run: training" if latest else
+                 "no earlier finished run: training")
+        check_run_name_free(Path(cfg.output.dir), cfg.output.name)
+        check_weights_available(cfg.model)
+    t_scanned = time.perf_counter()
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    _log_device(device, cfg)
+    with device.scope():  # a distribution strategy's variables are made in its scope
+        model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+        if requested_weights in (PRODUCTION, LATEST):
+            weights_source = f"{requested_weights}: {weights_source}"
+            if copy_head_if_compatible(model, Path(cfg.model.weights)):
+                weights_source += " + its head (same classes)"
+        set_up_phase(model, cfg, plan_phases(cfg)[0], n_train(index), len(index.classes))
+    log.info("backbone %s, weights: %s, frozen blocks: %s; %s", cfg.model.arch, weights_source,
+             cfg.model.freeze_blocks or "none", plan_phases(cfg)[0].describe())
+    t_built = time.perf_counter()
+
+    paths = new_run_dir(Path(cfg.output.dir), cfg.output.name, Path(index.train_dir).name)
+    handler = attach_log_file(paths.log, early)
+    try:
+        log.info("run directory %s", paths.root)
+        write_text(paths.config, cfg.to_yaml())
+        write_json(paths.classes, index.classes)
+        write_json(paths.data, index.manifest())
+        run_info = {"started": started, "weights": weights_source, "config_digest": digest,
+                    "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
+                    "resumed": []}
+        write_json(paths.info, run_info)
+        state = new_state(cfg)
+        return _fit_and_summarise(cfg, index, model, paths, device, state, run_info, t_start)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _unfinished_same_job(cfg: Config) -> RunDir | None:
+    """Cron mode (--if-changed): the newest run that did not finish, if it is newer than runs/latest and was
+    started with this same config. It is finished before anything new is trained."""
+    runs_dir = Path(cfg.output.dir)
+    try:
+        candidate = find_resumable(runs_dir)
+    except NoInputError:
+        return None
+    latest = runs_dir / LATEST
+    if latest.exists() and latest.resolve().stat().st_mtime > candidate.stat().st_mtime:
+        return None
+    run = RunDir(candidate)
+    info = run.info_or_none()
+    if info is None:
+        return None
+    if len(info.get("resumed", [])) >= MAX_AUTO_RESUMES:
+        log.warning("not resuming unfinished run %s again: it was resumed %d times without finishing; training a "
+                    "new run (resume it by hand with --resume to retry)", candidate.name, len(info["resumed"]))
+        return None
+    if info.get("config_digest") != config_digest(cfg):
+        log.info("not resuming unfinished run %s: it was started with a different config", candidate.name)
+        return None
+    log.info("an earlier run of this job did not finish (%s): resuming it", candidate.name)
+    return run
+
+
+def resume_training(run_dir: Path, command: str = "") -> TrainResult:
+    """Continue an unfinished run from its last committed epoch, with its own config and file list."""
+    t_start = time.perf_counter()
+    paths = RunDir(run_dir)
+    if not paths.config.is_file() or not paths.data.is_file():
+        raise NoInputError(f"{str(run_dir)!r} is not a vgg run directory (no config.yaml/data.json); "
+                           f"pass a run directory to --resume")
+    cfg = load_run_config(paths.config)
+    if worker_role(cfg.train.distribute) is not None:
+        raise ConfigError("--resume is not supported for a multi-process job (TF_CONFIG or KERAS_DISTRIBUTION_* "
+                          f"with train.distribute={cfg.train.distribute}); start the job again (a run with "
+                          "train.distribute=auto can also be resumed by one process without those variables)")
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        with runs_lock(paths.root.parent, command):
+            return _resume(cfg, paths, t_start)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _readable_summary(paths: RunDir) -> dict | None:
+    """summary.json, or None when there is none yet or it is damaged (then state.json, the commit point, decides
+    what is left to do, and the summary is written again)."""
+    if not paths.summary.is_file():
+        return None
+    try:
+        return paths.read_summary()
+    except (DataError, NoInputError) as e:
+        log.warning("%s; continuing from state.json and writing it again", e)
+        return None
+
+
+def _run_info(cfg: Config, paths: RunDir) -> dict:
+    """run.json (start time, weights, config digest), rebuilt with what is known when it is damaged."""
+    try:
+        info = paths.read_info()
+        if isinstance(info.get("resumed"), list):
+            return info
+        log.warning("run info %s is not what vgg writes; rebuilding it", paths.info)
+    except (DataError, NoInputError) as e:
+        log.warning("%s; rebuilding it", e)
+    return {"started": None, "weights": "unknown (run.json was damaged)", "config_digest": config_digest(cfg),
+            "timings": {}, "resumed": []}
+
+
+def _load_index(paths: RunDir) -> DatasetIndex:
+    manifest = paths.read_manifest()
+    try:
+        index = index_from_manifest(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"run manifest {str(paths.data)!r} is damaged ({type(e).__name__}: {e}); the run cannot be "
+                        f"resumed: start a new run") from None
+    missing = [e.path for e in index.files if not (index.root_of(e) / e.path).is_file()]
+    if missing:
+        raise DataError(f"cannot resume {paths.root.name}: {len(missing)} of its images are gone "
+                        f"(e.g. {missing[0]!r}); start a new run instead")
+    return index
+
+
+def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None = None) -> TrainResult:
+    handler = attach_log_file(paths.log, early)
+    try:
+        summary = _readable_summary(paths)
+        status = summary.get("status") if summary else None
+        if needs_finishing(summary):
+            log.info("run %s trained all its epochs but was stopped before its promotion was carried out: "
+                     "finishing it", paths.root.name)
+            state = read_state(paths)
+            return TrainResult(TRAINED, paths.root, summary,
+                               ToFinish(cfg, paths, _load_index(paths), state.best if state else None))
+        if status == DIVERGED:
+            d = (summary.get("health") or {}).get("diverged") or {}
+            raise TrainingDiverged(f"run {paths.root.name} diverged ({d.get('what', 'non-finite numbers')}) and is "
+                                   f"not resumed: it would diverge again; start a new run with a lower "
+                                   f"train.optimizer.learning_rate (or auto)")
+        if status not in (None, INTERRUPTED):
+            log.info("run %s already finished (%s): nothing to resume", paths.root.name, status)
+            return TrainResult(NOTHING_TO_DO, paths.root, summary)
+        index = _load_index(paths)
+        device = setup_devices(cfg.train, *_compile_cache(cfg))
+        state = read_state(paths)
+        run_info = _run_info(cfg, paths)
+        _log_device(device, cfg)
+        model, state = _model_to_resume(cfg, paths, index, device, state)
+        run_info["resumed"].append({"at": now(), "after_epoch": state.epoch})
+        write_json(paths.info, run_info)
+        return _fit_and_summarise(cfg, index, model, paths, device, state, run_info, t_start)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _model_to_resume(cfg: Config, paths: RunDir, index: DatasetIndex, device, state: TrainState | None):
+    """(model, state) to continue from: the committed checkpoint, or a new model when no epoch was completed."""
+    if state is None:
+        log.info("resuming %s from the start: no epoch was completed", paths.root.name)
+        keras.utils.set_random_seed(cfg.train.seed)
+        with device.scope():
+            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+            set_up_phase(model, cfg, plan_phases(cfg)[0], n_train(index), len(index.classes))
+        return model, new_state(cfg)
+    sync(paths, state)  # repair anything a crash between commit and sync left behind
+    log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch, state.epochs,
+             state.best_epoch)
+    keras.utils.set_random_seed(cfg.train.seed + state.epoch)
+    with device.scope():
+        model = load_checkpoint(paths.checkpoint(state.epoch))
+    return model, state
+
+
+def _compile_cache(cfg: Config) -> tuple[Path, int]:
+    """Where the JAX compile cache lives (unless JAX_COMPILATION_CACHE_DIR says) and its size cap."""
+    return Path(cfg.output.dir) / ".cache" / "jax", cfg.cache.compile_mb
+
+
+def _log_device(device, cfg: Config) -> None:
+    log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
+    if device.compile_cache is not None:
+        c = device.compile_cache
+        log.info("compile cache %s (%s)", c.dir, f"at most {c.max_mb} MiB" if c.max_mb else "not bounded by vgg")
+    if device.distribute != "none":
+        per = cfg.train.batch_size / device.replicas
+        log.info("distribution: %s with %s, %d replicas (%s); global batch %d, about %.3g per replica; learning "
+                 "rate as configured", device.distribute, device.engine, device.replicas, device.distribute_note,
+                 cfg.train.batch_size, per)
+        if device.backend == "jax":
+            log.info("a batch whose size is not a multiple of %d is padded with weight-0 copies (JAX shards "
+                     "evenly); its loss and gradient are the unpadded batch's", device.replicas)
+        if cfg.train.batch_size < device.replicas:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} is smaller than the {device.replicas} "
+                              f"replicas of train.distribute={device.distribute}; it is the global batch, split "
+                              f"across replicas: set it to at least {device.replicas}")
+
+
+def _fit_and_summarise(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, device,
+                    state: TrainState, run_info: dict, t_start: float) -> TrainResult:
+    outcome = FitOutcome()
+    if state.epoch < state.epochs and not state.stopped_early:
+        with device.scope():
+            outcome = fit(cfg, index, model, paths, state)
+    log.debug("training finished; writing the summary")
+    summary = build_summary(cfg, index, model, device, state, run_info, outcome, t_start)
+    summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
+    summary["phases"] = phase_summary(cfg, state, outcome.inputs)
+    weights = class_weights(cfg, index)
+    summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
+    summary["run"] = paths.root.name
+    if outcome.diverged is not None:
+        summary["promotion"] = {"promoted": False, "applied": True,
+                                "reason": f"training diverged: {outcome.diverged.what}"}
+    elif not outcome.stopped_by and device.is_chief:
+        summary["promotion"] = dict(PENDING)  # finish() decides; a kill from here on is finished by --resume
+    write_json(paths.summary, summary)
+    plot_curves(paths, state, summary["monitor"])
+    if outcome.stopped_by:
+        raise _interrupted(paths, state, outcome.stopped_by)
+    if outcome.diverged is not None:
+        phase = plan_phases(cfg)[state.phase_index]
+        raise diverged_error(paths, summary["health"], phase.learning_rate, phase.auto_rate, phase.number)
+    best = state.best
+    if best is not None:
+        log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], best[summary["monitor"]],
+                 best["epoch"], summary["epochs_run"], paths.best)
+    return TrainResult(TRAINED, paths.root, summary, ToFinish(cfg, paths, index, best, chief=device.is_chief))
+
+
+def _interrupted(paths: RunDir, state: TrainState, why: str) -> InterruptedRun:
+    if state.epoch == 0:
+        text = (f"training stopped by {why} before the first epoch finished; resume with: "
+                f"vgg train --resume {paths.root}")
+    else:
+        text = (f"training stopped by {why} after epoch {state.epoch}; {paths.last} holds epoch {state.epoch} and "
+                f"{paths.best} epoch {state.best_epoch}; {LATEST} was not moved; resume with: "
+                f"vgg train --resume {paths.root}")
+    log.warning(text, extra={"console": False})  # for train.log: the console gets it once, as the error line
+    return InterruptedRun(text)
+
+

@@ -1,0 +1,119 @@
+"""summary.json of a run: status, best and final epochs, health, data, timings, device and versions; its
+per-phase record, and curves.png."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import time
+from datetime import datetime, timezone
+
+import keras
+
+from vgg_cli import __version__
+from vgg_cli.training.checkpoints import Monitor, TrainState
+from vgg_cli.config.schema import Config
+from vgg_cli.data.scan import DatasetIndex
+from vgg_cli.training.phases import n_train as count_train, plan_phases
+from vgg_cli.runs.rundir import RunDir
+
+log = logging.getLogger("vgg")
+
+# Outcomes of `vgg train` (summary.json "status" and --json "status").
+TRAINED, NOTHING_TO_DO, INTERRUPTED = "trained", "nothing_to_do", "interrupted"
+DIVERGED = "diverged"  # summary.json status of a run stopped by non-finite numbers (vgg_cli.training.health)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def versions() -> dict:
+    out = {"vgg": __version__, "keras": keras.__version__, "python": platform.python_version(),
+           "backend": keras.backend.backend()}
+    for name in {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(out["backend"], []):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def phase_summary(cfg: Config, state: TrainState, inputs: dict) -> list[dict]:
+    out = []
+    for phase in plan_phases(cfg):
+        ran = [r["epoch"] for r in state.rows if r.get("phase", 1) == phase.number]
+        out.append({"phase": phase.number, "frozen_blocks": list(phase.frozen_blocks),
+                    "learning_rate": phase.learning_rate, "learning_rate_auto": phase.auto_rate,
+                    "epochs_planned": phase.epochs,
+                    "epochs": [ran[0], ran[-1]] if ran else None, "input": inputs.get(phase.number)})
+    return out
+
+
+def plot_curves(paths: RunDir, state: TrainState, monitor: str) -> None:
+    """<run>/curves.png: loss and accuracy per epoch. A picture that cannot be drawn is not worth failing a run."""
+    if not state.rows:
+        return
+    try:
+        from vgg_cli.reporting.plots import training_curves
+
+        training_curves(state.rows, paths.curves, best_epoch=state.best_epoch, monitor=monitor)
+    except ImportError as e:
+        log.warning("no training curves picture: %s", e)
+
+
+def build_summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, state: TrainState, run_info: dict,
+             outcome, t_start: float) -> dict:
+    n_train = count_train(index)
+    n_val = len(index.files) - n_train
+    has_val = n_val > 0
+    stopped_by, train_s = outcome.stopped_by, outcome.seconds
+    if outcome.diverged is not None:
+        status = DIVERGED
+    elif stopped_by:
+        status = INTERRUPTED
+    else:
+        status = "early_stopped" if state.stopped_early else "finished"
+    seconds = sum(r["seconds"] for r in state.rows)
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    return {
+        "status": status,
+        "stopped_by": stopped_by,
+        "epochs_run": state.epoch,
+        "epochs_planned": state.epochs,
+        "monitor": Monitor(cfg.train.monitor, has_val).name,
+        "best": state.best,
+        "final": state.rows[-1] if state.rows else None,
+        "health": outcome.health.to_dict(),
+        "classes": index.classes,
+        "counts": index.counts(),
+        "images": {"train": n_train, "val": n_val, "skipped": len(index.skipped)},
+        "fingerprint": index.fingerprint,
+        "config_digest": run_info["config_digest"],
+        "weights": run_info["weights"],
+        "params": {"total": int(model.count_params()), "trainable": trainable},
+        "started": run_info["started"],
+        "finished": now(),
+        "resumed": run_info["resumed"],
+        "timings": {**run_info["timings"], "epochs_s": round(seconds, 2), "this_session_train_s": round(train_s, 2),
+                    "this_session_total_s": round(time.perf_counter() - t_start, 2),
+                    "images_per_sec": round(n_train * len(state.rows) / seconds, 2) if seconds > 0 else None},
+        "device": device.to_dict(),
+        "versions": versions(),
+    }
+
+
+def config_digest(cfg: Config) -> str:
+    """What makes two trainings the same job: the resolved config without the sections that do not change the
+    result (output, cache)."""
+    d = cfg.to_dict()
+    d.pop("output", None)
+    d.pop("cache", None)
+    if d["train"].get("backend") == "auto":  # (the key came later: runs from before it keep their digest)
+        d["train"].pop("backend")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
