@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -117,7 +118,32 @@ config_option = click.option("--config", "-c", "config_path", type=click.Path(di
                              help="YAML file merged over the defaults (configs/default.yaml).")
 
 
-runs_dir_option = click.option("--runs-dir", default="runs", show_default=True, help="Where runs live (output.dir).")
+def runs_dir_option(command):
+    """``--runs-dir DIR`` and ``--config FILE`` for a command that reads or changes the runs folder: the command gets
+    ``runs`` (a ``vgg_cli.runs.root.RunsRoot``): --runs-dir, else the config's output.dir (default: runs)."""
+    @functools.wraps(command)
+    def with_runs(*args, runs_dir: str | None, runs_config: str | None, **kwargs):
+        return command(*args, runs=runs_root(runs_dir, runs_config), **kwargs)
+
+    with_runs = click.option("--config", "-c", "runs_config", type=click.Path(dir_okay=False),
+                             help="A config file: its output.dir is the runs folder (unless --runs-dir).")(with_runs)
+    return click.option("--runs-dir", default=None,
+                        help="Where runs live. Default: --config's output.dir, else runs.")(with_runs)
+
+
+def runs_root(runs_dir: str | None, config_path: str | None = None):
+    """The runs folder: ``runs_dir``, else ``output.dir`` of the config file (or of the defaults)."""
+    from vgg_cli.runs.root import RunsRoot
+
+    if runs_dir is not None:
+        return RunsRoot(runs_dir)
+    if config_path is None:
+        from vgg_cli.config.sources import default_dict
+
+        return RunsRoot(default_dict()["output"]["dir"])
+    from vgg_cli.config.schema import load_config
+
+    return RunsRoot.of(load_config(config_path))
 
 
 run_option = click.option("--run", "run",

@@ -26,7 +26,7 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
 @click.option("--cam-class", help="Explain this class instead of each image's top class (with --gradcam).")
 @click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
-def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs_dir: str, top_k: int, fmt: str,
+def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs, top_k: int, fmt: str,
             batch_size: int, tta: str, cam_dir: str | None, cam_class: str | None, cam_layer: str | None,
             verbose: bool) -> int:
     """Label images with a trained model.
@@ -43,7 +43,7 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
         from vgg_cli.errors import NoInputError
 
         raise NoInputError(f"no image files found in {', '.join(inputs)}; pass image files or folders of images")
-    path = resolve_model_file(run, model_file, runs_dir)
+    path = resolve_model_file(run, model_file, runs)
     import time
 
     t0 = time.perf_counter()
@@ -87,21 +87,18 @@ def _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size) -> dict
     return cam_files(model, results, Path(os.path.expanduser(cam_dir)), cam_class, cam_layer, batch_size)
 
 
-def _model_of(run: str | None, model_file: str | None, runs_dir: str):
+def _model_of(run: str | None, model_file: str | None, runs):
     """(model file, its run directory or None) from --run / --model, as evaluate and export take them: a run
     defaults to production, else latest."""
-    from pathlib import Path
-
     from vgg_cli.runs.rundir import RunDir
-    from vgg_cli.runs.root import resolve_run
 
     if run is not None and model_file is not None:
         raise click.UsageError("give either --run or --model, not both")
     if model_file is not None:
         from vgg_cli.inference.predict import resolve_model_file
 
-        return resolve_model_file(None, model_file, runs_dir), None
-    run_dir = resolve_run(run, Path(runs_dir))
+        return resolve_model_file(None, model_file, runs), None
+    run_dir = runs.resolve(run)
     return RunDir(run_dir).model_file(), run_dir
 
 
@@ -119,7 +116,7 @@ def _model_of(run: str | None, model_file: str | None, runs_dir: str):
 @click.option("--gradcam", is_flag=True, help="Gallery tiles show Grad-CAM overlays of the predicted class.")
 @click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs_dir: str, out_dir: str | None,
+def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs, out_dir: str | None,
              batch_size: int, tta: str, gradcam: bool, cam_layer: str | None, as_json: bool) -> int:
     """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
     subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
@@ -134,7 +131,7 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
 
     if model_file is not None and run is None and data_dir is None:
         raise click.UsageError("--model FILE needs DATA_DIR (only a run directory knows its validation split)")
-    path, run_dir = _model_of(run, model_file, runs_dir)
+    path, run_dir = _model_of(run, model_file, runs)
     if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
         from vgg_cli.errors import NoInputError
 
@@ -182,7 +179,7 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
 @click.option("--calibration-images", default=100, show_default=True, type=click.IntRange(min=1),
               help="--int8: how many of the run's training images calibrate the quantization.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out_path: str | None, int8: bool,
+def export(fmt: str, run: str | None, model_file: str | None, runs, out_path: str | None, int8: bool,
            max_accuracy_drop: float, calibration_images: int, as_json: bool) -> int:
     """Export a trained model for serving, then load the export in its own runtime (tf.saved_model.load, the
     TFLite interpreter, onnxruntime) and check that it gives the Keras model's probabilities (max difference
@@ -205,7 +202,7 @@ def export(fmt: str, run: str | None, model_file: str | None, runs_dir: str, out
     from pathlib import Path
 
     from vgg_cli.export.formats import DEFAULT_NAMES
-    path, run_dir = _model_of(run, model_file, runs_dir)
+    path, run_dir = _model_of(run, model_file, runs)
     default_root = (run_dir or path.parent) / "export"
     name = DEFAULT_NAMES[fmt].replace(".", ".int8.") if int8 else DEFAULT_NAMES[fmt]
     out = Path(os.path.expanduser(out_path)) if out_path else default_root / name

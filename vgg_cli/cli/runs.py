@@ -22,15 +22,14 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
     """Classes and counts, imbalance, unreadable files with reasons, exact duplicates across classes or across
     train/val, suspiciously small images. DATA_DIR defaults to data.train_dir. Exit 0 when there is nothing to fix
     (warnings allowed), 65 when there are errors. Per-file results are cached in <output.dir>/.cache."""
-    from pathlib import Path
-
-    from vgg_cli.data.check import check_dataset, format_report
     from vgg_cli.config.schema import load_config
+    from vgg_cli.data.check import check_dataset, format_report
+    from vgg_cli.runs.root import RunsRoot
 
     if data_dir and "=" in data_dir and not os.path.isdir(data_dir):
         overrides, data_dir = (data_dir, *overrides), None
     cfg = load_config(config_path, (*overrides, *([f"data.train_dir={data_dir}"] if data_dir else [])))
-    result = check_dataset(cfg.data, Path(cfg.output.dir) / ".cache", min_side)
+    result = check_dataset(cfg.data, RunsRoot.of(cfg).cache, min_side)
     if as_json:
         echo_json(result)
     else:
@@ -41,19 +40,17 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
 @click.command("runs", short_help="List runs: date, images, classes, best metric, production.")
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
-def runs_command(runs_dir: str, as_json: bool) -> int:
+def runs_command(runs, as_json: bool) -> int:
     """List the runs in --runs-dir, oldest first. P marks production, L latest."""
-    from pathlib import Path
-
     from vgg_cli.promotion.decide import list_runs
 
-    rows = list_runs(Path(runs_dir))
+    rows = list_runs(runs)
     if as_json:
         for r in rows:
             echo_json(r)
         return 0
     if not rows:
-        click.echo(f"no runs in {runs_dir}", err=True)
+        click.echo(f"no runs in {runs.path}", err=True)
         return 0
     width = max(len(r["run"]) for r in rows)
     click.echo(f"   {'run':<{width}}  {'started':<25}  {'status':<13}  {'images':>6}  {'classes':>7}  "
@@ -70,31 +67,25 @@ def runs_command(runs_dir: str, as_json: bool) -> int:
 @click.command(short_help="Make a run the production model.")
 @click.argument("run")
 @runs_dir_option
-def promote(run: str, runs_dir: str) -> int:
+def promote(run: str, runs) -> int:
     """Point <runs-dir>/production at RUN (a run name or folder), without evaluation. `vgg rollback` undoes it."""
-    from pathlib import Path
-
     from vgg_cli.promotion.decide import promote_run
-    from vgg_cli.runs.root import resolve_run, runs_lock
 
     setup_logging(False)
-    with runs_lock(Path(runs_dir), "vgg promote"):
-        promote_run(Path(runs_dir), resolve_run(run, Path(runs_dir)))
+    with runs.lock("vgg promote"):
+        promote_run(runs, runs.resolve(run))
     return 0
 
 
 @click.command(short_help="Put the previous production model back.")
 @runs_dir_option
-def rollback(runs_dir: str) -> int:
+def rollback(runs) -> int:
     """Point <runs-dir>/production back at the run it replaced last."""
-    from pathlib import Path
-
     from vgg_cli.promotion.decide import rollback as do_rollback
-    from vgg_cli.runs.root import runs_lock
 
     setup_logging(False)
-    with runs_lock(Path(runs_dir), "vgg rollback"):
-        click.echo(do_rollback(Path(runs_dir)))
+    with runs.lock("vgg rollback"):
+        click.echo(do_rollback(runs))
     return 0
 
 

@@ -11,6 +11,8 @@ import click
 
 from vgg_cli.cli.common import config_option, echo_json, emit, model_work, setup_logging
 from vgg_cli.errors import EXIT_NOT_PROMOTED, VggError
+from vgg_cli.runs.summary import Outcome
+
 
 
 @click.command(short_help="Train a classifier on a folder of images.")
@@ -52,23 +54,7 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
             raise click.UsageError("--resume continues a run with its own config.yaml; drop the KEY=VALUE "
                                    "overrides (only output.dir=..., where to look, is allowed)")
         setup_logging(verbose)
-        run_dir = _resume_target(resume, cfg.output.dir) if resume is not None else None
-        if run_dir is None:
-            from vgg_cli.data.scan import require_dir
-
-            require_dir(cfg.data.train_dir, "data.train_dir")  # a mistyped path makes no runs folder
-        # The lock before the framework: a second run on the same output.dir exits 75 at once, not after Keras'
-        # seconds of start-up. A multi-worker job's workers decide who locks once the backend knows its role.
-        backend = _run_backend(run_dir) if run_dir is not None else cfg.train.backend
-        with _early_lock(run_dir.parent if run_dir else Path(cfg.output.dir), cfg, command), \
-                model_work(verbose, backend):
-            from vgg_cli.promotion import job
-            from vgg_cli.training import run as t
-
-            if run_dir is not None:
-                result = job.resume(run_dir, command)
-            else:
-                result = job.train(cfg, if_changed=if_changed, command=command)
+        result = _train_or_resume(cfg, resume, if_changed, verbose, command)
     except VggError as e:
         if as_json:
             echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
@@ -76,35 +62,60 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     code = EXIT_NOT_PROMOTED if result.promoted is False else 0
     if as_json:
         echo_json(_train_json(result, code))
-    elif result.status == t.WORKER_DONE:  # a multi-worker job's other worker: the chief prints the run
+    elif result.status == Outcome.WORKER_DONE:  # a multi-worker job's other worker: the chief prints the run
         emit(f"worker done: the chief wrote the run in {result.run_dir}", err=True)
     else:
         emit(str(result.run_dir))
     return code  # the "not promoted: ..." reason was logged by the decision itself
 
 
-def _run_backend(run_dir) -> str:
-    """The train.backend a run to resume was started with (its config.yaml; auto when it predates the key)."""
+def _train_or_resume(cfg, resume: str | None, if_changed: bool, verbose: bool, command: str):
+    """Decide once what this process is (the run to resume, its backend, its place in a multi-process job), take
+    the runs folder's lock once (before the framework loads, so a second run on the same output.dir exits 75 at
+    once; never in a multi-worker job's other workers), then train or resume and finish."""
+    from vgg_cli.platform.backend import choose
+    from vgg_cli.platform.distribute import process_role
+    from vgg_cli.runs.root import RunsRoot
+
+    runs = RunsRoot.of(cfg)
+    run_dir = _resume_target(resume, runs) if resume is not None else None
+    if run_dir is None:
+        from vgg_cli.data.scan import require_dir
+
+        require_dir(cfg.data.train_dir, "data.train_dir")  # a mistyped path makes no runs folder
+    backend, distribute = _run_settings(run_dir) if run_dir is not None else (cfg.train.backend, cfg.train.distribute)
+    role = process_role(distribute, choose(backend)[0])
+    chief = role is None or role[1] == 0
+    with (RunsRoot.of_run(run_dir) if run_dir else runs).lock(command) if chief else contextlib.nullcontext(), \
+            model_work(verbose, backend):
+        from vgg_cli.promotion import job
+
+        return job.resume(run_dir, role) if run_dir is not None else job.train(cfg, role=role, if_changed=if_changed)
+
+
+def _run_settings(run_dir) -> tuple[str, str]:
+    """(train.backend, train.distribute) a run to resume was started with (its config.yaml; auto when it predates
+    the keys)."""
     import yaml
 
-    from vgg_cli.config.schema import yaml_load
+    from vgg_cli.config.sources import yaml_load
     from vgg_cli.runs.rundir import RunDir
 
     try:
-        tree = yaml_load(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))
-        return str(tree["train"].get("backend", "auto"))
+        train = yaml_load(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))["train"]
+        return str(train.get("backend", "auto")), str(train.get("distribute", "auto"))
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return "auto"  # a damaged config.yaml is reported by the resume itself
+        return "auto", "auto"  # a damaged config.yaml is reported by the resume itself
 
 
 def _train_json(result, code: int) -> dict:
     """`vgg train --json`'s one line."""
     s = result.summary
-    return {"status": result.status, "exit_code": code, "run": str(result.run_dir.resolve()),
-            "promoted": result.promoted, "promotion": s.get("promotion") if result.status == "trained" else None,
-            "run_status": s.get("status"), "epochs_run": s.get("epochs_run"), "monitor": s.get("monitor"),
-            "best": s.get("best"), "images": s.get("images"), "classes": s.get("classes"),
-            "fingerprint": s.get("fingerprint"), "health": (s.get("health") or {}).get("status")}
+    return {"status": result.status.value, "exit_code": code, "run": str(result.run_dir.resolve()),
+            "promoted": result.promoted, "promotion": s.promotion if result.status == Outcome.TRAINED else None,
+            "run_status": s.status.value if s.status else None, "epochs_run": s.get("epochs_run"),
+            "monitor": s.monitor, "best": s.best, "images": s.get("images"), "classes": s.get("classes"),
+            "fingerprint": s.fingerprint, "health": s.health_status}
 
 
 def _dataset_argument(overrides: tuple[str, ...]) -> tuple[str, ...]:
@@ -114,24 +125,9 @@ def _dataset_argument(overrides: tuple[str, ...]) -> tuple[str, ...]:
     return overrides
 
 
-@contextlib.contextmanager
-def _early_lock(runs_dir: Path, cfg, command: str):
-    """Hold ``<runs_dir>/.lock`` (re-entered, not re-taken, by the training code), except for a multi-worker job."""
-    from vgg_cli.platform.distribute import multi_process_env
-    from vgg_cli.runs.root import runs_lock
-
-    if cfg.train.distribute in ("auto", "multi_worker") and multi_process_env():
-        yield  # the chief locks once it knows it is the chief; the others never lock
-        return
-    with runs_lock(runs_dir, command):
-        yield
-
-
-def _resume_target(resume: str, runs_dir: str):
+def _resume_target(resume: str, runs):
     """--resume's run: the newest unfinished one (bare --resume), else a folder or a run name in output.dir."""
-    from vgg_cli.runs.root import find_resumable, resolve_run
-
-    return find_resumable(Path(runs_dir)) if resume == "" else resolve_run(resume, Path(runs_dir))
+    return runs.find_resumable() if resume == "" else runs.resolve(resume)
 
 
 @click.command("lr-find", short_help="Learning-rate range test: plot and a suggested rate.")

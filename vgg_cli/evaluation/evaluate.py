@@ -19,7 +19,7 @@ import numpy as np
 
 from vgg_cli.errors import DataError, NoInputError, VggError
 from vgg_cli.fsio import write_json, write_text
-from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.rundir import EvaluationDir, RunDir
 
 log = logging.getLogger("vgg")
 TOP_K = 5
@@ -165,10 +165,9 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     for c, row in zip(classes, report["per_class"]):
         row["class"] = c
     report["per_class"] = [{"class": r.pop("class"), **r} for r in report["per_class"]]
-    files = {"report": out_dir / "report.json", "per_class": out_dir / "per_class.csv",
-             "confusion_csv": out_dir / "confusion_matrix.csv", "confusion_png": out_dir / "confusion_matrix.png",
-             "confusion_normalised_png": out_dir / "confusion_matrix_normalised.png",
-             "misclassified": out_dir / "misclassified.csv"}
+    names = EvaluationDir(out_dir)
+    files = {"report": names.report, **{k: v for k, v in names.files().items() if not k.endswith("_png") or
+                                        k.startswith("confusion")}}
     report["files"] = {k: str(v) for k, v in files.items()}
     write_text(files["per_class"], _csv([["class", "precision", "recall", "f1", "support", "predicted"]] +
                                         [[r["class"], _num(r["precision"]), _num(r["recall"]), _num(r["f1"]),
@@ -189,7 +188,7 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     from vgg_cli.reporting.report import write_evaluation_report
 
     report["files"].update(galleries(model, result, out_dir, gradcam, batch_size))
-    report["files"]["report_html"] = str(out_dir / "report.html")
+    report["files"]["report_html"] = str(names.report_html)
     write_json(files["report"], report)
     write_evaluation_report(report, out_dir, run)
     return report

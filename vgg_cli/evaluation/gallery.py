@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.data.images import BadImage, load_original
+from vgg_cli.runs.rundir import EvaluationDir
 
 MAX_WRONG = 48  # tiles in misclassified.png: the most confident mistakes first
 PER_CLASS = 4  # correct images per class in correct.png
@@ -32,7 +33,8 @@ def galleries(model, scored, out_dir: Path, gradcam: bool | str = False, batch_s
         right += rng.sample(of_class, min(PER_CLASS, len(of_class)))
     layer = gradcam if isinstance(gradcam, str) else None
     cams = _overlays(model, [r.path for r, _ in wrong + right], batch_size, layer) if gradcam else {}
-    files = {"misclassified_png": out_dir / "misclassified.png", "correct_png": out_dir / "correct.png"}
+    names = EvaluationDir(out_dir).files()
+    files = {k: names[k] for k in ("misclassified_png", "correct_png")}
     how = " (Grad-CAM of the predicted class)" if gradcam else ""
     image_grid([_tile(r, t, cams) for r, t in wrong], files["misclassified_png"],
                f"misclassified: {len(wrong)} shown of {sum(r.top[0][0] != t for r, t in scored.scored)}, "

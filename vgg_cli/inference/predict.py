@@ -140,13 +140,13 @@ def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict |
     return "\n".join(lines) + "\n"
 
 
-def resolve_model_file(run: str | None, model_file: str | None, runs_dir: str) -> Path:
+def resolve_model_file(run: str | None, model_file: str | None, runs) -> Path:
+    """The model file of ``--model``, else of the run ``--run`` names in ``runs`` (a ``RunsRoot``)."""
     from vgg_cli.runs.rundir import RunDir
-    from vgg_cli.runs.root import resolve_run
 
     if model_file is not None:
         p = Path(os.path.expanduser(model_file))
         if not p.is_file():
             raise NoInputError(f"--model {model_file!r} not found; pass a .keras file from a vgg run")
         return p
-    return RunDir(resolve_run(run, Path(runs_dir))).model_file()
+    return RunDir(runs.resolve(run)).model_file()

@@ -113,21 +113,13 @@ def select_distribution(mode: str, backend: str, n_gpus: int, n_cpu_devices: int
     return "none", "one device" if n_gpus == 1 or n_cpu_devices <= 1 else "no GPU"
 
 
-def multi_process_env() -> bool:
-    """The environment makes this process one of several (TF_CONFIG or KERAS_DISTRIBUTION_*), whichever backend
-    runs: known before Keras is imported."""
-    return any((c or (1, 0))[0] > 1 for c in (cluster_of(os.environ.get("TF_CONFIG")), keras_cluster_of(os.environ)))
-
-
-def worker_role(mode: str) -> tuple[int, int] | None:
-    """(processes, this process's index) when ``train.distribute`` = ``mode`` makes this process one of a
-    multi-process job, else None. Known before any device is set up, so a non-chief process can stay away from the
-    chief's run directory and lock."""
-    if mode not in ("auto", "multi_worker") or "keras" not in sys.modules:
+def process_role(mode: str, backend: str) -> tuple[int, int] | None:
+    """(processes, this process's index) when ``train.distribute`` = ``mode`` on ``backend`` makes this process one
+    of a multi-process job, else None. Read from the environment before Keras is imported, and decided once per
+    command (``vgg_cli.cli.train``), so a non-chief process stays away from the chief's run directory and lock."""
+    if mode not in ("auto", "multi_worker"):
         return None
-    import keras
-
-    cluster = env_cluster(keras.backend.backend())
+    cluster = env_cluster(backend)
     if cluster is None or (mode == "auto" and cluster[0] < 2):
         return None
     return cluster

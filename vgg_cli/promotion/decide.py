@@ -1,7 +1,7 @@
 """Champion/challenger: which run is in production, promoting, rolling back, listing and pruning runs.
 
-``runs/production`` is a relative symlink to the run ``vgg predict`` uses by default. ``runs/.production.json``
-keeps the history of that pointer (newest last), so ``vgg rollback`` can go back. After a training run, the new
+``runs/production`` is a relative symlink to the run ``vgg predict`` uses by default; its history (newest last)
+lets ``vgg rollback`` go back (both kept by ``vgg_cli.runs.root.RunsRoot``). After a training run, the new
 model and the production model are evaluated on the same held-out images (the new run's validation split; its
 split is sticky, so earlier runs never trained on those images) and the new one is promoted only if it is at
 least as accurate, clears ``promote.min_accuracy`` and, unless ``promote.allow_class_change``, has the same classes.
@@ -13,73 +13,52 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
 from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
-from vgg_cli.fsio import point, read_json, write_json
-from vgg_cli.runs.rundir import FINISHED, iter_runs, RunDir
-from vgg_cli.runs.root import LATEST, PRODUCTION
+from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.root import RunsRoot
+from vgg_cli.runs.summary import Summary
 
 log = logging.getLogger("vgg")
-HISTORY = ".production.json"
 
 
-def production_run(runs_dir: Path) -> Path | None:
-    link = runs_dir / PRODUCTION
-    return link.resolve() if link.exists() else None
-
-
-def history(runs_dir: Path) -> list[dict]:
-    try:
-        return list(read_json(runs_dir / HISTORY)["history"])
-    except (VggError, KeyError, TypeError):
-        return []
-
-
-def set_production(runs_dir: Path, run_name: str, how: str, entries: list[dict] | None = None) -> None:
-    """Point runs/production at ``run_name`` and record it (history first, then the pointer)."""
-    entries = history(runs_dir) if entries is None else entries
-    entries.append({"run": run_name, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "how": how})
-    write_json(runs_dir / HISTORY, {"history": entries})
-    point(runs_dir / PRODUCTION, run_name)
-
-
-def _finished(run: Path) -> dict:
+def _finished(run: Path) -> Summary:
     summary = RunDir(run).summary_or_none()
     if summary is None:
         raise NoInputError(f"run {str(run)!r} has no summary.json: it did not finish (resume it with "
                            f"`vgg train --resume {run}`)") from None
-    if summary.get("status") not in FINISHED:
-        raise UsageError(f"run {run.name!r} is {summary.get('status')}, not finished; resume it first")
+    if not summary.trained_to_end:
+        raise UsageError(f"run {run.name!r} is {summary.status.value if summary.status else 'unfinished'}, not "
+                         f"finished; resume it first")
     return summary
 
 
-def promote_run(runs_dir: Path, run: Path) -> None:
+def promote_run(runs: RunsRoot, run: Path) -> None:
     """`vgg promote RUN`: a person's decision, no evaluation."""
     _finished(run)
-    if run.parent.resolve() != runs_dir.resolve():
-        raise UsageError(f"run {str(run)!r} is not in {str(runs_dir)!r}; production must point inside it")
-    current = production_run(runs_dir)
+    if run.parent.resolve() != runs.path.resolve():
+        raise UsageError(f"run {str(run)!r} is not in {str(runs.path)!r}; production must point inside it")
+    current = runs.production()
     if current is not None and current.name == run.name:
         log.info("%s is already in production", run.name)
         return
-    set_production(runs_dir, run.name, "promote")
+    runs.set_production(run.name, "promote")
     log.info("production: %s -> %s", current.name if current else "(none)", run.name)
 
 
-def rollback(runs_dir: Path) -> str:
+def rollback(runs: RunsRoot) -> str:
     """Point production back at the run it replaced last; returns that run's name."""
-    entries = history(runs_dir)
-    current = production_run(runs_dir)
+    entries = runs.history()
+    current = runs.production()
     if current is None or len(entries) < 2:
-        raise NoInputError(f"nothing to roll back to in {str(runs_dir)!r}: production has no earlier run")
+        raise NoInputError(f"nothing to roll back to in {str(runs.path)!r}: production has no earlier run")
     entries.pop()  # the current production
     previous = entries.pop()
-    if not (runs_dir / previous["run"]).is_dir():
-        raise NoInputError(f"the previous production run {previous['run']!r} no longer exists in {str(runs_dir)!r}")
-    set_production(runs_dir, previous["run"], "rollback", entries)
+    if not (runs.path / previous["run"]).is_dir():
+        raise NoInputError(f"the previous production run {previous['run']!r} no longer exists in {str(runs.path)!r}")
+    runs.set_production(previous["run"], "rollback", entries)
     log.info("production rolled back: %s -> %s", current.name, previous["run"])
     return previous["run"]
 
@@ -110,10 +89,10 @@ def min_accuracy_for(setting, truth: list[str]) -> tuple[float, bool, str]:
     return share, True, f"promote.min_accuracy auto: more than {share:.4f}, always guessing {top!r}"
 
 
-def _comparable_production(runs_dir: Path, classes: list[str]) -> tuple[Path | None, dict | None, str | None]:
+def _comparable_production(runs: RunsRoot, classes: list[str]) -> tuple[Path | None, dict | None, str | None]:
     """(production run, its class change or None, why it cannot be used or None). A production run whose files are
     damaged is reported and treated as no comparable production, never a crash."""
-    prod = production_run(runs_dir)
+    prod = runs.production()
     if prod is None:
         return None, None, None
     try:
@@ -143,7 +122,7 @@ def judge(cfg, paths: RunDir, index, best: dict | None = None, evaluation: dict 
     if not held_out:  # no held-out images: judge on the training images (said so in the record)
         files, labels = index.split(TRAIN)
     truth = [index.classes[i] for i in labels]
-    prod, class_change, unusable = _comparable_production(paths.root.parent, index.classes)
+    prod, class_change, unusable = _comparable_production(RunsRoot.of_run(paths), index.classes)
     if unusable is not None:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,
                     unusable)
@@ -215,55 +194,57 @@ def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_s
         return None
 
 
-def apply_decision(runs_dir: Path, run_name: str, record: dict) -> None:
+def apply_decision(runs: RunsRoot, run_name: str, record: dict) -> None:
     """Carry out a decision record; safe to repeat (a run killed half-way through finishing redoes it): a run
     that production already points at is not recorded twice."""
-    prod = production_run(runs_dir)
+    prod = runs.production()
     if record["promoted"]:
         if prod is None or prod.name != run_name:
-            set_production(runs_dir, run_name, "auto")
+            runs.set_production(run_name, "auto")
         log.info("promoted to production: %s (%s)", run_name, record["reason"])
     else:
         log.warning("not promoted: %s; production stays %s", record["reason"], prod.name if prod else "(none)")
 
 
-def list_runs(runs_dir: Path) -> list[dict]:
-    prod = production_run(runs_dir)
-    latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
+def list_runs(runs: RunsRoot) -> list[dict]:
+    """One row per run for `vgg runs`: a run without a summary is "unfinished", one with a damaged summary
+    "damaged" (never a crash)."""
+    prod = runs.production()
+    latest = runs.latest()
     out = []
-    for run in iter_runs(runs_dir):
-        d = run.root
-        s = run.summary_or_none() or {"status": "unfinished"}
-        best = s.get("best") or {}
-        monitor = s.get("monitor")
-        out.append({"run": d.name, "started": s.get("started"), "status": s.get("status"),
-                    "images": (s.get("images") or {}).get("train", 0) + (s.get("images") or {}).get("val", 0)
-                    if s.get("images") else None,
-                    "classes": len(s.get("classes") or []) or None, "monitor": monitor,
-                    "best": best.get(monitor) if monitor else None,
-                    "promoted": bool((s.get("promotion") or {}).get("promoted")),
-                    "production": prod is not None and d.resolve() == prod, "latest": latest == d.resolve()})
+    for run in runs.runs():
+        try:
+            s, status = run.read_summary(), None
+        except NoInputError:
+            s, status = Summary(), "unfinished"
+        except DataError:
+            s, status = Summary(), "damaged"
+        out.append({"run": run.name, "started": s.started, "status": status or (s.status.value if s.status else None),
+                    "images": s.images_total, "classes": len(s.classes) or None, "monitor": s.monitor,
+                    "best": s.best_value, "promoted": s.promoted,
+                    "production": prod is not None and run.root.resolve() == prod,
+                    "latest": latest is not None and latest.root == run.root.resolve()})
     return out
 
 
-def prune(runs_dir: Path, keep: int, current: str) -> list[str]:
+def prune(runs: RunsRoot, keep: int, current: str) -> list[str]:
     """Delete the oldest runs beyond ``keep``; never production, the run it replaced last, latest or current."""
-    entries = history(runs_dir)
+    entries = runs.history()
     protected = {current}
-    if production_run(runs_dir) is not None:
-        protected.add(production_run(runs_dir).name)
+    if runs.production() is not None:
+        protected.add(runs.production().name)
     if len(entries) >= 2:
         protected.add(entries[-2]["run"])
-    if (runs_dir / LATEST).exists():
-        protected.add((runs_dir / LATEST).resolve().name)
-    runs = [r.name for r in sorted(iter_runs(runs_dir), key=RunDir.created)]
+    if runs.latest() is not None:
+        protected.add(runs.latest().name)
+    names = [r.name for r in sorted(runs.runs(), key=RunDir.created)]
     removed = []
-    for name in runs:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)
-        if len(runs) - len(removed) <= keep:
+    for name in names:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)
+        if len(names) - len(removed) <= keep:
             break
         if name in protected:
             continue
-        shutil.rmtree(runs_dir / name, ignore_errors=True)
+        shutil.rmtree(runs.path / name, ignore_errors=True)
         removed.append(name)
     if removed:
         log.info("output.keep=%d: removed old runs %s", keep, ", ".join(removed))

@@ -22,46 +22,37 @@ import logging
 from vgg_cli.platform.device import peak_rss_mib
 from vgg_cli.promotion.decide import apply_decision, judge, prune
 from vgg_cli.errors import DataError, NoInputError, VggError
-from vgg_cli.fsio import point, read_json, write_json
+from vgg_cli.fsio import read_json
 from vgg_cli.reporting.report import write_run_report
-from vgg_cli.runs.rundir import RunDir
-from vgg_cli.runs.root import LATEST
+from vgg_cli.runs.rundir import EvaluationDir, RunDir
+from vgg_cli.runs.root import RunsRoot
+from vgg_cli.runs.summary import Summary
 
 log = logging.getLogger("vgg")
 
 
-def point_latest(paths: RunDir) -> None:
-    """``latest`` -> this run, unless it already points at a run created after this one."""
-    link = paths.root.parent / LATEST
-    if link.exists():
-        current = link.resolve()
-        if current != paths.root.resolve() and current.is_dir() and \
-                RunDir(current).created() > paths.created():
-            log.info("%s stays at the newer run %s", LATEST, current.name)
-            return
-    point(link, paths.root.name)
-
-
-def finish(cfg, paths: RunDir, index, summary: dict, best: dict | None, chief: bool = True) -> dict:
+def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief: bool = True) -> Summary:
     """Steps 2-5 above for a run whose summary.json (step 1) is written; returns the final summary."""
-    point_latest(paths)
+    runs = RunsRoot.of_run(paths)
+    runs.point_latest(paths)
     if not chief:  # a multi-worker job's other workers: the chief decides
         return summary
-    promotion = summary.get("promotion")
+    promotion = summary.promotion
     if promotion is None or promotion.get("pending"):
         evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
         promotion = {**judge(cfg, paths, index, best, evaluation), "applied": False}
-        summary["promotion"] = promotion
-        write_json(paths.summary, summary)
+        summary.promotion = promotion
+        paths.write_summary(summary)
     if promotion.get("applied") is False:
-        apply_decision(paths.root.parent, paths.root.name, promotion)
+        apply_decision(runs, paths.root.name, promotion)
         promotion["applied"] = True
-        summary.setdefault("timings", {})["peak_rss_mib"] = peak_rss_mib()  # promotion's evaluation included
-        write_json(paths.summary, summary)
+        # (promotion's evaluation included)
+        summary["timings"] = {**(summary.get("timings") or {}), "peak_rss_mib": peak_rss_mib()}
+        paths.write_summary(summary)
     if cfg.output.report:
         write_run_report(paths, _saved_evaluation(paths))
     if cfg.output.keep is not None:
-        prune(paths.root.parent, cfg.output.keep, paths.root.name)
+        prune(runs, cfg.output.keep, paths.root.name)
     return summary
 
 
@@ -82,13 +73,13 @@ def evaluate_validation(cfg, paths: RunDir) -> dict | None:
         log.warning("the validation split could not be evaluated (%s); promotion judges without it", e)
         return None
     log.info("evaluated on the validation split: accuracy %.4f (%d of %d correct); report %s", report["accuracy"],
-             report["images"] - report["misclassified"], report["images"], paths.root / "report.html")
+             report["images"] - report["misclassified"], report["images"], paths.report)
     return report
 
 
 def _saved_evaluation(paths: RunDir) -> dict | None:
     """evaluation/val/report.json (a run finished again after a kill reuses it), or None."""
     try:
-        return read_json(paths.evaluation("val") / "report.json")
+        return read_json(EvaluationDir(paths.evaluation("val")).report)
     except VggError:
         return None

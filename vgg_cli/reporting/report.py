@@ -17,6 +17,8 @@ from pathlib import Path
 
 from vgg_cli.errors import VggError
 from vgg_cli.fsio import write_text
+from vgg_cli.runs.rundir import EvaluationDir
+from vgg_cli.runs.summary import Summary
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #1f2328; }
@@ -74,28 +76,29 @@ def _num(x, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def run_section(run, summary: dict) -> str:
+def run_section(run, summary: Summary) -> str:
     """The run: what it trained on, with what, where, how long, and what became of it."""
-    images = summary.get("images") or {}
-    best = summary.get("best") or {}
-    monitor = summary.get("monitor", "")
+    images = summary.images
+    best = summary.best or {}
+    monitor = summary.monitor or ""
     device = summary.get("device") or {}
     timings = summary.get("timings") or {}
-    rows = [["run", run.name], ["status", summary.get("status")], ["started", summary.get("started")],
-            ["finished", summary.get("finished")], ["classes", ", ".join(summary.get("classes") or [])],
+    rows = [["run", run.name], ["status", summary.status.value if summary.status else "unfinished"],
+            ["started", summary.started], ["finished", summary.get("finished")],
+            ["classes", ", ".join(summary.classes)],
             ["images", f"{images.get('train', 0)} train, {images.get('val', 0)} validation, "
                        f"{images.get('skipped', 0)} skipped"],
             ["weights", summary.get("weights")],
             ["best epoch", f"{best.get('epoch', '-')} of {summary.get('epochs_run', '-')}: {monitor} "
-                           f"{_num(best.get(monitor))}" if best else "-"],
+                           f"{_num(summary.best_value)}" if best else "-"],
             ["device", f"{device.get('backend', '-')}, {device.get('precision', '-')}, "
                        f"{device.get('note', '')}; {device.get('distribute_note', '')}"],
             ["time", f"{timings.get('this_session_total_s', '-')} s in all, {timings.get('epochs_s', '-')} s of "
                      f"epochs, {timings.get('images_per_sec', '-')} img/s"]]
-    health = (summary.get("health") or {}).get("warning")
+    health = summary.health.get("warning")
     if health:
         rows.append(["health", health])
-    out = [f"<h2>Run</h2>{table(None, rows)}", promotion_section(summary.get("promotion"))]
+    out = [f"<h2>Run</h2>{table(None, rows)}", promotion_section(summary.promotion)]
     config = run.config.read_text(encoding="utf-8") if run.config.is_file() else ""
     out.append(f"<details><summary>config.yaml</summary><pre>{esc(config)}</pre></details>")
     out.append(f"<h2>Training curves</h2>{picture(run.curves, 'training curves')}")
@@ -157,14 +160,14 @@ def page(title: str, sections: list[str]) -> str:
 
 def write_run_report(run, evaluation: dict | None = None) -> Path:
     """``<run>/report.html``: the run, its curves, its validation evaluation (when there is one), skipped files."""
-    summary = run.summary_or_none() or {}
+    summary = run.summary_or_none() or Summary()
     manifest = _manifest(run)
     sections = [run_section(run, summary)]
     if evaluation is not None:
         sections.append(evaluation_section(evaluation))
     sections.append(skipped_section(list(manifest.get("skipped") or []) +
                                     list((evaluation or {}).get("skipped") or [])))
-    out = run.root / "report.html"
+    out = run.report
     write_text(out, page(f"vgg run {run.name}", sections))
     return out
 
@@ -173,9 +176,9 @@ def write_evaluation_report(report: dict, out_dir: Path, run=None) -> Path:
     """``<evaluation folder>/report.html``: the evaluation, with its run's summary when it has one."""
     sections = []
     if run is not None and run.summary.is_file():
-        sections.append(run_section(run, run.summary_or_none() or {}))
+        sections.append(run_section(run, run.summary_or_none() or Summary()))
     sections += [evaluation_section(report), skipped_section(report.get("skipped") or [])]
-    out = Path(out_dir) / "report.html"
+    out = EvaluationDir(Path(out_dir)).report_html
     write_text(out, page(f"vgg evaluation: {Path(report['model']).name} on the {report['data']}", sections))
     return out
 

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vgg_cli.errors import DataError, NoInputError, VggError
-from vgg_cli.fsio import read_json
+from vgg_cli.fsio import read_json, write_json
+from vgg_cli.runs.summary import Summary
 
-FINISHED = ("finished", "early_stopped")  # summary.json statuses of a run that trained to its end
-# summary.json's promotion while it is undecided: training writes it, vgg_cli.promotion.finish decides and carries it out
-PENDING = {"pending": True, "promoted": False, "applied": False}
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,13 @@ class RunDir:
         return self.checkpoints / f"epoch-{epoch:04d}.keras"
 
     def evaluation(self, name: str) -> Path:
-        """Where ``vgg evaluate`` writes its report on ``name`` (``val`` or a folder's name)."""
+        """Where ``vgg evaluate`` writes its report on ``name`` (``val`` or a folder's name): an ``EvaluationDir``."""
         return self.root / "evaluation" / name
+
+    @property
+    def report(self) -> Path:
+        """report.html: the run, its curves, its validation evaluation."""
+        return self.root / "report.html"
 
     # ------------------------------------------------------------------------------------------ what it is
 
@@ -128,18 +131,44 @@ class RunDir:
     def read_manifest(self) -> dict[str, Any]:
         return _object(read_json(self.data, "run manifest"), self.data)
 
-    def read_summary(self) -> dict[str, Any]:
-        return _object(read_json(self.summary, "run summary"), self.summary)
+    def read_summary(self) -> Summary:
+        return Summary.parse(read_json(self.summary, "run summary"), self.summary)
+
+    def write_summary(self, summary: Summary) -> None:
+        """summary.json, atomically, stamped with the schema version (``vgg_cli.runs.summary``)."""
+        write_json(self.summary, summary.to_json())
 
     def read_info(self) -> dict[str, Any]:
         return _object(read_json(self.info, "run info"), self.info)
 
-    def summary_or_none(self) -> dict[str, Any] | None:
+    def summary_or_none(self) -> Summary | None:
         """summary.json, or None when the run has not written one yet or it is damaged."""
         return _or_none(self.read_summary)
 
     def info_or_none(self) -> dict[str, Any] | None:
         return _or_none(self.read_info)
+
+
+@dataclass(frozen=True)
+class EvaluationDir:
+    """The files of one ``vgg evaluate`` report (``<run>/evaluation/<name>`` or ``--out``)."""
+    root: Path
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    def files(self) -> dict[str, Path]:
+        """Every file of the report but report.json/report.html, by the key report.json's "files" lists it under."""
+        names = {"per_class": "per_class.csv", "confusion_csv": "confusion_matrix.csv",
+                 "confusion_png": "confusion_matrix.png",
+                 "confusion_normalised_png": "confusion_matrix_normalised.png", "misclassified": "misclassified.csv",
+                 "misclassified_png": "misclassified.png", "correct_png": "correct.png"}
+        return {key: self.root / name for key, name in names.items()}
 
 
 def _object(value: Any, path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 from vgg_cli.config.schema import Config
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex
 from vgg_cli.platform.distribute import local_predictor
+from vgg_cli.runs.root import RunsRoot
 
 
 @dataclass
@@ -57,7 +58,7 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
 
         prefix, rest = split_frozen_prefix(model, blocks)
         key = prefix_key(prefix, cfg.model.arch, blocks, cfg.data.image_size)
-        root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.output.dir) / ".cache" / "features"
+        root = RunsRoot.of(cfg).feature_cache(cfg.cache.dir)
         shape = tuple(int(d) for d in prefix.output.shape[1:])
         store = FeatureStore(root, key, shape, prefix.output.dtype)
         source = FeatureSource(store, [e.sha1 for e in entries], ram)

@@ -4,13 +4,11 @@ the sticky split of runs/latest, and say what was found."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from vgg_cli.config.schema import Config
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, scan
 from vgg_cli.errors import NoInputError, VggError
-from vgg_cli.runs.rundir import RunDir
-from vgg_cli.runs.root import LATEST, PRODUCTION
+from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
 
 log = logging.getLogger("vgg")
 
@@ -19,7 +17,7 @@ def resolve_warm_start(cfg: Config) -> Config:
     """model.weights: production|latest -> that run directory in output.dir."""
     if cfg.model.weights not in (PRODUCTION, LATEST):
         return cfg
-    link = Path(cfg.output.dir) / cfg.model.weights
+    link = RunsRoot.of(cfg).path / cfg.model.weights
     if not link.exists():
         raise NoInputError(f"model.weights={cfg.model.weights}: there is no {link} yet; train a first run with "
                            f"model.weights=imagenet (or none), or pass a run directory")
@@ -28,8 +26,8 @@ def resolve_warm_start(cfg: Config) -> Config:
 
 
 def previous_splits(cfg: Config) -> dict[str, str]:
-    latest = RunDir(Path(cfg.output.dir) / LATEST)
-    if not latest.data.is_file():
+    latest = RunsRoot.of(cfg).latest()
+    if latest is None or not latest.data.is_file():
         return {}
     try:
         return previous_splits_from(latest.read_manifest(), cfg.data)
@@ -55,6 +53,6 @@ def log_scan(index: DatasetIndex) -> None:
 def scan_dataset(cfg: Config, splits: dict[str, str] | None = None) -> DatasetIndex:
     """Scan data.train_dir (and val_dir), keeping runs/latest's split (or ``splits``), and log what was found."""
     index = scan(cfg.data, previous_splits=previous_splits(cfg) if splits is None else splits,
-                 cache_dir=Path(cfg.output.dir) / ".cache")
+                 cache_dir=RunsRoot.of(cfg).cache)
     log_scan(index)
     return index

@@ -2,7 +2,8 @@
 
 The config is read, never changed. Nothing is written until the dataset scan and the model build have
 succeeded, so a bad dataset or weights path leaves no half-made run behind. One run at a time per runs
-directory (``runs/.lock``). Every epoch is committed as described in ``vgg_cli.training.checkpoints``, so a run killed at
+directory: the caller (``vgg_cli.cli.train``) holds the runs folder's lock (``RunsRoot.lock``) around all of
+this, except in a multi-worker job's other workers, which never write there. Every epoch is committed as described in ``vgg_cli.training.checkpoints``, so a run killed at
 any moment can be resumed with ``vgg train --resume``. SIGINT/SIGTERM stop at the next batch boundary.
 """
 
@@ -20,7 +21,6 @@ from vgg_cli.training.checkpoints import TrainState, load_checkpoint, read_state
 from vgg_cli.config.schema import Config, load_run_config
 from vgg_cli.data.scan import DatasetIndex, check_layout, index_from_manifest, require_dir
 from vgg_cli.platform.device import setup_devices
-from vgg_cli.platform.distribute import worker_role
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
@@ -28,17 +28,14 @@ from vgg_cli.model.build import build_model
 from vgg_cli.model.weights import check_weights_available, copy_head_if_compatible
 from vgg_cli.training.phases import class_weights, n_train, new_state, plan_phases, set_up_phase
 from vgg_cli.training.prepare import previous_splits, resolve_warm_start, scan_dataset
-from vgg_cli.training.summary import (DIVERGED, INTERRUPTED, NOTHING_TO_DO, TRAINED, build_summary, config_digest, now,
-                                 phase_summary, plot_curves)
+from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
 from vgg_cli.fsio import write_json, write_text
-from vgg_cli.runs.rundir import PENDING, RunDir
-from vgg_cli.runs.root import (check_run_name_free, find_resumable, LATEST, needs_finishing, new_run_dir, PRODUCTION,
-                          runs_lock)
+from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
+from vgg_cli.runs.summary import Outcome, PENDING, RunStatus, Summary
 
 log = logging.getLogger("vgg")
 
-# Outcomes of `vgg train` beside run_summary's TRAINED, NOTHING_TO_DO, INTERRUPTED and DIVERGED.
-WORKER_DONE = "worker_done"  # a multi-worker job's non-chief worker finished; the chief wrote the run
 # --if-changed resumes an unfinished run at most this many times, so a run that keeps crashing cannot block
 # every later night.
 MAX_AUTO_RESUMES = 3
@@ -58,38 +55,38 @@ class ToFinish:
 class TrainResult:
     """What training did. A trained run's promotion is still pending (``to_finish``): the caller finishes it,
     under the same lock (``vgg_cli.promotion.job``), so training never imports promotion or prediction."""
-    status: str
+    status: Outcome
     run_dir: Path
-    summary: dict
+    summary: Summary
     to_finish: ToFinish | None = None
 
     @property
     def promoted(self) -> bool | None:
         """None when no promotion decision was made (nothing trained)."""
-        promotion = self.summary.get("promotion")
-        return None if promotion is None or self.status != TRAINED else bool(promotion.get("promoted"))
+        if self.summary.promotion is None or self.status != Outcome.TRAINED:
+            return None
+        return self.summary.promoted
 
 
-def run_training(cfg: Config, *, if_changed: bool = False, command: str = "") -> TrainResult:
-    """Train a new run (or, with ``if_changed``, do nothing when data and config match the latest run)."""
+def run_training(cfg: Config, *, role: tuple[int, int] | None = None, if_changed: bool = False) -> TrainResult:
+    """Train a new run (or, with ``if_changed``, do nothing when data and config match the latest run).
+    ``role``: (processes, this process) of a multi-process job (``vgg_cli.platform.distribute.process_role``),
+    else None."""
     t_start = time.perf_counter()
     early = EarlyLog()
     log.addHandler(early)
     previous_policy = keras.mixed_precision.global_policy()
     try:
         require_dir(cfg.data.train_dir, "data.train_dir")  # cheap checks before waiting on anything
-        role = worker_role(cfg.train.distribute)
         if role is not None and role[1] > 0:
             if if_changed:
                 raise ConfigError("--if-changed is not supported with train.distribute=multi_worker (the workers "
                                   "would have to agree on skipping); run the multi-worker job without it")
             return _worker_run(cfg, early, t_start, role)
-        runs_dir = Path(cfg.output.dir)
-        with runs_lock(runs_dir, command):
-            unfinished = _unfinished_same_job(cfg) if if_changed else None
-            if unfinished is not None:
-                return _resume(load_run_config(unfinished.config), unfinished, t_start, early)
-            return _new_run(cfg, early, t_start, if_changed)
+        unfinished = _unfinished_same_job(cfg) if if_changed else None
+        if unfinished is not None:
+            return _resume(load_run_config(unfinished.config), unfinished, t_start, early)
+        return _new_run(cfg, early, t_start, if_changed)
     finally:
         log.removeHandler(early)
         keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
@@ -113,15 +110,16 @@ def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> Tr
         log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
                  worker, workers, scratch)
         result = _new_run(local, early, t_start, False, splits=previous, chief=False)
-        return TrainResult(WORKER_DONE, Path(cfg.output.dir), {**result.summary, "promotion": None})
+        return TrainResult(Outcome.WORKER_DONE, Path(cfg.output.dir), Summary({**result.summary.data,
+                                                                               "promotion": None}))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _latest_summary(runs_dir: Path) -> tuple[Path, dict] | None:
-    link = runs_dir / LATEST
-    summary = RunDir(link).summary_or_none() if link.exists() else None
-    return None if summary is None else (link.resolve(), summary)
+def _latest_summary(runs: RunsRoot) -> tuple[Path, Summary] | None:
+    latest = runs.latest()
+    summary = latest.summary_or_none() if latest is not None else None
+    return None if summary is None else (latest.root, summary)
 
 
 def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict | None = None,
@@ -134,21 +132,22 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         require_dir(cfg.data.val_dir, "data.val_dir")
     check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
     device = setup_devices(cfg.train, *_compile_cache(cfg))
+    runs = RunsRoot.of(cfg)
     if not if_changed:
-        check_run_name_free(Path(cfg.output.dir), cfg.output.name)  # fail fast, before a long scan
+        runs.check_name_free(cfg.output.name)  # fail fast, before a long scan
         check_weights_available(cfg.model)  # (a skipped run needs neither)
     index = scan_dataset(cfg, splits)
     if device.distribute == "multi_worker" and device.is_chief != chief:
         raise ConfigError(f"the job's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) changed while vgg started "
                           f"(process {device.worker}); start the job again")
     if if_changed:
-        latest = _latest_summary(Path(cfg.output.dir))
-        if latest and latest[1].get("fingerprint") == index.fingerprint and latest[1].get("config_digest") == digest:
+        latest = _latest_summary(runs)
+        if latest and latest[1].fingerprint == index.fingerprint and latest[1].config_digest == digest:
             log.info("nothing to do: the dataset and the config are unchanged since run %s", latest[0].name)
-            return TrainResult(NOTHING_TO_DO, latest[0], latest[1])
+            return TrainResult(Outcome.NOTHING_TO_DO, latest[0], latest[1])
         log.info("dataset or config changed since the latest run: training" if latest else
                  "no earlier finished run: training")
-        check_run_name_free(Path(cfg.output.dir), cfg.output.name)
+        runs.check_name_free(cfg.output.name)
         check_weights_available(cfg.model)
     t_scanned = time.perf_counter()
 
@@ -165,7 +164,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
              cfg.model.freeze_blocks or "none", plan_phases(cfg)[0].describe())
     t_built = time.perf_counter()
 
-    paths = new_run_dir(Path(cfg.output.dir), cfg.output.name, Path(index.train_dir).name)
+    paths = runs.new_run(cfg.output.name, Path(index.train_dir).name)
     handler = attach_log_file(paths.log, early)
     try:
         log.info("run directory %s", paths.root)
@@ -186,13 +185,13 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
 def _unfinished_same_job(cfg: Config) -> RunDir | None:
     """Cron mode (--if-changed): the newest run that did not finish, if it is newer than runs/latest and was
     started with this same config. It is finished before anything new is trained."""
-    runs_dir = Path(cfg.output.dir)
+    runs = RunsRoot.of(cfg)
     try:
-        candidate = find_resumable(runs_dir)
+        candidate = runs.find_resumable()
     except NoInputError:
         return None
-    latest = runs_dir / LATEST
-    if latest.exists() and latest.resolve().stat().st_mtime > candidate.stat().st_mtime:
+    latest = runs.latest()
+    if latest is not None and latest.root.stat().st_mtime > candidate.stat().st_mtime:
         return None
     run = RunDir(candidate)
     info = run.info_or_none()
@@ -209,27 +208,27 @@ def _unfinished_same_job(cfg: Config) -> RunDir | None:
     return run
 
 
-def resume_training(run_dir: Path, command: str = "") -> TrainResult:
-    """Continue an unfinished run from its last committed epoch, with its own config and file list."""
+def resume_training(run_dir: Path, role: tuple[int, int] | None = None) -> TrainResult:
+    """Continue an unfinished run from its last committed epoch, with its own config and file list. ``role``:
+    as for ``run_training``; a multi-process job is not resumed."""
     t_start = time.perf_counter()
     paths = RunDir(run_dir)
     if not paths.config.is_file() or not paths.data.is_file():
         raise NoInputError(f"{str(run_dir)!r} is not a vgg run directory (no config.yaml/data.json); "
                            f"pass a run directory to --resume")
     cfg = load_run_config(paths.config)
-    if worker_role(cfg.train.distribute) is not None:
+    if role is not None:
         raise ConfigError("--resume is not supported for a multi-process job (TF_CONFIG or KERAS_DISTRIBUTION_* "
                           f"with train.distribute={cfg.train.distribute}); start the job again (a run with "
                           "train.distribute=auto can also be resumed by one process without those variables)")
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        with runs_lock(paths.root.parent, command):
-            return _resume(cfg, paths, t_start)
+        return _resume(cfg, paths, t_start)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _readable_summary(paths: RunDir) -> dict | None:
+def _readable_summary(paths: RunDir) -> Summary | None:
     """summary.json, or None when there is none yet or it is damaged (then state.json, the commit point, decides
     what is left to do, and the summary is written again)."""
     if not paths.summary.is_file():
@@ -272,21 +271,21 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
     handler = attach_log_file(paths.log, early)
     try:
         summary = _readable_summary(paths)
-        status = summary.get("status") if summary else None
-        if needs_finishing(summary):
+        status = summary.status if summary else None
+        if summary is not None and summary.needs_finishing:
             log.info("run %s trained all its epochs but was stopped before its promotion was carried out: "
                      "finishing it", paths.root.name)
             state = read_state(paths)
-            return TrainResult(TRAINED, paths.root, summary,
+            return TrainResult(Outcome.TRAINED, paths.root, summary,
                                ToFinish(cfg, paths, _load_index(paths), state.best if state else None))
-        if status == DIVERGED:
-            d = (summary.get("health") or {}).get("diverged") or {}
+        if status == RunStatus.DIVERGED:
+            d = summary.health.get("diverged") or {}
             raise TrainingDiverged(f"run {paths.root.name} diverged ({d.get('what', 'non-finite numbers')}) and is "
                                    f"not resumed: it would diverge again; start a new run with a lower "
                                    f"train.optimizer.learning_rate (or auto)")
-        if status not in (None, INTERRUPTED):
-            log.info("run %s already finished (%s): nothing to resume", paths.root.name, status)
-            return TrainResult(NOTHING_TO_DO, paths.root, summary)
+        if status not in (None, RunStatus.INTERRUPTED):
+            log.info("run %s already finished (%s): nothing to resume", paths.root.name, status.value)
+            return TrainResult(Outcome.NOTHING_TO_DO, paths.root, summary)
         index = _load_index(paths)
         device = setup_devices(cfg.train, *_compile_cache(cfg))
         state = read_state(paths)
@@ -321,7 +320,7 @@ def _model_to_resume(cfg: Config, paths: RunDir, index: DatasetIndex, device, st
 
 def _compile_cache(cfg: Config) -> tuple[Path, int]:
     """Where the JAX compile cache lives (unless JAX_COMPILATION_CACHE_DIR says) and its size cap."""
-    return Path(cfg.output.dir) / ".cache" / "jax", cfg.cache.compile_mb
+    return RunsRoot.of(cfg).compile_cache, cfg.cache.compile_mb
 
 
 def _log_device(device, cfg: Config) -> None:
@@ -350,7 +349,7 @@ def _fit_and_summarise(cfg: Config, index: DatasetIndex, model: keras.Model, pat
         with device.scope():
             outcome = fit(cfg, index, model, paths, state)
     log.debug("training finished; writing the summary")
-    summary = build_summary(cfg, index, model, device, state, run_info, outcome, t_start)
+    summary = Summary(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
     summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
     summary["phases"] = phase_summary(cfg, state, outcome.inputs)
     weights = class_weights(cfg, index)
@@ -361,18 +360,19 @@ def _fit_and_summarise(cfg: Config, index: DatasetIndex, model: keras.Model, pat
                                 "reason": f"training diverged: {outcome.diverged.what}"}
     elif not outcome.stopped_by and device.is_chief:
         summary["promotion"] = dict(PENDING)  # finish() decides; a kill from here on is finished by --resume
-    write_json(paths.summary, summary)
-    plot_curves(paths, state, summary["monitor"])
+    paths.write_summary(summary)
+    plot_curves(paths, state, summary.monitor)
     if outcome.stopped_by:
         raise _interrupted(paths, state, outcome.stopped_by)
     if outcome.diverged is not None:
         phase = plan_phases(cfg)[state.phase_index]
-        raise diverged_error(paths, summary["health"], phase.learning_rate, phase.auto_rate, phase.number)
+        raise diverged_error(paths, summary.health, phase.learning_rate, phase.auto_rate, phase.number)
     best = state.best
     if best is not None:
         log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], best[summary["monitor"]],
                  best["epoch"], summary["epochs_run"], paths.best)
-    return TrainResult(TRAINED, paths.root, summary, ToFinish(cfg, paths, index, best, chief=device.is_chief))
+    return TrainResult(Outcome.TRAINED, paths.root, summary, ToFinish(cfg, paths, index, best,
+                                                                      chief=device.is_chief))
 
 
 def _interrupted(paths: RunDir, state: TrainState, why: str) -> InterruptedRun:

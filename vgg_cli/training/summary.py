@@ -1,5 +1,5 @@
-"""summary.json of a run: status, best and final epochs, health, data, timings, device and versions; its
-per-phase record, and curves.png."""
+"""What training puts in summary.json (status, best and final epochs, health, data, timings, device and versions;
+its per-phase record) and curves.png. The file's schema and its reader are ``vgg_cli.runs.summary``."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ from vgg_cli.config.schema import Config
 from vgg_cli.data.scan import DatasetIndex
 from vgg_cli.training.phases import n_train as count_train, plan_phases
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.summary import RunStatus
 
 log = logging.getLogger("vgg")
 
-# Outcomes of `vgg train` (summary.json "status" and --json "status").
-TRAINED, NOTHING_TO_DO, INTERRUPTED = "trained", "nothing_to_do", "interrupted"
-DIVERGED = "diverged"  # summary.json status of a run stopped by non-finite numbers (vgg_cli.training.health)
 
 
 def now() -> str:
@@ -74,15 +72,15 @@ def build_summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, 
     has_val = n_val > 0
     stopped_by, train_s = outcome.stopped_by, outcome.seconds
     if outcome.diverged is not None:
-        status = DIVERGED
+        status = RunStatus.DIVERGED
     elif stopped_by:
-        status = INTERRUPTED
+        status = RunStatus.INTERRUPTED
     else:
-        status = "early_stopped" if state.stopped_early else "finished"
+        status = RunStatus.EARLY_STOPPED if state.stopped_early else RunStatus.FINISHED
     seconds = sum(r["seconds"] for r in state.rows)
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     return {
-        "status": status,
+        "status": status.value,
         "stopped_by": stopped_by,
         "epochs_run": state.epoch,
         "epochs_planned": state.epochs,
