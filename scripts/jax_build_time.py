@@ -46,7 +46,7 @@ keras.ops.convert_to_tensor(np.zeros(1))  # the backend is up before the clock s
 t = time.perf_counter()
 if what == "build" and how == "keras":  # the same build_model, as it was: Keras' initializers, Keras' He draws
     import contextlib
-    m.fast_init.placeholders = contextlib.nullcontext
+    m.keras_fixes.host_initializers = contextlib.nullcontext
     def keras_he(backbone):
         init = keras.initializers.HeNormal()
         for layer in backbone.layers:

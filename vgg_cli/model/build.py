@@ -14,7 +14,7 @@ from typing import Sequence
 import keras
 from keras import layers
 
-from vgg_cli.platform import fast_init
+from vgg_cli.platform import keras_fixes
 from vgg_cli.model.layers import LabelNames, VGGPreprocess
 from vgg_cli.model.weights import load_backbone_weights
 
@@ -45,7 +45,7 @@ def apply_freeze(backbone: keras.Model, freeze_blocks: Sequence[int]) -> None:
 
 def build_backbone(arch: str, image_size: int) -> keras.Model:
     """The keras.applications backbone with placeholder (zero) weights: callers load or draw the real ones."""
-    with fast_init.placeholders():  # no random op per kernel shape (JAX compiles each): vgg_cli/platform/fast_init.py
+    with keras_fixes.host_initializers():  # no random op per kernel shape (JAX compiles each)
         backbone = ARCHS[arch](include_top=False, weights=None, input_shape=(image_size, image_size, 3))
     return backbone
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from vgg_cli.platform import fast_init
+from vgg_cli.platform import keras_fixes
 from vgg_cli.model import layers as _layers
 from vgg_cli.model import optim as _optim
 from vgg_cli.errors import NoInputError
@@ -26,7 +26,7 @@ def load_model(path: str | os.PathLike, compile: bool = False, what: str = "mode
     if not p.is_file():
         raise NoInputError(f"{what} {str(p)!r} not found; pass a .keras file from a vgg run")
     try:
-        with fast_init.placeholders():  # every weight comes from the file
+        with keras_fixes.host_initializers():  # every weight comes from the file
             return keras.saving.load_model(p, compile=compile, safe_mode=True)
     except (ValueError, OSError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

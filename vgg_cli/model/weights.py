@@ -27,7 +27,7 @@ IMAGENET_PIXEL_STD = 57.4  # mean of the per-channel pixel std on ImageNet (58.4
 
 
 def keras_cache_file(arch: str) -> Path:
-    from keras.src.backend.config import keras_home  # where keras.utils.get_file caches by default
+    from vgg_cli.platform.keras_fixes import keras_home  # where keras.utils.get_file caches by default
 
     return Path(keras_home()) / "models" / IMAGENET_NOTOP[arch][0]
 

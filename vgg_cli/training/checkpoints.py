@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import keras
 
 from vgg_cli.platform.device import release_free_memory
+from vgg_cli.platform.keras_fixes import streamed_saving
 from vgg_cli.errors import DataError, NoInputError
 from vgg_cli.fsio import place_copy, write_json, write_text, write_with
 from vgg_cli.runs.rundir import RunDir
@@ -155,33 +156,19 @@ def sync(paths: RunDir, state: TrainState) -> None:
 def save_model(model: keras.Model, path) -> None:
     """``model.save(path)`` (a .keras file) without an in-memory copy of the weights.
 
-    Keras builds a .keras file's HDF5 weights in memory before it zips them whenever it judges RAM sufficient
-    (``saving_lib.is_memory_sufficient``): every checkpoint then needs about 1.3x the file's size on top of the
-    model itself, for a moment. With VGG16, Adam and blocks 4-5 trainable that is +218 MiB at every epoch's end, and
-    it was the peak of the whole run; with a flatten + 2x4096 dense head at 224 px (checkpoints of about 1.5 GB) it
-    would be about 2 GiB.
-    Keras' other path writes the HDF5 file next to ``path`` (``tmp*``, removed after; ``sync`` removes one a kill
-    left behind) and streams it into the zip: one variable at a time in memory, about 0.3 s more per save.
+    See ``vgg_cli.platform.keras_fixes.streamed_saving`` (the HDF5 temp file ``tmp*`` beside ``path`` is removed
+    after; ``sync`` removes one a kill left behind).
     """
-    from keras.src.saving import saving_lib
-
-    if not hasattr(saving_lib, "is_memory_sufficient"):  # a Keras that changed this: its own default
-        log.debug("keras.src.saving.saving_lib.is_memory_sufficient is gone: checkpoints saved Keras' default way")
-        model.save(path)
-        return
-    original = saving_lib.is_memory_sufficient
-    saving_lib.is_memory_sufficient = lambda model: False
     full = False
     try:
-        model.save(path)
+        with streamed_saving():
+            model.save(path)
     except RuntimeError as e:
         # h5py reports a failed write of the HDF5 temp file as RuntimeError("... errno = 28 ..."): make it the
         # OSError it is, so the atomic write turns it into one line (exit 74) like every other full disk.
         if "errno = 28" not in str(e) and "No space left on device" not in str(e):
             raise
         full = True
-    finally:
-        saving_lib.is_memory_sufficient = original
     if full:
         # Outside the except block, the failed save's frames are gone; collecting them closes Keras' HDF5 temp
         # file, whose closer deletes it.

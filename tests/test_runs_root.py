@@ -1,0 +1,107 @@
+"""The runs folder's one owner (vgg_cli/runs/root.py): the lock taken once per command, the runs folder taken from
+--config's output.dir by every command that reads runs, a lock that says so where POSIX locks are missing, and the
+typed summary that reads old and damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TRAIN_ARGS, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(runs: Path, name: str, summary: dict | None) -> Path:
+    run = runs / name
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {}\n")
+    (run / "classes.json").write_text('["a", "b"]')
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+FINISHED = {"status": "finished", "monitor": "val_accuracy", "best": {"epoch": 2, "val_accuracy": 0.75},
+            "images": {"train": 8, "val": 4, "skipped": 0}, "classes": ["a", "b"],
+            "promotion": {"promoted": True, "applied": True, "reason": "x"}}
+
+
+@pytest.mark.slow
+def test_vgg_train_takes_the_lock_once(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    args = ["train", "-v", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=1",
+            "output.report=false"]
+    code, out, err = run_cli(args)
+    assert code == 0, err
+    assert err.count("holding the lock on") == 1, err
+    code, out, err = run_cli([*args, "--if-changed"])
+    assert code == 0 and "nothing to do" in err and err.count("holding the lock on") == 1, err
+
+
+def test_commands_that_read_runs_take_the_config_output_dir(tmp_path):
+    runs = tmp_path / "elsewhere"
+    _fake_run(runs, "r1", FINISHED)
+    config = tmp_path / "my.yaml"
+    config.write_text(f"output:\n  dir: {runs}\n")
+    code, out, err = run_cli(["runs", "--config", str(config), "--json"])
+    assert code == 0 and json.loads(out.splitlines()[0])["run"] == "r1", err
+    code, out, err = run_cli(["promote", "r1", "--config", str(config)])
+    assert code == 0 and (runs / "production").resolve() == (runs / "r1").resolve(), err
+    # --runs-dir wins over the config; the default is the defaults' output.dir (runs, in the current folder)
+    code, out, err = run_cli(["runs", "--config", str(config), "--runs-dir", str(tmp_path / "none")])
+    assert code == 0 and "no runs in" in err
+    for command in (["predict", "x.png"], ["evaluate"], ["export", "--format", "onnx"]):
+        code, out, err = run_cli([*command, "--config", str(config), "--run", "nosuch"])
+        assert code == 66 and str(runs / "nosuch") in err, (command, err)
+
+
+def test_vgg_runs_reads_old_and_damaged_summaries(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "a-old", FINISHED)  # written before "schema" existed: version 1
+    _fake_run(runs, "b-new", {**FINISHED, "schema": 2})
+    _fake_run(runs, "c-damaged", {**FINISHED, "images": [1, 2, 3]})
+    _fake_run(runs, "d-unfinished", None)
+    code, out, err = run_cli(["runs", "--runs-dir", str(runs), "--json"])
+    assert code == 0, err
+    rows = {r["run"]: r for r in map(json.loads, out.splitlines())}
+    assert rows["a-old"]["status"] == rows["b-new"]["status"] == "finished"
+    assert rows["a-old"]["images"] == 12 and rows["a-old"]["best"] == 0.75 and rows["a-old"]["promoted"] is True
+    assert rows["c-damaged"]["status"] == "damaged" and rows["d-unfinished"]["status"] == "unfinished"
+
+
+def test_summary_parse_names_the_field_of_the_wrong_type():
+    from vgg_cli.errors import DataError
+    from vgg_cli.runs.summary import RunStatus, Summary
+
+    s = Summary.parse(dict(FINISHED), "x/summary.json")
+    assert s.status is RunStatus.FINISHED and s.trained_to_end and not s.needs_finishing and s.schema == 1
+    assert Summary.parse({**FINISHED, "promotion": {"pending": True}}).needs_finishing
+    with pytest.raises(DataError, match=r"x/summary.json: 'best' is list"):
+        Summary.parse({**FINISHED, "best": [1]}, "x/summary.json")
+    with pytest.raises(DataError, match="unknown status 'exploded'"):
+        Summary.parse({**FINISHED, "status": "exploded"})
+    assert Summary(dict(FINISHED)).to_json()["schema"] == 2
+
+
+def test_without_posix_locks_reading_works_and_locking_is_one_line(tmp_path):
+    """Where fcntl does not exist (Windows), vgg imports and reads runs; taking the lock is one line, exit 69."""
+    runs = tmp_path / "runs"
+    _fake_run(runs, "r1", FINISHED)
+    code = ("import sys; sys.modules['fcntl'] = None\n"
+            "import vgg_cli.inference.predict, vgg_cli.cli.main\n"
+            "from vgg_cli.cli.main import main\n"
+            "main(sys.argv[1:])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code, "runs", "--runs-dir", str(runs)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "r1" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-c", code, "promote", "r1", "--runs-dir", str(runs)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 69, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "POSIX file locks" in r.stderr
