@@ -24,17 +24,35 @@ def test_defaults_validate_and_configs_default_is_the_package_file():
     assert (ROOT / "configs" / "default.yaml").read_text() == (ROOT / "vgg_cli" / "config" / "default.yaml").read_text()
 
 
+def _key_lines(node, prefix=""):
+    """(dotted path, 0-based line of the key itself) for every key of a composed YAML mapping, leaves and branches."""
+    for key, value in node.value:
+        path = f"{prefix}{key.value}"
+        yield path, key.start_mark.line, isinstance(value, yaml.MappingNode)
+        if isinstance(value, yaml.MappingNode):
+            yield from _key_lines(value, f"{path}.")
+
+
+def _dotted_leaves(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _dotted_leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
 def test_every_default_key_is_documented_with_a_type():
+    """Each leaf key, by its full dotted path (finetune.epochs is not train.epochs), carries a '# (type) meaning'
+    comment on its own line: the line YAML's composer places that key on."""
     text = (ROOT / "vgg_cli" / "config" / "default.yaml").read_text()
-    def leaves(tree, prefix=""):
-        for k, v in tree.items():
-            if isinstance(v, dict):
-                yield from leaves(v, f"{prefix}{k}.")
-            else:
-                yield k
-    for key in leaves(default_dict()):
-        line = next(l for l in text.splitlines() if l.strip().startswith(f"{key}:"))
-        assert "# (" in line, f"{key} lacks a '# (type) meaning' comment"
+    lines = text.splitlines()
+    keys = list(_key_lines(yaml.compose(text)))
+    leaves = {path: line for path, line, branch in keys if not branch}
+    assert set(leaves) == set(_dotted_leaves(default_dict()))  # the composed file is the tree vgg loads
+    assert {"train.epochs", "finetune.epochs", "train.optimizer.learning_rate", "finetune.learning_rate"} <= set(leaves)
+    for path, line in leaves.items():
+        assert lines[line].lstrip().startswith(f"{path.rsplit('.', 1)[-1]}:"), (path, lines[line])
+        assert "# (" in lines[line], f"{path} (line {line + 1}) lacks a '# (type) meaning' comment"
 
 
 def test_user_file_deep_merges_and_overrides_win(tmp_path):

@@ -56,8 +56,13 @@ def test_onnx_int8_keeps_the_class_names(trained_run, tmp_path):
 def test_a_badly_calibrated_int8_model_is_refused_and_nothing_is_written(trained_run, tmp_path, monkeypatch):
     from vgg_cli.export import quantize
 
-    real = quantize._representative
-    monkeypatch.setattr(quantize, "_representative", lambda images: real(np.zeros_like(images)))  # black frames
+    real = quantize.run_images  # the public source of the calibration (train) and check (val) images
+
+    def black_calibration(run_dir, split, size, limit=None):
+        images, truth = real(run_dir, split, size, limit)
+        return (np.zeros_like(images) if split == "train" else images), truth  # calibrated on black frames
+
+    monkeypatch.setattr(quantize, "run_images", black_calibration)
     out = tmp_path / "bad.tflite"
     code, _, err = export(trained_run["run_dir"], "--format", "tflite", "--out", str(out), "--max-accuracy-drop",
                           "0.05")
