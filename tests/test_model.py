@@ -247,7 +247,7 @@ def test_training_loss_is_computed_from_logits_so_confident_mistakes_still_learn
     cfg = load_config(None, ["model.weights=none", "model.head.dense=[]", "model.head.dropout=0"])
     keras.utils.set_random_seed(0)
     model, _ = build_model(cfg.model, S, CLASSES)
-    compile_model(model, cfg.train, len(CLASSES))
+    compile_model(model, cfg.train, len(CLASSES), learning_rate=1e-3)
     logits = model.get_layer("head_logits")
     kernel, bias = logits.get_weights()
     x = images(8)

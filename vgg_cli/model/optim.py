@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import ops
 
 from vgg_cli.model.metrics import Accuracy, TopKAccuracy  # registered: checkpoints compile with them
 
@@ -75,8 +75,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 def make_optimizer(opt_cfg, learning_rate=None):
     """The optimizer ``opt_cfg`` names; ``learning_rate`` (a float or a schedule) replaces its rate."""
     lr = opt_cfg.learning_rate if learning_rate is None else learning_rate
-    if isinstance(lr, str):  # "auto" is resolved per phase (train.plan_phases); a bare config cannot say which
-        raise ValueError(f"make_optimizer needs a resolved learning rate, got {lr!r}")
+    if isinstance(lr, str):  # "auto" is resolved per phase, in vgg_cli.training.plan only
+        raise ValueError(f"make_optimizer needs a resolved learning rate (vgg_cli.training.plan), got {lr!r}")
     wd = opt_cfg.weight_decay or None
     if opt_cfg.name == "adam":
         return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
@@ -100,21 +100,5 @@ def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=Non
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     if optimizer is None:
-        if learning_rate is None and train_cfg.optimizer.learning_rate == "auto":
-            learning_rate = auto_rate_of(model)
         optimizer = make_optimizer(train_cfg.optimizer, learning_rate)
     model.compile(optimizer=optimizer, loss=loss, weighted_metrics=metrics)
-
-
-def auto_rate_of(model: keras.Model) -> float:
-    """train.optimizer.learning_rate: auto for a model as it is now: the backbone rate when any of its conv
-    layers is trainable, else the head-only rate (``config.auto_learning_rate`` decides the same from a config)."""
-    from vgg_cli.config.schema import AUTO_RATE_BACKBONE, AUTO_RATE_HEAD_ONLY
-
-    def layers_of(layer):
-        yield layer
-        for sub in getattr(layer, "layers", []):
-            yield from layers_of(sub)
-
-    conv_trains = any(isinstance(x, layers.Conv2D) and x.trainable for x in layers_of(model))
-    return AUTO_RATE_BACKBONE if conv_trains else AUTO_RATE_HEAD_ONLY

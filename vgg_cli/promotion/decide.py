@@ -105,8 +105,10 @@ def _comparable_production(runs: RunsRoot, classes: list[str]) -> tuple[Path | N
     return prod, ({"added": added, "removed": removed} if added or removed else None), None
 
 
-def judge(cfg, paths: RunDir, index, best: dict | None = None, evaluation: dict | None = None) -> dict:
+def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None,
+          evaluation: dict | None = None) -> dict:
     """Evaluate the new run against production and decide, without changing anything: the decision record.
+    ``rules``: the config's ``promote`` section; ``batch_size``: for scoring.
 
     ``best``: the best epoch's metrics row. When the new model only has to clear ``promote.min_accuracy`` (no
     production model with the same classes to compare with), its accuracy is that row's ``val_accuracy``: it was
@@ -134,9 +136,9 @@ def judge(cfg, paths: RunDir, index, best: dict | None = None, evaluation: dict 
         new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
         source = f"validation of epoch {best['epoch']}"
     else:
-        new = evaluate(paths.best, files, truth, cfg.train.batch_size)
+        new = evaluate(paths.best, files, truth, batch_size)
         source = "model/best.keras on the images"
-    threshold, strictly, rule = min_accuracy_for(cfg.promote.min_accuracy, truth)
+    threshold, strictly, rule = min_accuracy_for(rules.min_accuracy, truth)
     record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out},
                     "min_accuracy": round(threshold, 6), "min_accuracy_rule": rule,
                     "new_accuracy": round(new["accuracy"], 6), "new_accuracy_from": source}
@@ -153,10 +155,10 @@ def judge(cfg, paths: RunDir, index, best: dict | None = None, evaluation: dict 
         text = (f"classes changed from production {prod.name} (added {class_change['added'] or 'none'}, "
                 f"removed {class_change['removed'] or 'none'})")
         log.warning(text)
-        if not cfg.promote.allow_class_change:
+        if not rules.allow_class_change:
             reasons.append(f"{text}; set promote.allow_class_change=true to promote it")
     elif compare:
-        reasons += _against_production(record, prod, new, files, truth, cfg.train.batch_size)
+        reasons += _against_production(record, prod, new, files, truth, batch_size)
     record["promoted"] = not reasons
     record["reason"] = "; ".join(reasons) if reasons else _why_promoted(record, prod, new["accuracy"], rule)
     return record

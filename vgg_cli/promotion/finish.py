@@ -40,7 +40,7 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
     promotion = summary.promotion
     if promotion is None or promotion.get("pending"):
         evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
-        promotion = {**judge(cfg, paths, index, best, evaluation), "applied": False}
+        promotion = {**judge(cfg.promote, cfg.train.batch_size, paths, index, best, evaluation), "applied": False}
         summary.promotion = promotion
         paths.write_summary(summary)
     if promotion.get("applied") is False:

@@ -19,7 +19,7 @@ from vgg_cli.platform.distribute import in_multi_worker_scope
 from vgg_cli.training.health import Baseline, Diverged, HealthCheck, HealthRecord
 from vgg_cli.training.inputs import input_plan
 from vgg_cli.platform.keras_fixes import multi_worker_fit_fixes
-from vgg_cli.training.phases import Phase, class_weights, n_train, plan_phases, set_up_phase, steps_per_epoch
+from vgg_cli.training.plan import Phase, TrainingPlan, set_up_phase, steps_per_epoch
 from vgg_cli.runs.rundir import RunDir
 
 log = logging.getLogger("vgg")
@@ -35,15 +35,16 @@ class FitOutcome:
     diverged: Diverged | None = None
 
 
-def fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, state: TrainState) -> FitOutcome:
+def fit(cfg: Config, index: DatasetIndex, plan: TrainingPlan, model: keras.Model, paths: RunDir,
+        state: TrainState) -> FitOutcome:
     """Train epochs state.epoch .. epochs-1, phase by phase, watching the run's health (vgg_cli.training.health)."""
-    phases = plan_phases(cfg)
+    phases = plan.phases
     stopper = StopOnSignal()
     t0 = time.perf_counter()
     out = FitOutcome()
     # the phase the model is set up for: a new run's or a checkpoint's (its trainable flags and optimizer)
     configured = state.rows[-1].get("phase", 1) if state.rows else 1
-    weights = class_weights(cfg, index)
+    weights = plan.class_weight
     if weights is not None:
         log.info("class weights: %s", ", ".join(f"{index.classes[i]} {w:.3g}" for i, w in weights.items()))
     with stopper:
@@ -52,7 +53,7 @@ def fit(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, sta
                 i = state.phase_index
                 phase = phases[i]
                 if phase.number != configured:
-                    set_up_phase(model, cfg, phase, n_train(index), len(index.classes))
+                    set_up_phase(model, cfg, plan, phase)
                     configured = phase.number
                 if len(phases) > 1:
                     log.info("%s (epochs %d-%d)", phase.describe(), state.phase_start(i) + 1, state.phase_ends[i])

@@ -86,7 +86,7 @@ def _prepared_model(cfg, start: float):
 
     from vgg_cli.model.build import apply_freeze, backbone_of, build_model
     from vgg_cli.model.optim import compile_model
-    from vgg_cli.training.phases import plan_phases
+    from vgg_cli.training.plan import plan_phases
     from vgg_cli.training.prepare import resolve_warm_start, scan_dataset
     from vgg_cli.model.weights import check_weights_available
 
@@ -105,7 +105,7 @@ def _prepared_model(cfg, start: float):
 def _sweep(cfg, index, plan, rates: np.ndarray, stopper) -> tuple[list[float], str]:
     """One train step per rate until the rates run out or the loss diverges: (losses, why it stopped)."""
     from vgg_cli.data.pipeline import close_batches, train_batches
-    from vgg_cli.training.phases import class_weights, steps_per_epoch
+    from vgg_cli.training.plan import class_weights, steps_per_epoch  # (no TrainingPlan: lr-find is one phase)
 
     steps = len(rates)
     per_epoch = steps_per_epoch(len(plan.train_ids), cfg.train.batch_size)

@@ -19,15 +19,16 @@ import keras
 from vgg_cli.training.callbacks import EarlyLog, attach_log_file
 from vgg_cli.training.checkpoints import TrainState, load_checkpoint, read_state, sync
 from vgg_cli.config.schema import Config, load_run_config
-from vgg_cli.data.scan import DatasetIndex, check_layout, index_from_manifest, require_dir
-from vgg_cli.platform.device import setup_devices
-from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
+from vgg_cli.data.scan import DatasetIndex, check_layout, require_dir
+from vgg_cli.platform.device import DeviceInfo, setup_devices
+from vgg_cli.errors import ConfigError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
 from vgg_cli.model.build import build_model
 from vgg_cli.model.weights import check_weights_available, copy_head_if_compatible
-from vgg_cli.training.phases import class_weights, n_train, new_state, plan_phases, set_up_phase
+from vgg_cli.training.plan import TrainingPlan, make_plan, set_up_phase
 from vgg_cli.training.prepare import previous_splits, resolve_warm_start, scan_dataset
+from vgg_cli.training.reread import load_index, readable_summary, run_info_of
 from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
 from vgg_cli.fsio import write_json, write_text
 from vgg_cli.runs.rundir import RunDir
@@ -159,9 +160,10 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
             weights_source = f"{requested_weights}: {weights_source}"
             if copy_head_if_compatible(model, Path(cfg.model.weights)):
                 weights_source += " + its head (same classes)"
-        set_up_phase(model, cfg, plan_phases(cfg)[0], n_train(index), len(index.classes))
+        plan = make_plan(cfg, index)
+        set_up_phase(model, cfg, plan, plan.phases[0])
     log.info("backbone %s, weights: %s, frozen blocks: %s; %s", cfg.model.arch, weights_source,
-             cfg.model.freeze_blocks or "none", plan_phases(cfg)[0].describe())
+             cfg.model.freeze_blocks or "none", plan.phases[0].describe())
     t_built = time.perf_counter()
 
     paths = runs.new_run(cfg.output.name, Path(index.train_dir).name)
@@ -175,8 +177,8 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
                     "resumed": []}
         write_json(paths.info, run_info)
-        state = new_state(cfg)
-        return _fit_and_summarise(cfg, index, model, paths, device, state, run_info, t_start)
+        return _fit_and_summarise(Session(cfg, index, plan, paths, device), model, plan.new_state(), run_info,
+                                  t_start)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -228,56 +230,17 @@ def resume_training(run_dir: Path, role: tuple[int, int] | None = None) -> Train
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _readable_summary(paths: RunDir) -> Summary | None:
-    """summary.json, or None when there is none yet or it is damaged (then state.json, the commit point, decides
-    what is left to do, and the summary is written again)."""
-    if not paths.summary.is_file():
-        return None
-    try:
-        return paths.read_summary()
-    except (DataError, NoInputError) as e:
-        log.warning("%s; continuing from state.json and writing it again", e)
-        return None
-
-
-def _run_info(cfg: Config, paths: RunDir) -> dict:
-    """run.json (start time, weights, config digest), rebuilt with what is known when it is damaged."""
-    try:
-        info = paths.read_info()
-        if isinstance(info.get("resumed"), list):
-            return info
-        log.warning("run info %s is not what vgg writes; rebuilding it", paths.info)
-    except (DataError, NoInputError) as e:
-        log.warning("%s; rebuilding it", e)
-    return {"started": None, "weights": "unknown (run.json was damaged)", "config_digest": config_digest(cfg),
-            "timings": {}, "resumed": []}
-
-
-def _load_index(paths: RunDir) -> DatasetIndex:
-    manifest = paths.read_manifest()
-    try:
-        index = index_from_manifest(manifest)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DataError(f"run manifest {str(paths.data)!r} is damaged ({type(e).__name__}: {e}); the run cannot be "
-                        f"resumed: start a new run") from None
-    missing = [e.path for e in index.files if not (index.root_of(e) / e.path).is_file()]
-    if missing:
-        raise DataError(f"cannot resume {paths.root.name}: {len(missing)} of its images are gone "
-                        f"(e.g. {missing[0]!r}); start a new run instead")
-    return index
-
-
 def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None = None) -> TrainResult:
     handler = attach_log_file(paths.log, early)
     try:
-        summary = _readable_summary(paths)
+        summary = readable_summary(paths)
         status = summary.status if summary else None
         if summary is not None and summary.needs_finishing:
             log.info("run %s trained all its epochs but was stopped before its promotion was carried out: "
                      "finishing it", paths.root.name)
             state = read_state(paths)
             return TrainResult(Outcome.TRAINED, paths.root, summary,
-                               ToFinish(cfg, paths, _load_index(paths), state.best if state else None))
+                               ToFinish(cfg, paths, load_index(paths), state.best if state else None))
         if status == RunStatus.DIVERGED:
             d = summary.health.get("diverged") or {}
             raise TrainingDiverged(f"run {paths.root.name} diverged ({d.get('what', 'non-finite numbers')}) and is "
@@ -286,29 +249,31 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
         if status not in (None, RunStatus.INTERRUPTED):
             log.info("run %s already finished (%s): nothing to resume", paths.root.name, status.value)
             return TrainResult(Outcome.NOTHING_TO_DO, paths.root, summary)
-        index = _load_index(paths)
+        index = load_index(paths)
         device = setup_devices(cfg.train, *_compile_cache(cfg))
         state = read_state(paths)
-        run_info = _run_info(cfg, paths)
+        run_info = run_info_of(cfg, paths)
         _log_device(device, cfg)
-        model, state = _model_to_resume(cfg, paths, index, device, state)
+        session = Session(cfg, index, make_plan(cfg, index), paths, device)
+        model, state = _model_to_resume(session, state)
         run_info["resumed"].append({"at": now(), "after_epoch": state.epoch})
         write_json(paths.info, run_info)
-        return _fit_and_summarise(cfg, index, model, paths, device, state, run_info, t_start)
+        return _fit_and_summarise(session, model, state, run_info, t_start)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _model_to_resume(cfg: Config, paths: RunDir, index: DatasetIndex, device, state: TrainState | None):
+def _model_to_resume(session: Session, state: TrainState | None):
     """(model, state) to continue from: the committed checkpoint, or a new model when no epoch was completed."""
+    cfg, paths, index, device, plan = session.cfg, session.paths, session.index, session.device, session.plan
     if state is None:
         log.info("resuming %s from the start: no epoch was completed", paths.root.name)
         keras.utils.set_random_seed(cfg.train.seed)
         with device.scope():
             model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
-            set_up_phase(model, cfg, plan_phases(cfg)[0], n_train(index), len(index.classes))
-        return model, new_state(cfg)
+            set_up_phase(model, cfg, plan, plan.phases[0])
+        return model, plan.new_state()
     sync(paths, state)  # repair anything a crash between commit and sync left behind
     log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch, state.epochs,
              state.best_epoch)
@@ -342,17 +307,29 @@ def _log_device(device, cfg: Config) -> None:
                               f"across replicas: set it to at least {device.replicas}")
 
 
-def _fit_and_summarise(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, device,
-                    state: TrainState, run_info: dict, t_start: float) -> TrainResult:
+@dataclass(frozen=True)
+class Session:
+    """What one training session works with: the config, the dataset, the plan made of them, the run directory,
+    the devices."""
+    cfg: Config
+    index: DatasetIndex
+    plan: TrainingPlan
+    paths: RunDir
+    device: DeviceInfo
+
+
+def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, run_info: dict,
+                       t_start: float) -> TrainResult:
+    cfg, index, plan, paths, device = session.cfg, session.index, session.plan, session.paths, session.device
     outcome = FitOutcome()
     if state.epoch < state.epochs and not state.stopped_early:
         with device.scope():
-            outcome = fit(cfg, index, model, paths, state)
+            outcome = fit(cfg, index, plan, model, paths, state)
     log.debug("training finished; writing the summary")
     summary = Summary(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
     summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
-    summary["phases"] = phase_summary(cfg, state, outcome.inputs)
-    weights = class_weights(cfg, index)
+    summary["phases"] = phase_summary(plan, state, outcome.inputs)
+    weights = plan.class_weight
     summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
     summary["run"] = paths.root.name
     if outcome.diverged is not None:
@@ -365,7 +342,7 @@ def _fit_and_summarise(cfg: Config, index: DatasetIndex, model: keras.Model, pat
     if outcome.stopped_by:
         raise _interrupted(paths, state, outcome.stopped_by)
     if outcome.diverged is not None:
-        phase = plan_phases(cfg)[state.phase_index]
+        phase = plan.phases[state.phase_index]
         raise diverged_error(paths, summary.health, phase.learning_rate, phase.auto_rate, phase.number)
     best = state.best
     if best is not None:

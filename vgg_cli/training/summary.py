@@ -17,7 +17,7 @@ from vgg_cli import __version__
 from vgg_cli.training.checkpoints import Monitor, TrainState
 from vgg_cli.config.schema import Config
 from vgg_cli.data.scan import DatasetIndex
-from vgg_cli.training.phases import n_train as count_train, plan_phases
+from vgg_cli.training.plan import TrainingPlan, n_train as count_train
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import RunStatus
 
@@ -42,9 +42,9 @@ def versions() -> dict:
     return out
 
 
-def phase_summary(cfg: Config, state: TrainState, inputs: dict) -> list[dict]:
+def phase_summary(plan: TrainingPlan, state: TrainState, inputs: dict) -> list[dict]:
     out = []
-    for phase in plan_phases(cfg):
+    for phase in plan.phases:
         ran = [r["epoch"] for r in state.rows if r.get("phase", 1) == phase.number]
         out.append({"phase": phase.number, "frozen_blocks": list(phase.frozen_blocks),
                     "learning_rate": phase.learning_rate, "learning_rate_auto": phase.auto_rate,

@@ -1,5 +1,9 @@
-"""Training phases: what trains, at which rate, for how many epochs (phase 1, and phase 2 with finetune.*), and
-setting a model up for one; class weights; epoch arithmetic."""
+"""The training plan, built once per run from the config and the dataset (``make_plan``) and handed to every part
+that needs it: the phases (what trains, at which resolved rate, for how many epochs: phase 1, and phase 2 with
+finetune.*), the class weights, the epoch arithmetic; and setting a model up for a phase.
+
+``learning_rate: auto`` is resolved here, and only here (``config.schema.auto_learning_rate`` says which rate fits
+a phase's frozen blocks); everything downstream sees a number."""
 
 from __future__ import annotations
 
@@ -45,25 +49,45 @@ def plan_phases(cfg: Config) -> list[Phase]:
     return phases
 
 
-def new_state(cfg: Config) -> TrainState:
-    ends, total = [], 0
-    for phase in plan_phases(cfg):
-        total += phase.epochs
-        ends.append(total)
-    return TrainState(epochs=total, phase_ends=ends)
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What training decided from the config and the dataset, once (``make_plan``)."""
+    phases: tuple[Phase, ...]
+    n_train: int  # training images
+    n_classes: int
+    class_weight: dict[int, float] | None  # {label: weight}, train.class_weight resolved
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    @property
+    def phase_ends(self) -> list[int]:
+        ends, total = [], 0
+        for phase in self.phases:
+            total += phase.epochs
+            ends.append(total)
+        return ends
+
+    def new_state(self) -> TrainState:
+        return TrainState(epochs=self.epochs, phase_ends=self.phase_ends)
+
+
+def make_plan(cfg: Config, index: DatasetIndex) -> TrainingPlan:
+    return TrainingPlan(tuple(plan_phases(cfg)), n_train(index), len(index.classes), class_weights(cfg, index))
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return -(-n_train // batch_size)
 
 
-def set_up_phase(model: keras.Model, cfg: Config, phase: Phase, n_train: int, n_classes: int) -> None:
+def set_up_phase(model: keras.Model, cfg: Config, plan: TrainingPlan, phase: Phase) -> None:
     """Freeze the phase's blocks (everything else in the backbone trainable) and compile with a new optimizer at
     the phase's learning rate and schedule. Changing ``trainable`` needs this recompile (keras.io guide)."""
     apply_freeze(backbone_of(model), phase.frozen_blocks)
     rate = learning_rate_for(cfg.train.schedule, phase.learning_rate, phase.epochs,
-                             steps_per_epoch(n_train, cfg.train.batch_size))
-    compile_model(model, cfg.train, n_classes, learning_rate=rate)
+                             steps_per_epoch(plan.n_train, cfg.train.batch_size))
+    compile_model(model, cfg.train, plan.n_classes, learning_rate=rate)
 
 
 def class_weights(cfg: Config, index: DatasetIndex) -> dict[int, float] | None:

@@ -1,0 +1,54 @@
+"""Reading an unfinished run back to resume it: its summary (or None when damaged: state.json decides), its
+run.json (rebuilt when damaged) and its dataset index (its images must all still be there)."""
+
+from __future__ import annotations
+
+import logging
+
+from vgg_cli.config.schema import Config
+from vgg_cli.data.scan import DatasetIndex, index_from_manifest
+from vgg_cli.errors import DataError, NoInputError
+from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.summary import Summary
+from vgg_cli.training.summary import config_digest
+
+log = logging.getLogger("vgg")
+
+
+def readable_summary(paths: RunDir) -> Summary | None:
+    """summary.json, or None when there is none yet or it is damaged (then state.json, the commit point, decides
+    what is left to do, and the summary is written again)."""
+    if not paths.summary.is_file():
+        return None
+    try:
+        return paths.read_summary()
+    except (DataError, NoInputError) as e:
+        log.warning("%s; continuing from state.json and writing it again", e)
+        return None
+
+
+def run_info_of(cfg: Config, paths: RunDir) -> dict:
+    """run.json (start time, weights, config digest), rebuilt with what is known when it is damaged."""
+    try:
+        info = paths.read_info()
+        if isinstance(info.get("resumed"), list):
+            return info
+        log.warning("run info %s is not what vgg writes; rebuilding it", paths.info)
+    except (DataError, NoInputError) as e:
+        log.warning("%s; rebuilding it", e)
+    return {"started": None, "weights": "unknown (run.json was damaged)", "config_digest": config_digest(cfg),
+            "timings": {}, "resumed": []}
+
+
+def load_index(paths: RunDir) -> DatasetIndex:
+    manifest = paths.read_manifest()
+    try:
+        index = index_from_manifest(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"run manifest {str(paths.data)!r} is damaged ({type(e).__name__}: {e}); the run cannot be "
+                        f"resumed: start a new run") from None
+    missing = [e.path for e in index.files if not (index.root_of(e) / e.path).is_file()]
+    if missing:
+        raise DataError(f"cannot resume {paths.root.name}: {len(missing)} of its images are gone "
+                        f"(e.g. {missing[0]!r}); start a new run instead")
+    return index
