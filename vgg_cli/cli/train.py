@@ -152,6 +152,7 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
     from pathlib import Path
 
     from vgg_cli.config.schema import load_config
+    from vgg_cli.runs.root import RunsRoot
 
     if start >= end:
         raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
@@ -159,7 +160,7 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
     with model_work(verbose, cfg.train.backend):
         from vgg_cli.training.lrfind import lr_find as run_lr_find
 
-        result = run_lr_find(cfg, steps, start, end, Path(out_dir) if out_dir else Path(cfg.output.dir) / "lr-find")
+        result = run_lr_find(cfg, steps, start, end, Path(out_dir) if out_dir else RunsRoot.of(cfg).lr_find)
     if as_json:
         echo_json(result)
         return 0

@@ -59,6 +59,11 @@ class RunsRoot:
         return Path(cache_dir) if cache_dir else self.cache / "features"
 
     @property
+    def lr_find(self) -> Path:
+        """vgg lr-find's default folder for its plot and tables."""
+        return self.path / "lr-find"
+
+    @property
     def compile_cache(self) -> Path:
         """JAX's persistent compilation cache (unless JAX_COMPILATION_CACHE_DIR says otherwise)."""
         return self.cache / "jax"

@@ -51,6 +51,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _stored(key: str, doc: str) -> property:
+    """A field read as stored (its type was checked by ``Summary.parse``); None when missing."""
+    return property(lambda self: self.data.get(key), doc=doc)
+
+
 @dataclass
 class Summary:
     """One run's summary.json. ``data`` is the JSON object itself (what is written back); the properties are the
@@ -77,6 +82,12 @@ class Summary:
         return {**self.data, "schema": SCHEMA}
 
     # ------------------------------------------------------------------------------------------ typed view
+    monitor = _stored("monitor", "the metric that picks the best epoch")
+    best = _stored("best", "the best epoch's metrics row")
+    fingerprint = _stored("fingerprint", "the dataset's fingerprint (--if-changed)")
+    config_digest = _stored("config_digest", "what makes two trainings the same job (--if-changed)")
+    started = _stored("started", "when the run started (ISO time)")
+
     @property
     def status(self) -> RunStatus | None:
         s = self.data.get("status")
@@ -85,14 +96,6 @@ class Summary:
     @property
     def trained_to_end(self) -> bool:
         return self.status is not None and self.status.trained_to_end
-
-    @property
-    def monitor(self) -> str | None:
-        return self.data.get("monitor")
-
-    @property
-    def best(self) -> dict | None:
-        return self.data.get("best")
 
     @property
     def best_value(self) -> float | None:
@@ -142,18 +145,6 @@ class Summary:
     @property
     def health_status(self) -> str | None:
         return self.health.get("status")
-
-    @property
-    def fingerprint(self) -> str | None:
-        return self.data.get("fingerprint")
-
-    @property
-    def config_digest(self) -> str | None:
-        return self.data.get("config_digest")
-
-    @property
-    def started(self) -> str | None:
-        return self.data.get("started")
 
     @property
     def schema(self) -> int:

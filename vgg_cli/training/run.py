@@ -111,7 +111,7 @@ def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> Tr
         log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
                  worker, workers, scratch)
         result = _new_run(local, early, t_start, False, splits=previous, chief=False)
-        return TrainResult(Outcome.WORKER_DONE, Path(cfg.output.dir), Summary({**result.summary.data,
+        return TrainResult(Outcome.WORKER_DONE, RunsRoot.of(cfg).path, Summary({**result.summary.data,
                                                                                "promotion": None}))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
