@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -305,44 +302,28 @@ def test_large_batch_buffers_are_their_own_memory_maps():
 
 # A fresh process whose C library and clock are stand-ins, through public names only: ctypes.CDLL (how Python reaches
 # glibc's malloc_trim) gives a recorder for libc.so.6, and time.monotonic is a hand-moved clock.
-_TRIMS_ON_A_CLOCK = textwrap.dedent("""
-    import ctypes, json, time
-    import numpy as np
+def test_making_batches_trims_the_heap_at_most_every_interval():
+    """Training batches hand freed C-heap memory back to the OS on a clock, not once per epoch, so memory does not
+    grow with the epoch's length (the dataset's size)."""
     from vgg_cli.data import pipeline
+    from vgg_cli.platform.device import Trimmer, trimming_with
 
-    trims, clock, real_cdll = [], [1000.0], ctypes.CDLL
+    trims, clock = [], [1000.0]
 
     class FakeLibc:
         def malloc_trim(self, pad):
             trims.append(pad)
 
-    ctypes.CDLL = lambda name, *a, **k: FakeLibc() if name == "libc.so.6" else real_cdll(name, *a, **k)
-    time.monotonic = lambda: clock[0]
-    seen = {}
-    for _ in range(5):  # five batches within one interval: one trim
-        pipeline.batch_buffer((32, 16, 16, 256), np.float32)
-    seen["five_batches"] = list(trims)
-    clock[0] += pipeline.BATCH_TRIM_INTERVAL_S - 0.01
-    pipeline.batch_buffer((2, 4), np.uint8)
-    seen["just_within"] = len(trims)
-    clock[0] += 0.02
-    pipeline.batch_buffer((2, 4), np.uint8)
-    seen["past_the_interval"] = len(trims)
-    print(json.dumps(seen))
-""")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's (a no-op elsewhere)")
-def test_making_batches_trims_the_heap_at_most_every_interval():
-    """Training batches hand freed C-heap memory back to the OS on a clock, not once per epoch, so memory does not
-    grow with the epoch's length (the dataset's size)."""
-    proc = subprocess.run([sys.executable, "-c", _TRIMS_ON_A_CLOCK], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert seen["five_batches"] == [0]
-    assert seen["just_within"] == 1
-    assert seen["past_the_interval"] == 2
+    with trimming_with(Trimmer(libc=FakeLibc, clock=lambda: clock[0])):
+        for _ in range(5):  # five batches within one interval: one trim
+            pipeline.batch_buffer((32, 16, 16, 256), np.float32)
+        assert trims == [0]
+        clock[0] += pipeline.BATCH_TRIM_INTERVAL_S - 0.01
+        pipeline.batch_buffer((2, 4), np.uint8)
+        assert len(trims) == 1
+        clock[0] += 0.02
+        pipeline.batch_buffer((2, 4), np.uint8)
+        assert len(trims) == 2
 
 
 @pytest.mark.slow

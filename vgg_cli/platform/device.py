@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
 from dataclasses import dataclass, field, fields
+from typing import Iterator
 
 from vgg_cli.errors import ConfigError
 
@@ -43,26 +45,39 @@ def _glibc():
         return None
 
 
-class _Trimmer:
-    """malloc_trim at most once per interval: the one piece of process-wide state here, kept in one object."""
+class Trimmer:
+    """malloc_trim at most once per interval: the one piece of process-wide state here, kept in one object.
+    ``libc`` (a function returning the C library, or None where there is nothing to trim) and ``clock`` are glibc
+    and time.monotonic unless given (a test passes its own, with ``trimming_with``)."""
 
-    def __init__(self) -> None:
-        self.last = 0.0
+    def __init__(self, libc=None, clock=None) -> None:
+        self.libc, self.clock, self.last = libc or _glibc, clock or time.monotonic, 0.0
 
     def __call__(self, min_interval_s: float) -> None:
-        libc = _glibc()
-        if libc is not None and time.monotonic() - self.last >= min_interval_s:
+        libc = self.libc()
+        if libc is not None and self.clock() - self.last >= min_interval_s:
             libc.malloc_trim(0)
-            self.last = time.monotonic()
+            self.last = self.clock()
 
 
-_trim = _Trimmer()
+_trimmer = Trimmer()
+
+
+@contextlib.contextmanager
+def trimming_with(trimmer: Trimmer) -> Iterator[Trimmer]:
+    """``release_free_memory`` trims with ``trimmer`` inside the block (then with the process's own again)."""
+    global _trimmer
+    saved, _trimmer = _trimmer, trimmer
+    try:
+        yield trimmer
+    finally:
+        _trimmer = saved
 
 
 def release_free_memory(min_interval_s: float = 1.0) -> None:
     """Hand memory that the C allocator holds but no longer uses back to the OS (glibc's malloc_trim; a no-op
     elsewhere), at most once per ``min_interval_s`` (a trim walks the heaps). Called between batches and epochs."""
-    _trim(min_interval_s)
+    _trimmer(min_interval_s)
 
 
 @dataclass(frozen=True)
