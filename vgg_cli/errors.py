@@ -41,3 +41,12 @@ class ArtifactIOError(VggError): exit_code = EXIT_IOERR  # noqa: E701
 class LockedError(VggError): exit_code = EXIT_TEMPFAIL  # noqa: E701
 class InterruptedRun(VggError): exit_code = EXIT_TEMPFAIL  # noqa: E701
 class TrainingDiverged(VggError): exit_code = EXIT_DIVERGED  # noqa: E701
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, cron, kill): raised by vgg's handler (``cli.main``) and handled exactly as Ctrl-C is, at
+    every step of every command: exit 75, one line, resumable."""
+
+
+def signal_name(e: BaseException) -> str:
+    return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"

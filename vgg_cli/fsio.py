@@ -14,7 +14,9 @@ import functools
 import json
 import os
 import shutil
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -44,10 +46,92 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+# Temporary names carry the writer's pid and host, so the next command in the same folder can tell a killed
+# writer's leftovers (removed) from a live one's (kept): mkstemp/mkdtemp names, point()/place_copy() names,
+# atomic_tree's moved-aside old folder. Names of another host (a shared disk), or without a pid (written before vgg
+# put it there), go only when a day old.
+_STALE = [re.compile(r"^\..+\.(\d+)@([A-Za-z0-9-]*)\.[A-Za-z0-9_]{8}\.tmp.*$"),
+          re.compile(r"^\..+\.(\d+)@([A-Za-z0-9-]*)\.(?:tmp|link)$"), re.compile(r"^\..+\.old\.(\d+)@([A-Za-z0-9-]*)$")]
+_OLD_STYLE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp.*$")
+_DAY = 86400
+_swept: set[str] = set()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: Path) -> list[str]:
+    """Remove what killed vgg commands left half-written in ``folder`` (once per folder per process); returns the
+    names removed. Never touches anything but vgg's own hidden temporary names."""
+    key = os.path.realpath(folder)
+    if key in _swept:
+        return []
+    _swept.add(key)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        found = [m for m in (p.match(entry.name) for p in _STALE) if m]
+        try:
+            if found and found[0].group(2) == _host():
+                stale = not _alive(int(found[0].group(1)))
+            elif found or _OLD_STYLE.match(entry.name):
+                stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > _DAY
+            else:
+                continue
+            if not stale:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+        except OSError:
+            continue
+    return removed
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:16]
+
+
+def _writer() -> str:
+    """This process in a temporary name: pid@host."""
+    return f"{os.getpid()}@{_host()}"
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.{_writer()}."
+
+
 def io_error(path: Path, e: OSError) -> ArtifactIOError:
     why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     return ArtifactIOError(f"could not write {str(path)!r}: {why}; free space or fix permissions and run again "
                            f"(the previous version of the file is intact)")
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """The OSError a library's exception stands for when its text says the disk is full, read-only or forbidden
+    (TensorFlow and h5py raise their own types), else None."""
+    text = str(e)
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        if os.strerror(code) in text or f"errno = {code}" in text:
+            return OSError(code, os.strerror(code))
+    return None
 
 
 @contextlib.contextmanager
@@ -56,7 +140,8 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        sweep_stale_temps(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
         os.fchmod(fd, _file_mode())
         os.close(fd)
     except OSError as e:
@@ -111,7 +196,7 @@ def write_with(path: Path, writer: Callable[[Path], None], suffix: str = "") -> 
 
 def place_copy(source: Path, target: Path) -> None:
     """Atomically make ``target`` a copy of ``source``: a hard link when possible (free), else a real copy."""
-    tmp = target.parent / f".{target.name}.{os.getpid()}.link"
+    tmp = target.parent / f".{target.name}.{_writer()}.link"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -133,7 +218,7 @@ def place_copy(source: Path, target: Path) -> None:
 
 def point(link: Path, target_name: str) -> None:
     """Atomically make ``link`` a relative symlink to ``target_name`` (a sibling folder)."""
-    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    tmp = link.parent / f".{link.name}.{_writer()}.tmp"
     try:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -148,14 +233,26 @@ def point(link: Path, target_name: str) -> None:
 def atomic_tree(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` to write a file or a whole folder (a SavedModel) at; on success it
     replaces ``target`` (an old folder is moved aside, then removed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(target.parent)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target.name), suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise io_error(target, e) from None
     tmp = tmp_dir / target.name
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError:
+            raise
+        except Exception as e:  # a framework's own error for a full or read-only disk (TensorFlow's, h5py's)
+            os_error = as_os_error(e)
+            if os_error is None:
+                raise
+            raise os_error from None
         old = None
         if target.is_dir() and not target.is_symlink():
-            old = target.parent / f".{target.name}.old.{os.getpid()}"
+            old = target.parent / f".{target.name}.old.{_writer()}"
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:

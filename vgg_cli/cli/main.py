@@ -6,7 +6,11 @@ TensorFlow/Keras are imported only inside the commands that need them, so ``vgg 
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import sys
+import traceback
 
 import click
 
@@ -15,7 +19,7 @@ from vgg_cli.cli.common import silence_stdout
 from vgg_cli.cli.models import evaluate, export, predict, summary
 from vgg_cli.cli.runs import check, config_group, promote, rollback, runs_command
 from vgg_cli.cli.train import lr_find, train
-from vgg_cli.errors import EXIT_TEMPFAIL, EXIT_USAGE, VggError
+from vgg_cli.errors import EXIT_INTERNAL, EXIT_IOERR, EXIT_TEMPFAIL, EXIT_USAGE, Terminated, VggError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,28 +50,93 @@ for _command in (train, predict, evaluate, export, lr_find, summary, check, runs
     cli.add_command(_command)
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line and a documented exit code."""
+    """Console entry point, and vgg's one top-level handler: user errors become one line and a documented exit
+    code; SIGTERM is SIGINT (75); output that cannot be written is 74 (1 only when the reader went away); anything
+    else is a bug: its traceback and 70."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        sys.exit(_run(argv))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        return _dispatch(argv)
+    except (SystemExit, VggError, click.ClickException, click.Abort, KeyboardInterrupt):
+        raise
+    except BrokenPipeError:  # the reader of our output went away (`vgg predict DIR | head`): no traceback
+        silence_stdout()
+        return 1
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS) and _is_std_stream_error(e):
+            click.echo(f"error: could not write the output: {os.strerror(e.errno)}; the work itself is done "
+                       f"and on disk (redirect the output elsewhere)", err=True)
+            silence_stdout()
+            return EXIT_IOERR
+        return _bug()
+    except Exception:  # noqa: BLE001 (a bug: keep its traceback)
+        return _bug()
+
+
+def _is_std_stream_error(e: OSError) -> bool:
+    """An error writing stdout/stderr (a full disk behind `> file`, /dev/full) rather than a file of ours."""
+    return getattr(e, "filename", None) is None
+
+
+def _bug() -> int:
+    traceback.print_exc()
+    click.echo(f"error: this is a bug in vgg (exit {EXIT_INTERNAL}); the traceback above says where", err=True)
+    return EXIT_INTERNAL
+
+
+def _dispatch(argv: list[str] | None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="vgg", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help())
-        sys.exit(0)
+        return 0
     except click.UsageError as e:
         where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else "; see 'vgg --help'"
         click.echo(f"error: {e.format_message().rstrip('.')}{where}", err=True)
-        sys.exit(EXIT_USAGE)
+        return EXIT_USAGE
     except click.Abort as e:  # Click turns Ctrl-C outside our own handling into Abort
-        what = "interrupted" if isinstance(e.__context__, KeyboardInterrupt) else "aborted"
-        click.echo(f"error: {what}", err=True)
-        sys.exit(EXIT_TEMPFAIL)
+        return _interrupted(e.__context__) if isinstance(e.__context__, KeyboardInterrupt) else _aborted()
     except VggError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(EXIT_TEMPFAIL)
-    except BrokenPipeError:  # the reader of our output went away (`vgg predict DIR | head`): no traceback
-        silence_stdout()
-        sys.exit(1)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        click.echo(f"error: {_capped(str(e))}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    return rv if isinstance(rv, int) else 0
+
+
+def _aborted() -> int:
+    click.echo("error: aborted", err=True)
+    return EXIT_TEMPFAIL
+
+
+def _interrupted(e: BaseException) -> int:
+    """Ctrl-C or SIGTERM outside training's own handling (training says how to resume, as a VggError)."""
+    what = "SIGTERM" if isinstance(e, Terminated) else "SIGINT (Ctrl-C)"  # (errors.signal_name, spelled out)
+    click.echo(f"error: stopped by {what} before the command finished; nothing half-written was kept (every file "
+               f"is written whole or not at all): run the same command again (a training run continues with "
+               f"vgg train --resume)", err=True)
+    return EXIT_TEMPFAIL
+
+
+def _capped(text: str, limit: int = 2000) -> str:
+    """An error line stays a line: a value quoted inside is never allowed to make it huge."""
+    text = " ".join(text.split("\n"))
+    return text if len(text) <= limit else text[: limit - 40] + f"... ({len(text) - limit + 40} more characters)"

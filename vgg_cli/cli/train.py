@@ -50,11 +50,10 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
         cfg = load_config(config_path, overrides)
         if resume is not None and if_changed:
             raise click.UsageError("--resume and --if-changed do not go together")
-        if resume is not None and any(not o.startswith("output.dir=") for o in overrides):
-            raise click.UsageError("--resume continues a run with its own config.yaml; drop the KEY=VALUE "
-                                   "overrides (only output.dir=..., where to look, is allowed)")
+        if resume is not None:
+            _check_resume_overrides(overrides)
         setup_logging(verbose)
-        result = _train_or_resume(cfg, resume, if_changed, verbose, command)
+        result = _train_or_resume(cfg, overrides, resume, if_changed, verbose, command)
     except VggError as e:
         if as_json:
             echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
@@ -69,7 +68,8 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     return code  # the "not promoted: ..." reason was logged by the decision itself
 
 
-def _train_or_resume(cfg, resume: str | None, if_changed: bool, verbose: bool, command: str):
+def _train_or_resume(cfg, overrides: tuple[str, ...], resume: str | None, if_changed: bool, verbose: bool,
+                     command: str):
     """Decide once what this process is (the run to resume, its backend, its place in a multi-process job), take
     the runs folder's lock once (before the framework loads, so a second run on the same output.dir exits 75 at
     once; never in a multi-worker job's other workers), then train or resume and finish."""
@@ -90,7 +90,10 @@ def _train_or_resume(cfg, resume: str | None, if_changed: bool, verbose: bool, c
             model_work(verbose, backend):
         from vgg_cli.promotion import job
 
-        return job.resume(run_dir, role) if run_dir is not None else job.train(cfg, role=role, if_changed=if_changed)
+        if run_dir is not None:
+            moves = tuple(o for o in overrides if not o.startswith("output.dir="))
+            return job.resume(run_dir, role, moves)
+        return job.train(cfg, role=role, if_changed=if_changed)
 
 
 def _run_settings(run_dir) -> tuple[str, str]:
@@ -123,6 +126,15 @@ def _dataset_argument(overrides: tuple[str, ...]) -> tuple[str, ...]:
     if overrides and "=" not in overrides[0] and os.path.isdir(os.path.expanduser(overrides[0])):
         return (f"data.train_dir={overrides[0]}", *overrides[1:])
     return overrides
+
+
+def _check_resume_overrides(overrides: tuple[str, ...]) -> None:
+    from vgg_cli.training import RESUME_OVERRIDES
+
+    bad = [o for o in overrides if o.partition("=")[0].strip() not in RESUME_OVERRIDES]
+    if bad:
+        raise click.UsageError(f"--resume continues a run with its own config.yaml; drop {bad[0][:80]!r} (only "
+                               f"{', '.join(RESUME_OVERRIDES)}, which say where things are written, are allowed)")
 
 
 def _resume_target(resume: str, runs):

@@ -40,6 +40,7 @@ def promote_run(runs: RunsRoot, run: Path) -> None:
     _finished(run)
     if run.parent.resolve() != runs.path.resolve():
         raise UsageError(f"run {str(run)!r} is not in {str(runs.path)!r}; production must point inside it")
+    runs.complete_pending()  # a promote or rollback killed half-way is finished first, never done twice
     current = runs.production()
     if current is not None and current.name == run.name:
         log.info("%s is already in production", run.name)
@@ -49,7 +50,13 @@ def promote_run(runs: RunsRoot, run: Path) -> None:
 
 
 def rollback(runs: RunsRoot) -> str:
-    """Point production back at the run it replaced last; returns that run's name."""
+    """Point production back at the run it replaced last; returns that run's name. A rollback killed half-way is
+    completed, not repeated: retrying it goes back once in all."""
+    pending = runs.complete_pending()
+    if pending is not None and pending.get("how") == "rollback":
+        log.info("production rolled back: %s -> %s (completing the interrupted rollback)", pending.get("from"),
+                 pending["to"])
+        return pending["to"]
     entries = runs.history()
     current = runs.production()
     if current is None or len(entries) < 2:
@@ -199,6 +206,7 @@ def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_s
 def apply_decision(runs: RunsRoot, run_name: str, record: dict) -> None:
     """Carry out a decision record; safe to repeat (a run killed half-way through finishing redoes it): a run
     that production already points at is not recorded twice."""
+    runs.complete_pending()
     prod = runs.production()
     if record["promoted"]:
         if prod is None or prod.name != run_name:
@@ -239,7 +247,7 @@ def prune(runs: RunsRoot, keep: int, current: str) -> list[str]:
         protected.add(entries[-2]["run"])
     if runs.latest() is not None:
         protected.add(runs.latest().name)
-    names = [r.name for r in sorted(runs.runs(), key=RunDir.created)]
+    names = [r.name for r in sorted(runs.runs(), key=RunDir.order)]
     removed = []
     for name in names:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)
         if len(names) - len(removed) <= keep:

@@ -9,8 +9,13 @@ promotion is decided exactly once and carried out exactly once:
 3. with ``output.report``, the new model is evaluated on its validation split (``evaluation/val/``); the
    decision (no side effects; it reuses that evaluation's accuracy) is written into ``summary.json`` with
    ``applied: false``;
-4. production is moved when promoted (not again if it already points at the run), then ``applied: true``;
-5. ``report.html`` (with ``output.report``) and ``output.keep`` pruning.
+4. ``report.html`` (with ``output.report``);
+5. production is moved when promoted, as one intent applied idempotently (``RunsRoot.set_production``: a kill in
+   it is completed by the next command, never repeated), then ``applied: true``;
+6. ``output.keep`` pruning (idempotent: the next finish prunes what a killed one did not).
+
+A kill (or a full disk) anywhere before ``applied: true`` leaves a run that ``--resume`` and ``--if-changed``
+finish: the report is part of finishing.
 
 A diverged run stops before 2: it is never ``latest`` and never promoted.
 """
@@ -32,7 +37,7 @@ log = logging.getLogger("vgg")
 
 
 def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief: bool = True) -> Summary:
-    """Steps 2-5 above for a run whose summary.json (step 1) is written; returns the final summary."""
+    """Steps 2-6 above for a run whose summary.json (step 1) is written; returns the final summary."""
     runs = RunsRoot.of_run(paths)
     runs.point_latest(paths)
     if not chief:  # a multi-worker job's other workers: the chief decides
@@ -44,13 +49,13 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
         summary.promotion = promotion
         paths.write_summary(summary)
     if promotion.get("applied") is False:
+        if cfg.output.report:
+            write_run_report(paths, _saved_evaluation(paths))
         apply_decision(runs, paths.root.name, promotion)
         promotion["applied"] = True
         # (promotion's evaluation included)
         summary["timings"] = {**(summary.get("timings") or {}), "peak_rss_mib": peak_rss_mib()}
         paths.write_summary(summary)
-    if cfg.output.report:
-        write_run_report(paths, _saved_evaluation(paths))
     if cfg.output.keep is not None:
         prune(runs, cfg.output.keep, paths.root.name)
     return summary

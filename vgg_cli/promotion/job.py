@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vgg_cli.config.schema import Config
+from vgg_cli.errors import InterruptedRun, signal_name
 from vgg_cli.training.callbacks import attach_log_file
 from vgg_cli.promotion.finish import finish
 from vgg_cli.training.run import TrainResult, resume_training, run_training
@@ -28,9 +29,10 @@ def train(cfg: Config, *, role: tuple[int, int] | None = None, if_changed: bool 
     return complete(run_training(cfg, role=role, if_changed=if_changed))
 
 
-def resume(run_dir: Path, role: tuple[int, int] | None = None) -> TrainResult:
-    """Continue an unfinished run from its last committed epoch, or finish one that trained to its end."""
-    return complete(resume_training(run_dir, role))
+def resume(run_dir: Path, role: tuple[int, int] | None = None, overrides: tuple[str, ...] = ()) -> TrainResult:
+    """Continue an unfinished run from its last committed epoch, or finish one that trained to its end.
+    ``overrides``: KEY=VALUE of ``vgg_cli.training.RESUME_OVERRIDES`` (where things are written)."""
+    return complete(resume_training(run_dir, role, overrides))
 
 
 def complete(result: TrainResult) -> TrainResult:
@@ -41,6 +43,12 @@ def complete(result: TrainResult) -> TrainResult:
     handler = attach_log_file(f.paths.log, None) if f.chief else None  # the decision belongs in train.log too
     try:
         summary = finish(f.cfg, f.paths, f.index, result.summary, f.best, chief=f.chief)
+    except KeyboardInterrupt as e:
+        text = (f"stopped by {signal_name(e)} while finishing run {f.paths.name} (its evaluation, promotion or "
+                f"report); it is trained and kept, and its promotion is decided and applied exactly once: finish "
+                f"it with vgg train --resume {f.paths.root}")
+        logging.getLogger("vgg").warning(text, extra={"console": False})
+        raise InterruptedRun(text) from None
     finally:
         if handler is not None:
             logging.getLogger("vgg").removeHandler(handler)

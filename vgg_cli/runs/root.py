@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from vgg_cli.errors import (ArtifactIOError, ConfigError, LockedError, NoInputError, UnavailableError, VggError)
+from vgg_cli.errors import ArtifactIOError, ConfigError, DataError, LockedError, NoInputError, UnavailableError
 from vgg_cli.fsio import io_error, point, read_json, write_json
 from vgg_cli.runs.rundir import RunDir, iter_runs
 from vgg_cli.runs.summary import RunStatus
@@ -98,6 +98,16 @@ class RunsRoot:
         raise ArtifactIOError(f"could not create a new run directory under {str(self.path)!r}; too many runs "
                               f"named {base!r}")
 
+    def next_seq(self) -> int:
+        """The sequence number of the next run (one more than any so far): the run order no clock can change."""
+        return 1 + max((int(r.order()[1]) for r in self.runs() if r.order()[0] == 1), default=0)
+
+    def set_aside(self, run: RunDir, reason: str) -> dict:
+        """Mark an unfinished run that cannot be resumed, so no later command tries again; its files stay."""
+        record = {"run": run.name, "reason": reason[:500], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json(run.set_aside, record)
+        return record
+
     def resolve(self, run: str | os.PathLike | None) -> Path:
         """``--run`` argument (a folder, or a name inside the runs folder) or the default: production, else latest."""
         if run is None:
@@ -116,12 +126,15 @@ class RunsRoot:
 
     def find_resumable(self) -> Path:
         """The newest run that did not finish: it has no summary (or an unreadable one), was interrupted, or
-        trained to the end but was stopped before its promotion was carried out."""
+        trained to the end but was stopped before its promotion was carried out. Half-made runs and runs set aside
+        are skipped."""
         candidates = []
         for run in self.runs():
+            if not run.is_complete() or run.set_aside.exists():
+                continue  # half-made (killed while being created), or set aside as unresumable
             summary = run.summary_or_none()
             if summary is None or summary.status in (None, RunStatus.INTERRUPTED) or summary.needs_finishing:
-                candidates.append((run.root.stat().st_mtime, run.root))
+                candidates.append((run.order(), run.root))
         if not candidates:
             raise NoInputError(f"no unfinished run to resume in {str(self.path)!r}; pass --resume RUN_DIR or start "
                                f"a new run without --resume")
@@ -141,7 +154,7 @@ class RunsRoot:
         """``latest`` -> ``run``, unless it already points at a run created after it."""
         current = self.latest()
         if current is not None and current.root != run.root.resolve() and current.root.is_dir() \
-                and current.created() > run.created():
+                and current.order() > run.order():
             log.info("%s stays at the newer run %s", LATEST, current.name)
             return
         point(self.latest_link, run.root.name)
@@ -152,18 +165,51 @@ class RunsRoot:
         return link.resolve() if link.exists() else None
 
     def history(self) -> list[dict]:
-        """Production's history (newest last); a missing or unreadable record is empty."""
-        try:
-            return list(read_json(self.path / HISTORY)["history"])
-        except (VggError, KeyError, TypeError):
-            return []
+        """Production's history (newest last); none yet is empty, a damaged record a one-line DataError."""
+        return self._record()["history"]
+
+    def _record(self) -> dict:
+        """``.production.json``: {"history": [{"run", "at", "how"}...], "pending": the change being made}."""
+        path = self.path / HISTORY
+        if not path.exists():
+            return {"history": [], "pending": None}
+        record = read_json(path, "production history")
+        entries = record.get("history") if isinstance(record, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("run"), str)
+                                                    for e in entries):
+            raise DataError(f"production history {str(path)!r} is damaged (not a list of runs); restore it from a "
+                            f"backup, or delete it to start a new history (the production link stays)")
+        pending = record.get("pending")
+        return {"history": entries, "pending": pending if isinstance(pending, dict) and "to" in pending else None}
 
     def set_production(self, run_name: str, how: str, entries: list[dict] | None = None) -> None:
-        """Point ``production`` at ``run_name`` and record it (history first, then the pointer)."""
-        entries = self.history() if entries is None else entries
+        """Point ``production`` at ``run_name`` and record it, as one intent applied idempotently: the history
+        with the change marked pending, then the pointer, then the history without the mark. A command killed
+        anywhere in between leaves the mark, and the next command that touches production completes it
+        (``complete_pending``) instead of doing it again."""
+        record = self._record()
+        entries = list(record["history"] if entries is None else entries)
         entries.append({"run": run_name, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "how": how})
-        write_json(self.path / HISTORY, {"history": entries})
+        current = self.production()
+        pending = {"to": run_name, "how": how, "from": current.name if current else None}
+        write_json(self.path / HISTORY, {"history": entries, "pending": pending})
         point(self.path / PRODUCTION, run_name)
+        write_json(self.path / HISTORY, {"history": entries})
+
+    def complete_pending(self) -> dict | None:
+        """Finish a production change a killed command left half-made (its history written, the pointer maybe
+        not moved); returns that change ({"to", "how", "from"}), or None when there was none."""
+        record = self._record()
+        pending = record["pending"]
+        if pending is None:
+            return None
+        current = self.production()
+        if (current is None or current.name != pending["to"]) and (self.path / pending["to"]).is_dir():
+            point(self.path / PRODUCTION, pending["to"])
+        write_json(self.path / HISTORY, {"history": record["history"]})
+        log.info("completed an interrupted change of production: %s -> %s (%s)", pending.get("from") or "(none)",
+                 pending["to"], pending.get("how"))
+        return pending
 
     # ------------------------------------------------------------------------------------------ the lock
     @contextlib.contextmanager

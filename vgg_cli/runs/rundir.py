@@ -97,6 +97,11 @@ class RunDir:
         return self.root / "evaluation" / name
 
     @property
+    def set_aside(self) -> Path:
+        """set_aside.json: this unfinished run cannot be resumed (why, when); vgg no longer tries."""
+        return self.root / "set_aside.json"
+
+    @property
     def report(self) -> Path:
         """report.html: the run, its curves, its validation evaluation."""
         return self.root / "report.html"
@@ -108,9 +113,22 @@ class RunDir:
         return (self.root.is_dir() and not self.root.is_symlink() and not self.name.startswith(".")
                 and self.config.is_file())
 
-    def created(self) -> float:
-        """When the run was created (its config.yaml is written once, first): orders runs oldest to newest."""
-        return self.config.stat().st_mtime
+    def order(self) -> tuple[int, float]:
+        """Orders runs oldest to newest: by the sequence number ``RunsRoot.new_run`` gave the run (in run.json),
+        which no clock can turn back; runs from before it (no number) come first, by when config.yaml was written."""
+        info = self.info_or_none() or {}
+        seq = info.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            return (1, float(seq))
+        try:
+            return (0, self.config.stat().st_mtime)
+        except OSError:
+            return (0, 0.0)
+
+    def is_complete(self) -> bool:
+        """Got past its creation: config.yaml, data.json and run.json are all written (a run killed in between
+        is half-made: nothing to resume)."""
+        return self.config.is_file() and self.data.is_file() and self.info.is_file()
 
     def model_file(self) -> Path:
         """The model a finished (or interrupted) run offers: best.keras, else last.keras."""
@@ -153,6 +171,11 @@ class RunDir:
 class EvaluationDir:
     """The files of one ``vgg evaluate`` report (``<run>/evaluation/<name>`` or ``--out``)."""
     root: Path
+
+    @property
+    def set_aside(self) -> Path:
+        """set_aside.json: this unfinished run cannot be resumed (why, when); vgg no longer tries."""
+        return self.root / "set_aside.json"
 
     @property
     def report(self) -> Path:

@@ -1,18 +1,40 @@
-"""Reading an unfinished run back to resume it: its summary (or None when damaged: state.json decides), its
-run.json (rebuilt when damaged) and its dataset index (its images must all still be there)."""
+"""Reading an unfinished run back to resume it: its config where the run is now (``moved``), its summary (or None
+when damaged: state.json decides), its run.json (rebuilt when damaged) and its dataset index (its images must all
+still be there)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from vgg_cli.config.schema import Config
+from vgg_cli.config.schema import Config, validate
+from vgg_cli.config.sources import parse_override
 from vgg_cli.data.scan import DatasetIndex, index_from_manifest
-from vgg_cli.errors import DataError, NoInputError
+from vgg_cli.errors import ConfigError, DataError, NoInputError
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import Summary
+from vgg_cli.training import RESUME_OVERRIDES
 from vgg_cli.training.summary import config_digest
 
 log = logging.getLogger("vgg")
+
+
+
+def moved(cfg: Config, root: Path, overrides: tuple[str, ...] = ()) -> Config:
+    """A run's config where the run is now (``output.dir`` = its folder's parent: a run directory copied
+    elsewhere writes there, never into the folder it came from), with ``overrides`` applied."""
+    tree = cfg.to_dict()
+    tree["output"]["dir"] = str(Path(root).resolve().parent)
+    for text in overrides:
+        keys, value = parse_override(text)
+        if ".".join(keys) not in RESUME_OVERRIDES:
+            raise ConfigError(f"--resume takes only {', '.join(RESUME_OVERRIDES)} as KEY=VALUE (where things are "
+                              f"written), not {text[:80]!r}: a run continues with its own config.yaml")
+        section = tree
+        for k in keys[:-1]:
+            section = section[k]
+        section[keys[-1]] = value
+    return validate(tree)
 
 
 def readable_summary(paths: RunDir) -> Summary | None:

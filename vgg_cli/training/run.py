@@ -21,14 +21,14 @@ from vgg_cli.training.checkpoints import TrainState, load_checkpoint, read_state
 from vgg_cli.config.schema import Config, load_run_config
 from vgg_cli.data.scan import DatasetIndex, check_layout, require_dir
 from vgg_cli.platform.device import DeviceInfo, setup_devices
-from vgg_cli.errors import ConfigError, InterruptedRun, NoInputError, TrainingDiverged
+from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
 from vgg_cli.model.build import build_model
 from vgg_cli.model.weights import check_weights_available, copy_head_if_compatible
 from vgg_cli.training.plan import TrainingPlan, make_plan, set_up_phase
 from vgg_cli.training.prepare import previous_splits, resolve_warm_start, scan_dataset
-from vgg_cli.training.reread import load_index, readable_summary, run_info_of
+from vgg_cli.training.reread import load_index, moved, readable_summary, run_info_of
 from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
 from vgg_cli.fsio import write_json, write_text
 from vgg_cli.runs.rundir import RunDir
@@ -85,9 +85,16 @@ def run_training(cfg: Config, *, role: tuple[int, int] | None = None, if_changed
                                   "would have to agree on skipping); run the multi-worker job without it")
             return _worker_run(cfg, early, t_start, role)
         unfinished = _unfinished_same_job(cfg) if if_changed else None
+        set_aside = None
         if unfinished is not None:
-            return _resume(load_run_config(unfinished.config), unfinished, t_start, early)
-        return _new_run(cfg, early, t_start, if_changed)
+            try:
+                return _resume(moved(load_run_config(unfinished.config), unfinished.root), unfinished, t_start,
+                               early)
+            except (DataError, NoInputError, ConfigError) as e:  # a damaged or gone part: never every night again
+                set_aside = RunsRoot.of(cfg).set_aside(unfinished, str(e))
+                log.warning("set aside unfinished run %s, which cannot be resumed (%s); training a new run",
+                            unfinished.name, set_aside["reason"])
+        return _new_run(cfg, early, t_start, if_changed, set_aside=set_aside)
     finally:
         log.removeHandler(early)
         keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
@@ -124,7 +131,7 @@ def _latest_summary(runs: RunsRoot) -> tuple[Path, Summary] | None:
 
 
 def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict | None = None,
-             chief: bool = True) -> TrainResult:
+             chief: bool = True, set_aside: dict | None = None) -> TrainResult:
     started = now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
@@ -173,9 +180,9 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         write_text(paths.config, cfg.to_yaml())
         write_json(paths.classes, index.classes)
         write_json(paths.data, index.manifest())
-        run_info = {"started": started, "weights": weights_source, "config_digest": digest,
+        run_info = {"seq": runs.next_seq(), "started": started, "weights": weights_source, "config_digest": digest,
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
-                    "resumed": []}
+                    "resumed": [], **({"set_aside": [set_aside]} if set_aside else {})}
         write_json(paths.info, run_info)
         return _fit_and_summarise(Session(cfg, index, plan, paths, device), model, plan.new_state(), run_info,
                                   t_start)
@@ -193,7 +200,7 @@ def _unfinished_same_job(cfg: Config) -> RunDir | None:
     except NoInputError:
         return None
     latest = runs.latest()
-    if latest is not None and latest.root.stat().st_mtime > candidate.stat().st_mtime:
+    if latest is not None and latest.order() > RunDir(candidate).order():
         return None
     run = RunDir(candidate)
     info = run.info_or_none()
@@ -210,15 +217,17 @@ def _unfinished_same_job(cfg: Config) -> RunDir | None:
     return run
 
 
-def resume_training(run_dir: Path, role: tuple[int, int] | None = None) -> TrainResult:
-    """Continue an unfinished run from its last committed epoch, with its own config and file list. ``role``:
-    as for ``run_training``; a multi-process job is not resumed."""
+def resume_training(run_dir: Path, role: tuple[int, int] | None = None,
+                    overrides: tuple[str, ...] = ()) -> TrainResult:
+    """Continue an unfinished run from its last committed epoch, with its own config and file list, in its place
+    now (a run directory copied elsewhere writes there). ``role``: as for ``run_training``; a multi-process job is
+    not resumed. ``overrides``: KEY=VALUE of the keys that only say where things go (``vgg_cli.training.RESUME_OVERRIDES``)."""
     t_start = time.perf_counter()
-    paths = RunDir(run_dir)
+    paths = RunDir(Path(run_dir))
     if not paths.config.is_file() or not paths.data.is_file():
         raise NoInputError(f"{str(run_dir)!r} is not a vgg run directory (no config.yaml/data.json); "
                            f"pass a run directory to --resume")
-    cfg = load_run_config(paths.config)
+    cfg = moved(load_run_config(paths.config), paths.root, overrides)
     if role is not None:
         raise ConfigError("--resume is not supported for a multi-process job (TF_CONFIG or KERAS_DISTRIBUTION_* "
                           f"with train.distribute={cfg.train.distribute}); start the job again (a run with "
@@ -332,6 +341,8 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
     weights = plan.class_weight
     summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
     summary["run"] = paths.root.name
+    if run_info.get("set_aside"):  # the night's summary names what it set aside
+        summary["set_aside"] = run_info["set_aside"]
     if outcome.diverged is not None:
         summary["promotion"] = {"promoted": False, "applied": True,
                                 "reason": f"training diverged: {outcome.diverged.what}"}

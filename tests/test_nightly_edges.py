@@ -1,0 +1,243 @@
+"""The edges of the unattended loop (issue 24): kills at exact file operations in promote, rollback and a run's
+finish (tests/killpoint.py sends a real SIGKILL or SIGTERM), a nightly job that never wedges, SIGTERM handled as
+SIGINT, and no exit 1 but a closed reader: a planted bug exits 70 with its traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TRAIN_ARGS, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+FINISHED = {"status": "finished", "monitor": "val_accuracy", "best": {"epoch": 1, "val_accuracy": 0.5},
+            "images": {"train": 4, "val": 2, "skipped": 0}, "classes": ["a", "b"],
+            "promotion": {"promoted": True, "applied": True, "reason": "test"}}
+
+
+def vgg_at(op: str, pattern: str, n: int, sig: str, *args: str, cwd: Path | None = None, timeout: int = 900):
+    """vgg ARGS in a subprocess, stopped by SIG just before the Nth os.OP on a path matching PATTERN."""
+    return subprocess.run([sys.executable, "-m", "tests.killpoint", op, pattern, str(n), sig, *args],
+                          capture_output=True, text=True, env=ENV, cwd=cwd or ROOT, timeout=timeout)
+
+
+def fake_run(runs: Path, name: str, summary: dict | None = FINISHED) -> Path:
+    run = runs / name
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {}\n")
+    (run / "classes.json").write_text('["a", "b"]')
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def history(runs: Path) -> list[tuple[str, str]]:
+    return [(e["run"], e["how"]) for e in json.loads((runs / ".production.json").read_text())["history"]]
+
+
+def production(runs: Path) -> str:
+    return (runs / "production").resolve().name
+
+
+# ---------------------------------------------------------------------------------- production and its history
+
+
+def test_promote_killed_before_the_link_moves_is_completed_once(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        fake_run(runs, name)
+    assert run_cli(["promote", "a", "--runs-dir", str(runs)])[0] == 0
+    r = vgg_at("replace", "*/production", 1, "KILL", "promote", "b", "--runs-dir", str(runs))
+    assert r.returncode == -9, r.stderr
+    assert production(runs) == "a"  # the link did not move: the history says it was going to
+    code, out, err = run_cli(["promote", "b", "--runs-dir", str(runs)])
+    assert code == 0 and production(runs) == "b", err
+    assert history(runs) == [("a", "promote"), ("b", "promote")]  # b once, not twice
+    assert "pending" not in json.loads((runs / ".production.json").read_text())
+
+
+def test_rollback_killed_after_the_history_is_written_really_goes_back(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        fake_run(runs, name)
+        assert run_cli(["promote", name, "--runs-dir", str(runs)])[0] == 0
+    r = vgg_at("replace", "*/production", 1, "KILL", "rollback", "--runs-dir", str(runs))
+    assert r.returncode == -9 and production(runs) == "b", r.stderr
+    code, out, err = run_cli(["rollback", "--runs-dir", str(runs)])
+    assert code == 0 and out.strip() == "a" and production(runs) == "a", err
+    assert history(runs) == [("a", "rollback")]
+    code, out, err = run_cli(["rollback", "--runs-dir", str(runs)])  # nothing older: now it is true
+    assert code == 66 and "nothing to roll back to" in err
+
+
+def test_rollback_under_sigterm_is_one_line_and_completed_by_the_next_command(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        fake_run(runs, name)
+        assert run_cli(["promote", name, "--runs-dir", str(runs)])[0] == 0
+    r = vgg_at("replace", "*/production", 1, "TERM", "rollback", "--runs-dir", str(runs))
+    assert r.returncode == 75, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "SIGTERM" in r.stderr and "Traceback" not in r.stderr
+    code, out, err = run_cli(["runs", "--runs-dir", str(runs), "--json"])
+    code, out, err = run_cli(["rollback", "--runs-dir", str(runs)])
+    assert code == 0 and production(runs) == "a" and history(runs) == [("a", "rollback")], err
+
+
+@pytest.mark.parametrize("text, what", [("{not json", "damaged (not valid JSON"),
+                                        ('{"history": [{"at": "x"}]}', "damaged (not a list of runs)")])
+def test_a_damaged_history_is_one_line_and_never_reset(tmp_path, text, what):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        fake_run(runs, name)
+    (runs / ".production.json").write_text(text)
+    for args in (["promote", "b"], ["rollback"]):
+        code, out, err = run_cli([*args, "--runs-dir", str(runs)])
+        assert code == 65 and what in err and err.count("\n") == 1, err
+    assert (runs / ".production.json").read_text() == text
+
+
+# ---------------------------------------------------------------------------------- runs that wedged the night
+
+
+def test_bare_resume_skips_a_half_made_run(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "half", summary=None)  # killed after config.yaml, before data.json
+    code, out, err = run_cli(["train", "--resume", f"output.dir={runs}"])
+    assert code == 66 and "no unfinished run to resume" in err, err
+
+
+def test_resume_refuses_overrides_that_change_what_trains_before_loading_anything(tmp_path):
+    t0 = time.perf_counter()
+    code, out, err = run_cli(["train", "--resume", str(tmp_path), "train.epochs=3"])
+    assert code == 64 and "train.epochs=3" in err and "cache.dir" in err, err
+    assert time.perf_counter() - t0 < 5
+
+
+# ---------------------------------------------------------------------------------- exit codes
+
+
+def test_a_planted_bug_exits_70_with_its_traceback(tmp_path, monkeypatch):
+    from vgg_cli.promotion import decide
+
+    def broken(runs):
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(decide, "list_runs", broken)
+    from click.testing import CliRunner
+
+    from vgg_cli.cli.main import main
+
+    result = CliRunner().invoke(_Main(main), ["runs", "--runs-dir", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 70
+    assert "Traceback" in result.stderr and "RuntimeError: planted bug" in result.stderr
+    assert "this is a bug in vgg" in result.stderr
+
+
+class _Main:
+    name = "vgg"
+
+    def __init__(self, main):
+        self._main = main
+
+    def main(self, args=None, **_):
+        self._main(list(args or []))
+
+
+@pytest.mark.parametrize("args", [["config", "show"], ["config", "defaults"]])
+def test_stdout_on_a_full_disk_is_74_not_a_traceback(args):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "vgg_cli", *args], stdout=full, stderr=subprocess.PIPE,
+                           text=True, env=ENV, timeout=120)
+    assert r.returncode == 74 and "could not write the output" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------- with real training (slow)
+
+
+def _train(data: Path, runs: Path, *extra: str) -> list[str]:
+    return ["train", f"data.train_dir={data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=2", *extra]
+
+
+@pytest.mark.slow
+def test_a_kill_between_history_and_link_at_the_end_of_a_run_is_finished_once(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    assert run_cli(_train(colour_data, runs, "output.name=first", "promote.min_accuracy=0"))[0] == 0
+    r = vgg_at("replace", "*/production", 1, "KILL", *_train(colour_data, runs, "output.name=second",
+                                                                "promote.min_accuracy=0"))
+    assert r.returncode == -9, r.stderr[-2000:]
+    code, out, err = run_cli(["train", "--resume", f"output.dir={runs}", "--json"])
+    assert code in (0, 3), err
+    summary = json.loads((runs / "second" / "summary.json").read_text())
+    assert summary["promotion"]["applied"] is True
+    names = [name for name, _ in history(runs)]
+    assert names == (["first", "second"] if summary["promotion"]["promoted"] else ["first"])
+    assert production(runs) == names[-1]
+
+
+@pytest.mark.slow
+def test_sigterm_or_a_kill_at_the_report_is_finished_by_resume(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    r = vgg_at("replace", "*/report.html", 1, "TERM", *_train(colour_data, runs, "output.name=n1"))
+    assert r.returncode == 75 and "vgg train --resume" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    assert not (runs / "n1" / "report.html").exists()
+    code, out, err = run_cli(["train", "--if-changed", *_train(colour_data, runs)[1:]])
+    assert code in (0, 3) and (runs / "n1" / "report.html").is_file(), err
+    assert json.loads((runs / "n1" / "summary.json").read_text())["promotion"]["applied"] is True
+
+
+@pytest.mark.slow
+def test_an_unresumable_run_is_set_aside_and_a_new_run_trains(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    r = vgg_at("replace", "*/checkpoints/epoch-0002.keras", 1, "KILL", *_train(colour_data, runs, "output.name=cut"))
+    assert r.returncode == -9, r.stderr[-2000:]
+    (runs / "cut" / "state.json").write_text("{damaged")
+    (runs / "cut" / "config.yaml").write_text("")
+    nights = [run_cli(["train", "--if-changed", "--json", *_train(colour_data, runs)[1:]]) for _ in range(2)]
+    assert [code in (0, 3) for code, _, _ in nights] == [True, True], nights[0][2][-3000:]
+    assert "set aside unfinished run cut, which cannot be resumed" in nights[0][2]
+    assert json.loads(nights[1][1])["status"] == "nothing_to_do"
+    aside = json.loads((runs / "cut" / "set_aside.json").read_text())
+    assert aside["run"] == "cut" and "damaged" in aside["reason"]
+    code, out, err = run_cli(["train", "--resume", f"output.dir={runs}"])  # nothing left to resume
+    assert code == 66 and "no unfinished run" in err
+    new = [p for p in runs.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+           and p.name != "cut"]
+    assert len(new) == 1  # the second night had nothing to do
+    assert json.loads((new[0] / "summary.json").read_text())["set_aside"][0]["run"] == "cut"
+
+
+@pytest.mark.slow
+def test_latest_follows_the_run_order_not_the_clock(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    assert run_cli(_train(colour_data, runs, "output.name=one"))[0] in (0, 3)
+    future = time.time() + 86400
+    for p in (runs / "one").rglob("*"):
+        os.utime(p, (future, future))
+    os.utime(runs / "one", (future, future))
+    assert run_cli(_train(colour_data, runs, "output.name=two", "train.seed=7"))[0] in (0, 3)
+    assert (runs / "latest").resolve().name == "two"
+
+
+@pytest.mark.slow
+def test_a_copied_run_resumes_in_its_new_place(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    r = vgg_at("replace", "*/checkpoints/epoch-0002.keras", 1, "KILL", *_train(colour_data, runs, "output.name=moved",
+                                                                               "model.freeze_blocks=[1,2,3,4,5]"))
+    assert r.returncode == -9, r.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run(["cp", "-a", str(runs / "moved"), str(elsewhere / "moved")], check=True)
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    cache = tmp_path / "cache"
+    code, out, err = run_cli(["train", "--resume", str(elsewhere / "moved"), f"cache.dir={cache}"])
+    assert code in (0, 3), err
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before  # nothing written where it came from
+    assert json.loads((elsewhere / "moved" / "summary.json").read_text())["status"] == "finished"
+    assert (elsewhere / "latest").resolve().name == "moved" and any(p.is_file() for p in cache.rglob("*"))
