@@ -241,3 +241,72 @@ def test_a_copied_run_resumes_in_its_new_place(tmp_path, colour_data):
     assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before  # nothing written where it came from
     assert json.loads((elsewhere / "moved" / "summary.json").read_text())["status"] == "finished"
     assert (elsewhere / "latest").resolve().name == "moved" and any(p.is_file() for p in cache.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------- full and read-only disks
+
+
+def _mount(mnt: Path, size: str) -> Path:
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()[:100]}): the disk-full tests need root")
+    return mnt
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB tmpfs (root only: mounting needs it), and room for a second one; unmounted after the test."""
+    mounted = [_mount(tmp_path / "disk", "2m")]
+    yield mounted[0]
+    for mnt in (tmp_path / "disk", tmp_path / "big"):
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def _fill(mnt: Path) -> None:
+    with open(mnt / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_before_the_lock_exists_is_74(small_disk, tmp_path):
+    from tests.conftest import make_colour_dataset
+
+    data = make_colour_dataset(tmp_path / "data", per_class=2)
+    _fill(small_disk)
+    r = subprocess.run([sys.executable, "-m", "vgg_cli", "train", f"data.train_dir={data}",
+                        f"output.dir={small_disk / 'runs'}"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 74 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().count("\n") == 0 and ".lock" in r.stderr and "disk full" in r.stderr
+
+
+@pytest.mark.slow
+def test_exports_to_a_full_or_read_only_disk_are_74(small_disk, trained_run):
+    out = small_disk / "sm"
+    code, stdout, err = run_cli(["export", "--run", str(trained_run["run_dir"]), "--format", "saved_model",
+                                 "--out", str(out)])
+    assert code == 74 and "Traceback" not in err and "sm" in err, err[-2000:]
+    assert [p.name for p in small_disk.iterdir()] == []  # nothing half-written left behind
+    big = _mount(small_disk.parent / "big", "1g")
+    subprocess.run(["cp", "-a", str(trained_run["run_dir"]), str(big / "run")], check=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(big)], check=True)
+    code, stdout, err = run_cli(["export", "--run", str(big / "run"), "--format", "tflite"])
+    assert code == 74 and "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.slow
+def test_a_killed_export_leaves_nothing_after_the_next_one(tmp_path, trained_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run_dir"], run, symlinks=True)
+    r = vgg_at("replace", "*/export/model.tflite", 1, "KILL", "export", "--run", str(run), "--format", "tflite")
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert [p.name for p in (run / "export").iterdir() if p.name.startswith(".model.tflite.")]  # the leftover
+    code, out, err = run_cli(["export", "--run", str(run), "--format", "tflite"])
+    assert code == 0, err
+    assert [p.name for p in (run / "export").iterdir() if p.name.startswith(".")] == []

@@ -6,7 +6,6 @@ TensorFlow/Keras are imported only inside the commands that need them, so ``vgg 
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -80,20 +79,37 @@ def _run(argv: list[str] | None) -> int:
     except BrokenPipeError:  # the reader of our output went away (`vgg predict DIR | head`): no traceback
         silence_stdout()
         return 1
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS) and _is_std_stream_error(e):
-            click.echo(f"error: could not write the output: {os.strerror(e.errno)}; the work itself is done "
-                       f"and on disk (redirect the output elsewhere)", err=True)
-            silence_stdout()
-            return EXIT_IOERR
-        return _bug()
+    except OSError as e:  # disk and I/O: one line, 74 (a file of ours, or stdout/stderr themselves)
+        return _io_failure(e)
     except Exception:  # noqa: BLE001 (a bug: keep its traceback)
         return _bug()
 
 
-def _is_std_stream_error(e: OSError) -> bool:
-    """An error writing stdout/stderr (a full disk behind `> file`, /dev/full) rather than a file of ours."""
-    return getattr(e, "filename", None) is None
+def _io_failure(e: OSError) -> int:
+    why = os.strerror(e.errno) if e.errno else str(e)
+    if getattr(e, "filename", None) is None:  # writing stdout/stderr (a full disk behind `> file`, /dev/full)
+        _say(f"error: could not write the output: {why}; the work itself is done and on disk (redirect the "
+             f"output elsewhere)")
+        silence_stdout()
+    else:
+        where = "" if _cwd_exists() else " (the current folder was deleted: cd to an existing one)"
+        _say(f"error: could not use {str(e.filename)[:300]!r}: {why}{where}; fix it and run the command again")
+    return EXIT_IOERR
+
+
+def _say(line: str) -> None:
+    try:
+        click.echo(line, err=True)
+    except OSError:  # stderr is gone too: the exit code still says it
+        pass
+
+
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+    except OSError:
+        return False
+    return True
 
 
 def _bug() -> int:

@@ -76,8 +76,9 @@ def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: i
     from vgg_cli.evaluation.evaluate import EvalSet, score
     from vgg_cli.model.load import load_model
 
+    model = load_model(model_file)  # a damaged model is its caller's to report, not a score of 0
     try:
-        result = score(load_model(model_file), EvalSet(files, truth, "held-out images"), batch_size)
+        result = score(model, EvalSet(files, truth, "held-out images"), batch_size)
     except DataError:  # none readable
         return {"accuracy": 0.0, "images": 0, "unreadable": len(files)}
     return {"accuracy": result.accuracy, "images": len(result.truth), "unreadable": len(result.unreadable)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vgg_cli.config.schema import Config
 from vgg_cli.errors import InterruptedRun, signal_name
-from vgg_cli.training.callbacks import attach_log_file
+from vgg_cli.training.callbacks import attach_log_file, detach_log_file
 from vgg_cli.promotion.finish import finish
 from vgg_cli.training.run import TrainResult, resume_training, run_training
 
@@ -51,6 +51,5 @@ def complete(result: TrainResult) -> TrainResult:
         raise InterruptedRun(text) from None
     finally:
         if handler is not None:
-            logging.getLogger("vgg").removeHandler(handler)
-            handler.close()
+            detach_log_file(handler)
     return replace(result, summary=summary, to_finish=None)

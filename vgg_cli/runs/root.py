@@ -234,7 +234,11 @@ class RunsRoot:
                 holder = _describe_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
                 raise LockedError(f"another vgg run holds the lock on {str(self.path)!r} ({holder}); wait for it "
                                   f"to finish, or use another output.dir") from None
-            stale = _take(fd, command)
+            try:
+                stale = _take(fd, command)
+            except OSError as e:  # a full disk: the holder's line cannot be written
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise io_error(self.path / LOCK_FILE, e) from None
             log.debug("holding the lock on %s", self.path)
             if stale:
                 log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)

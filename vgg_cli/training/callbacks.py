@@ -170,3 +170,13 @@ def attach_log_file(path: Path, early: EarlyLog | None) -> logging.Handler:
             handler.handle(record)
     log.addHandler(handler)
     return handler
+
+
+def detach_log_file(handler: logging.Handler) -> None:
+    """Stop logging to a run's train.log. Closing flushes: on a full disk that fails, and must not mask the error
+    that is already on its way (the one-line 74 of the write that failed first)."""
+    log.removeHandler(handler)
+    try:
+        handler.close()
+    except OSError:
+        pass

@@ -106,6 +106,8 @@ def read_state(paths: RunDir) -> TrainState | None:
         state = TrainState(epochs=int(d["epochs"]), rows=list(d["rows"]), best_epoch=d["best_epoch"],
                            stopped_early=bool(d.get("stopped_early", False)),
                            phase_ends=[int(e) for e in d.get("phase_ends") or [d["epochs"]]])
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in state.rows):
+            raise ValueError("its rows are not epoch records")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{paths.state} is unreadable ({type(e).__name__}: {e}); the run cannot be resumed, "
                         f"start a new one") from None

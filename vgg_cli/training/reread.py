@@ -10,7 +10,8 @@ from pathlib import Path
 from vgg_cli.config.schema import Config, validate
 from vgg_cli.config.sources import parse_override
 from vgg_cli.data.scan import DatasetIndex, index_from_manifest
-from vgg_cli.errors import ConfigError, DataError, NoInputError
+from vgg_cli.errors import ConfigError, DataError, NoInputError, VggError
+from vgg_cli.fsio import write_json
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import Summary
 from vgg_cli.training import RESUME_OVERRIDES
@@ -63,6 +64,8 @@ def run_info_of(cfg: Config, paths: RunDir) -> dict:
 
 
 def load_index(paths: RunDir) -> DatasetIndex:
+    """The run's dataset index from its manifest (data.json); its images must all still be there. A damaged or
+    different classes.json is written again from it (predict and promotion read it)."""
     manifest = paths.read_manifest()
     try:
         index = index_from_manifest(manifest)
@@ -73,4 +76,12 @@ def load_index(paths: RunDir) -> DatasetIndex:
     if missing:
         raise DataError(f"cannot resume {paths.root.name}: {len(missing)} of its images are gone "
                         f"(e.g. {missing[0]!r}); start a new run instead")
+    try:
+        same = paths.read_classes() == index.classes
+    except VggError:
+        same = False
+    if not same:
+        log.warning("%s is damaged or differs from the run's manifest; writing it again from data.json",
+                    paths.classes)
+        write_json(paths.classes, index.classes)
     return index

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from vgg_cli.training.callbacks import EarlyLog, attach_log_file
+from vgg_cli.training.callbacks import EarlyLog, attach_log_file, detach_log_file
 from vgg_cli.training.checkpoints import TrainState, load_checkpoint, read_state, sync
 from vgg_cli.config.schema import Config, load_run_config
 from vgg_cli.data.scan import DatasetIndex, check_layout, require_dir
@@ -187,8 +187,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         return _fit_and_summarise(Session(cfg, index, plan, paths, device), model, plan.new_state(), run_info,
                                   t_start)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        detach_log_file(handler)
 
 
 def _unfinished_same_job(cfg: Config) -> RunDir | None:
@@ -269,8 +268,7 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
         write_json(paths.info, run_info)
         return _fit_and_summarise(session, model, state, run_info, t_start)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        detach_log_file(handler)
 
 
 def _model_to_resume(session: Session, state: TrainState | None):
