@@ -310,3 +310,12 @@ def test_a_killed_export_leaves_nothing_after_the_next_one(tmp_path, trained_run
     code, out, err = run_cli(["export", "--run", str(run), "--format", "tflite"])
     assert code == 0, err
     assert [p.name for p in (run / "export").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_deleted_current_folder_is_one_line(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = f"import os; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r}); from vgg_cli.cli.main import main; " \
+           f"main(['train', 'data.train_dir={tmp_path}', 'output.dir=runs'])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 74 and "current folder was deleted" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -87,13 +87,15 @@ def _run(argv: list[str] | None) -> int:
 
 def _io_failure(e: OSError) -> int:
     why = os.strerror(e.errno) if e.errno else str(e)
-    if getattr(e, "filename", None) is None:  # writing stdout/stderr (a full disk behind `> file`, /dev/full)
+    if not _cwd_exists():
+        _say(f"error: the current folder was deleted while vgg ran ({why}); cd to an existing folder (or give "
+             f"absolute paths) and run the command again")
+    elif getattr(e, "filename", None) is None:  # writing stdout/stderr (a full disk behind `> file`, /dev/full)
         _say(f"error: could not write the output: {why}; the work itself is done and on disk (redirect the "
              f"output elsewhere)")
         silence_stdout()
     else:
-        where = "" if _cwd_exists() else " (the current folder was deleted: cd to an existing one)"
-        _say(f"error: could not use {str(e.filename)[:300]!r}: {why}{where}; fix it and run the command again")
+        _say(f"error: could not use {str(e.filename)[:300]!r}: {why}; fix it and run the command again")
     return EXIT_IOERR
 
 
