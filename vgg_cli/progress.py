@@ -1,16 +1,26 @@
-"""Progress of long work outside the epochs (the frozen-prefix feature pass): a tqdm bar with count and rate on a
-terminal; in a log or under cron, where a bar would be control characters, a plain line with the count and the
-rate at most every ``PLAIN_EVERY_S`` seconds (the epochs' own lines come from the run's recorder)."""
+"""Progress of long work (the frozen-prefix feature pass, predicting many files, INT8 calibration and checks; the
+epochs use the same rule in ``vgg_cli.training.callbacks.ProgressBar``): a tqdm bar with count and rate on a
+terminal; in a log or under cron, where a bar would be control characters, a plain line with the count, the rate
+and the time left at least every ``plain_every_s()`` seconds (15; ``VGG_HEARTBEAT_S`` sets another)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
 log = logging.getLogger("vgg")
 
 PLAIN_EVERY_S = 15.0
+
+
+def plain_every_s() -> float:
+    """Seconds between plain progress lines off a terminal: ``VGG_HEARTBEAT_S``, else 15."""
+    try:
+        return max(0.0, float(os.environ.get("VGG_HEARTBEAT_S", PLAIN_EVERY_S)))
+    except ValueError:
+        return PLAIN_EVERY_S
 
 
 class Progress:
@@ -44,7 +54,7 @@ class Progress:
             self.bar.update(n)
             return
         now = self.clock()
-        if now - self._shown >= PLAIN_EVERY_S and self.done < self.total:
+        if now - self._shown >= plain_every_s() and self.done < self.total:
             self._shown = now
             left = (self.total - self.done) / self.rate if self.rate > 0 else float("nan")
             log.info("%s: %d/%d %s (%.1f %s/s, about %.0fs left)", self.what, self.done, self.total, self.unit,

@@ -211,9 +211,16 @@ def export(fmt: str, run: str | None, model_file: str | None, runs, out_path: st
         from vgg_cli.model.load import load_model
         from vgg_cli.export.quantize import export_int8
 
+        from vgg_cli.export.quantize import AccuracyDropError
+
         model = load_model(path)
-        report = (export_int8(model, fmt, out, run_dir, max_accuracy_drop, calibration_images) if int8
-                  else export_model(model, fmt, out))
+        try:
+            report = (export_int8(model, fmt, out, run_dir, max_accuracy_drop, calibration_images) if int8
+                      else export_model(model, fmt, out))
+        except AccuracyDropError as e:  # --json answers on a refusal too
+            if as_json:
+                echo_json({**e.report, "path": None, "exit_code": e.exit_code, "error": str(e)})
+            raise
     if as_json:
         echo_json(report)
     elif int8:

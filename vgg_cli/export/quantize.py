@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.errors import EXIT_NOT_PROMOTED, NoInputError, UsageError, VggError
+from vgg_cli.progress import Progress
 
 INT8_FORMATS = ("tflite", "onnx")
 MAX_ACCURACY_DROP = 0.01  # default --max-accuracy-drop
@@ -36,6 +37,10 @@ class AccuracyDropError(VggError):
     trained but was not promoted: the work was done, the result is not good enough to replace anything)."""
 
     exit_code = EXIT_NOT_PROMOTED
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report or {}  # the comparison, for --json (printed on refusal too)
 
 
 def run_images(run_dir: Path, split: str, size: int, limit: int | None = None) -> tuple[np.ndarray, list[str]]:
@@ -65,8 +70,10 @@ def run_images(run_dir: Path, split: str, size: int, limit: int | None = None) -
 
 def _representative(calibration: np.ndarray):
     def gen():
-        for image in calibration:
-            yield [image[None]]
+        with Progress(len(calibration), "INT8 calibration") as progress:
+            for image in calibration:
+                yield [image[None]]
+                progress.update(1)
     return gen
 
 
@@ -136,7 +143,15 @@ def predictor(fmt: str, path: Path):
         def one(image):
             return np.asarray(session.run(None, {name: image[None]})[0])[0]
 
-    return lambda images: np.stack([one(image) for image in images])
+    def run(images):
+        out = []
+        with Progress(len(images), f"checking the {fmt} model") as progress:
+            for image in images:
+                out.append(one(image))
+                progress.update(1)
+        return np.stack(out)
+
+    return run
 
 
 def latency_ms(predict, image: np.ndarray) -> float:
@@ -174,7 +189,8 @@ def check_int8(fmt: str, float_path: Path, int8_path: Path, served, images: np.n
         raise AccuracyDropError(
             f"the INT8 {fmt} export scores {acc_int8:.4f} on the {len(images)} validation images against the float "
             f"model's {acc_float:.4f}: a drop of {acc_float - acc_int8:.4f} > --max-accuracy-drop {max_drop:g}; "
-            f"nothing was written (export the float model, or allow a larger drop)")
+            f"nothing was written (export the float model, or allow a larger drop)",
+            {"format": fmt, "int8": True, "written": False, **result})
     return result
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from vgg_cli.data.images import BadImage, is_image_name, load_image
 from vgg_cli.errors import NoInputError
+from vgg_cli.progress import Progress
 
 
 @dataclass
@@ -98,7 +99,9 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
     size = image_size_of(model)
     k = max(1, min(top_k, len(classes)))
     results: list[Prediction] = []
-    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
+    few = len(files) <= batch_size  # one batch: no bar to flicker on a terminal
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool, \
+            Progress(len(files), "predicting", tty=False if few else None) as progress:
         for start, loaded in prefetch_batches(files, lambda f: _load(f, size), batch_size, pool):
             chunk = files[start:start + batch_size]
             good = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
@@ -111,6 +114,7 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
                     results.append(Prediction(path, [(classes[j], float(p[j])) for j in order]))
                 else:
                     results.append(Prediction(path, error=loaded[i]))
+            progress.update(len(chunk))
     return results
 
 

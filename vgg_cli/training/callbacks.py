@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 
 from vgg_cli.errors import ArtifactIOError
+from vgg_cli.progress import plain_every_s
 
 log = logging.getLogger("vgg")
 
@@ -53,36 +54,54 @@ class StopOnSignal(keras.callbacks.Callback):
 
 
 class ProgressBar(keras.callbacks.Callback):
-    """A tqdm bar per epoch on a terminal (images/s, loss, accuracy); nothing otherwise."""
+    """Progress inside an epoch. On a terminal a tqdm bar (images/s, loss, accuracy); off one (cron, a log file,
+    systemd) a plain line at least every ``progress.plain_every_s()`` seconds, in stderr and train.log, with the
+    batch count, the rate and the time left in the epoch, also while the epoch validates."""
 
-    def __init__(self, epochs: int, steps: int, batch_size: int):
+    def __init__(self, epochs: int, steps: int, batch_size: int, tty: bool | None = None, clock=time.perf_counter,
+                 val_steps: int = 0):
         super().__init__()
-        self.epochs, self.steps, self.batch_size = epochs, steps, batch_size
-        self.bar = None
+        self.epochs, self.steps, self.batch_size, self.val_steps = epochs, steps, batch_size, val_steps
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.clock, self.bar, self.epoch = clock, None, 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        from tqdm import tqdm
+        self.epoch, self._t0 = epoch, self.clock()
+        self._shown = self._t0 if not self.tty else 0.0
+        if self.tty:
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                        leave=False, file=sys.stderr, dynamic_ncols=True)
-        self._t0 = time.perf_counter()
-        self._shown = 0.0
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                            leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        now = time.perf_counter()
-        if now - self._shown < 0.5 and batch + 1 < self.steps:
-            return  # reading the loss waits for the device: at most twice a second, not every step
+        now = self.clock()
+        if self.bar is not None:
+            self.bar.update(1)
+        if now - self._shown < (0.5 if self.tty else plain_every_s()) and batch + 1 < self.steps:
+            return  # reading the loss waits for the device: not every step
+        if not self.tty and batch + 1 >= self.steps:
+            return  # the epoch's own line follows
         self._shown = now
         elapsed = now - self._t0
-        logs = logs or {}
-        post = {"img/s": f"{(batch + 1) * self.batch_size / elapsed:.1f}" if elapsed > 0 else "-"}
-        for k in ("loss", "accuracy"):
-            if k in logs:
-                post[k] = f"{float(logs[k]):.4f}"
-        self.bar.set_postfix(post, refresh=False)
+        rate = (batch + 1) * self.batch_size / elapsed if elapsed > 0 else 0.0
+        post = {k: f"{float(v):.4f}" for k, v in (logs or {}).items() if k in ("loss", "accuracy")}
+        if self.bar is not None:
+            self.bar.set_postfix({"img/s": f"{rate:.1f}", **post}, refresh=False)
+            return
+        left = (self.steps - batch - 1) * elapsed / (batch + 1)
+        log.info("epoch %d/%d: batch %d/%d, %.1f img/s, %sabout %.0fs left in the epoch", self.epoch + 1,
+                 self.epochs, batch + 1, self.steps, rate, "".join(f"{k} {v}  " for k, v in post.items()), left)
+
+    def on_test_begin(self, logs=None):
+        self._v0 = self.clock()
+
+    def on_test_batch_end(self, batch, logs=None):
+        now = self.clock()
+        if self.tty or now - self._shown < plain_every_s() or not self.val_steps or batch + 1 >= self.val_steps:
+            return
+        self._shown = now
+        log.info("epoch %d/%d: validating, batch %d/%d", self.epoch + 1, self.epochs, batch + 1, self.val_steps)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -98,8 +97,8 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunD
         health.replayed = True
         callbacks: list = [stopper, checker, RunRecorder(paths, state, monitor, cfg.train.early_stopping_patience,
                                                 len(plan.train_ids), save_model=model, phase=phase.number)]
-        if sys.stderr.isatty():
-            callbacks.insert(2, ProgressBar(state.epochs, steps, bs))
+        val_steps = steps_per_epoch(len(plan.val_ids), bs) if val_ds is not None else None
+        callbacks.insert(2, ProgressBar(state.epochs, steps, bs, val_steps=val_steps or 0))
         if cfg.output.tensorboard and EpochScalars.available():
             callbacks.append(EpochScalars(paths.tensorboard))
         elif cfg.output.tensorboard and phase.number == 1:
@@ -110,7 +109,7 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunD
         with fixes:
             plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
                                steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0,
-                               validation_steps=steps_per_epoch(len(plan.val_ids), bs) if val_ds is not None else None)
+                               validation_steps=val_steps)
         log.debug("fit returned (peak RSS %s MiB)", peak_rss_mib())
     finally:
         for batches in (train_ds, val_ds):
