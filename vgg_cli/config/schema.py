@@ -9,16 +9,16 @@ Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import copy
-import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgg_cli.config.sources import (_leaf_sources, _merge, _read_yaml, default_dict, resolve_dict, upgrade_keys,
-                                    yaml_load)
+from vgg_cli.config.sources import (_merge, _read_yaml, cut, default_dict, key_and_value, resolve_dict, shown,
+                                    upgrade_keys, yaml_load)
 from vgg_cli.errors import ConfigError, DataError
 
 __all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "load_config", "load_run_config",
@@ -30,7 +30,7 @@ BLOCKS = (1, 2, 3, 4, 5)
 def _conv_blocks(v: list[int]) -> list[int]:
     bad = [b for b in v if b not in BLOCKS]
     if bad:
-        raise ValueError(f"blocks must be between 1 and 5, got {bad}")
+        raise ValueError(f"blocks must be between 1 and 5, got {shown(bad)}")
     return sorted(set(v))
 
 
@@ -42,6 +42,19 @@ AUTO_RATE_BACKBONE = 1e-4  # any conv block trains too: 1e-3 collapses a from-sc
 
 
 _NUMBER_TYPES = (int, float, int | None, float | None)
+MAX_EPOCHS = 10_000  # train.epochs, finetune.epochs, schedule step and warm-up, early-stopping patience
+MAX_UNITS, MAX_DENSE = 16_384, 10  # model.head.dense: units of one layer (VGG16's own head has 4096), layers
+MAX_NAME = 200  # output.name: bytes (UTF-8) of the run folder's name; file systems allow 255
+
+
+def _whole(lo: int, hi: int) -> AfterValidator:
+    """An integer (or null, for an ``int | None`` key) lo..hi, as default.yaml documents; the error says the range."""
+    def check(v: int | None) -> int | None:
+        if v is not None and not lo <= v <= hi:
+            side = f"greater than or equal to {lo}" if v < lo else f"less than or equal to {hi}"
+            raise ValueError(f"should be {side} (a whole number {lo}..{hi})")
+        return v
+    return AfterValidator(check)
 
 
 class _Section(BaseModel):
@@ -56,6 +69,20 @@ class _Section(BaseModel):
         return v
 
 
+def _path(v: str | None, empty: str = "") -> str | None:
+    """A path key's text, ~ expanded; NUL cannot be in a path (the OS would refuse it later, with a traceback), and
+    with ``empty`` (the fix to say) neither can nothing."""
+    if v is not None and "\0" in v:
+        raise ValueError("a path cannot contain the NUL character (\\0); remove it")
+    if empty and v is not None and not v.strip():
+        raise ValueError(empty)
+    return None if v is None else os.path.expanduser(str(v))
+
+
+def _a_path(empty: str = "") -> AfterValidator:
+    return AfterValidator(lambda v: _path(v, empty))
+
+
 def _positive_rate(v: Any) -> Any:
     """A learning rate: ``auto`` or a finite number > 0 (YAML reads 1e-3 without a dot as text: accept it)."""
     if v == AUTO:
@@ -67,22 +94,17 @@ def _positive_rate(v: Any) -> Any:
             raise ValueError("must be a number > 0 or auto") from None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError("must be a number > 0 or auto")
-    if not math.isfinite(v) or v <= 0:
+    if not 0 < v < 1e300:  # not float(v) first: a huge int has no float; NaN and inf fail this too
         raise ValueError("must be a finite number > 0 (e.g. 0.001) or auto")
     return float(v)
 
 
 class DataConfig(_Section):
-    train_dir: str
-    val_dir: str | None
+    train_dir: Annotated[str, _a_path("must name the dataset folder (one subfolder per class), e.g. ~/photos")]
+    val_dir: Annotated[str | None, _a_path()]
     val_split: float = Field(ge=0.0, le=0.9)
-    image_size: int = Field(ge=32, le=1024)
+    image_size: Annotated[int, _whole(32, 1024)]
     classes: list[str] | None
-
-    @field_validator("train_dir", "val_dir")
-    @classmethod
-    def _expand(cls, v: str | None) -> str | None:
-        return None if v is None else os.path.expanduser(str(v))
 
     @field_validator("classes")
     @classmethod
@@ -91,9 +113,9 @@ class DataConfig(_Section):
             return v
         if len(v) < 2:
             raise ValueError("must name at least 2 classes, or be null to use every class folder")
-        dup = sorted({c for c in v if v.count(c) > 1})
+        dup = sorted(c for c, n in Counter(v).items() if n > 1)
         if dup:
-            raise ValueError(f"names {dup} more than once")
+            raise ValueError(f"names {shown(dup)} more than once")
         return v
 
 
@@ -105,8 +127,10 @@ class HeadConfig(_Section):
     @field_validator("dense")
     @classmethod
     def _dense(cls, v: list[int]) -> list[int]:
-        if any(u < 1 for u in v):
-            raise ValueError("every dense layer needs units >= 1")
+        bad = [u for u in v if not 1 <= u <= MAX_UNITS]
+        if bad or len(v) > MAX_DENSE:
+            raise ValueError(f"at most {MAX_DENSE} dense layers, every dense layer needs units >= 1 and at most "
+                             f"{MAX_UNITS}" + (f" (got {shown(bad)})" if bad else f" (got {len(v)} layers)"))
         return v
 
 
@@ -122,9 +146,10 @@ class ModelConfig(_Section):
         if v is None or v is False:
             return "none"
         if not isinstance(v, str) or not v.strip():
-            raise ValueError("must be imagenet, none, or a path to a weights file, .keras model or run directory")
-        return v if v in ("imagenet", "none", "production", "latest") else os.path.expanduser(v)
-
+            empty = " (empty, as from an unset shell variable, is not none: write none for random weights)"
+            raise ValueError(f"must be imagenet, none, production, latest, or a path to a weights file, .keras "
+                             f"model or run directory{empty if v == '' else ''}")
+        return v if v in ("imagenet", "none", "production", "latest") else _path(v)
 
 
 class OptimizerConfig(_Section):
@@ -141,21 +166,21 @@ class OptimizerConfig(_Section):
 
 class ScheduleConfig(_Section):
     name: Literal["constant", "cosine", "step"]
-    warmup_epochs: float = Field(ge=0.0)
-    step_epochs: int = Field(ge=1)
+    warmup_epochs: float = Field(ge=0.0, le=MAX_EPOCHS)
+    step_epochs: Annotated[int, _whole(1, MAX_EPOCHS)]
     step_factor: float = Field(gt=0.0, le=1.0)
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    epochs: Annotated[int, _whole(1, MAX_EPOCHS)]
+    batch_size: Annotated[int, _whole(1, 65_536)]
     optimizer: OptimizerConfig
     schedule: ScheduleConfig
     label_smoothing: float = Field(ge=0.0, lt=1.0)
     class_weight: Literal["balanced"] | dict[str, float] | None
     monitor: Literal["val_accuracy", "val_loss"]
-    early_stopping_patience: int = Field(ge=0)
-    seed: int = Field(ge=0, le=2**32 - 1)  # NumPy's seed range
+    early_stopping_patience: Annotated[int, _whole(0, MAX_EPOCHS)]
+    seed: Annotated[int, _whole(0, 2**32 - 1)]  # NumPy's seed range
     mixed_precision: Literal["auto", "on", "off"]
     gpus: list[int] | None
     distribute: Literal["auto", "none", "mirrored", "multi_worker"]
@@ -175,21 +200,21 @@ class TrainConfig(_Section):
         if not isinstance(v, dict) or not v:
             raise ValueError("must be balanced, null, or a mapping {class: weight}")
         bad = {k: w for k, w in v.items()
-               if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf}
+               if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1e300}
         if bad:
-            raise ValueError(f"weights must be finite numbers > 0, got {bad}")
+            raise ValueError(f"weights must be finite numbers > 0, got {shown(bad)}")
         return {str(k): float(w) for k, w in v.items()}
 
     @field_validator("gpus")
     @classmethod
     def _gpus(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and any(g < 0 for g in v):
-            raise ValueError("GPU indices must be >= 0")
+        if v is not None and any(not 0 <= g < 1024 for g in v):
+            raise ValueError("GPU indices must be >= 0 and below 1024")
         return v
 
 
 class FinetuneConfig(_Section):
-    epochs: int = Field(ge=0)
+    epochs: Annotated[int, _whole(0, MAX_EPOCHS)]
     unfreeze_blocks: BlockList
     learning_rate: float
 
@@ -199,7 +224,6 @@ class FinetuneConfig(_Section):
         if v == AUTO:
             raise ValueError("must be a finite number > 0 (auto applies to train.optimizer.learning_rate only)")
         return _positive_rate(v)
-
 
 
 class AugmentConfig(_Section):
@@ -224,41 +248,33 @@ class AugmentConfig(_Section):
 class CacheConfig(_Section):
     features: Literal["auto", "off"]
     images: Literal["auto", "off"]
-    ram_mb: int = Field(ge=0)
-    dir: str | None
-    disk_mb: int = Field(ge=1)
-    compile_mb: int = Field(ge=1)
+    ram_mb: Annotated[int, _whole(0, 2**24)]  # 16 TiB
+    dir: Annotated[str | None, _a_path()]
+    disk_mb: Annotated[int, _whole(1, 2**30)]  # 1 PiB
+    compile_mb: Annotated[int, _whole(1, 2**20)]  # 1 TiB
 
     @field_validator("features", "images", mode="before")
     @classmethod
     def _yaml_off(cls, v: Any) -> Any:
         return "off" if v is False else v
 
-    @field_validator("dir")
-    @classmethod
-    def _expand(cls, v: str | None) -> str | None:
-        return None if v is None else os.path.expanduser(str(v))
-
 
 class OutputConfig(_Section):
-    dir: str
+    dir: Annotated[str, _a_path("must name a folder (e.g. runs); '' would write runs into the current folder")]
     name: str | None
     tensorboard: bool
-    keep: int | None = Field(ge=1)
+    keep: Annotated[int | None, _whole(1, 100_000)]
     report: bool
-
-    @field_validator("dir")
-    @classmethod
-    def _expand(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must name a folder (e.g. runs); '' would write runs into the current folder")
-        return os.path.expanduser(v)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".") or v in ("latest", "production")):
-            raise ValueError("must be a plain folder name (no slashes, not hidden, not 'latest' or 'production')")
+        size = len(v.encode("utf-8", "surrogatepass")) if v is not None else 0
+        if v is not None and (not v or size > MAX_NAME or any(c in v for c in "/\\") or v.startswith(".")
+                              or any(ord(c) < 32 or ord(c) == 127 for c in v) or v in ("latest", "production")):
+            raise ValueError(f"must be a plain folder name: one name of at most {MAX_NAME} bytes (UTF-8; this one "
+                             f"has {size}), no '/' or '\\', no NUL or other control characters, not hidden "
+                             f"(.name), not 'latest' or 'production'")
         return v
 
 
@@ -296,19 +312,15 @@ class Config(_Section):
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _format_validation(err: ValidationError, sources: dict[str, str]) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
-    msg = first["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+def _format_validation(err: ValidationError, tree: dict[str, Any], sources: dict[str, str]) -> str:
+    errors = err.errors(include_url=False)
+    key, value = key_and_value(tree, errors[0]["loc"])
+    msg = errors[0]["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
-    bad = first.get("input")
-    src = sources.get(loc, "the defaults")
-    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    shown = "null (empty)" if bad is None else repr(bad)
-    return (f"config key {loc!r} = {shown} from {src} is invalid: {msg}; set a valid value with "
-            f"{loc}=... or in your --config file{more}")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    value = "null (empty)" if value is None else "'' (empty)" if value == "" else shown(value)
+    return (f"config key {key!r} = {value} from {sources.get(key, 'the defaults')} is invalid: {msg}; set a valid "
+            f"value with {key}=... or in your --config file{more}")
 
 
 def load_config(config_path: str | os.PathLike | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
@@ -321,7 +333,7 @@ def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Con
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, sources or {})) from None
+        raise ConfigError(_format_validation(e, tree, sources or {})) from None
     _check_across_sections(cfg, sources or {})
     return cfg
 
@@ -341,9 +353,9 @@ def _check_outputs_outside_data(cfg: Config, sources: dict[str, str]) -> None:
         for data_key, folder in data:
             if _inside(out, folder):
                 src = sources.get(out_key, "the defaults")
-                raise ConfigError(f"config key {out_key!r} = {out!r} from {src} is invalid: it is inside "
-                                  f"{data_key} {folder!r}, and vgg never writes into a dataset; choose a folder "
-                                  f"outside it, e.g. {out_key}={_beside(folder, 'runs')}")
+                raise ConfigError(f"config key {out_key!r} = {shown(out)} from {src} is invalid: it is inside "
+                                  f"{data_key} {shown(folder)}, and vgg never writes into a dataset; choose a folder "
+                                  f"outside it, e.g. {out_key}={cut(_beside(folder, 'runs'))}")
 
 
 def _beside(folder: str, name: str) -> str:
@@ -375,10 +387,10 @@ def _check_across_sections(cfg: Config, sources: dict[str, str]) -> None:
 
 def load_run_config(path: Path) -> Config:
     """A run directory's config.yaml over today's defaults (keys added since it was written get their defaults)."""
-    tree = copy.deepcopy(default_dict())
-    run = upgrade_keys(_read_yaml(path), f"run config {str(path)!r}")
+    tree, sources, name = copy.deepcopy(default_dict()), {}, f"run config {shown(str(path))}"
+    run = upgrade_keys(_read_yaml(path), name)
     if not run.get("data") or not run.get("model"):
-        raise DataError(f"run config {str(path)!r} is empty or lacks its data/model sections (the run directory is "
+        raise DataError(f"{name} is empty or lacks its data/model sections (the run directory is "
                         f"damaged); it cannot be resumed or retrained: start a new run")
-    _merge(tree, run, f"run config {str(path)!r}")
-    return validate(tree, _leaf_sources(run, f"run config {str(path)!r}"))
+    _merge(tree, run, name, sources)
+    return validate(tree, sources)
