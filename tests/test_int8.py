@@ -69,6 +69,11 @@ def test_a_badly_calibrated_int8_model_is_refused_and_nothing_is_written(trained
     assert code == 3, err
     assert "a drop of" in err and "> --max-accuracy-drop 0.05; nothing was written" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+    code, stdout, err = run_cli(["export", "--run", str(trained_run["run_dir"]), "--int8", "--json", "--format",
+                                 "tflite", "--out", str(out), "--max-accuracy-drop", "0.05"])
+    report = json.loads(stdout)  # --json answers on a refusal too
+    assert code == 3 and report["exit_code"] == 3 and report["written"] is False and report["path"] is None
+    assert report["accuracy_drop"] > 0.05 and "nothing was written" in report["error"]
 
 
 def test_int8_option_errors(trained_run, tmp_path):

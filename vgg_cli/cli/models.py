@@ -215,12 +215,14 @@ def export(fmt: str, run: str | None, model_file: str | None, runs, out_path: st
 
         model = load_model(path)
         try:
-            report = (export_int8(model, fmt, out, run_dir, max_accuracy_drop, calibration_images) if int8
-                      else export_model(model, fmt, out))
-        except AccuracyDropError as e:  # --json answers on a refusal too
-            if as_json:
-                echo_json({**e.report, "path": None, "exit_code": e.exit_code, "error": str(e)})
-            raise
+            report, refused = (export_int8(model, fmt, out, run_dir, max_accuracy_drop, calibration_images) if int8
+                               else export_model(model, fmt, out)), None
+        except AccuracyDropError as e:
+            report, refused = None, e
+    if refused is not None:
+        if as_json:  # --json answers on a refusal too (stdout is the command's again here)
+            echo_json({**refused.report, "path": None, "exit_code": refused.exit_code, "error": str(refused)})
+        raise refused
     if as_json:
         echo_json(report)
     elif int8:
