@@ -26,6 +26,7 @@ def moved(cfg: Config, root: Path, overrides: tuple[str, ...] = ()) -> Config:
     elsewhere writes there, never into the folder it came from), with ``overrides`` applied."""
     tree = cfg.to_dict()
     tree["output"]["dir"] = str(Path(root).resolve().parent)
+    sources = {"output.dir": f"the run's place {str(Path(root).resolve().parent)[:200]!r}"}
     for text in overrides:
         keys, value = parse_override(text)
         if ".".join(keys) not in RESUME_OVERRIDES:
@@ -35,7 +36,8 @@ def moved(cfg: Config, root: Path, overrides: tuple[str, ...] = ()) -> Config:
         for k in keys[:-1]:
             section = section[k]
         section[keys[-1]] = value
-    return validate(tree)
+        sources[".".join(keys)] = f"override {text[:200]!r}"
+    return validate(tree, sources)
 
 
 def readable_summary(paths: RunDir) -> Summary | None:
