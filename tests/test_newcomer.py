@@ -74,3 +74,15 @@ def test_a_reader_that_stops_early_does_not_change_the_exit_code(tmp_path, colou
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 3 and lines[-1] == "vgg exit 0", p.stdout + p.stderr
     assert (runs / "production").resolve().parent == runs.resolve()
+
+
+@pytest.mark.parametrize("given, write", [
+    ("model=vgg19", "model.arch=vgg19"), ("data=digits", "data.train_dir=digits"), ("epochs=3", "train.epochs=3"),
+    ("imgsz=64", "data.image_size=64"), ("batch=8", "train.batch_size=8"),
+    ("lr0=0.01", "train.optimizer.learning_rate=0.01"), ("patience=3", "train.early_stopping_patience=3"),
+    ("device=0", "train.gpus=... (device=cpu is train.gpus=[]"), ("project=out", "output.dir=out")])
+def test_ultralytics_habits_get_the_vgg_key_to_write(given, write):
+    """`vgg train model=vgg19 data=digits epochs=3` (yolo's habit): one line naming vgg's key, before anything
+    loads; the same in a config file."""
+    code, out, err = run_cli(["config", "show", given])
+    assert code == 78 and err.count("\n") == 1 and f"write {write}" in err, err

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from vgg_cli.config.habits import habit_hint
 from vgg_cli.errors import ConfigError, NoInputError
 
 log = logging.getLogger("vgg")
@@ -299,11 +300,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any], source: str, sources: dic
         dotted = f"{prefix}{key}"
         if not isinstance(key, str) or key not in shape:
             full = [f"{prefix}{k}" for k in shape]
-            raise ConfigError(f"unknown config key {shown(dotted)} in {source}{_suggest(str(dotted), full)}")
+            hint = habit_hint(str(dotted), value) or _suggest(str(dotted), full)
+            raise ConfigError(f"unknown config key {shown(dotted)} in {source}{hint}")
         if isinstance(shape[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {dotted!r} in {source} is a section and needs a mapping of keys "
-                                  f"({', '.join(shape[key])}), got {shown(value)}")
+                                  f"({', '.join(shape[key])}), got {shown(value)}{habit_hint(dotted, value)}")
             _merge(base[key], value, source, sources, dotted + ".", shape[key])
         else:
             _set_leaf(base, key, value, source, sources, dotted)
