@@ -35,11 +35,11 @@ HABITS: dict[str, tuple[str, str | None]] = {
 
 
 def habit_hint(dotted: str, value: Any) -> str:
-    """"; Ultralytics' (or another tool's) name: ..." for a top-level key in HABITS, else ""."""
+    """ (did you mean ...? ...: write KEY=VALUE)" for a top-level key in HABITS, else ""."""
     if "." in dotted or dotted not in HABITS:
         return ""
     key, how = HABITS[dotted]
     shown = value if isinstance(value, (str, int, float)) and len(str(value)) <= 80 else "..."
     fits = how is None or (dotted == "model" and shown in ("vgg16", "vgg19"))
     write = f"{key}={shown}" if fits else f"{key}=... ({how})"
-    return f"; {dotted!r} is another tool's name (Ultralytics, Keras scripts): vgg's key is {key!r}: write {write}"
+    return f" (did you mean {key!r}? {dotted!r} is another tool's name, Ultralytics' or a Keras script's: write {write})"
