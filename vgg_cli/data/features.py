@@ -9,7 +9,9 @@ Entries live on disk under ``cache.dir/<prefix key>/<sha1[:2]>/<sha1>.npy``:
 
 During a run the entries of its images are held in RAM up to ``cache.ram_mb``; the rest are read back from disk
 per batch, so memory is bounded by the budget, not by the dataset. Entries are written to a temporary file and
-renamed; an entry that cannot be read back (e.g. after a crash) is computed again.
+renamed; an entry that cannot be read back (e.g. after a crash) is computed again, also in the middle of training:
+an entry removed while a run reads it (another run sharing ``cache.dir`` pruned it to ``cache.disk_mb``, or a
+person cleaned the folder) is recomputed from its image by the same frozen prefix, saved again, and used.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +34,7 @@ import numpy as np
 from vgg_cli.data.images import DECODER_VERSION
 from vgg_cli.data.pipeline import batch_buffer, decode_workers, load_or_fail, prefetch_batches
 from vgg_cli.platform.device import peak_rss_mib
-from vgg_cli.errors import ArtifactIOError
+from vgg_cli.errors import ArtifactIOError, VggError
 from vgg_cli.progress import Progress
 
 log = logging.getLogger("vgg")
@@ -127,12 +130,16 @@ class FeatureSource:
         self.item_bytes = item
         self.ram_items = min(len(self.unique), max(0, ram_bytes) // item)
         self._ram = np.empty((self.ram_items, *self.shape), self.dtype)
-        self.computed = self.reused = 0
+        self.computed = self.reused = self.recomputed = 0
+        self._recompute = None  # (predict, slot -> image path, image size), set by fill()
+        self._lock = threading.Lock()
+        self.failure = None  # the user error that stopped a batch (see pipeline.raise_source_failure)
 
     def describe(self) -> str:
         where = ("all in RAM" if self.ram_items == len(self.unique) else
                  f"{self.ram_items} of {len(self.unique)} in RAM, the rest read from {self.store.dir}")
-        return (f"{self.computed} computed, {self.reused} reused from the cache; "
+        again = f", {self.recomputed} recomputed after they were removed during training" if self.recomputed else ""
+        return (f"{self.computed} computed, {self.reused} reused from the cache{again}; "
                 f"{_mib(len(self.unique) * self.item_bytes)}, {where}")
 
     def fill(self, predict, paths: Sequence[str], image_size: int, batch_size: int, stop_check=None) -> None:
@@ -142,6 +149,7 @@ class FeatureSource:
         first_path: dict[int, str] = {}
         for i, p in enumerate(paths):
             first_path.setdefault(int(self.slot[i]), p)
+        self._recompute = (predict, first_path, image_size)
         missing: list[int] = []
         now = time.time()
         for s, sha in enumerate(self.unique):
@@ -180,14 +188,42 @@ class FeatureSource:
 
     def get(self, idx: np.ndarray) -> np.ndarray:
         out = batch_buffer((len(idx), *self.shape), self.dtype)
+        gone: list[tuple[int, int]] = []  # (row, slot) of entries that could not be read
         for j, i in enumerate(idx):
             s = int(self.slot[int(i)])
             if s < self.ram_items:
                 out[j] = self._ram[s]
             elif not self.store.load_into(self.unique[s], out[j]):
-                raise RuntimeError(f"feature cache entry {self.store.path(self.unique[s])} disappeared or was "
-                                   f"damaged during training")
+                gone.append((j, s))
+        if gone:
+            try:
+                self._recompute_into(out, gone)
+            except VggError as e:
+                self.failure = self.failure or e
+                raise
         return out
+
+    def _recompute_into(self, out: np.ndarray, gone: list[tuple[int, int]]) -> None:
+        """Entries removed (or damaged) since ``fill``: computed again from their images, saved, put in ``out``."""
+        if self._recompute is None:
+            raise RuntimeError("FeatureSource.get before fill()")
+        predict, path_of, size = self._recompute
+        with self._lock:  # one recomputation at a time; another thread may have just saved the same entry
+            todo = [(j, s) for j, s in gone if not self.store.load_into(self.unique[s], out[j])]
+            if not todo:
+                return
+            feats = np.asarray(predict(np.stack([load_or_fail(path_of[s], size) for _, s in todo])))
+            for (j, s), f in zip(todo, feats):
+                out[j] = f
+                try:
+                    self.store.save(self.unique[s], f)
+                except ArtifactIOError as e:  # used from memory this time; computed again next time it is read
+                    log.debug("%s", e)
+            if not self.recomputed:
+                log.warning("feature cache: entries of this run were removed from %s during training (another run "
+                            "sharing cache.dir pruned it to its cache.disk_mb, or by hand); recomputing them from "
+                            "their images (the first: %s)", self.store.dir, path_of[todo[0][1]])
+            self.recomputed += len(todo)
 
     def close(self) -> None:
         pass

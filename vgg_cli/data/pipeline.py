@@ -37,7 +37,7 @@ import numpy as np
 from vgg_cli.data.images import BadImage, load_image
 from vgg_cli.platform.device import release_free_memory
 from vgg_cli.platform.distribute import Split, data_split, in_distribution_scope, pad_batch
-from vgg_cli.errors import DataError
+from vgg_cli.errors import DataError, NoInputError, VggError
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -48,9 +48,16 @@ def decode_workers() -> int:
     return max(2, min(16, os.cpu_count() or 2))
 
 
-def _changed_since_scan(path: str, e: BadImage) -> DataError:
-    return DataError(f"image {path!r} can no longer be read ({e}); it changed after the dataset scan: run "
-                     f"`vgg check` on the folder and train again")
+def _changed_since_scan(path: str, e: BadImage) -> VggError:
+    """An image the scan accepted that cannot be read now, during the run: the run stops (its finished epochs are
+    on disk) rather than train on fewer images than its data.json lists."""
+    then = ("the epochs finished so far are saved: put it back and continue with `vgg train --resume`, or start a "
+            "new run (`vgg train`), whose scan leaves it out")
+    if not os.path.lexists(path):
+        return NoInputError(f"image {path!r} was removed during the run (after the dataset scan, which listed it "
+                            f"in the run's data.json); {then}")
+    return DataError(f"image {path!r} can no longer be read ({e}): it changed during the run, after the dataset "
+                     f"scan; {then.replace('put it back', 'restore it')}")
 
 
 # How often (seconds, at most) making a training batch hands freed heap memory back to the OS.
@@ -109,6 +116,7 @@ class ImageSource:
         self._filled = np.zeros(self.ram_items, bool)
         self._pool = ThreadPoolExecutor(max_workers=workers or decode_workers(), thread_name_prefix="vgg-decode")
         self.decoded = 0  # images decoded (a cache hit does not count)
+        self.failure: VggError | None = None  # the user error that stopped a batch (see raise_source_failure)
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -130,12 +138,26 @@ class ImageSource:
 
     def get(self, idx: np.ndarray) -> np.ndarray:
         out = batch_buffer((len(idx), *self.shape), self.dtype)
-        for j, arr in enumerate(self._pool.map(self._load, (int(i) for i in idx))):
-            out[j] = arr
+        try:
+            for j, arr in enumerate(self._pool.map(self._load, (int(i) for i in idx))):
+                out[j] = arr
+        except VggError as e:
+            self.failure = self.failure or e
+            raise
         return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def raise_source_failure(source) -> None:
+    """Raise the user error (an image removed during the run) that stopped one of ``source``'s batches, if one did.
+    On TensorFlow batches are made inside tf.data, which turns any exception into a framework error (a traceback
+    in its text, no exit code): call this in an ``except`` around ``fit`` so the run ends with that error's one
+    line and exit code instead. On the other backends the error itself reaches ``fit``'s caller."""
+    failure = getattr(source, "failure", None)
+    if failure is not None:
+        raise failure from None
 
 
 def uses_tf_data() -> bool:

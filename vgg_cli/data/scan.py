@@ -16,6 +16,7 @@ from typing import Iterable
 
 from vgg_cli.data.checks import ScanCache, check_all
 from vgg_cli.data.images import IMAGE_EXTENSIONS, is_image_name
+from vgg_cli.data.names import name_bytes, shown, storable, unstorable
 from vgg_cli.errors import DataError, NoInputError
 
 TRAIN, VAL = "train", "val"
@@ -95,8 +96,9 @@ def index_from_manifest(manifest: dict) -> DatasetIndex:
 
 
 def split_value(relpath: str) -> float:
-    """A stable number in [0, 1) for a path relative to the dataset root."""
-    digest = hashlib.sha1(SPLIT_SALT + relpath.encode("utf-8")).digest()
+    """A stable number in [0, 1) for a path relative to the dataset root: a hash of its bytes on disk, so the
+    locale (how Python decodes names) does not move a file between splits."""
+    digest = hashlib.sha1(SPLIT_SALT + name_bytes(relpath)).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -164,24 +166,31 @@ def _walk_images(folder: Path, root: Path | None = None,
 def _folder_left_out(real: str, here: str, top: str, dataset: str | None, depth: int) -> str | None:
     """Why a folder (real path ``real``) found in ``here`` below the class folder ``top`` is not walked, or None."""
     if _below(here, real):
-        return f"folder link to {real!r} leads back to a folder that contains it (a loop); not followed"
+        return f"folder link to {shown(real)!r} leads back to a folder that contains it (a loop); not followed"
     if dataset is not None and _below(real, dataset) and not _below(real, top):
-        return (f"folder link to {real!r} leads to another part of the dataset (another class would get this "
+        return (f"folder link to {shown(real)!r} leads to another part of the dataset (another class would get this "
                 f"class's label); not followed")
     if depth > MAX_DEPTH:
         return f"more than {MAX_DEPTH} folder levels below its class folder; not walked"
     return None
 
 
-def _class_folders(root: Path) -> list[str]:
+def _class_folders(root: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The class folders of ``root`` whose names vgg can store, and the others (class, reason)."""
     try:
-        return sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir())
+        names = sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir())
     except OSError as e:
         raise NoInputError(f"cannot list dataset folder {str(root)!r}: {e.strerror}; check its permissions") from None
+    return ([n for n in names if storable(n)],
+            [{"class": shown(n), "reason": f"folder {unstorable(n)}"} for n in names if not storable(n)])
 
 
 def require_dir(path: str, key: str) -> Path:
     p = Path(path)
+    if not storable(str(p.resolve())):
+        raise DataError(f"{key} '{shown(str(p.resolve()))}': a folder on this path has a name that is not UTF-8 "
+                        f"text, which vgg's run files (UTF-8) cannot hold; copy the dataset to a folder with a UTF-8 "
+                        f"name, or rename it")
     if not p.exists():
         raise NoInputError(f"{key} {path!r} does not exist; set {key}=FOLDER to a folder with one subfolder per class")
     if not p.is_dir():
@@ -201,8 +210,13 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache
         files, n_ignored, left_out = _walk_images(root / name, root, seen)
         ignored += n_ignored
         per_class[name] = []
-        jobs.extend((name, f) for f in files)
-        skipped += [{"path": Path(d["path"]).relative_to(root).as_posix() + "/", "reason": d["reason"]}
+        for f in files:
+            why = unstorable(f.relative_to(root).as_posix())
+            if why is None:
+                jobs.append((name, f))
+            else:  # never opened: nothing that names it could be written
+                skipped.append({"path": shown(f.relative_to(root).as_posix()), "reason": why})
+        skipped += [{"path": shown(Path(d["path"]).relative_to(root).as_posix()) + "/", "reason": d["reason"]}
                     for d in left_out]
     results = check_all([p for _, p in jobs], size, desc, cache)
     for (name, path), result in zip(jobs, results):
@@ -219,7 +233,9 @@ def scan_labelled(folder: str, image_size: int) -> tuple[Path, dict[str, list[st
     """A folder with one subfolder per class, checked file by file (nothing cached, nothing written): its resolved
     root, class folder name -> usable image paths (absolute, sorted), and the skipped files with reasons."""
     root = require_dir(folder, "DATA_DIR").resolve()
-    per_class, skipped, _, _ = _collect(root, _class_folders(root), image_size, "scanning", ScanCache(None))
+    folders, bad = _class_folders(root)
+    per_class, skipped, _, _ = _collect(root, folders, image_size, "scanning", ScanCache(None))
+    skipped += [{"path": b["class"] + "/", "reason": b["reason"]} for b in bad]
     return root, {c: sorted(str(root / rel) for rel, _, _ in files) for c, files in per_class.items()}, skipped
 
 
@@ -250,8 +266,7 @@ def check_layout(data_cfg) -> None:
 
 def _wanted_classes(data_cfg, root: Path) -> tuple[list[str], list[dict[str, str]]]:
     """(class folders to use, folders left out with the reason) under ``root``, by ``data.classes``."""
-    folders = _class_folders(root)
-    excluded: list[dict[str, str]] = []
+    folders, excluded = _class_folders(root)
     if data_cfg.classes is not None:
         missing = [c for c in data_cfg.classes if c not in folders]
         if missing:
@@ -325,7 +340,8 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
 def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skipped: list[dict[str, str]],
                   cache: ScanCache, all_dims: dict) -> list[FileEntry]:
     vroot = require_dir(data_cfg.val_dir, "data.val_dir").resolve()
-    vfolders = _class_folders(vroot)
+    vfolders, vbad = _class_folders(vroot)
+    skipped += [{"path": f"val_dir:{b['class']}/", "reason": b["reason"]} for b in vbad]
     for extra in (f for f in vfolders if f not in label_of):
         skipped.append({"path": f"val_dir:{extra}/", "reason": f"class {extra!r} is not a training class"})
     present = [c for c in classes if c in vfolders]
