@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import SIZE, make_colour_dataset, run_cli
 
 BASE = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
-        "train.batch_size=8", "train.early_stopping_patience=0", "output.tensorboard=false"]
+        "train.batch_size=8", "train.early_stopping_patience=0", "output.tensorboard=false",
+        "output.report=false"]  # no test here reads report.html or evaluation/
 
 
 @pytest.fixture
@@ -141,3 +142,26 @@ def test_advice_fits_what_trains():
     head = rate_advice(0.001, True, head_only=True)
     assert "model.weights=imagenet" in head and "model.head.dropout" in head and "freeze more" not in head
     assert rate_advice(1e-5, False, phase=2).startswith("lower finetune.learning_rate (now 1e-05; try 1e-06)")
+
+
+def test_a_stalled_run_that_learns_again_says_recovered_and_its_warning_names_only_what_held():
+    """The run of the issue: stalled on the loss for three epochs while val_accuracy was above chance, then
+    learnt (val 0.885): the record says recovered, and the warning no longer says 'loss above ... or accuracy at
+    or below chance' next to an accuracy far above it."""
+    from vgg_cli.training.health import Baseline, HealthCheck, HealthRecord
+
+    baseline = Baseline.of([0, 1, 2] * 10, [0, 1, 2, 0, 1, 2, 0, 1], 3)
+    record = HealthRecord()
+    check = HealthCheck(baseline, record, rate=1e-4, auto_rate=True, has_val=True)
+    stuck = baseline.stall_loss + 0.1
+    rows = [{"epoch": e, "loss": stuck, "val_accuracy": 0.411} for e in (1, 2, 3)]
+    check.replay(rows)
+    assert record.status == "stalled" and record.stalled_epochs == [1, 2, 3]
+    assert f"the training loss {stuck:.4g} is above" in record.warning
+    assert "at or below" not in record.warning and " or val_accuracy" not in record.warning
+    check.replay([{"epoch": 4, "loss": 0.3, "val_accuracy": 0.885}])
+    health = record.to_dict()
+    assert health["status"] == "recovered" and health["recovered_epoch"] == 4
+    assert health["warning"].startswith("recovered at epoch 4: it learns again; earlier, the model is not learning")
+    check.replay([{"epoch": e, "loss": stuck, "val_accuracy": 0.2} for e in (5, 6, 7)])  # and stalls again
+    assert record.status == "stalled" and record.recovered_epoch is None

@@ -259,13 +259,8 @@ def test_image_source_names_a_removed_or_changed_image_with_its_exit_code(tmp_pa
         source.close()
 
 
-TF_NEEDS_FIT = pytest.mark.xfail(
-    strict=True, reason="on TensorFlow tf.data turns the data layer's error into its own (a traceback, exit 70): "
-    "training/fit.py must call vgg_cli.data.pipeline.raise_source_failure(plan.source) in an except around fit")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax", pytest.param("tensorflow", marks=TF_NEEDS_FIT)])
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_image_removed_mid_run_is_one_line_and_resume_continues_once_it_is_back(tmp_path, backend):
     pytest.importorskip(backend)
     data = make_colour_dataset(tmp_path / "photos", per_class=6, seed=7)

@@ -41,7 +41,8 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 def runs_command(runs, as_json: bool) -> int:
-    """List the runs in --runs-dir, oldest first. P marks production, L latest."""
+    """List the runs in --runs-dir, oldest first (in the order they were made). P marks production now, L latest;
+    "production" says whether a run is production now, was before (replaced, or rolled back) or never was."""
     from vgg_cli.promotion.decide import list_runs
 
     rows = list_runs(runs)
@@ -54,13 +55,13 @@ def runs_command(runs, as_json: bool) -> int:
         return 0
     width = max(len(r["run"]) for r in rows)
     click.echo(f"   {'run':<{width}}  {'started':<25}  {'status':<13}  {'images':>6}  {'classes':>7}  "
-               f"{'promoted':<8}  best")
+               f"{'production':<10}  best")
     for r in rows:
         mark = ("P" if r["production"] else " ") + ("L" if r["latest"] else " ")
         best = f"{r['monitor']} {r['best']:.4f}" if r["best"] is not None else "-"
-        promoted = "yes" if r["promoted"] else "no"
+        production = "now" if r["production"] else "before" if r["promoted"] else "no"
         click.echo(f"{mark} {r['run']:<{width}}  {str(r['started'] or '-'):<25}  {str(r['status']):<13}  "
-                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {promoted:<8}  {best}")
+                   f"{str(r['images'] or '-'):>6}  {str(r['classes'] or '-'):>7}  {production:<10}  {best}")
     return 0
 
 

@@ -223,7 +223,7 @@ def list_runs(runs: RunsRoot) -> list[dict]:
     prod = runs.production()
     latest = runs.latest()
     out = []
-    for run in runs.runs():
+    for run in sorted(runs.runs(), key=RunDir.order):  # oldest first, by the recorded run order (not the name)
         try:
             s, status = run.read_summary(), None
         except NoInputError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import keras
@@ -70,6 +70,18 @@ def fit(cfg: Config, index: DatasetIndex, plan: TrainingPlan, model: keras.Model
     return out
 
 
+@contextmanager
+def _source_errors(source):
+    """An image removed during the run stops it with its own one line (tf.data turns it into a framework error)."""
+    from vgg_cli.data.pipeline import raise_source_failure
+
+    try:
+        yield
+    except Exception:
+        raise_source_failure(source)
+        raise
+
+
 def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, state: TrainState,
                phase: Phase, stopper: StopOnSignal, weights: dict[int, float] | None, health: HealthRecord) -> dict:
     """Fit the rest of one phase (to state.phase_ends[phase]); returns the input description."""
@@ -106,7 +118,7 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunD
                         "(metrics.csv and curves.png have the same numbers); set output.tensorboard=false to "
                         "silence this")
         fixes = multi_worker_fit_fixes(plan, weights is not None) if in_multi_worker_scope() else nullcontext()
-        with fixes:
+        with fixes, _source_errors(plan.source):
             plan.fit_model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
                                steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0,
                                validation_steps=val_steps)

@@ -79,16 +79,21 @@ class Baseline:
 
 @dataclass
 class HealthRecord:
-    """summary.json "health": ok | stalled (warned, trained on) | diverged (stopped)."""
+    """summary.json "health": ok | stalled (warned, trained on, still not learning) | recovered (warned, then
+    learnt: ``recovered_epoch``) | diverged (stopped)."""
     status: str = "ok"
     stalled_epochs: list[int] = field(default_factory=list)
     warning: str | None = None
     diverged: dict | None = None
+    recovered_epoch: int | None = None
     replayed: bool = False  # the epochs committed before this session were checked (not saved)
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "stalled_epochs": self.stalled_epochs, "warning": self.warning,
-                "diverged": self.diverged}
+        warning = self.warning
+        if self.status == "recovered" and warning:
+            warning = f"recovered at epoch {self.recovered_epoch}: it learns again; earlier, {warning}"
+        return {"status": self.status, "stalled_epochs": self.stalled_epochs, "warning": warning,
+                "diverged": self.diverged, "recovered_epoch": self.recovered_epoch}
 
 
 def non_finite_weights(model: keras.Model) -> list[str]:
@@ -170,19 +175,27 @@ class HealthCheck(keras.callbacks.Callback):
         at_chance = acc is not None and self.baseline.chance_accuracy < 1.0 and acc <= self.baseline.chance_accuracy
         if not (stuck_loss or at_chance):
             self._run = 0
+            if self.record.status == "stalled":
+                self.record.status, self.record.recovered_epoch = "recovered", epoch
+                if not quiet:
+                    log.info("health: the model learns again at epoch %d (it had stalled)", epoch)
             return
         self._run += 1
+        if self.record.status == "recovered":  # stalled again: the warning stands
+            self.record.status, self.record.recovered_epoch = "stalled", None
         if epoch not in self.record.stalled_epochs:
             self.record.stalled_epochs.append(epoch)
         if self._run < STALL_EPOCHS or self.record.warning is not None:
             return
         self.record.status = "stalled"
         shown_acc = "-" if acc is None else f"{float(acc):.3f}"
+        why = ([f"the training loss {loss:.4g} is above {self.baseline.stall_loss:.3f} (guessing the class shares "
+                f"scores {self.baseline.describe_loss()})"] if stuck_loss else []) + \
+              ([f"{self.acc_key} {shown_acc} is at or below {self.baseline.chance_accuracy:.3f} (always guessing "
+                f"the most common class)"] if at_chance else [])
         self.record.warning = (
-            f"the model is not learning: for {self._run} epochs (up to epoch {epoch}) the training loss stayed above "
-            f"{self.baseline.stall_loss:.3f} (guessing the class shares scores {self.baseline.describe_loss()}) or "
-            f"{self.acc_key} at or below {self.baseline.chance_accuracy:.3f} (always guessing the most common "
-            f"class); latest loss {loss:.4g}, {self.acc_key} {shown_acc}; "
+            f"the model is not learning: {self._run} epochs in a row (up to epoch {epoch}) stayed at the level of "
+            f"guessing; at epoch {epoch} {' and '.join(why)}; "
             f"{rate_advice(self.rate, self.auto_rate, self.phase, self.head_only)}")
         if not quiet:
             log.warning("warning: %s", self.record.warning)
