@@ -105,3 +105,21 @@ def test_without_posix_locks_reading_works_and_locking_is_one_line(tmp_path):
                        text=True, env=env, timeout=120)
     assert r.returncode == 69, r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "POSIX file locks" in r.stderr
+
+
+def test_vgg_runs_lists_in_run_order_and_shows_production_now(tmp_path):
+    runs = tmp_path / "runs"
+    for seq, name in enumerate(["zz-first", "b45", "head"], start=1):  # names that sort otherwise
+        run = _fake_run(runs, name, FINISHED)
+        (run / "run.json").write_text(json.dumps({"seq": seq, "resumed": []}))
+    (runs / "zz-first" / "data.json").write_text("{}")
+    for name in ("zz-first", "b45"):
+        assert run_cli(["promote", name, "--runs-dir", str(runs)])[0] == 0
+    assert run_cli(["rollback", "--runs-dir", str(runs)])[0] == 0  # production back to zz-first
+    code, out, err = run_cli(["runs", "--runs-dir", str(runs)])
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    names = [r[1] if r[0] == "P" or r[0] == "PL" or r[0] == "L" else r[0] for r in rows]
+    assert names == ["zz-first", "b45", "head"]
+    production = {n: line.split()[-3] for n, line in zip(names, out.splitlines()[1:])}
+    assert production == {"zz-first": "now", "b45": "before", "head": "before"}
