@@ -102,8 +102,10 @@ def _positive_rate(v: Any) -> Any:
 class DataConfig(_Section):
     train_dir: Annotated[str, _a_path("must name the dataset folder (one subfolder per class), e.g. ~/photos")]
     val_dir: Annotated[str | None, _a_path()]
+    test_dir: Annotated[str | None, _a_path()]
     val_split: float = Field(ge=0.0, le=0.9)
     image_size: Annotated[int, _whole(32, 1024)]
+    resize: Literal["squash", "crop", "pad"]
     classes: list[str] | None
 
     @field_validator("classes")

@@ -112,6 +112,8 @@ def config_digest(cfg: Config) -> str:
     d = cfg.to_dict()
     d.pop("output", None)
     d.pop("cache", None)
-    if d["train"].get("backend") == "auto":  # (the key came later: runs from before it keep their digest)
-        d["train"].pop("backend")
+    # Keys that came later, at the value that means what runs before them did: those runs keep their digest.
+    for section, key, old in (("train", "backend", "auto"), ("data", "resize", "squash"), ("data", "test_dir", None)):
+        if key in d[section] and d[section][key] == old:
+            d[section].pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
