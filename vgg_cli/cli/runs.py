@@ -29,7 +29,7 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
     if data_dir and "=" in data_dir and not os.path.isdir(data_dir):
         overrides, data_dir = (data_dir, *overrides), None
     cfg = load_config(config_path, (*overrides, *([f"data.train_dir={data_dir}"] if data_dir else [])))
-    result = check_dataset(cfg.data, RunsRoot.of(cfg).cache, min_side)
+    result = check_dataset(cfg, RunsRoot.of(cfg).cache, min_side)
     if as_json:
         echo_json(result)
     else:

@@ -59,13 +59,53 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
             echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
         raise
     code = EXIT_NOT_PROMOTED if result.promoted is False else 0
+    results = run_results(result.run_dir) if result.status == Outcome.TRAINED else {}
     if as_json:
-        echo_json(_train_json(result, code))
+        echo_json({**_train_json(result, code), **results})
     elif result.status == Outcome.WORKER_DONE:  # a multi-worker job's other worker: the chief prints the run
         emit(f"worker done: the chief wrote the run in {result.run_dir}", err=True)
     else:
+        if results:
+            emit(results_table(results), err=True)
         emit(str(result.run_dir))
     return code  # the "not promoted: ..." reason was logged by the decision itself
+
+
+WORST = 3  # classes shown as the worst, by recall
+
+
+def run_results(run_dir) -> dict:
+    """{"results": {"val"|"test": accuracy, top-5, images, worst classes}, "report": report.html} of a trained
+    run, from its evaluations (read back: nothing is computed again)."""
+    from vgg_cli.errors import VggError
+    from vgg_cli.fsio import read_json
+    from vgg_cli.runs.rundir import EvaluationDir, RunDir
+
+    run, results = RunDir(Path(run_dir)), {}
+    for name in ("val", "test"):
+        try:
+            r = read_json(EvaluationDir(run.evaluation(name)).report)
+        except VggError:
+            continue
+        worst = sorted((c for c in r.get("per_class", []) if c.get("recall") is not None),
+                       key=lambda c: (c["recall"], -c["support"]))[:WORST]
+        results[name] = {"accuracy": r["accuracy"], "top5_accuracy": r.get("top5_accuracy"), "images": r["images"],
+                         "worst_classes": [{k: c[k] for k in ("class", "recall", "precision", "support")}
+                                           for c in worst]}
+    return {"results": results, "report": str(run.report) if run.report.is_file() else None} if results else {}
+
+
+def results_table(results: dict) -> str:
+    """The end of `vgg train`: its evaluations as a few lines (stderr; stdout stays the run directory)."""
+    lines = []
+    for name, r in results["results"].items():
+        top5 = f"  top-5 {r['top5_accuracy']:.4f}" if r.get("top5_accuracy") is not None else ""
+        worst = ", ".join(f"{c['class']} (recall {c['recall']:.2f}, {c['support']} images)" for c in r["worst_classes"])
+        lines.append(f"{'validation' if name == 'val' else name:<10}  {r['images']:>5} images  accuracy "
+                     f"{r['accuracy']:.4f}{top5}  worst: {worst}")
+    if results.get("report"):
+        lines.append(f"report: {results['report']}")
+    return "\n".join(lines)
 
 
 def _train_or_resume(cfg, overrides: tuple[str, ...], resume: str | None, if_changed: bool, verbose: bool,
@@ -80,9 +120,7 @@ def _train_or_resume(cfg, overrides: tuple[str, ...], resume: str | None, if_cha
     runs = RunsRoot.of(cfg)
     run_dir = _resume_target(resume, runs) if resume is not None else None
     if run_dir is None:
-        from vgg_cli.data.scan import require_dir
-
-        require_dir(cfg.data.train_dir, "data.train_dir")  # a mistyped path makes no runs folder
+        check_dataset_layout(cfg)  # a mistyped path makes no runs folder
     backend, distribute = _run_settings(run_dir) if run_dir is not None else (cfg.train.backend, cfg.train.distribute)
     role = process_role(distribute, choose(backend)[0])
     chief = role is None or role[1] == 0
@@ -94,6 +132,20 @@ def _train_or_resume(cfg, overrides: tuple[str, ...], resume: str | None, if_cha
             moves = tuple(o for o in overrides if not o.startswith("output.dir="))
             return job.resume(run_dir, role, moves)
         return job.train(cfg, role=role, if_changed=if_changed)
+
+
+def check_dataset_layout(cfg) -> None:
+    """Every layout and path error before the framework loads (folder names only, no image opened): a missing
+    folder, class folders and split folders mixed, one class, no class folders."""
+    from vgg_cli.data.layout import apply_layout
+    from vgg_cli.data.scan import check_layout, require_dir
+
+    require_dir(cfg.data.train_dir, "data.train_dir")
+    laid, _ = apply_layout(cfg)
+    for key in ("val_dir", "test_dir"):
+        if getattr(laid.data, key) is not None:
+            require_dir(getattr(laid.data, key), f"data.{key}")
+    check_layout(laid.data)
 
 
 def _run_settings(run_dir) -> tuple[str, str]:
@@ -169,6 +221,7 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
     if start >= end:
         raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
     cfg = load_config(config_path, overrides)
+    check_dataset_layout(cfg)
     with model_work(verbose, cfg.train.backend):
         from vgg_cli.training.lrfind import lr_find as run_lr_find
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from vgg_cli.data.layout import apply_layout
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, scan
 
 IMBALANCE_WARN = 10.0  # largest class / smallest class
 
 
-def check_dataset(data_cfg, cache_dir: Path | None, min_side: int) -> dict:
-    index = scan(data_cfg, cache_dir=cache_dir)
-    return report(index, min_side)
+def check_dataset(cfg, cache_dir: Path | None, min_side: int) -> dict:
+    """The doctor's report on ``cfg.data``, in the layout it has (class folders, or split folders)."""
+    cfg, layout = apply_layout(cfg)
+    index = scan(cfg.data, cache_dir=cache_dir)
+    return {"layout": layout.kind, "layout_description": layout.describe(), "test_dir": layout.test_dir,
+            **report(index, min_side)}
 
 
 def report(index: DatasetIndex, min_side: int) -> dict:
@@ -60,9 +64,11 @@ def report(index: DatasetIndex, min_side: int) -> dict:
 
 
 def format_report(r: dict) -> str:
-    width = max(len(c) for c in r["classes"])
+    width = max(len("class"), *(len(c) for c in r["classes"]))
     lines = [f"dataset {r['train_dir']}" + (f" (validation: {r['val_dir']})" if r["val_dir"] else ""),
+             f"layout: {r['layout_description']}" if r.get("layout_description") else "",
              f"{len(r['classes'])} classes, {r['images']} usable images, imbalance {r['imbalance_ratio']}:1", ""]
+    lines = [line for i, line in enumerate(lines) if line or i == len(lines) - 1]
     lines.append(f"  {'class':<{width}}  {'train':>6}  {'val':>5}")
     for c in r["classes"]:
         lines.append(f"  {c:<{width}}  {r['counts'][c][TRAIN]:>6}  {r['counts'][c][VAL]:>5}")

@@ -45,6 +45,8 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
     promotion = summary.promotion
     if promotion is None or promotion.get("pending"):
         evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
+        if cfg.data.test_dir is not None:
+            evaluate_test(cfg, paths)
         promotion = {**judge(cfg.promote, cfg.train.batch_size, paths, index, best, evaluation), "applied": False}
         summary.promotion = promotion
         paths.write_summary(summary)
@@ -79,6 +81,24 @@ def evaluate_validation(cfg, paths: RunDir) -> dict | None:
         return None
     log.info("evaluated on the validation split: accuracy %.4f (%d of %d correct); report %s", report["accuracy"],
              report["images"] - report["misclassified"], report["images"], paths.report)
+    return report
+
+
+def evaluate_test(cfg, paths: RunDir) -> dict | None:
+    """The held-out test folder (``data.test_dir``, or a split layout's test/), into ``<run>/evaluation/test``:
+    reported, never used for promotion."""
+    from vgg_cli.evaluation.evaluate import evaluate, folder_set
+    from vgg_cli.model.load import class_names_of, image_size_of, load_model
+
+    model = load_model(paths.best)
+    try:
+        data = folder_set(cfg.data.test_dir, class_names_of(model), image_size_of(model))
+        report = evaluate(model, paths.best, data, paths.evaluation("test"), cfg.train.batch_size, run=paths)
+    except (DataError, NoInputError) as e:
+        log.warning("the test folder %s could not be evaluated (%s)", cfg.data.test_dir, e)
+        return None
+    log.info("evaluated on the test folder %s: accuracy %.4f (%d of %d correct; not used for promotion)",
+             cfg.data.test_dir, report["accuracy"], report["images"] - report["misclassified"], report["images"])
     return report
 
 

@@ -87,14 +87,15 @@ def _prepared_model(cfg, start: float):
     from vgg_cli.model.build import apply_freeze, backbone_of, build_model
     from vgg_cli.model.optim import compile_model
     from vgg_cli.training.plan import plan_phases
-    from vgg_cli.training.prepare import resolve_warm_start, scan_dataset
+    from vgg_cli.training.prepare import resolve_sources, scan_dataset
     from vgg_cli.model.weights import check_weights_available
 
-    cfg = resolve_warm_start(cfg)
+    cfg = resolve_sources(cfg)
     check_weights_available(cfg.model)
     index = scan_dataset(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
-    model, weights = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+    model, weights = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment,
+                                 resize=cfg.data.resize)
     log.info("lr-find: %s backbone, weights: %s", cfg.model.arch, weights)
     phase = plan_phases(cfg)[0]
     apply_freeze(backbone_of(model), phase.frozen_blocks)

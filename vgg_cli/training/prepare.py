@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 
 from vgg_cli.config.schema import Config
-from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, scan
+from vgg_cli.data.layout import apply_layout
+from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
 from vgg_cli.errors import NoInputError, VggError
 from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
 
@@ -23,6 +24,18 @@ def resolve_warm_start(cfg: Config) -> Config:
                            f"model.weights=imagenet (or none), or pass a run directory")
     model = cfg.model.model_copy(update={"weights": str(link.resolve())})
     return cfg.model_copy(update={"model": model})
+
+
+def resolve_sources(cfg: Config) -> Config:
+    """Where the weights and the images come from: ``resolve_warm_start``, and a dataset of split folders
+    (train/, val/, test/) read as such (``vgg_cli.data.layout``); the folders it names must exist."""
+    cfg, layout = apply_layout(resolve_warm_start(cfg))
+    if layout.kind == "splits":
+        log.info("dataset layout: %s", layout.describe())
+    for key in ("val_dir", "test_dir"):
+        if getattr(cfg.data, key) is not None:
+            require_dir(getattr(cfg.data, key), f"data.{key}")
+    return cfg
 
 
 def previous_splits(cfg: Config) -> dict[str, str]:

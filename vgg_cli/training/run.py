@@ -27,7 +27,7 @@ from vgg_cli.training.health import diverged_error
 from vgg_cli.model.build import build_model
 from vgg_cli.model.weights import check_weights_available, copy_head_if_compatible
 from vgg_cli.training.plan import TrainingPlan, make_plan, set_up_phase
-from vgg_cli.training.prepare import previous_splits, resolve_warm_start, scan_dataset
+from vgg_cli.training.prepare import previous_splits, resolve_sources, scan_dataset
 from vgg_cli.training.reread import load_index, moved, readable_summary, run_info_of
 from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
 from vgg_cli.fsio import write_json, write_text
@@ -108,7 +108,7 @@ def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> Tr
     import tempfile
 
     workers, worker = role
-    cfg = resolve_warm_start(cfg)
+    cfg = resolve_sources(cfg)
     previous = previous_splits(cfg)
     scratch = Path(tempfile.mkdtemp(prefix=f"vgg-worker{worker}-"))
     try:
@@ -135,9 +135,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
     started = now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
-    cfg = resolve_warm_start(cfg)
-    if cfg.data.val_dir is not None:
-        require_dir(cfg.data.val_dir, "data.val_dir")
+    cfg = resolve_sources(cfg)
     check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
     device = setup_devices(cfg.train, *_compile_cache(cfg))
     runs = RunsRoot.of(cfg)
