@@ -86,3 +86,17 @@ def test_ultralytics_habits_get_the_vgg_key_to_write(given, write):
     loads; the same in a config file."""
     code, out, err = run_cli(["config", "show", given])
     assert code == 78 and err.count("\n") == 1 and f"write {write}" in err, err
+
+
+def test_tensorflow_retracing_paragraphs_are_dropped_and_other_warnings_kept():
+    import logging
+
+    from vgg_cli.cli.common import _quiet_retracing, load_frameworks
+
+    load_frameworks()
+    tf_log = logging.getLogger("tensorflow")
+    assert _quiet_retracing in tf_log.filters
+    noise = logging.LogRecord("tensorflow", logging.WARNING, "x", 1, "5 out of the last 8 calls to <function> "
+                              "triggered tf.function retracing. Tracing is expensive", None, None)
+    kept = logging.LogRecord("tensorflow", logging.WARNING, "x", 1, "something else", None, None)
+    assert tf_log.filter(noise) is False and tf_log.filter(kept) is True

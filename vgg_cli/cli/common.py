@@ -20,6 +20,7 @@ def load_frameworks(backend: str = "auto") -> None:
     train.backend value), keeping TensorFlow's native start-up chatter out of the terminal and cron logs.
     TensorFlow 2.21 prints some of it even at TF_CPP_MIN_LOG_LEVEL=3, so fd 2 is closed off during the import;
     set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see it."""
+    logging.getLogger("tensorflow").addFilter(_quiet_retracing)  # (once: the same filter is not added twice)
     if "keras" in sys.modules:
         return
     from vgg_cli.platform.backend import apply
@@ -48,6 +49,12 @@ def load_frameworks(backend: str = "auto") -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _quiet_retracing(record: logging.LogRecord) -> bool:
+    """TensorFlow's "N out of the last M calls ... triggered tf.function retracing" paragraphs (predict on batches
+    of a new size: TTA, Grad-CAM) say nothing a user can act on: they are dropped."""
+    return "retracing" not in record.getMessage()
 
 
 class _ConsoleHandler(logging.StreamHandler):
