@@ -99,4 +99,4 @@ def test_tensorflow_retracing_paragraphs_are_dropped_and_other_warnings_kept():
     noise = logging.LogRecord("tensorflow", logging.WARNING, "x", 1, "5 out of the last 8 calls to <function> "
                               "triggered tf.function retracing. Tracing is expensive", None, None)
     kept = logging.LogRecord("tensorflow", logging.WARNING, "x", 1, "something else", None, None)
-    assert tf_log.filter(noise) is False and tf_log.filter(kept) is True
+    assert not tf_log.filter(noise) and tf_log.filter(kept)
