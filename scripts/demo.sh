@@ -22,8 +22,9 @@ echo "== run directory: $run_dir" >&2
 
 echo "== vgg predict data/textures-holdout (images the model never saw)" >&2
 "$VGG" predict data/textures-holdout --run "$run_dir" --top-k 2
-"$VGG" predict data/textures-holdout --run "$run_dir" --format csv | "$VENV/bin/python" -c '
+"$VGG" predict data/textures-holdout --run "$run_dir" --format csv 2>/dev/null | "$VENV/bin/python" -c '
 import csv, sys
 rows = list(csv.DictReader(sys.stdin))
 right = sum(r["path"].replace("\\", "/").split("/")[-2] == r["label_1"] for r in rows)
 print(f"== held-out accuracy: {right}/{len(rows)} = {right / len(rows):.0%} (chance: 25%)", file=sys.stderr)'
+echo "== report: $run_dir/report.html (open it in a browser)" >&2

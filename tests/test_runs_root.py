@@ -123,3 +123,8 @@ def test_vgg_runs_lists_in_run_order_and_shows_production_now(tmp_path):
     assert names == ["zz-first", "b45", "head"]
     production = {n: line.split()[-3] for n, line in zip(names, out.splitlines()[1:])}
     assert production == {"zz-first": "now", "b45": "before", "head": "before"}
+
+
+def test_an_unknown_run_names_the_command_that_lists_runs(tmp_path):
+    code, out, err = run_cli(["promote", "nosuch", "--runs-dir", str(tmp_path / "runs")])
+    assert code == 66 and f"vgg runs --runs-dir {tmp_path / 'runs'}" in err and "ls " not in err, err

@@ -66,3 +66,15 @@ def test_evaluate_records_its_tta(trained_run, colour_holdout, tmp_path):
     assert report["tta"] == "flip+shift" and report["images"] == 12 and report["accuracy"] >= 11 / 12
     code, _, err = run_cli(["evaluate", str(colour_holdout), "--run", str(trained_run["run_dir"]), "--tta", "spin"])
     assert code == 64 and "'spin' is not one of" in err
+
+
+def test_gradcam_with_tta_says_its_probability_is_the_image_alone(trained_run, colour_holdout, tmp_path):
+    image = str(next(colour_holdout.glob("red/*.png")))
+    args = ["predict", image, "--run", str(trained_run["run_dir"]), "--format", "json", "--gradcam", str(tmp_path)]
+    code, out, err = run_cli([*args, "--tta", "flip"])
+    row = json.loads(out)
+    assert code == 0 and "without --tta flip" in row["gradcam"]["probability_is"], err
+    code, out, err = run_cli(args)
+    plain = json.loads(out)
+    assert "probability_is" not in plain["gradcam"]
+    assert abs(plain["gradcam"]["probability"] - plain["probability"]) < 1e-5  # without TTA they are the same

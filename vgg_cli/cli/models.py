@@ -57,6 +57,9 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
         results = predict_files(model, files, top_k, batch_size, tta)
         t3 = time.perf_counter()
         cams = _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size)
+        if tta != "none":  # the heatmap explains the one image: its probability is that image's, not the average
+            for entry in cams.values():
+                entry["probability_is"] = f"of the image alone (without --tta {tta}, which averages copies)"
     click.echo(f"model: {path}", err=True)  # which run answered (production moves under cron)
     click.echo(format_results(results, fmt, top_k, cams), nl=False)
     if cams:
