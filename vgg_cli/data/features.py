@@ -3,7 +3,9 @@
 Entries live on disk under ``cache.dir/<prefix key>/<sha1[:2]>/<sha1>.npy``:
 
 - the *prefix key* is a hash of everything that decides the activations except the image: the backbone weights of
-  the frozen prefix (their bytes), the cut point, the image size, the decoder and the preprocessing, and the dtype;
+  the frozen prefix (their bytes), the cut point, the image size, the decoder, how a non-square image is made square
+  (``data.resize``; squash, the first mode, adds nothing, so its keys are those from before the setting existed),
+  the preprocessing, and the dtype;
 - the entry name is the SHA-1 of the image file's content (from the dataset scan), so an edited or added file
   gets a new entry, a renamed or duplicated one reuses its entry, and a later run on the same data computes nothing.
 
@@ -31,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vgg_cli.data.images import DECODER_VERSION
+from vgg_cli.data.images import DECODER_VERSION, check_resize
 from vgg_cli.data.pipeline import batch_buffer, decode_workers, load_or_fail, prefetch_batches
 from vgg_cli.platform.device import peak_rss_mib
 from vgg_cli.errors import ArtifactIOError, VggError
@@ -41,10 +43,12 @@ log = logging.getLogger("vgg")
 FORMAT = "vgg-features-1"
 
 
-def prefix_key(prefix_model, arch: str, blocks: int, image_size: int) -> str:
+def prefix_key(prefix_model, arch: str, blocks: int, image_size: int, resize: str = "squash") -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}\0{arch}\0{blocks}\0{image_size}\0{DECODER_VERSION}\0vgg-bgr-mean\0"
              f"{np.dtype(prefix_model.output.dtype).name}\0".encode())
+    if check_resize(resize) != "squash":  # squash's key is the one from before data.resize: its caches stay valid
+        h.update(f"resize={resize}\0".encode())
     for w in prefix_model.weights:
         a = np.ascontiguousarray(np.asarray(w))
         h.update(f"{w.path}:{a.dtype}:{a.shape}\0".encode())
@@ -131,7 +135,7 @@ class FeatureSource:
         self.ram_items = min(len(self.unique), max(0, ram_bytes) // item)
         self._ram = np.empty((self.ram_items, *self.shape), self.dtype)
         self.computed = self.reused = self.recomputed = 0
-        self._recompute = None  # (predict, slot -> image path, image size), set by fill()
+        self._recompute = None  # (predict, slot -> image path, image size, resize mode), set by fill()
         self._lock = threading.Lock()
         self.failure = None  # the user error that stopped a batch (see pipeline.raise_source_failure)
 
@@ -142,14 +146,16 @@ class FeatureSource:
         return (f"{self.computed} computed, {self.reused} reused from the cache{again}; "
                 f"{_mib(len(self.unique) * self.item_bytes)}, {where}")
 
-    def fill(self, predict, paths: Sequence[str], image_size: int, batch_size: int, stop_check=None) -> None:
+    def fill(self, predict, paths: Sequence[str], image_size: int, batch_size: int, stop_check=None,
+             resize: str = "squash") -> None:
         """Make sure every item has an entry: load the cached ones (into RAM where they fit), compute the rest
-        with ``predict`` (a batch of images -> their prefix activations).
+        with ``predict`` (a batch of images -> their prefix activations), the images decoded at ``image_size`` in
+        the ``resize`` mode (the one the store's prefix key was made with).
         ``stop_check()`` is called between batches (it raises to stop; entries computed so far are kept)."""
         first_path: dict[int, str] = {}
         for i, p in enumerate(paths):
             first_path.setdefault(int(self.slot[i]), p)
-        self._recompute = (predict, first_path, image_size)
+        self._recompute = (predict, first_path, image_size, resize)
         missing: list[int] = []
         now = time.time()
         for s, sha in enumerate(self.unique):
@@ -170,7 +176,7 @@ class FeatureSource:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=decode_workers(), thread_name_prefix="vgg-decode") as pool, \
                 Progress(len(todo), "computing features") as progress:
-            load = functools.partial(load_or_fail, size=image_size)
+            load = functools.partial(load_or_fail, size=image_size, resize=resize)
             for start, arrays in prefetch_batches(todo, load, batch_size, pool):
                 if stop_check is not None:
                     stop_check()
@@ -207,12 +213,12 @@ class FeatureSource:
         """Entries removed (or damaged) since ``fill``: computed again from their images, saved, put in ``out``."""
         if self._recompute is None:
             raise RuntimeError("FeatureSource.get before fill()")
-        predict, path_of, size = self._recompute
+        predict, path_of, size, resize = self._recompute
         with self._lock:  # one recomputation at a time; another thread may have just saved the same entry
             todo = [(j, s) for j, s in gone if not self.store.load_into(self.unique[s], out[j])]
             if not todo:
                 return
-            feats = np.asarray(predict(np.stack([load_or_fail(path_of[s], size) for _, s in todo])))
+            feats = np.asarray(predict(np.stack([load_or_fail(path_of[s], size, resize) for _, s in todo])))
             for (j, s), f in zip(todo, feats):
                 out[j] = f
                 try:

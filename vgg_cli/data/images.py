@@ -1,8 +1,15 @@
 """Decoding one image, the same way for scanning, training and prediction.
 
 ``load_image`` applies the EXIF orientation, turns every mode Pillow knows (grayscale, palette, RGBA, CMYK, 16-bit,
-float) into 8-bit RGB, and resizes to ``size`` x ``size`` with bilinear filtering. It returns a ``uint8`` array of
-shape ``(size, size, 3)``; the model does its own VGG preprocessing, so raw 0-255 RGB is the contract.
+float) into 8-bit RGB, and makes it ``size`` x ``size`` with bilinear filtering, in one of the ``RESIZE_MODES``
+(``data.resize``; the model records it, see ``vgg_cli.model.load.resize_of``):
+
+- ``squash``: both sides resized to ``size`` (the aspect ratio changes);
+- ``crop``: resized so the short side is ``size``, then the centre square (Ultralytics classify's centre crop);
+- ``pad``: resized so the long side is ``size``, then centred on a black (0) square.
+
+It returns a ``uint8`` array of shape ``(size, size, 3)``; the model does its own VGG preprocessing, so raw 0-255 RGB
+is the contract.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ MAX_PIXELS = 200_000_000
 DECODER_VERSION = f"pillow-{PIL.__version__}-exif-rgb-draft-bilinear-1"
 # Files larger than this are not read at all.
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# How a non-square image becomes square (``data.resize``); the first is the default, and what a model that does not
+# record one was trained with.
+RESIZE_MODES = ("squash", "crop", "pad")
+# ``crop`` of an image longer than this many times its short side first keeps only the centre part of that length:
+# resizing all of it first (short side -> size) could need gigabytes; the centre square is in that part either way.
+MAX_CROP_RATIO = 4
 
 
 
@@ -129,8 +142,75 @@ def _verify_png(data: bytes) -> None:
         raise BadImage(f"corrupt PNG: {text}") from None
 
 
-def decode(data: bytes, size: int) -> np.ndarray:
-    """Bytes of an image file -> uint8 RGB array (size, size, 3). Raises BadImage with a reason."""
+def check_resize(resize: str) -> str:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    return resize
+
+
+def resized_size(w: int, h: int, size: int, resize: str = "squash") -> tuple[int, int]:
+    """The size a ``w`` x ``h`` image is resized to before it is cropped (``crop``) or padded (``pad``) to ``size``
+    x ``size``: for ``crop`` the short side becomes ``size``, for ``pad`` the long side."""
+    if check_resize(resize) == "squash" or w == h:
+        return size, size
+    short, long_ = min(w, h), max(w, h)
+    if resize == "crop":
+        new_short, new_long = size, max(size, round(long_ * size / short))
+    else:
+        new_short, new_long = min(size, max(1, round(short * size / long_))), size
+    return (new_long, new_short) if w > h else (new_short, new_long)
+
+
+def placement(w: int, h: int, size: int, resize: str = "squash") -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Where a ``w`` x ``h`` image goes in the ``size`` x ``size`` input: (the box of the original it shows, in the
+    original's pixels; the box of the input it fills, in input pixels). ``squash``: all of it, all of it; ``crop``:
+    the centre region, all of the input; ``pad``: all of it, the centre of the input (the rest is black)."""
+    nw, nh = resized_size(w, h, size, resize)
+    if resize == "crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        sx, sy = w / nw, h / nh
+        return (left * sx, top * sy, (left + size) * sx, (top + size) * sy), (0, 0, size, size)
+    if resize == "pad":
+        left, top = (size - nw) // 2, (size - nh) // 2
+        return (0.0, 0.0, float(w), float(h)), (left, top, left + nw, top + nh)
+    return (0.0, 0.0, float(w), float(h)), (0, 0, size, size)
+
+
+def _draft_size(w: int, h: int, size: int, resize: str) -> tuple[int, int]:
+    """What JPEG draft mode must keep at least: libjpeg decodes at 1/2, 1/4 or 1/8 scale only while both sides stay
+    >= these. Squash and crop need both sides >= ``size`` (crop's long side then follows from the ratio); pad
+    needs only the long side >= ``size`` and the short side >= its resized length."""
+    if resize == "pad":
+        return resized_size(w, h, size, resize)
+    return size, size
+
+
+def to_square(img: Image.Image, size: int, resize: str = "squash") -> Image.Image:
+    """An upright RGB image -> ``size`` x ``size`` in the ``resize`` mode (bilinear)."""
+    w, h = img.size
+    if resize == "crop" and max(w, h) > MAX_CROP_RATIO * min(w, h):
+        # a 1 x 100000 strip would resize to size x 100000*size: keep only its centre part first (bounded memory)
+        keep = MAX_CROP_RATIO * min(w, h)
+        left, top = (w - keep) // 2 if w > h else 0, (h - keep) // 2 if h > w else 0
+        img = img.crop((left, top, left + min(w, keep), top + min(h, keep)))
+        w, h = img.size
+    nw, nh = resized_size(w, h, size, resize)
+    if img.size != (nw, nh):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if (nw, nh) == (size, size):
+        return img
+    if resize == "crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return img.crop((left, top, left + size, top + size))
+    square = Image.new("RGB", (size, size), (0, 0, 0))
+    square.paste(img, ((size - nw) // 2, (size - nh) // 2))
+    return square
+
+
+def decode(data: bytes, size: int, resize: str = "squash") -> np.ndarray:
+    """Bytes of an image file -> uint8 RGB array (size, size, 3), made square as ``resize`` says (``RESIZE_MODES``).
+    Raises BadImage with a reason."""
+    check_resize(resize)
     img = open_image(data)
     if img.format == "PNG":
         _verify_png(data)
@@ -138,13 +218,17 @@ def decode(data: bytes, size: int) -> np.ndarray:
         if getattr(img, "is_animated", False):
             img.seek(0)  # first frame of an animated GIF/WebP
         if img.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that is still >= size: much faster for photos.
-            img.draft("RGB", (size, size))
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves the mode the pixels it needs: much
+            # faster for photos. (Before the EXIF rotation: a quarter turn swaps both sizes alike.)
+            img.draft("RGB", _draft_size(*img.size, size, resize))
         img.load()
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        if resize == "squash":
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        else:
+            img = to_square(img, size, resize)
         arr = np.asarray(img, dtype=np.uint8)
     except BadImage:
         raise
@@ -158,14 +242,14 @@ def decode(data: bytes, size: int) -> np.ndarray:
     return arr
 
 
-def load_image(path: str | os.PathLike | Path, size: int) -> np.ndarray:
+def load_image(path: str | os.PathLike | Path, size: int, resize: str = "squash") -> np.ndarray:
     """Read and decode one image file: the function training and prediction both use."""
-    return decode(read_file(path), size)
+    return decode(read_file(path), size, resize)
 
 
 def load_original(path: str | os.PathLike | Path) -> Image.Image:
     """An image file at its own resolution, upright (EXIF orientation) and RGB, as ``decode`` sees it before the
-    resize: what overlays (Grad-CAM) and galleries draw on."""
+    resize: what overlays (Grad-CAM) and galleries draw on (``placement`` says where the model's input lies on it)."""
     img = open_image(read_file(path))
     try:
         if getattr(img, "is_animated", False):

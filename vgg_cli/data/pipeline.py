@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from vgg_cli.data.images import BadImage, load_image
+from vgg_cli.data.images import BadImage, check_resize, load_image
 from vgg_cli.platform.device import release_free_memory
 from vgg_cli.platform.distribute import Split, data_split, in_distribution_scope, pad_batch
 from vgg_cli.errors import DataError, NoInputError, VggError
@@ -82,10 +82,10 @@ def batch_buffer(shape: tuple, dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, n), dtype).reshape(shape)
 
 
-def load_or_fail(path: str, size: int) -> np.ndarray:
+def load_or_fail(path: str, size: int, resize: str = "squash") -> np.ndarray:
     """``load_image`` for a file the scan accepted: a failure now is a DataError."""
     try:
-        return load_image(path, size)
+        return load_image(path, size, resize)
     except BadImage as e:
         raise _changed_since_scan(path, e) from None
 
@@ -103,13 +103,16 @@ def prefetch_batches(items: Sequence, load: Callable, batch_size: int, pool: Exe
 
 
 class ImageSource:
-    """uint8 images (size, size, 3) of ``paths``; the first ``ram_bytes`` worth are kept in RAM once decoded."""
+    """uint8 images (size, size, 3) of ``paths``, made square as ``resize`` says (``images.RESIZE_MODES``); the first
+    ``ram_bytes`` worth are kept in RAM once decoded (per source, so per run: no key to share)."""
 
-    def __init__(self, paths: Sequence[str], size: int, ram_bytes: int = 0, workers: int | None = None):
+    def __init__(self, paths: Sequence[str], size: int, ram_bytes: int = 0, workers: int | None = None,
+                 resize: str = "squash"):
         self.paths = list(paths)
         self.shape = (size, size, 3)
         self.dtype = np.dtype(np.uint8)
         self.size = size
+        self.resize = check_resize(resize)
         item = int(np.prod(self.shape))
         self.ram_items = min(len(self.paths), max(0, ram_bytes) // item)
         self._ram = np.empty((self.ram_items, *self.shape), np.uint8)
@@ -128,7 +131,7 @@ class ImageSource:
     def _load(self, i: int) -> np.ndarray:
         if i < self.ram_items and self._filled[i]:
             return self._ram[i]
-        arr = load_or_fail(self.paths[i], self.size)
+        arr = load_or_fail(self.paths[i], self.size, self.resize)
         with self._lock:
             self.decoded += 1
         if i < self.ram_items:

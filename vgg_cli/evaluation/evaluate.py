@@ -1,10 +1,11 @@
 """`vgg evaluate`: how good a trained model is, on its run's validation split or on any labelled folder.
 
 Reads the run directory (or a .keras file) back, predicts with ``predict.predict_files`` (the same decoding as
-training and prediction; augmentation layers are inactive outside training), and reports accuracy, top-5 accuracy
-(more than 5 classes), per-class precision/recall/F1/support and the confusion matrix; writes them, the pictures
-and the misclassified files into an output folder. Folder classes are matched to the model's by name: a class the
-model does not know is an error, a class the folder lacks is reported and scored as absent, never shifted.
+training and prediction, in the resize mode the model records; augmentation layers are inactive outside training),
+and reports accuracy, top-5 accuracy (more than 5 classes), per-class precision/recall/F1/support and the confusion
+matrix; writes them, the pictures and the misclassified files into an output folder. Folder classes are matched to
+the model's by name: a class the model does not know is an error, a class the folder lacks is reported and scored as
+absent, never shifted.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv, the galleries (misclassified.png,
     correct.png; Grad-CAM overlays with ``gradcam``) and report.html (with ``run``'s summary, a ``RunDir``) into
     ``out_dir``. ``result``: the scores when the caller has them already. Returns the report."""
-    from vgg_cli.model.load import image_size_of
+    from vgg_cli.model.load import image_size_of, resize_of
 
     result = result or score(model, data, batch_size, tta)
     classes, scored, truth, ranked, unreadable = (result.classes, result.scored, result.truth, result.ranked,
@@ -158,7 +159,8 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = s.pop("confusion")
-    report = {"model": str(model_file), "data": data.source, "image_size": image_size_of(model), "tta": tta, **s,
+    report = {"model": str(model_file), "data": data.source, "image_size": image_size_of(model),
+              "resize": resize_of(model), "tta": tta, **s,
               "classes": classes, "missing_classes": data.missing_classes,
               "skipped": data.skipped + unreadable, "misclassified": int(sum(r[0] != t for t, r in zip(truth, ranked))),
               "confusion_matrix": matrix.tolist(), "out_dir": str(out_dir)}

@@ -3,7 +3,8 @@
 Formats (each written atomically: built in a temporary path next to the target, then renamed into place):
 
 - ``saved_model``: a TensorFlow SavedModel for TF Serving. Its ``serving_default`` signature takes
-  ``images``: float32 ``[N, S, S, 3]`` raw RGB pixels 0-255 (VGG preprocessing is inside) and returns
+  ``images``: float32 ``[N, S, S, 3]`` raw RGB pixels 0-255 (VGG preprocessing is inside; each image made S x S
+  the way the run's ``data.resize`` says, which the description names: ``input_doc``) and returns
   ``probabilities`` ``[N, K]``, ``class_index`` ``[N]`` and ``class_name`` ``[N]`` (strings). The class names
   and this description are also in ``assets.extra/labels.txt`` and ``assets.extra/vgg_export.json``.
 - ``tflite``: a TFLite (LiteRT) flat buffer with the same input and the probabilities as output, plus
@@ -34,6 +35,21 @@ FORMATS = ("saved_model", "tflite", "onnx")
 DEFAULT_NAMES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
 TOLERANCE = 1e-4  # max |probability difference| between the export and Keras on the probe images
 INPUT_DOC = "float32 [N, {s}, {s}, 3]: raw RGB pixels 0-255, resized to {s}x{s}; VGG preprocessing is inside"
+# What the caller must do to an image before feeding it, per data.resize (the model records it: resize_of).
+RESIZE_DOC = {
+    "squash": "resize both sides to {s}x{s} (bilinear; the aspect ratio is not kept)",
+    "crop": "resize so the short side is {s} (bilinear, aspect ratio kept), then take the centre {s}x{s} square",
+    "pad": "resize so the long side is {s} (bilinear, aspect ratio kept), then pad to {s}x{s} with black (0) bars, "
+           "the image centred",
+}
+
+
+def input_doc(size: int, resize: str = "squash") -> str:
+    """The input's description; squash's is the one exports had before data.resize existed."""
+    if resize == "squash":
+        return INPUT_DOC.format(s=size)
+    return (f"float32 [N, {size}, {size}, 3]: raw RGB pixels 0-255 of each image made {size}x{size} with "
+            f"data.resize={resize}: {RESIZE_DOC[resize].format(s=size)}; VGG preprocessing is inside")
 
 
 class ExportMismatch(VggError):
@@ -99,7 +115,7 @@ def _need_tensorflow(fmt: str):
     return tf
 
 
-def _write_saved_model(model, path: Path, classes: list[str], size: int) -> None:
+def _write_saved_model(model, path: Path, classes: list[str], size: int, resize: str = "squash") -> None:
     import keras
 
     tf = _need_tensorflow("saved_model")
@@ -119,8 +135,8 @@ def _write_saved_model(model, path: Path, classes: list[str], size: int) -> None
     extra = path / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / "labels.txt").write_text("".join(c + "\n" for c in classes), encoding="utf-8")
-    (extra / "vgg_export.json").write_text(json.dumps(_description("saved_model", classes, size), indent=2) + "\n",
-                                           encoding="utf-8")
+    description = _description("saved_model", classes, size, resize)
+    (extra / "vgg_export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
 
 
 def _write_tflite(model, path: Path) -> None:
@@ -128,7 +144,7 @@ def _write_tflite(model, path: Path) -> None:
     model.export(str(path), format="litert", verbose=False)
 
 
-def _write_onnx(model, path: Path, classes: list[str]) -> None:
+def _write_onnx(model, path: Path, classes: list[str], resize: str = "squash") -> None:
     try:
         import onnx
     except ImportError:
@@ -140,8 +156,9 @@ def _write_onnx(model, path: Path, classes: list[str]) -> None:
     proto = onnx.load(str(path))
     _rename_input(proto, "images")  # the SavedModel signature's name, and the one the report gives
     del proto.metadata_props[:]
-    for key, value in (("class_names", json.dumps(classes, ensure_ascii=False)),
-                       ("input", INPUT_DOC.format(s=int(model.input_shape[1]))), ("producer", "vgg export")):
+    size = int(model.input_shape[1])
+    for key, value in (("class_names", json.dumps(classes, ensure_ascii=False)), ("input", input_doc(size, resize)),
+                       ("resize", resize), ("image_size", str(size)), ("producer", "vgg export")):
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
 
@@ -157,11 +174,12 @@ def _rename_input(proto, name: str) -> None:
                 node.input[i] = name
 
 
-def _description(fmt: str, classes: list[str], size: int) -> dict:
+def _description(fmt: str, classes: list[str], size: int, resize: str = "squash") -> dict:
     return {"format": fmt, "input": {"name": "images", "dtype": "float32", "shape": [None, size, size, 3],
-                                     "description": INPUT_DOC.format(s=size)},
+                                     "description": input_doc(size, resize), "resize": resize,
+                                     "resize_how": RESIZE_DOC[resize].format(s=size)},
             "output": {"probabilities": f"float32 [N, {len(classes)}] in the order of class_names"},
-            "class_names": classes, "image_size": size}
+            "class_names": classes, "image_size": size, "resize": resize}
 
 
 # ------------------------------------------------------------------------------------------------ runtimes
@@ -225,21 +243,21 @@ def write_labels(out: Path, classes: list[str]) -> Path:
 
 def export_model(model, fmt: str, out: Path) -> dict:
     """Write ``model`` (a vgg .keras model) as ``fmt`` to ``out``, check it in its runtime, return a report."""
-    from vgg_cli.model.load import class_names_of, image_size_of
+    from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}")
     served = inference_model(model)
-    classes, size = class_names_of(served), image_size_of(served)
+    classes, size, resize = class_names_of(served), image_size_of(served), resize_of(served)
     images = probe_images(size)
     expected = np.asarray(served.predict_on_batch(images), np.float32)
     with atomic_tree(out) as tmp:
         if fmt == "saved_model":
-            _write_saved_model(served, tmp, classes, size)
+            _write_saved_model(served, tmp, classes, size, resize)
         elif fmt == "tflite":
             _write_tflite(served, tmp)
         else:
-            _write_onnx(served, tmp, classes)
+            _write_onnx(served, tmp, classes, resize)
         runtime, run = RUNTIMES[fmt]
         got = run(tmp, images)  # checked before it replaces an earlier export
         diff = float(np.max(np.abs(got - expected)))
@@ -252,4 +270,5 @@ def export_model(model, fmt: str, out: Path) -> dict:
     files = sorted(p for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
     return {"format": fmt, "path": str(out), "labels": str(labels),
             "runtime": runtime, "max_abs_diff": diff, "tolerance": TOLERANCE, "probe_images": len(images),
-            "top1_agree": agree, "bytes": sum(p.stat().st_size for p in files), **_description(fmt, classes, size)}
+            "top1_agree": agree, "bytes": sum(p.stat().st_size for p in files),
+            **_description(fmt, classes, size, resize)}

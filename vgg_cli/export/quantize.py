@@ -8,10 +8,11 @@ written only when the validation split says they are still good enough.
   ONNX export; the same interface.
 
 Calibration images: up to ``--calibration-images`` of the run's training split (a fixed sample, seed 0), decoded
-exactly as training decoded them. The check: the float Keras model and the INT8 model in its runtime score the run's
-validation split; when the INT8 accuracy is lower by more than ``--max-accuracy-drop``, nothing is written and the
-command exits 3. The report gives both accuracies, their top-1 agreement, the sizes and the CPU latency of one
-image (median of repeated runs) for the float and the INT8 export of the same format.
+exactly as training decoded them (the model's image size and ``data.resize`` mode). The check: the float Keras model
+and the INT8 model in its runtime score the run's validation split; when the INT8 accuracy is lower by more than
+``--max-accuracy-drop``, nothing is written and the command exits 3. The report gives both accuracies, their top-1
+agreement, the sizes and the CPU latency of one image (median of repeated runs) for the float and the INT8 export of
+the same format.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ class AccuracyDropError(VggError):
         self.report = report or {}  # the comparison, for --json (printed on refusal too)
 
 
-def run_images(run_dir: Path, split: str, size: int, limit: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """The run's images of ``split`` (train/val) from its data.json as float32 0-255 (N, S, S, 3), with their class
-    names; ``limit``: a fixed random sample of that many."""
+def run_images(run_dir: Path, split: str, size: int, limit: int | None = None,
+               resize: str = "squash") -> tuple[np.ndarray, list[str]]:
+    """The run's images of ``split`` (train/val) from its data.json as float32 0-255 (N, S, S, 3), made square as
+    ``resize`` says (the model's: ``resize_of``), with their class names; ``limit``: a fixed random sample of that
+    many."""
     from vgg_cli.data.images import BadImage, load_image
     from vgg_cli.data.scan import index_from_manifest
     from vgg_cli.runs.rundir import RunDir
@@ -58,7 +61,7 @@ def run_images(run_dir: Path, split: str, size: int, limit: int | None = None) -
     images, truth = [], []
     for f, label in pairs:
         try:
-            images.append(load_image(f, size))
+            images.append(load_image(f, size, resize))
         except BadImage:
             continue  # a file gone bad since training: left out
         truth.append(index.classes[label])
@@ -214,7 +217,7 @@ def export_int8(model, fmt: str, out: Path, run_dir: Path | None, max_drop: floa
     """Write ``model`` as an INT8 ``fmt`` (tflite, onnx) to ``out`` if it passes the validation check."""
     from vgg_cli.export.formats import _need_tensorflow, _write_onnx, _write_tflite, inference_model
     from vgg_cli.fsio import atomic_tree
-    from vgg_cli.model.load import class_names_of, image_size_of
+    from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
     if fmt not in INT8_FORMATS:
         raise UsageError(f"--int8 goes with --format tflite or onnx, not {fmt}")
@@ -226,21 +229,22 @@ def export_int8(model, fmt: str, out: Path, run_dir: Path | None, max_drop: floa
     else:
         _need_onnxruntime()
     served = inference_model(model)
-    classes, size = class_names_of(served), image_size_of(served)
-    calibration, _ = run_images(run_dir, "train", size, n_calibration)
-    images, truth = run_images(run_dir, "val", size)
+    classes, size, resize = class_names_of(served), image_size_of(served), resize_of(served)
+    calibration, _ = run_images(run_dir, "train", size, n_calibration, resize)
+    images, truth = run_images(run_dir, "val", size, resize=resize)
     served.predict_on_batch(images[:1])  # Keras' ONNX exporter wants a model that was called once
     with tempfile.TemporaryDirectory(prefix="vgg-int8-", dir=out.parent if out.parent.is_dir() else None) as scratch:
         float_path = Path(scratch) / f"float.{fmt}"
-        (_write_tflite(served, float_path) if fmt == "tflite" else _write_onnx(served, float_path, classes))
+        (_write_tflite(served, float_path) if fmt == "tflite" else _write_onnx(served, float_path, classes, resize))
         with atomic_tree(out) as tmp:
             if fmt == "tflite":
                 write_tflite_int8(served, tmp, calibration)
             else:
                 write_onnx_int8(float_path, tmp, calibration)
             check = check_int8(fmt, float_path, tmp, served, images, truth, classes, max_drop)
-    from vgg_cli.export.formats import write_labels
+    from vgg_cli.export.formats import input_doc, write_labels
 
     labels = write_labels(out, classes)
     return {"format": fmt, "int8": True, "path": str(out), "labels": str(labels), "class_names": classes,
-            "image_size": size, "calibration_images": len(calibration), "bytes": check["bytes_int8"], **check}
+            "image_size": size, "resize": resize, "input_description": input_doc(size, resize),
+            "calibration_images": len(calibration), "bytes": check["bytes_int8"], **check}

@@ -51,11 +51,11 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 NOT_FOUND = "not found"
 
 
-def _load(path: str, size: int) -> np.ndarray | str:
+def _load(path: str, size: int, resize: str = "squash") -> np.ndarray | str:
     if not os.path.lexists(path):
         return NOT_FOUND
     try:
-        return load_image(path, size)
+        return load_image(path, size, resize)
     except BadImage as e:
         return str(e)
 
@@ -90,19 +90,20 @@ def predict_probabilities(model, batch: np.ndarray, tta: str = "none") -> np.nda
 
 
 def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str = "none") -> list[Prediction]:
-    """Top-k labels of ``files``; the next batch is decoded (in parallel threads) while this one runs. ``tta``:
-    average the probabilities over flipped and/or shifted copies (``TTA``)."""
+    """Top-k labels of ``files``, decoded at the model's image size and in its resize mode (what it was trained
+    with); the next batch is decoded (in parallel threads) while this one runs. ``tta``: average the probabilities
+    over flipped and/or shifted copies (``TTA``)."""
     from vgg_cli.data.pipeline import decode_workers, prefetch_batches
-    from vgg_cli.model.load import class_names_of, image_size_of
+    from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
     classes = class_names_of(model)
-    size = image_size_of(model)
+    size, resize = image_size_of(model), resize_of(model)
     k = max(1, min(top_k, len(classes)))
     results: list[Prediction] = []
     few = len(files) <= batch_size  # one batch: no bar to flicker on a terminal
     with ThreadPoolExecutor(max_workers=decode_workers()) as pool, \
             Progress(len(files), "predicting", tty=False if few else None) as progress:
-        for start, loaded in prefetch_batches(files, lambda f: _load(f, size), batch_size, pool):
+        for start, loaded in prefetch_batches(files, lambda f: _load(f, size, resize), batch_size, pool):
             chunk = files[start:start + batch_size]
             good = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
             probs = predict_probabilities(model, np.stack([loaded[i] for i in good]), tta) if good else []

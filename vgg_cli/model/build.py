@@ -72,8 +72,9 @@ def augmentation_layers(aug_cfg) -> list[layers.Layer]:
 
 
 def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_weights: bool = True,
-                augment=None) -> tuple[keras.Model, str]:
+                augment=None, resize: str = "squash") -> tuple[keras.Model, str]:
     """[augmentation] + VGG preprocessing + backbone (+ weights, freezing) + head.
+    ``resize`` (``data.resize``) is recorded in the preprocessing layer: how this model's images are made square.
     Returns the model and where its backbone weights came from."""
     backbone = build_backbone(model_cfg.arch, image_size)
     source = load_backbone_weights(backbone, model_cfg.arch, model_cfg.weights) if load_weights else "not loaded"
@@ -83,7 +84,7 @@ def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_wei
     x = inputs
     for layer in augmentation_layers(augment):
         x = layer(x)
-    x = VGGPreprocess(name="preprocess")(x)
+    x = VGGPreprocess(resize=resize, name="preprocess")(x)
     x = backbone(x, training=False)
     pool = {"flatten": layers.Flatten, "avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
     x = pool[model_cfg.head.pooling](name=f"head_{model_cfg.head.pooling}_pool")(x)

@@ -8,12 +8,28 @@ from typing import Sequence
 import keras
 from keras import layers, ops
 
+from vgg_cli.data.images import RESIZE_MODES
+
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="vgg_cli")
 class VGGPreprocess(layers.Layer):
-    """RGB 0..255 -> BGR minus the ImageNet mean: ``keras.applications.vgg16.preprocess_input`` as a layer."""
+    """RGB 0..255 -> BGR minus the ImageNet mean: ``keras.applications.vgg16.preprocess_input`` as a layer.
+
+    ``resize`` records how the model's images were made square (``data.resize``: squash, crop or pad; see
+    ``vgg_cli.data.images``) so that prediction, evaluation, Grad-CAM and exports decode the same way. It does not
+    act on the tensor: the model takes images that are already S x S. A file saved before it existed loads as
+    ``squash``, what every model was trained with then."""
+
+    def __init__(self, resize: str = RESIZE_MODES[0], **kwargs):
+        super().__init__(**kwargs)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        self.resize = resize
+
+    def get_config(self):
+        return {**super().get_config(), "resize": self.resize}
 
     def call(self, x):
         x = ops.cast(x, self.compute_dtype)

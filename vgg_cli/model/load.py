@@ -47,3 +47,12 @@ def class_names_of(model: keras.Model) -> list[str]:
 
 def image_size_of(model: keras.Model) -> int:
     return int(model.input_shape[1])
+
+
+def resize_of(model: keras.Model) -> str:
+    """How the model's images are made square (``data.resize``: squash, crop or pad), from its preprocessing layer;
+    ``squash`` for a model saved before the setting existed (what it was trained with)."""
+    for layer in model.layers:
+        if isinstance(layer, _layers.VGGPreprocess):
+            return getattr(layer, "resize", "squash")
+    return "squash"

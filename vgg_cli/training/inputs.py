@@ -57,14 +57,15 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
         from vgg_cli.model.optim import compile_model
 
         prefix, rest = split_frozen_prefix(model, blocks)
-        key = prefix_key(prefix, cfg.model.arch, blocks, cfg.data.image_size)
+        key = prefix_key(prefix, cfg.model.arch, blocks, cfg.data.image_size, cfg.data.resize)
         root = RunsRoot.of(cfg).feature_cache(cfg.cache.dir)
         shape = tuple(int(d) for d in prefix.output.shape[1:])
         store = FeatureStore(root, key, shape, prefix.output.dtype)
         source = FeatureSource(store, [e.sha1 for e in entries], ram)
         t0 = time.perf_counter()
         # every process of a distributed job needs every feature, and may find a different part of it cached
-        source.fill(local_predictor(prefix), files, cfg.data.image_size, cfg.train.batch_size, stop_check)
+        source.fill(local_predictor(prefix), files, cfg.data.image_size, cfg.train.batch_size, stop_check,
+                    resize=cfg.data.resize)
         compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
         cut = f"block{blocks}_pool" + (" (the whole backbone: head-only training)" if blocks == 5 else "")
         info = {"path": "features", "frozen_prefix_blocks": blocks, "cache_dir": str(store.dir),
@@ -78,7 +79,8 @@ def input_plan(cfg: Config, index: DatasetIndex, model: keras.Model, stop_check,
     from vgg_cli.model.build import logits_view
     from vgg_cli.model.optim import compile_model
 
-    source = ImageSource(files, cfg.data.image_size, ram if cfg.cache.images == "auto" else 0)
+    source = ImageSource(files, cfg.data.image_size, ram if cfg.cache.images == "auto" else 0,
+                         resize=cfg.data.resize)
     info = {"path": "images", "why": why_not, "in_ram": source.ram_items,
             "description": f"whole network every epoch ({why_not}); {source.describe()}"}
     fit_model = logits_view(model)
