@@ -319,3 +319,35 @@ def test_a_deleted_current_folder_is_one_line(tmp_path):
            f"main(['train', 'data.train_dir={tmp_path}', 'output.dir=runs'])"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 74 and "current folder was deleted" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_kills_while_a_run_is_made_or_scanned_never_wedge_the_next_command(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    r = vgg_at("replace", "*/data.json", 1, "KILL", *_train(colour_data, runs, "output.name=half"))
+    assert r.returncode == -9 and (runs / "half" / "config.yaml").is_file(), r.stderr[-2000:]
+    code, out, err = run_cli(["train", "--resume", f"output.dir={runs}"])  # half-made: not resumable
+    assert code == 66 and "no unfinished run to resume" in err, err
+    r = vgg_at("replace", "*/.cache/scan-*.json", 1, "TERM", *_train(colour_data, runs))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 75 and "SIGTERM" in lines[-1] and "Traceback" not in r.stderr, r.stderr[-2000:]
+    code, out, err = run_cli(["train", "--if-changed", *_train(colour_data, runs)[1:]])
+    assert code in (0, 3), err
+
+
+@pytest.mark.slow
+def test_resume_refuses_damaged_state_rows_and_repairs_a_damaged_classes_file(tmp_path, colour_data):
+    runs = tmp_path / "runs"
+    r = vgg_at("replace", "*/checkpoints/epoch-0002.keras", 1, "KILL", *_train(colour_data, runs, "output.name=r"))
+    assert r.returncode == -9, r.stderr[-2000:]
+    state = runs / "r" / "state.json"
+    good = state.read_text()
+    state.write_text(json.dumps({**json.loads(good), "rows": [1, 2, 3]}))
+    code, out, err = run_cli(["train", "--resume", str(runs / "r")])
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 65 and len(errors) == 1 and "state.json is unreadable" in errors[0] and "Traceback" not in err
+    state.write_text(good)
+    (runs / "r" / "classes.json").write_text('["red", "gre')
+    code, out, err = run_cli(["train", "--resume", str(runs / "r")])
+    assert code in (0, 3) and "writing it again from data.json" in err, err
+    assert json.loads((runs / "r" / "classes.json").read_text()) == ["blue", "green", "red"]
