@@ -14,6 +14,8 @@ digits: real scans, not generated: the UCI handwritten digits (1,797 8x8 grey im
 people) that scikit-learn ships inside its wheel (`pip install scikit-learn`; nothing is downloaded), upscaled
 to --size. --part train / holdout splits them 4:1 by a fixed rule (every 5th image of a class is held out), so a
 model trained on one part can be scored on images it never saw: `vgg evaluate HOLDOUT --run RUN`.
+--layout splits writes OUT/train, OUT/val and OUT/test (digits: 3/5, 1/5 and the held-out 1/5 by the same fixed
+rule; generated kinds: 3:1:1), the layout Ultralytics, ImageNet and Kaggle datasets have: `vgg train OUT`.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def write_digits(out: Path, size: int, part: str, per_class: int | None) -> int:
     count = 0
     for label in range(10):
         rows = np.flatnonzero(digits.target == label)
-        keep = [r for j, r in enumerate(rows) if part == "all" or (j % 5 == 4) == (part == "holdout")]
+        parts = {"holdout": (4,), "train": (0, 1, 2, 3), "val": (3,), "fit": (0, 1, 2), "all": (0, 1, 2, 3, 4)}
+        keep = [r for j, r in enumerate(rows) if j % 5 in parts[part]]
         folder = out / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         for r in keep[:per_class]:
@@ -111,6 +114,26 @@ def write_digits(out: Path, size: int, part: str, per_class: int | None) -> int:
                 folder / f"digit{label}_{r:04d}.png")
             count += 1
     return count
+
+
+def write_splits(args) -> None:
+    """OUT/train, OUT/val, OUT/test."""
+    if args.kind == "digits":
+        for split, part in (("train", "fit"), ("val", "val"), ("test", "holdout")):
+            n = write_digits(args.out / split, args.size, part, args.per_class)
+            print(f"wrote {n} digit scans in 10 classes to {args.out / split}")
+        return
+    per_class = args.per_class or 80
+    for split, share, seed in (("train", 0.6, args.seed), ("val", 0.2, args.seed + 1), ("test", 0.2, args.seed + 2)):
+        n = max(1, round(per_class * share))
+        rng = np.random.default_rng(seed)
+        classes, make = (TEXTURES, texture) if args.kind == "textures" else (SHAPES, draw)
+        for kind in classes:
+            folder = args.out / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                make(kind, args.size, rng).save(folder / f"{kind}_{i:04d}.png")
+        print(f"wrote {n * len(classes)} {args.kind} images in {len(classes)} classes to {args.out / split}")
 
 
 def main() -> None:
@@ -124,7 +147,12 @@ def main() -> None:
                          "digits: real handwritten-digit scans from scikit-learn")
     ap.add_argument("--part", choices=["all", "train", "holdout"], default="all",
                     help="digits only: all images, or the 4/5 training part, or the held-out 1/5")
+    ap.add_argument("--layout", choices=["classes", "splits"], default="classes",
+                    help="classes: OUT/<class>/; splits: OUT/train/<class>/, OUT/val/<class>/, OUT/test/<class>/")
     args = ap.parse_args()
+    if args.layout == "splits":
+        write_splits(args)
+        return
     if args.kind == "digits":
         n = write_digits(args.out, args.size, args.part, args.per_class)
         print(f"wrote {n} digit scans ({args.part}) in 10 classes to {args.out}")
