@@ -265,7 +265,8 @@ def summary(config_path: str | None, overrides: tuple[str, ...], original: str |
         m.original_vgg(original).summary(print_fn=lambda s, **_: click.echo(s))
         return 0
     classes, note = _summary_classes(cfg)
-    model, _ = m.build_model(cfg.model, cfg.data.image_size, classes, load_weights=False, augment=cfg.augment)
+    model, _ = m.build_model(cfg.model, cfg.data.image_size, classes, load_weights=False, augment=cfg.augment,
+                             resize=cfg.data.resize)
     model.summary(expand_nested=True, show_trainable=True, print_fn=lambda s, **_: click.echo(s))
     backbone = model.get_layer(cfg.model.arch)
     for block, convs in m.conv_layers_by_block(backbone).items():

@@ -160,7 +160,8 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
     keras.utils.set_random_seed(cfg.train.seed)
     _log_device(device, cfg)
     with device.scope():  # a distribution strategy's variables are made in its scope
-        model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+        model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment,
+                                            resize=cfg.data.resize)
         if requested_weights in (PRODUCTION, LATEST):
             weights_source = f"{requested_weights}: {weights_source}"
             if copy_head_if_compatible(model, Path(cfg.model.weights)):
@@ -276,7 +277,8 @@ def _model_to_resume(session: Session, state: TrainState | None):
         log.info("resuming %s from the start: no epoch was completed", paths.root.name)
         keras.utils.set_random_seed(cfg.train.seed)
         with device.scope():
-            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment)
+            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment,
+                                   resize=cfg.data.resize)
             set_up_phase(model, cfg, plan, plan.phases[0])
         return model, plan.new_state()
     sync(paths, state)  # repair anything a crash between commit and sync left behind
