@@ -1,9 +1,10 @@
-"""Pictures: training curves, confusion matrices, the learning-rate range test. Matplotlib (Agg, no display),
-imported only here and only when a picture is drawn; every PNG is written atomically."""
+"""Pictures: training curves, confusion matrices, the learning-rate range test, the galleries. Matplotlib (Agg, no
+display), imported only here and only when a picture is drawn; every PNG is written atomically."""
 
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +13,9 @@ import numpy as np
 from vgg_cli.fsio import write_bytes
 
 TRAIN_COLOUR, VAL_COLOUR, MARK_COLOUR = "#1f77b4", "#d62728", "#555555"
+GOOD_COLOUR, BAD_COLOUR = "#1a7f37", "#cf222e"  # gallery captions: correct, wrong
+# gallery geometry, inches: label column, cell width, thumbnail side, caption above it, a row, an empty row
+G_LABEL, G_CELL, G_THUMB, G_CAPTION, G_ROW, G_EMPTY = 1.8, 2.2, 2.0, 0.45, 2.7, 0.7
 
 
 def _pyplot():
@@ -123,20 +127,74 @@ def lr_range(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence
     _save(fig, path)
 
 
-def image_grid(tiles: Sequence[tuple], path: Path, title: str, columns: int = 6) -> None:
-    """A gallery: ``tiles`` of (RGB image as a uint8 array, caption, good?) in a grid, captions green when good
-    and red when not. An empty gallery is a picture that says so, never a missing file."""
+def class_rows(groups: Sequence[tuple], path: Path, title: str, columns: int = 6,
+               cam_legend: bool = False) -> list[dict]:
+    """A gallery with one row per class: ``groups`` of (class name, row label, tiles), tiles of (RGB image as a
+    uint8 array, caption, good?), captions green when good and red when not. A class with more tiles than
+    ``columns`` continues on the rows below its label; a class without tiles is a low row that says "none"; a
+    thin line separates two classes. ``cam_legend``: a colour bar explaining the Grad-CAM colours (jet: red =
+    strongest evidence). Laid out by hand (no layout engine: hundreds of tiles draw in seconds). Returns the
+    layout, one {"class", "label", "tiles", "first_row", "rows"} per group (report.html and the tests read it)."""
     plt = _pyplot()
-    n = max(1, len(tiles))
-    cols = min(columns, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.9 * rows + 0.4), squeeze=False, layout="constrained")
-    for ax in axes.flat:
-        ax.axis("off")
-    if not tiles:
-        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=14, color=MARK_COLOUR)
-    for ax, (image, caption, good) in zip(axes.flat, tiles):
-        ax.imshow(image)
-        ax.set_title(caption, fontsize=9, color="#1a7f37" if good else "#cf222e", wrap=True)
-    fig.suptitle(title, fontsize=10)
+    from matplotlib.lines import Line2D
+
+    cols, layout, row = max(1, columns), [], 0
+    for name, label, tiles in groups:
+        n_rows = max(1, -(-len(tiles) // cols))
+        layout.append({"class": name, "label": label, "tiles": len(tiles), "first_row": row, "rows": n_rows})
+        row += n_rows
+    heights = [G_ROW] * max(1, row)
+    for place in layout:
+        if not place["tiles"]:
+            heights[place["first_row"]] = G_EMPTY
+    width = G_LABEL + cols * G_CELL + 0.1
+    title = textwrap.fill(title, max(30, int(width * 10)))  # a narrow gallery: its title wraps
+    top = 0.3 + 0.2 * (title.count("\n") + 1)
+    tops = [top + sum(heights[:r]) for r in range(len(heights))]  # inches from the figure's top edge
+    fig = plt.figure(figsize=(width, tops[-1] + heights[-1] + (0.9 if cam_legend else 0.1)))
+    inches = fig.get_size_inches()
+    fig.text(0.5, 1 - 0.2 / inches[1], title, ha="center", va="top", fontsize=11)
+    if not groups:  # an empty gallery is a picture that says so, never a missing file
+        fig.text(0.5, 1 - (top + G_ROW / 2) / inches[1], "none", ha="center", va="center", fontsize=14,
+                 color=MARK_COLOUR)
+    for (name, label, tiles), place in zip(groups, layout):
+        first = tops[place["first_row"]]
+        if place["first_row"]:
+            fig.add_artist(Line2D([0.01, 0.99], [1 - (first - 0.05) / inches[1]] * 2, color="#d0d7de", linewidth=1.2))
+        middle = first + (G_CAPTION + G_THUMB / 2 if tiles else heights[place["first_row"]] / 2)
+        _row_label(fig, label, (G_LABEL - 0.15) / inches[0], 1 - middle / inches[1])
+        if not tiles:
+            fig.text((G_LABEL + 0.1) / inches[0], 1 - middle / inches[1], "none", ha="left", va="center",
+                     fontsize=12, color=MARK_COLOUR)
+        for i, (image, caption, good) in enumerate(tiles):
+            x = G_LABEL + (i % cols) * G_CELL + (G_CELL - G_THUMB) / 2
+            y = tops[place["first_row"] + i // cols] + G_CAPTION + G_THUMB
+            ax = fig.add_axes((x / inches[0], 1 - y / inches[1], G_THUMB / inches[0], G_THUMB / inches[1]))
+            ax.imshow(image)
+            ax.set_axis_off()  # the caption is figure text: axes titles cost a layout pass per tile
+            fig.text((x + G_THUMB / 2) / inches[0], 1 - (y - G_THUMB - 0.05) / inches[1], caption, ha="center",
+                     va="bottom", fontsize=9, color=GOOD_COLOUR if good else BAD_COLOUR)
+    if cam_legend:
+        bar_width = min(cols * G_CELL, 6.0)
+        _cam_colour_bar(fig, ((G_LABEL + (cols * G_CELL - bar_width) / 2) / inches[0], 0.62 / inches[1],
+                              bar_width / inches[0], 0.16 / inches[1]))
     _save(fig, path, dpi=100)
+    return layout
+
+
+def _row_label(fig, label: str, x: float, y: float) -> None:
+    """The class name at the left of its (first) row."""
+    fig.text(x, y, label, ha="right", va="center", multialignment="center", fontsize=12, fontweight="bold",
+             color="#1f2328", bbox={"boxstyle": "round,pad=0.4", "facecolor": "#f6f8fa", "edgecolor": "#d0d7de"})
+
+
+def _cam_colour_bar(fig, rect: tuple) -> None:
+    """What the overlay colours mean: the jet colour map of ``inference.gradcam.overlay``, weak to strong."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), cax=fig.add_axes(rect), orientation="horizontal",
+                       ticks=[0, 0.5, 1])
+    bar.ax.set_xticklabels(["none", "half", "strongest"], fontsize=9)
+    bar.set_label("Grad-CAM: red = where the evidence for the predicted class\nis strongest (in each image), "
+                  "blue = little or none", fontsize=10)

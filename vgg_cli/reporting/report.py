@@ -1,9 +1,12 @@
 """report.html: one self-contained page about a run or an evaluation, for a person.
 
 Everything is inside the file: pictures as data: URIs, no script or style from the network, so it opens from a
-file:// URL on a machine with no internet, and can be mailed or attached to a ticket as one file. Sections: the
-run (data, config, device, timings, the promotion decision and why), its curves, the evaluation (accuracy, the
-per-class table, the confusion matrices, the galleries) and every file that was skipped.
+file:// URL on a machine with no internet, and can be mailed or attached to a ticket as one file. First the
+headline: badges (training health coloured: green ok, amber stalled, red diverged; the promotion) and the numbers
+big (accuracy, top-5, images, classes, image size, frozen blocks, learning rate, device, time, data), each tile
+readable back from its ``data-key``/``data-value``. Then the run (the promotion decision and why), its curves, the
+evaluation (the per-class table, the confusion matrices, the galleries with one row per class, a Grad-CAM colour
+legend when the tiles are overlays) and every file that was skipped.
 
 A small inline script counts the pictures the browser decoded (``data-images-decoded`` on <body>) and puts a
 visible warning on the page when one did not, so a broken report never looks complete.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 from vgg_cli.errors import VggError
@@ -22,14 +26,30 @@ from vgg_cli.runs.summary import Summary
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #1f2328; }
-h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 1.6em; }
+h1 { font-size: 1.5em; margin-bottom: .3em; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #d0d7de; padding: .25em .6em; }
 th { background: #f6f8fa; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; border: 1px solid #d0d7de; margin: .4em 0; }
-.pair { display: flex; gap: 1em; flex-wrap: wrap; } .pair img { max-width: 48%; }
-.ok { color: #1a7f37; font-weight: 600; } .bad { color: #cf222e; font-weight: 600; }
-pre { background: #f6f8fa; padding: .8em; overflow-x: auto; } .muted { color: #59636e; }
+img { max-width: 100%; border: 1px solid #d0d7de; margin: .4em 0; } .muted, .caption { color: #59636e; }
+.pair { display: flex; gap: 1em; flex-wrap: wrap; } .pair img { max-width: 48%; } .caption { margin: 0 0 .4em; }
+pre { background: #f6f8fa; padding: .8em; overflow-x: auto; }
 #broken { display: none; background: #ffebe9; border: 1px solid #cf222e; padding: .6em; }
+.badges { display: flex; gap: .5em; flex-wrap: wrap; margin: .2em 0 1em; }
+.badge { border-radius: 2em; padding: .15em .8em; font-weight: 600; border: 1px solid; white-space: nowrap; }
+.green { background: #dafbe1; color: #116329; border-color: #4ac26b; } .grey { background: #f6f8fa; color: #59636e;
+  border-color: #d0d7de; } .amber { background: #fff8c5; color: #7d4e00; border-color: #d4a72c; }
+.red { background: #ffebe9; color: #a40e26; border-color: #ff8182; }
+.headline { display: grid; grid-template-columns: repeat(4, 1fr); gap: .7em; margin: 0 0 1em; }
+.tile { border: 1px solid #d0d7de; border-radius: 8px; padding: .6em .9em; min-width: 0; }
+.tile .k { color: #59636e; font-size: .85em; text-transform: uppercase; letter-spacing: .04em; }
+.tile .v { font-size: 1.55em; font-weight: 600; line-height: 1.25; overflow-wrap: anywhere; }
+.tile .s { color: #59636e; font-size: .9em; overflow-wrap: anywhere; } .tile.main, .tile.wide { grid-column: span 2; }
+.tile.main { background: #f6f8fa; } .tile.main .v { font-size: 2.8em; }
+.tile.wide .v { font-size: 1.1em; font-family: ui-monospace, monospace; }
+.callout { border-left: 4px solid; border-radius: 4px; padding: .5em .9em; margin: 0 0 1em; }
+.cam-scale { display: inline-block; width: 14em; height: .9em; vertical-align: middle; border: 1px solid #d0d7de;
+  background: linear-gradient(to right, #00007f, #00f, #007fff, #0ff, #7fff7f, #ff0, #ff7f00, #f00, #7f0000); }
+@media (max-width: 700px) { .headline { grid-template-columns: repeat(2, 1fr); } }
 """
 
 CHECK_IMAGES = """
@@ -49,8 +69,12 @@ window.addEventListener("load", function () {
 """
 
 
+class Raw(str):
+    """Markup made here, put into a table as is."""
+
+
 def esc(value) -> str:
-    return html.escape(str(value), quote=True)
+    return value if isinstance(value, Raw) else html.escape(str(value), quote=True)
 
 
 def picture(path: Path, alt: str) -> str:
@@ -76,28 +100,179 @@ def _num(x, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+HEALTH_COLOURS = {"ok": "green", "stalled": "amber", "recovered": "amber", "diverged": "red"}
+
+
+def health_badge(health: dict) -> str:
+    """summary.json "health" as a coloured badge: green ok, amber stalled (and recovered with a warning to
+    heed), red diverged, grey when unknown. ``data-health`` carries the status for scripts."""
+    status = health.get("status")
+    if not status:
+        return '<span class="badge grey health" data-health="">health: not recorded</span>'
+    colour = HEALTH_COLOURS.get(status, "grey")
+    if status == "recovered" and not health.get("warning"):
+        colour = "green"
+    return (f'<span class="badge {colour} health health-{esc(status)}" data-health="{esc(status)}" '
+            f'title="{esc(health.get("warning") or "")}">health: {esc(status)}</span>')
+
+
+def promotion_badge(promotion: dict | None) -> str:
+    colour, text = (("grey", "promotion not decided") if not promotion or promotion.get("pending") else
+                    ("green", "promoted to production") if promotion.get("promoted") else ("grey", "not promoted"))
+    return f'<span class="badge {colour} promotion">{text}</span>'
+
+
+def run_config(run) -> dict:
+    """The run's config.yaml as a tree ({} when it is missing or unreadable: the headline then shows "-")."""
+    import yaml
+    from vgg_cli.config.sources import yaml_load
+
+    try:
+        tree = yaml_load(run.config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def tile(key: str, label: str, value, sub: str = "", kind: str = "", raw=None) -> str:
+    """One headline figure; ``data-key``/``data-value`` (``raw``, else the value) let scripts read it back."""
+    raw = value if raw is None else raw
+    return (f'<div class="tile {kind}" data-key="{esc(key)}" data-value="{esc(raw)}"><div class=k>{esc(label)}</div>'
+            f'<div class=v>{esc(value)}</div><div class=s>{esc(sub)}</div></div>')
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _blocks(blocks) -> str:
+    """[1, 2, 3, 4, 5] -> "1-5"; [1, 3] -> "1, 3"; [] -> "none"."""
+    blocks = sorted(b for b in (blocks if isinstance(blocks, list) else []) if isinstance(b, int))
+    if not blocks:
+        return "none"
+    if blocks == list(range(blocks[0], blocks[-1] + 1)) and len(blocks) > 2:
+        return f"{blocks[0]}\u2013{blocks[-1]}"
+    return ", ".join(map(str, blocks))
+
+
+def _duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def accuracy_tiles(summary: Summary, evaluation: dict | None) -> list[str]:
+    """Accuracy and top-5 accuracy: of the evaluation when there is one, else of the best epoch's validation."""
+    if evaluation is not None:
+        acc, n = evaluation.get("accuracy"), evaluation.get("images", 0)
+        sub = f"{n - evaluation.get('misclassified', 0)} of {n} correct, {evaluation.get('data', '')}"
+        top5 = evaluation.get("top5_accuracy")
+    else:
+        best = summary.best or {}
+        acc, top5 = best.get("val_accuracy"), best.get("val_top5_accuracy")
+        sub = (f"val_accuracy of the best epoch ({best.get('epoch')}); no evaluation" if acc is not None else
+               "no validation images")
+    classes = len(summary.classes or (evaluation or {}).get("classes") or [])
+    top5_sub = "of the same images" if top5 is not None else (
+        "needs more than 5 classes" if 0 < classes <= 5 else "not measured")
+    return [tile("accuracy", "accuracy", _pct(acc), sub, "main", "" if acc is None else acc),
+            tile("top5_accuracy", "top-5 accuracy", _pct(top5) if top5 is not None else "\u2014", top5_sub,
+                 raw="" if top5 is None else top5)]
+
+
+def _section(tree: dict, name: str) -> dict:
+    return tree.get(name) if isinstance(tree.get(name), dict) else {}
+
+
+def setup_tiles(summary: Summary, config: dict, evaluation: dict | None) -> list[str]:
+    """What the model was trained on and with: images, classes, image size, frozen blocks, learning rate."""
+    data, model = _section(config, "data"), _section(config, "model")
+    images, classes = summary.images, summary.classes or list((evaluation or {}).get("classes") or [])
+    out = []
+    if images:
+        skipped = f", {images['skipped']} skipped" if images.get("skipped") else ""
+        out.append(tile("images", "images", f"{images.get('train', 0)} / {images.get('val', 0)}",
+                        f"train / validation{skipped}", raw=f"{images.get('train', 0)}/{images.get('val', 0)}"))
+    elif evaluation is not None:
+        out.append(tile("images", "images", evaluation.get("images", "-"), "evaluated"))
+    out.append(tile("classes", "classes", len(classes), ", ".join(classes)[:120]))
+    size = data.get("image_size", (evaluation or {}).get("image_size"))
+    out.append(tile("image_size", "image size", f"{size} px" if size else "-",
+                    f"{size}\u00d7{size} input" if size else "", raw=size if size else ""))
+    phases = [p for p in (summary.get("phases") or []) if isinstance(p, dict)]
+    if isinstance(model.get("freeze_blocks"), list):
+        frozen = model["freeze_blocks"]
+        sub = "; ".join(f"then {_blocks(p['frozen_blocks'])} when fine-tuning" for p in phases[1:]
+                        if "frozen_blocks" in p) or f"of {str(model.get('arch', 'vgg16')).upper()}'s 5 conv blocks"
+        out.append(tile("freeze_blocks", "frozen blocks", _blocks(frozen), sub, raw=",".join(map(str, frozen))))
+    rates = [p for p in phases if isinstance(p.get("learning_rate"), (int, float))]
+    if rates:
+        shown = [f"{p['learning_rate']:g}{' (auto)' if p.get('learning_rate_auto') else ''}" for p in rates]
+        out.append(tile("learning_rate", "learning rate", shown[0], "; ".join(
+            f"phase {p.get('phase', i + 2)}: {r}" for i, (p, r) in enumerate(zip(rates[1:], shown[1:]))) or
+            _optimizer(config), raw=rates[0]["learning_rate"]))
+    return out
+
+
+def _optimizer(config: dict) -> str:
+    train = _section(config, "train")
+    return f"{_section(train, 'optimizer').get('name', '-')}, {_section(train, 'schedule').get('name', '-')} schedule"
+
+
+def where_tiles(summary: Summary, config: dict, evaluation: dict | None) -> list[str]:
+    """Where it ran and for how long, and the data it read."""
+    data, out = _section(config, "data"), []
+    device, timings = summary.get("device") or {}, summary.get("timings") or {}
+    if device:
+        out.append(tile("device", "device", f"{device.get('backend', '-')} \u00b7 {device.get('precision', '-')}",
+                        device.get("note", "")))
+    if timings:
+        sub = (f"{_duration(timings.get('epochs_s'))} of epochs, {timings.get('images_per_sec', '-')} img/s"
+               + (" (this session)" if summary.get("resumed") else ""))
+        out.append(tile("time", "time", _duration(timings.get("this_session_total_s")), sub,
+                        raw=timings.get("this_session_total_s", "")))
+    if data.get("train_dir"):
+        val = (f"validation: {data['val_dir']}" if data.get("val_dir") else
+               f"validation: {data.get('val_split', 0):.0%} of it, held out" if data.get("val_split") else "")
+        out.append(tile("data", "training data", data["train_dir"], val, "wide"))
+    return out
+
+
+def headline(run, summary: Summary, evaluation: dict | None) -> str:
+    """The first thing on the page: the badges, then the numbers a person asks for first, big."""
+    config = run_config(run) if run is not None else {}
+    status = summary.status.value if summary.status else "unfinished"
+    badges = [health_badge(summary.health), f'<span class="badge grey status">{esc(status)}</span>',
+              promotion_badge(summary.promotion)] if summary.data else []
+    tiles = accuracy_tiles(summary, evaluation) + setup_tiles(summary, config, evaluation) + \
+        where_tiles(summary, config, evaluation)
+    out = (f"<div class=badges>{''.join(badges)}</div>" if badges else "") + \
+        f"<div class=headline>{''.join(tiles)}</div>"
+    warning = summary.health.get("warning")
+    if warning:
+        colour = HEALTH_COLOURS.get(summary.health_status or "", "amber")
+        out += f'<div class="callout {colour} health-warning"><b>Training health:</b> {esc(warning)}</div>'
+    return out
+
+
 def run_section(run, summary: Summary) -> str:
-    """The run: what it trained on, with what, where, how long, and what became of it."""
-    images = summary.images
-    best = summary.best or {}
-    monitor = summary.monitor or ""
-    device = summary.get("device") or {}
-    timings = summary.get("timings") or {}
+    """The run in detail: what it trained on, with what, where, how long, and what became of it."""
+    images, best, device = summary.images, summary.best or {}, summary.get("device") or {}
     rows = [["run", run.name], ["status", summary.status.value if summary.status else "unfinished"],
-            ["started", summary.started], ["finished", summary.get("finished")],
-            ["classes", ", ".join(summary.classes)],
+            ["started", f"{summary.started}, finished {summary.get('finished') or '-'}"],
             ["images", f"{images.get('train', 0)} train, {images.get('val', 0)} validation, "
-                       f"{images.get('skipped', 0)} skipped"],
-            ["weights", summary.get("weights")],
-            ["best epoch", f"{best.get('epoch', '-')} of {summary.get('epochs_run', '-')}: {monitor} "
+                       f"{images.get('skipped', 0)} skipped"], ["weights", summary.get("weights")],
+            ["best epoch", f"{best.get('epoch', '-')} of {summary.get('epochs_run', '-')}: {summary.monitor or ''} "
                            f"{_num(summary.best_value)}" if best else "-"],
             ["device", f"{device.get('backend', '-')}, {device.get('precision', '-')}, "
-                       f"{device.get('note', '')}; {device.get('distribute_note', '')}"],
-            ["time", f"{timings.get('this_session_total_s', '-')} s in all, {timings.get('epochs_s', '-')} s of "
-                     f"epochs, {timings.get('images_per_sec', '-')} img/s"]]
-    health = summary.health.get("warning")
-    if health:
-        rows.append(["health", health])
+                       f"{device.get('note', '')}; {device.get('distribute_note', '')}"]]
+    stalled = summary.health.get("stalled_epochs") or []
+    rows.append(["health", Raw(health_badge(summary.health) + (
+        f" epochs {esc(', '.join(map(str, stalled)))} stalled; see the warning above"
+        if stalled and summary.health.get("warning") else ""))])
     out = [f"<h2>Run</h2>{table(None, rows)}", promotion_section(summary.promotion)]
     config = run.config.read_text(encoding="utf-8") if run.config.is_file() else ""
     out.append(f"<details><summary>config.yaml</summary><pre>{esc(config)}</pre></details>")
@@ -108,12 +283,10 @@ def run_section(run, summary: Summary) -> str:
 def promotion_section(promotion: dict | None) -> str:
     if not promotion or promotion.get("pending"):
         return "<p class=muted>promotion: not decided</p>"
-    verdict = ('<span class="ok">promoted to production</span>' if promotion.get("promoted") else
-               '<span class="bad">not promoted</span>')
     numbers = [f"new model {_num(promotion.get('new_accuracy'))}"]
     if "production_accuracy" in promotion:
         numbers.append(f"production {promotion.get('production_run')} {_num(promotion['production_accuracy'])}")
-    return (f"<p><b>Promotion:</b> {verdict}: {esc(promotion.get('reason', ''))} "
+    return (f"<p><b>Promotion:</b> {promotion_badge(promotion)} {esc(promotion.get('reason', ''))} "
             f"<span class=muted>({esc(', '.join(numbers))})</span></p>")
 
 
@@ -137,11 +310,44 @@ def evaluation_section(report: dict) -> str:
         out.append(f"<p class=muted>no images of {esc(', '.join(report['missing_classes']))} in this data</p>")
     out.append("<div class=pair>" + picture(Path(files.get("confusion_png", "")), "confusion matrix") +
                picture(Path(files.get("confusion_normalised_png", "")), "confusion matrix, normalised") + "</div>")
-    out.append("<h2>Misclassified images</h2>" + picture(Path(files.get("misclassified_png", "")),
-                                                          "misclassified images"))
-    out.append("<h2>Correct images, a sample per class</h2>" + picture(Path(files.get("correct_png", "")),
-                                                                       "correct images"))
+    out.append(gallery_section(files))
     return "".join(out)
+
+
+CAM_LEGEND = ('<p class="caption cam-legend"><b>Grad-CAM:</b> each tile is coloured by where the evidence for the '
+              '<i>predicted</i> class lies: <span class=cam-scale></span> blue = little or none, red = where it is '
+              'strongest (each image scaled to its own strongest point). Red on the object is a good sign; red on '
+              'the background means the model looks at the wrong thing.</p>')
+
+
+def gallery_layout(files: dict) -> dict:
+    """gallery.json (``vgg_cli.evaluation.gallery``): which class is on which row; {} for older evaluations."""
+    try:
+        layout = json.loads(Path(files["gallery_json"]).read_text(encoding="utf-8"))
+    except (KeyError, OSError, ValueError):
+        return {}
+    return layout if isinstance(layout, dict) else {}
+
+
+def gallery_section(files: dict) -> str:
+    """The two galleries, each with a caption saying how to read it (and the Grad-CAM colours when used)."""
+    layout = gallery_layout(files)
+    legend = CAM_LEGEND if layout.get("gradcam") else ""
+    wrong = (layout.get("misclassified_png") or {}).get("rows") or []
+    right = (layout.get("correct_png") or {}).get("rows") or []
+    wrong_caption = (f"One row per true class ({len(wrong)} with mistakes shown), the class of the most confident "
+                     f"mistake first and the most confident first in each row; each tile says what the model "
+                     f"predicted and how sure it was." if wrong else "No image was misclassified." if layout else
+                     "The most confident mistakes first.")
+    right_caption = ("One row per class, labelled on the left: a sample of its correctly classified images with "
+                     "the probability given to it." if layout else "A sample per class.")
+    empty = [r.get("class") for r in right if isinstance(r, dict) and not r.get("tiles")]
+    if empty:
+        right_caption += f" No image of {', '.join(map(str, empty))} was classified correctly."
+    return (f"<h2>Misclassified images</h2><p class=caption>{esc(wrong_caption)}</p>{legend}" +
+            picture(Path(files.get("misclassified_png", "")), "misclassified images") +
+            f"<h2>Correct images, one row per class</h2><p class=caption>{esc(right_caption)}</p>{legend}" +
+            picture(Path(files.get("correct_png", "")), "correct images"))
 
 
 def skipped_section(skipped: list[dict]) -> str:
@@ -162,7 +368,7 @@ def write_run_report(run, evaluation: dict | None = None) -> Path:
     """``<run>/report.html``: the run, its curves, its validation evaluation (when there is one), skipped files."""
     summary = run.summary_or_none() or Summary()
     manifest = _manifest(run)
-    sections = [run_section(run, summary)]
+    sections = [headline(run, summary, evaluation), run_section(run, summary)]
     if evaluation is not None:
         sections.append(evaluation_section(evaluation))
     sections.append(skipped_section(list(manifest.get("skipped") or []) +
@@ -174,9 +380,10 @@ def write_run_report(run, evaluation: dict | None = None) -> Path:
 
 def write_evaluation_report(report: dict, out_dir: Path, run=None) -> Path:
     """``<evaluation folder>/report.html``: the evaluation, with its run's summary when it has one."""
-    sections = []
+    summary = (run.summary_or_none() if run is not None and run.summary.is_file() else None) or Summary()
+    sections = [headline(run, summary, report)]
     if run is not None and run.summary.is_file():
-        sections.append(run_section(run, run.summary_or_none() or Summary()))
+        sections.append(run_section(run, summary))
     sections += [evaluation_section(report), skipped_section(report.get("skipped") or [])]
     out = EvaluationDir(Path(out_dir)).report_html
     write_text(out, page(f"vgg evaluation: {Path(report['model']).name} on the {report['data']}", sections))
