@@ -58,8 +58,8 @@ def test_a_badly_calibrated_int8_model_is_refused_and_nothing_is_written(trained
 
     real = quantize.run_images  # the public source of the calibration (train) and check (val) images
 
-    def black_calibration(run_dir, split, size, limit=None):
-        images, truth = real(run_dir, split, size, limit)
+    def black_calibration(run_dir, split, size, limit=None, resize="squash"):
+        images, truth = real(run_dir, split, size, limit, resize)
         return (np.zeros_like(images) if split == "train" else images), truth  # calibrated on black frames
 
     monkeypatch.setattr(quantize, "run_images", black_calibration)
