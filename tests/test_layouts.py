@@ -81,6 +81,8 @@ def test_training_on_split_folders_evaluates_test_and_prints_the_results(tmp_pat
     assert table[0].startswith("validation      9 images  accuracy ") and f"{val['accuracy']:.4f}" in table[0]
     assert table[1].startswith("test            9 images  accuracy ") and f"{test['accuracy']:.4f}" in table[1]
     assert "worst: " in table[0] and f"report: {run / 'report.html'}" in err
+    page = (run / "report.html").read_text()
+    assert page.count("<h2>Evaluation on the") == 2 and str(data / "test") in page  # validation and test
     promotion = json.loads((run / "summary.json").read_text())["promotion"]
     assert promotion["evaluated_on"]["images"] == 9  # the validation split decides, not test/
     code, out, err = run_cli(["train", str(data), f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=1",

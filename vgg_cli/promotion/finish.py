@@ -52,7 +52,7 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
         paths.write_summary(summary)
     if promotion.get("applied") is False:
         if cfg.output.report:
-            write_run_report(paths, _saved_evaluation(paths))
+            write_run_report(paths, _saved_evaluation(paths), (_saved_evaluation(paths, "test"),))
         apply_decision(runs, paths.root.name, promotion)
         promotion["applied"] = True
         # (promotion's evaluation included)
@@ -102,9 +102,9 @@ def evaluate_test(cfg, paths: RunDir) -> dict | None:
     return report
 
 
-def _saved_evaluation(paths: RunDir) -> dict | None:
-    """evaluation/val/report.json (a run finished again after a kill reuses it), or None."""
+def _saved_evaluation(paths: RunDir, name: str = "val") -> dict | None:
+    """evaluation/<name>/report.json (a run finished again after a kill reuses it), or None."""
     try:
-        return read_json(EvaluationDir(paths.evaluation("val")).report)
+        return read_json(EvaluationDir(paths.evaluation(name)).report)
     except VggError:
         return None

@@ -364,13 +364,13 @@ def page(title: str, sections: list[str]) -> str:
             + "".join(sections) + "</body></html>\n")
 
 
-def write_run_report(run, evaluation: dict | None = None) -> Path:
-    """``<run>/report.html``: the run, its curves, its validation evaluation (when there is one), skipped files."""
+def write_run_report(run, evaluation: dict | None = None, more: tuple = ()) -> Path:
+    """``<run>/report.html``: the run, its curves, its validation evaluation (when there is one) and ``more``
+    (the test folder's), skipped files."""
     summary = run.summary_or_none() or Summary()
     manifest = _manifest(run)
     sections = [headline(run, summary, evaluation), run_section(run, summary)]
-    if evaluation is not None:
-        sections.append(evaluation_section(evaluation))
+    sections += [evaluation_section(e) for e in (evaluation, *more) if e is not None]
     sections.append(skipped_section(list(manifest.get("skipped") or []) +
                                     list((evaluation or {}).get("skipped") or [])))
     out = run.report
