@@ -189,8 +189,8 @@ def export(fmt: str, run: str | None, model_file: str | None, runs, out_path: st
     1e-4) before it replaces anything.
 
     \b
-    Every format takes float32 [N, S, S, 3] raw RGB pixels 0-255 (S = the run's data.image_size; VGG
-    preprocessing is inside) and returns class probabilities. Class names travel with it: the SavedModel
+    Every format takes float32 [N, S, S, 3] raw RGB pixels 0-255 (S = the run's data.image_size, made square
+    as its data.resize says; VGG preprocessing is inside) and returns class probabilities. Class names travel with it: the SavedModel
     signature also returns class_index and class_name, and has assets.extra/labels.txt; TFLite and ONNX get
     <name>.labels.txt beside the file (ONNX also in its metadata, class_names).
 

@@ -115,4 +115,4 @@ def _overlays(model, paths: list[str], batch_size: int, layer: str | None) -> di
 
     if not paths:
         return {}
-    return {path: overlay(path, c.heatmap) for path, c in GradCam(model, layer).of_files(paths, None, batch_size)}
+    return {path: overlay(path, c) for path, c in GradCam(model, layer).of_files(paths, None, batch_size)}
