@@ -71,6 +71,7 @@ def test_training_on_split_folders_evaluates_test_and_prints_the_results(tmp_pat
                               "promote.min_accuracy=0"])
     assert code == 0, err
     run = Path(out.strip().splitlines()[-1])
+    assert run.name.endswith("-DATA")  # named after the dataset, not its train/ folder
     manifest = json.loads((run / "data.json").read_text())
     assert manifest["train_dir"] == str((data / "train").resolve())
     assert manifest["val_dir"] == str((data / "val").resolve())

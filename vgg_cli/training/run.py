@@ -135,6 +135,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
     started = now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
+    dataset_name = Path(cfg.data.train_dir).name  # (the dataset's own name, not the train/ of a split layout)
     cfg = resolve_sources(cfg)
     check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
     device = setup_devices(cfg.train, *_compile_cache(cfg))
@@ -172,7 +173,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
              cfg.model.freeze_blocks or "none", plan.phases[0].describe())
     t_built = time.perf_counter()
 
-    paths = runs.new_run(cfg.output.name, Path(index.train_dir).name)
+    paths = runs.new_run(cfg.output.name, dataset_name)
     handler = attach_log_file(paths.log, early)
     try:
         log.info("run directory %s", paths.root)
