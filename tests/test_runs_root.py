@@ -128,3 +128,17 @@ def test_vgg_runs_lists_in_run_order_and_shows_production_now(tmp_path):
 def test_an_unknown_run_names_the_command_that_lists_runs(tmp_path):
     code, out, err = run_cli(["promote", "nosuch", "--runs-dir", str(tmp_path / "runs")])
     assert code == 66 and f"vgg runs --runs-dir {tmp_path / 'runs'}" in err and "ls " not in err, err
+
+
+def test_predict_says_when_the_latest_run_has_other_classes_than_production(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "old", FINISHED)
+    new = _fake_run(runs, "new", {**FINISHED, "promotion": {"promoted": False, "applied": True, "reason": "x",
+                                                             "class_change": {"added": ["c"], "removed": []}}})
+    assert run_cli(["promote", "old", "--runs-dir", str(runs)])[0] == 0
+    (runs / "old" / "model" / "best.keras").write_bytes(b"cut short")  # the note comes before the model loads
+    (runs / "latest").symlink_to("new")
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not an image")
+    code, out, err = run_cli(["predict", str(image), "--runs-dir", str(runs)])
+    assert "latest run new has other classes (added ['c']" in err and f"--run {new.name}" in err, err

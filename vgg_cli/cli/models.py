@@ -44,6 +44,8 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
 
         raise NoInputError(f"no image files found in {', '.join(inputs)}; pass image files or folders of images")
     path = resolve_model_file(run, model_file, runs)
+    if run is None and model_file is None:
+        _warn_if_latest_has_other_classes(runs)
     import time
 
     t0 = time.perf_counter()
@@ -76,6 +78,19 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
             return EXIT_NOINPUT
         return EXIT_DATA
     return 0
+
+
+def _warn_if_latest_has_other_classes(runs) -> None:
+    """The default model is production's; when the newest run was kept out of production because its classes
+    changed, say so (a user who just trained on new data expects the new run)."""
+    latest, production = runs.latest(), runs.production()
+    if latest is None or production is None or latest.root == production:
+        return
+    change = ((latest.summary_or_none() or {}).get("promotion") or {}).get("class_change")
+    if change:
+        click.echo(f"note: answering with production {production.name}; the latest run {latest.name} has other "
+                   f"classes (added {change.get('added') or 'none'}, removed {change.get('removed') or 'none'}) and "
+                   f"was not promoted: pass --run {latest.name} to use it", err=True)
 
 
 def _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size) -> dict:
