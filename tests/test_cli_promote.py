@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from tests.conftest import COLOURS, SIZE, colour_image, make_colour_dataset, run
 
 GOOD = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
         "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",
-        "output.tensorboard=false", "train.epochs=10"]
+        "output.tensorboard=false", "train.epochs=10",
+        "output.report=false"]  # no test here reads report.html or evaluation/: the promotion is judged without them
 BAD = [*GOOD, "train.epochs=1", "train.optimizer.learning_rate=1e-7", "train.seed=7"]  # barely trained
 
 
@@ -21,19 +23,43 @@ def train(data: Path, runs: Path, *extra: str) -> tuple[int, dict, str]:
     return code, json.loads(out), err
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    return make_colour_dataset(tmp_path / "photos", per_class=10, seed=3)
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The photos every test trains on (read only: a test that changes them works on a copy)."""
+    return make_colour_dataset(tmp_path_factory.mktemp("promote") / "photos", per_class=10, seed=3)
 
 
-@pytest.fixture
-def champion(tmp_path, data) -> tuple[Path, Path]:
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def trained_champion(tmp_path_factory, data) -> Path:
+    """One real first run, promoted because there is no production yet: the runs folder each test copies."""
+    runs = tmp_path_factory.mktemp("champion") / "runs"
     code, result, err = train(data, runs, *GOOD, "output.name=champion")
     assert code == 0 and result["promoted"] is True, err
     assert result["promotion"]["reason"].startswith("no production model yet; accuracy")
     assert (runs / "production").resolve() == (runs / "champion").resolve()
+    return runs
+
+
+@pytest.fixture
+def champion(tmp_path, trained_champion) -> tuple[Path, Path]:
+    """A runs folder of its own holding the champion in production (its links are relative: they move along)."""
+    runs = shutil.copytree(trained_champion, tmp_path / "runs", symlinks=True)
+    assert (runs / "production").resolve() == (runs / "champion").resolve() == (runs / "latest").resolve()
     return runs, runs / "champion"
+
+
+def fake_run(runs: Path, name: str) -> Path:
+    """A finished run's folder as far as pruning reads it (config.yaml makes it a run; classes, summary), made
+    without training."""
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    (run / "classes.json").write_text(json.dumps(sorted(COLOURS)))
+    (run / "summary.json").write_text(json.dumps({
+        "status": "finished", "classes": sorted(COLOURS), "images": {"train": 24, "val": 6},
+        "monitor": "val_accuracy", "best": {"epoch": 1, "val_accuracy": 0.5},
+        "promotion": {"promoted": False, "applied": True, "reason": "a stand-in"}}))
+    return run
 
 
 @pytest.mark.slow
@@ -98,8 +124,9 @@ def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
 
 
 @pytest.mark.slow
-def test_class_change_blocks_promotion_unless_allowed(champion, data):
+def test_class_change_blocks_promotion_unless_allowed(champion, data, tmp_path):
     runs, champ = champion
+    data = shutil.copytree(data, tmp_path / "photos")  # the shared photos stay as they are
     rng = np.random.default_rng(4)
     (data / "purple").mkdir()
     for i in range(6):
@@ -112,10 +139,9 @@ def test_class_change_blocks_promotion_unless_allowed(champion, data):
     assert code == 0 and result["promoted"] and (runs / "production").resolve() == (runs / "four-ok").resolve()
 
 
-@pytest.mark.slow
-def test_promote_refuses_unfinished_runs(champion):
-    runs, _ = champion
-    (runs / "broken").mkdir()
+def test_promote_refuses_unfinished_runs(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "broken").mkdir(parents=True)
     (runs / "broken" / "config.yaml").write_text("{}\n")
     code, _, err = run_cli(["promote", "broken", "--runs-dir", str(runs)])
     assert code == 66 and "did not finish" in err
@@ -123,9 +149,11 @@ def test_promote_refuses_unfinished_runs(champion):
 
 @pytest.mark.slow
 def test_keep_prunes_old_runs_but_never_production(champion, data):
+    """Two older runs stand in for earlier nights; the one real run prunes them at its end (output.keep)."""
     runs, champ = champion
-    for i in range(3):
-        train(data, runs, *BAD, f"output.name=weak{i}", "output.keep=2")
+    fake_run(runs, "weak0")
+    fake_run(runs, "weak1")
+    train(data, runs, *BAD, "output.name=weak2", "output.keep=2")
     left = sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     assert "champion" in left and "weak2" in left  # production and latest survive
     assert len(left) == 2

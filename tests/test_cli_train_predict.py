@@ -282,7 +282,8 @@ def test_reuse_a_run_as_backbone_weights_with_mixed_precision_and_top5(trained_r
     code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=reuse",
                               f"model.weights={trained_run['run_dir']}", "train.mixed_precision=on",
                               "data.image_size=32", "train.epochs=1", "train.batch_size=8",
-                              "promote.min_accuracy=0"])  # one epoch on 6 classes may not beat guessing yet
+                              "promote.min_accuracy=0",  # one epoch on 6 classes may not beat guessing yet
+                              "output.report=false"])
     assert code == 0, err
     run = Path(out.strip())
     summary = json.loads((run / "summary.json").read_text())

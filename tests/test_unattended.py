@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
-from tests.test_cli_cron import FAST, start, vgg, wait_for
+from tests.test_cli_cron import FAST, NO_REPORT, start, vgg, wait_for
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def summary_of(run: Path) -> dict:
 
 
 def _champion(data: Path, runs: Path) -> None:
-    code, _, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=2",
+    code, _, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", *NO_REPORT, "train.epochs=2",
                             "output.name=champ"])
     assert code == 0, err
 
@@ -106,8 +106,8 @@ def test_damaged_production_run_is_reported_and_not_compared(tmp_path, data):
     runs = tmp_path / "runs"
     _champion(data, runs)
     (runs / "champ" / "classes.json").write_text('["red", "gre')  # cut short
-    code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=2",
-                              "output.name=second", "--json"])
+    code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", *NO_REPORT,
+                              "train.epochs=2", "output.name=second", "--json"])
     assert code == 0, err
     warning = [x for x in err.splitlines() if "cannot be compared" in x]
     assert len(warning) == 1 and "classes.json" in warning[0] and "not valid JSON" in warning[0]
@@ -119,8 +119,8 @@ def test_damaged_production_run_is_reported_and_not_compared(tmp_path, data):
     best.unlink()
     (runs / "second" / "model" / "last.keras").unlink()
     best.write_bytes(b"PK\x03\x04 cut short")
-    code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", *FAST, "train.epochs=2",
-                              "output.name=third", "--json"])
+    code, out, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", *NO_REPORT,
+                              "train.epochs=2", "output.name=third", "--json"])
     assert code == 0 and "Traceback" not in err, err
     assert "production run second cannot be compared" in err and json.loads(out)["promoted"] is True
 
@@ -132,7 +132,7 @@ def test_damaged_production_run_is_reported_and_not_compared(tmp_path, data):
 def finished_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("base")
     d = make_colour_dataset(root / "photos", per_class=6, seed=2)
-    code, out, err = run_cli(["train", f"data.train_dir={d}", f"output.dir={root / 'runs'}", *FAST,
+    code, out, err = run_cli(["train", f"data.train_dir={d}", f"output.dir={root / 'runs'}", *NO_REPORT,
                               "train.epochs=2", "output.name=base"])
     assert code == 0, err
     return root / "runs" / "base"
@@ -296,7 +296,7 @@ def test_the_lock_is_refused_before_keras_is_imported(tmp_path, data):
     probe = ("import atexit, sys; atexit.register(lambda: print('keras imported' if 'keras' in sys.modules else "
              "'keras not imported', file=sys.stderr)); from vgg_cli.cli.main import main; main(sys.argv[1:])")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from vgg_cli.runs.root import runs_lock\nwith runs_lock(Path(sys.argv[1]), 'holder'):\n"
+                               "from vgg_cli.runs.root import RunsRoot\nwith RunsRoot(sys.argv[1]).lock('holder'):\n"
                                "    print('held', flush=True); time.sleep(120)", str(runs)],
                               stdout=subprocess.PIPE, text=True)
     try:
