@@ -89,7 +89,8 @@ def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, 
     # 3. the whole network every epoch (augmentation on: images through the generator pipeline)
     p = vgg_without_tf(["train", f"data.train_dir={colour_data}", f"output.dir={tmp_path / 'aug-runs'}",
                         *TRAIN_ARGS, "train.epochs=2", "augment.flip=horizontal", "output.name=aug",
-                        "promote.min_accuracy=0", "--json"])  # 2 epochs check the pipeline, not the accuracy
+                        "promote.min_accuracy=0", "output.report=false",
+                        "--json"])  # 2 epochs check the pipeline, not the accuracy
     assert p.returncode == 0, p.stderr[-3000:]
     aug = json.loads((tmp_path / "aug-runs" / "aug" / "summary.json").read_text())
     assert aug["input"]["path"] == "images" and aug["epochs_run"] == 2
@@ -161,7 +162,7 @@ def test_jax_compile_cache_makes_the_second_identical_run_load_instead_of_compil
     pytest.importorskip("jax")
     runs = tmp_path / "runs"
     args = ["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=2",
-            "output.tensorboard=false", "promote.min_accuracy=0", "--json"]
+            "output.tensorboard=false", "promote.min_accuracy=0", "output.report=false", "--json"]
     env_free = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     caches = []
     for _ in range(2):

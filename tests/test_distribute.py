@@ -73,7 +73,8 @@ def train_args(data, runs: Path, name: str, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def single_device_run(data, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("single") / "runs"
-    code, out, err = finish(vgg_process(PLAIN, train_args(data, runs, "single", "train.distribute=none")))
+    code, out, err = finish(vgg_process(PLAIN, train_args(data, runs, "single", "train.distribute=none",
+                                                          "output.report=false")))
     assert code == 0, err[-3000:]
     return Path(out.strip())
 
@@ -232,8 +233,8 @@ def metric_rows(run: Path) -> list[dict]:
 def jax_single_run(data, tmp_path_factory) -> Path:
     pytest.importorskip("jax")
     runs = tmp_path_factory.mktemp("jax_single") / "runs"
-    code, out, err = finish(vgg_process(PLAIN, train_args(data, runs, "single", "train.distribute=none", *JAX_ARGS),
-                                        env=JAX_ENV))
+    code, out, err = finish(vgg_process(PLAIN, train_args(data, runs, "single", "train.distribute=none", *JAX_ARGS,
+                                                          "output.report=false"), env=JAX_ENV))
     assert code == 0, err[-3000:]
     return Path(out.strip())
 
