@@ -351,3 +351,34 @@ def test_resume_refuses_damaged_state_rows_and_repairs_a_damaged_classes_file(tm
     code, out, err = run_cli(["train", "--resume", str(runs / "r")])
     assert code in (0, 3) and "writing it again from data.json" in err, err
     assert json.loads((runs / "r" / "classes.json").read_text()) == ["blue", "green", "red"]
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_still_says_how_to_resume(tmp_path, colour_data):
+    import signal as sig
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "vgg_cli", *_train(colour_data, runs, "output.name=c",
+                                                                      "train.epochs=30")],
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    for line in proc.stderr:
+        if line.startswith("epoch 1/30"):
+            break
+    proc.send_signal(sig.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(sig.SIGINT)
+    rest = proc.stderr.read()
+    proc.wait(timeout=300)
+    last = rest.strip().splitlines()[-1]
+    assert proc.returncode == 75 and last.startswith("error: ") and "vgg train --resume" in last, rest
+    assert "Traceback" not in rest
+
+
+def test_check_table_columns_line_up(tmp_path):
+    from tests.conftest import make_colour_dataset
+
+    data = make_colour_dataset(tmp_path / "d", per_class=3, classes=["red", "blue"])
+    code, out, err = run_cli(["check", str(data), f"output.dir={tmp_path / 'runs'}"])
+    table = [line for line in out.splitlines() if line.startswith("  ")]
+    assert len(table) == 3 and len({len(line) for line in table}) == 1, out  # the header as wide as the rows
+    assert [line.index("train") + 5 for line in table[:1]] == [len(table[1]) - 7]
