@@ -201,7 +201,7 @@ def test_class_weights_balanced_and_by_name(tmp_path):
     from vgg_cli.config.schema import load_config
     from vgg_cli.data.scan import scan
     from vgg_cli.errors import ConfigError
-    from vgg_cli.training.phases import class_weights
+    from vgg_cli.training.plan import class_weights
 
     root = make_colour_dataset(tmp_path / "d", per_class=4, seed=1, classes=["red", "green"])
     make_colour_dataset(root, per_class=12, seed=2, classes=["blue"])
