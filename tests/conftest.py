@@ -33,6 +33,20 @@ def make_colour_dataset(root: Path, per_class: int = 12, seed: int = 0, classes=
     return root
 
 
+def fake_run(runs: Path, name: str, summary: dict | None) -> Path:
+    """A run folder as far as the commands that only read folders need (runs, promote, rollback, --resume's
+    search): config.yaml, classes.json, an empty model/ and, unless None, ``summary`` as summary.json."""
+    import json
+
+    run = runs / name
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {}\n")
+    (run / "classes.json").write_text('["a", "b"]')
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
 def tree_hashes(root: Path) -> dict[str, tuple[str, int]]:
     """Content hash and mode of every file below root (symlinks by their target text): proves 'never modified'."""
     out = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TRAIN_ARGS, run_cli
+from tests.conftest import TRAIN_ARGS, fake_run as make_fake_run, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -29,13 +29,7 @@ def vgg_at(op: str, pattern: str, n: int, sig: str, *args: str, cwd: Path | None
 
 
 def fake_run(runs: Path, name: str, summary: dict | None = FINISHED) -> Path:
-    run = runs / name
-    (run / "model").mkdir(parents=True)
-    (run / "config.yaml").write_text("data: {}\n")
-    (run / "classes.json").write_text('["a", "b"]')
-    if summary is not None:
-        (run / "summary.json").write_text(json.dumps(summary))
-    return run
+    return make_fake_run(runs, name, summary)
 
 
 def history(runs: Path) -> list[tuple[str, str]]:

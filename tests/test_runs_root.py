@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TRAIN_ARGS, run_cli
+from tests.conftest import TRAIN_ARGS, fake_run, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fake_run(runs: Path, name: str, summary: dict | None) -> Path:
-    run = runs / name
-    (run / "model").mkdir(parents=True)
-    (run / "config.yaml").write_text("data: {}\n")
-    (run / "classes.json").write_text('["a", "b"]')
-    if summary is not None:
-        (run / "summary.json").write_text(json.dumps(summary))
-    return run
 
 
 FINISHED = {"status": "finished", "monitor": "val_accuracy", "best": {"epoch": 2, "val_accuracy": 0.75},
@@ -46,7 +36,7 @@ def test_vgg_train_takes_the_lock_once(tmp_path, colour_data):
 
 def test_commands_that_read_runs_take_the_config_output_dir(tmp_path):
     runs = tmp_path / "elsewhere"
-    _fake_run(runs, "r1", FINISHED)
+    fake_run(runs, "r1", FINISHED)
     config = tmp_path / "my.yaml"
     config.write_text(f"output:\n  dir: {runs}\n")
     code, out, err = run_cli(["runs", "--config", str(config), "--json"])
@@ -63,10 +53,10 @@ def test_commands_that_read_runs_take_the_config_output_dir(tmp_path):
 
 def test_vgg_runs_reads_old_and_damaged_summaries(tmp_path):
     runs = tmp_path / "runs"
-    _fake_run(runs, "a-old", FINISHED)  # written before "schema" existed: version 1
-    _fake_run(runs, "b-new", {**FINISHED, "schema": 2})
-    _fake_run(runs, "c-damaged", {**FINISHED, "images": [1, 2, 3]})
-    _fake_run(runs, "d-unfinished", None)
+    fake_run(runs, "a-old", FINISHED)  # written before "schema" existed: version 1
+    fake_run(runs, "b-new", {**FINISHED, "schema": 2})
+    fake_run(runs, "c-damaged", {**FINISHED, "images": [1, 2, 3]})
+    fake_run(runs, "d-unfinished", None)
     code, out, err = run_cli(["runs", "--runs-dir", str(runs), "--json"])
     assert code == 0, err
     rows = {r["run"]: r for r in map(json.loads, out.splitlines())}
@@ -92,7 +82,7 @@ def test_summary_parse_names_the_field_of_the_wrong_type():
 def test_without_posix_locks_reading_works_and_locking_is_one_line(tmp_path):
     """Where fcntl does not exist (Windows), vgg imports and reads runs; taking the lock is one line, exit 69."""
     runs = tmp_path / "runs"
-    _fake_run(runs, "r1", FINISHED)
+    fake_run(runs, "r1", FINISHED)
     code = ("import sys; sys.modules['fcntl'] = None\n"
             "import vgg_cli.inference.predict, vgg_cli.cli.main\n"
             "from vgg_cli.cli.main import main\n"
@@ -110,7 +100,7 @@ def test_without_posix_locks_reading_works_and_locking_is_one_line(tmp_path):
 def test_vgg_runs_lists_in_run_order_and_shows_production_now(tmp_path):
     runs = tmp_path / "runs"
     for seq, name in enumerate(["zz-first", "b45", "head"], start=1):  # names that sort otherwise
-        run = _fake_run(runs, name, FINISHED)
+        run = fake_run(runs, name, FINISHED)
         (run / "run.json").write_text(json.dumps({"seq": seq, "resumed": []}))
     (runs / "zz-first" / "data.json").write_text("{}")
     for name in ("zz-first", "b45"):
@@ -132,8 +122,8 @@ def test_an_unknown_run_names_the_command_that_lists_runs(tmp_path):
 
 def test_predict_says_when_the_latest_run_has_other_classes_than_production(tmp_path):
     runs = tmp_path / "runs"
-    _fake_run(runs, "old", FINISHED)
-    new = _fake_run(runs, "new", {**FINISHED, "promotion": {"promoted": False, "applied": True, "reason": "x",
+    fake_run(runs, "old", FINISHED)
+    new = fake_run(runs, "new", {**FINISHED, "promotion": {"promoted": False, "applied": True, "reason": "x",
                                                              "class_change": {"added": ["c"], "removed": []}}})
     assert run_cli(["promote", "old", "--runs-dir", str(runs)])[0] == 0
     (runs / "old" / "model" / "best.keras").write_bytes(b"cut short")  # the note comes before the model loads
