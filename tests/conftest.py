@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,33 @@ def make_colour_dataset(root: Path, per_class: int = 12, seed: int = 0, classes=
         for i in range(start, start + per_class):
             colour_image(COLOURS[name], rng).save(folder / f"{name}_{i:03d}.png")
     return root
+
+
+def vgg(*args: str) -> list[str]:
+    """The command line of ``vgg ARGS`` in a fresh process, on this Python."""
+    return [sys.executable, "-m", "vgg_cli", *args]
+
+
+def start(args: list[str], **env: str):
+    """``vgg ARGS`` in the background, stderr unbuffered, for tests that act while it runs."""
+    import os
+    import subprocess
+
+    return subprocess.Popen(vgg(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+
+
+def wait_for(proc, prefix: str, timeout: float = 300) -> list[str]:
+    """Read a started process's stderr lines until one starts with ``prefix``."""
+    import time
+
+    lines, deadline = [], time.monotonic() + timeout
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+        assert time.monotonic() < deadline, "".join(lines)
+    raise AssertionError(f"process ended before {prefix!r}:\n{''.join(lines)}")
 
 
 def fake_run(runs: Path, name: str, summary: dict | None) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
+from tests.conftest import SIZE, make_colour_dataset, run_cli, start, tree_hashes, vgg, wait_for
 from vgg_cli.training.checkpoints import TrainState, save_model, sync
 from vgg_cli.runs.rundir import RunDir
 
@@ -26,26 +25,6 @@ FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]"
 # For the tests that never read report.html or evaluation/: no evaluation of the new model at the end of training
 # (a whole-network pass with Grad-CAM galleries), so each run ends seconds sooner.
 NO_REPORT = [*FAST, "output.report=false"]
-
-
-def vgg(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vgg_cli", *args]
-
-
-def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(vgg(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> list[str]:
-    """Read stderr lines until one starts with ``prefix``."""
-    lines, deadline = [], time.monotonic() + timeout
-    for line in proc.stderr:
-        lines.append(line)
-        if line.startswith(prefix):
-            return lines
-        assert time.monotonic() < deadline, "".join(lines)
-    raise AssertionError(f"process ended before {prefix!r}:\n{''.join(lines)}")
 
 
 def sigkill_after(args: list[str], prefix: str) -> None:

@@ -10,39 +10,18 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
+from tests.conftest import SIZE, make_colour_dataset, run_cli, start, tree_hashes, vgg, wait_for
 
 FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
         "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",
         "output.tensorboard=false", "output.report=false", "promote.min_accuracy=0"]
 LATIN1 = b"\xe9t\xe9.png"  # "été.png" in Latin-1: not UTF-8
 ASCII_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}  # file names decoded as ASCII
-
-
-def vgg(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vgg_cli", *args]
-
-
-def start(args: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen(vgg(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
-
-
-def wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 300) -> list[str]:
-    """Read stderr lines until one starts with ``prefix``."""
-    lines, deadline = [], time.monotonic() + timeout
-    for line in proc.stderr:
-        lines.append(line)
-        if line.startswith(prefix):
-            return lines
-        assert time.monotonic() < deadline, "".join(lines)
-    raise AssertionError(f"process ended before {prefix!r}:\n{''.join(lines)}")
 
 
 def finish(proc: subprocess.Popen, lines: list[str]) -> tuple[int, str]:
