@@ -242,12 +242,13 @@ def prune(runs: RunsRoot, keep: int, current: str) -> list[str]:
     """Delete the oldest runs beyond ``keep``; never production, the run it replaced last, latest or current."""
     entries = runs.history()
     protected = {current}
-    if runs.production() is not None:
-        protected.add(runs.production().name)
+    production, latest = runs.production(), runs.latest()
+    if production is not None:
+        protected.add(production.name)
     if len(entries) >= 2:
         protected.add(entries[-2]["run"])
-    if runs.latest() is not None:
-        protected.add(runs.latest().name)
+    if latest is not None:
+        protected.add(latest.name)
     names = [r.name for r in sorted(runs.runs(), key=RunDir.order)]
     removed = []
     for name in names:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)

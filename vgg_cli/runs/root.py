@@ -100,7 +100,8 @@ class RunsRoot:
 
     def next_seq(self) -> int:
         """The sequence number of the next run (one more than any so far): the run order no clock can change."""
-        return 1 + max((int(r.order()[1]) for r in self.runs() if r.order()[0] == 1), default=0)
+        orders = [r.order() for r in self.runs()]  # (each reads its run.json once)
+        return 1 + max((int(seq) for recorded, seq in orders if recorded == 1), default=0)
 
     def set_aside(self, run: RunDir, reason: str) -> dict:
         """Mark an unfinished run that cannot be resumed, so no later command tries again; its files stay."""
