@@ -107,6 +107,7 @@ class DataConfig(_Section):
     image_size: Annotated[int, _whole(32, 1024)]
     resize: Literal["squash", "crop", "pad"]
     classes: list[str] | None
+    duplicates: Literal["keep", "drop"]
 
     @field_validator("classes")
     @classmethod
@@ -283,6 +284,7 @@ class OutputConfig(_Section):
 class PromoteConfig(_Section):
     min_accuracy: float | Literal["auto"]
     allow_class_change: bool
+    on_drift: Literal["warn", "hold"]
 
     @field_validator("min_accuracy", mode="before")
     @classmethod
