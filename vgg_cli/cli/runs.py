@@ -10,18 +10,25 @@ from vgg_cli.cli.common import config_option, echo_json, runs_dir_option, setup_
 from vgg_cli.errors import EXIT_DATA
 
 
-@click.command(short_help="Check a dataset folder without training.")
+@click.command(short_help="Check a dataset folder (or a trained run's labels) without training.")
 @click.argument("data_dir", required=False)
 @config_option
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--min-side", default=32, show_default=True, type=click.IntRange(min=1),
               help="Report images smaller than this many pixels on a side.")
+@click.option("--labels", "labels_run", metavar="RUN",
+              help="Rank the suspected label errors of a trained run (a run folder, latest or production): "
+                   "written to RUN/label_issues.csv and printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, ...], min_side: int,
-          as_json: bool) -> int:
-    """Classes and counts, imbalance, unreadable files with reasons, exact duplicates across classes or across
-    train/val, suspiciously small images. DATA_DIR defaults to data.train_dir. Exit 0 when there is nothing to fix
-    (warnings allowed), 65 when there are errors. Per-file results are cached in <output.dir>/.cache."""
+          labels_run: str | None, as_json: bool) -> int:
+    """Classes and counts, imbalance, unreadable files with reasons, duplicates (exact and near copies) across
+    classes or across train/val, suspiciously small images. DATA_DIR defaults to data.train_dir. Exit 0 when there
+    is nothing to fix (warnings allowed), 65 when there are errors. Per-file results are cached in
+    <output.dir>/.cache.
+
+    --labels RUN: confident learning on out-of-sample probabilities (the run's validation images; its training
+    images too when it trained head-only), most suspect first; with DATA_DIR, the dataset is checked as well."""
     from vgg_cli.config.schema import load_config
     from vgg_cli.data.check import check_dataset, format_report
     from vgg_cli.runs.root import RunsRoot
@@ -29,12 +36,32 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
     if data_dir and "=" in data_dir and not os.path.isdir(data_dir):
         overrides, data_dir = (data_dir, *overrides), None
     cfg = load_config(config_path, (*overrides, *([f"data.train_dir={data_dir}"] if data_dir else [])))
-    result = check_dataset(cfg, RunsRoot.of(cfg).cache, min_side)
+    result = check_dataset(cfg, RunsRoot.of(cfg).cache, min_side) if data_dir or not labels_run else None
+    labels = _label_issues(RunsRoot.of(cfg), labels_run) if labels_run else None
     if as_json:
-        echo_json(result)
+        echo_json({**(result or {}), **({"label_issues": labels} if labels else {})})
     else:
-        click.echo(format_report(result), nl=False)
-    return EXIT_DATA if result["errors"] else 0
+        if result is not None:
+            click.echo(format_report(result), nl=False)
+        if labels is not None:
+            from vgg_cli.evaluation.suspects import format_suspects
+
+            click.echo(format_suspects(labels), nl=False)
+    return EXIT_DATA if result and result["errors"] else 0
+
+
+def _label_issues(runs, run: str) -> dict:
+    from pathlib import Path
+
+    from vgg_cli.errors import NoInputError
+    from vgg_cli.evaluation.suspects import find_run_label_issues
+    from vgg_cli.runs.rundir import RunDir
+
+    path = runs.path / run if run in ("latest", "production") else Path(run)
+    if not RunDir(path).is_complete():
+        raise NoInputError(f"--labels {run!r} is not a run folder (no config.yaml, data.json and run.json in "
+                           f"{str(path)!r}); pass a trained run's folder, latest or production")
+    return find_run_label_issues(path.resolve())
 
 
 @click.command("runs", short_help="List runs: date, images, classes, best metric, production.")

@@ -3,13 +3,13 @@ reports what would hurt a model, without training. The dataset is only read."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 from vgg_cli.data.layout import apply_layout
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, scan
 
 IMBALANCE_WARN = 10.0  # largest class / smallest class
+MAX_LISTED = 50  # duplicate groups listed one per line (all are in --json and data.json)
 
 
 def check_dataset(cfg, cache_dir: Path | None, min_side: int) -> dict:
@@ -24,18 +24,10 @@ def report(index: DatasetIndex, min_side: int) -> dict:
     counts = index.counts()
     totals = {c: v[TRAIN] + v[VAL] for c, v in counts.items()}
     imbalance = max(totals.values()) / max(1, min(totals.values()))
-    by_hash: dict[str, list] = defaultdict(list)
-    for e in index.files:
-        by_hash[e.sha1].append(e)
-    cross_class, cross_split = [], []
-    for group in by_hash.values():
-        if len(group) < 2:
-            continue
-        paths = sorted(f"{'val_dir:' if e.source == 'val_dir' else ''}{e.path}" for e in group)
-        if len({e.label for e in group}) > 1:
-            cross_class.append(paths)
-        elif len({e.split for e in group}) > 1:
-            cross_split.append(paths)
+    dup = index.duplicates
+    groups = dup.get("groups") or []
+    cross_class = [sorted(g["files"]) for g in groups if g["conflict"]]
+    cross_split = [sorted(g["files"]) for g in groups if not g["conflict"] and len(set(g["splits"])) > 1]
     small = sorted(f"{path} ({w}x{h})" for (source, path), (w, h) in index.dims.items() if min(w, h) < min_side)
     errors, warnings = [], []
     folders = [x for x in index.skipped if x["path"].endswith("/")]  # folder links left out (see scan's link rule)
@@ -46,10 +38,14 @@ def report(index: DatasetIndex, min_side: int) -> dict:
     if index.excluded_classes:
         warnings.append(f"{len(index.excluded_classes)} class folder(s) left out")
     if cross_class:
-        errors.append(f"{len(cross_class)} image(s) appear in more than one class (same content)")
+        how = "all copies left out (data.duplicates=drop)" if dup.get("policy") == "drop" else \
+            "trained as labelled (data.duplicates=keep)"
+        errors.append(f"{dup['label_conflicts']} image(s) appear in more than one class (same picture): label "
+                      f"conflicts, {how}")
     if cross_split:
-        warnings.append(f"{len(cross_split)} image(s) appear in both train and val (same content): validation "
-                        f"overstates accuracy")
+        warnings.append(f"{dup['across_splits']} image(s) appear in both train and val (same picture): "
+                        f"{len(dup['leaked'])} leaked validation image(s) left out of the accuracy that decides "
+                        f"promotion")
     if imbalance > IMBALANCE_WARN:
         warnings.append(f"classes are imbalanced {imbalance:.1f}:1")
     if small:
@@ -58,7 +54,8 @@ def report(index: DatasetIndex, min_side: int) -> dict:
         "train_dir": index.train_dir, "val_dir": index.val_dir, "classes": index.classes, "counts": counts,
         "images": len(index.files), "imbalance_ratio": round(imbalance, 2), "skipped": index.skipped,
         "excluded_classes": index.excluded_classes, "duplicates_across_classes": cross_class,
-        "duplicates_across_splits": cross_split, "small_images": small, "errors": errors, "warnings": warnings,
+        "duplicates_across_splits": cross_split, "duplicate_groups": groups,
+        "duplicates": {k: v for k, v in dup.items() if k != "groups"}, "small_images": small, "errors": errors, "warnings": warnings,
         "fingerprint": index.fingerprint,
     }
 
@@ -76,10 +73,15 @@ def format_report(r: dict) -> str:
         lines.append(f"{'not walked' if s['path'].endswith('/') else 'unreadable'}: {s['path']}: {s['reason']}")
     for c in r["excluded_classes"]:
         lines.append(f"left out: class {c['class']!r}: {c['reason']}")
-    for group in r["duplicates_across_classes"]:
+    for group in r["duplicates_across_classes"][:MAX_LISTED]:
         lines.append(f"same image in several classes: {', '.join(group)}")
-    for group in r["duplicates_across_splits"]:
+    for group in r["duplicates_across_splits"][:MAX_LISTED]:
         lines.append(f"same image in train and val: {', '.join(group)}")
+    dup = r.get("duplicates") or {}
+    if dup.get("groups_total"):
+        lines.append(f"duplicates: {dup['groups_total']} group(s) of the same picture ({dup['images_in_groups']} "
+                     f"images): {dup['label_conflicts']} across classes, {dup['across_splits']} across train/val "
+                     f"({len(dup['leaked'])} leaked validation images), {len(dup['dropped'])} dropped")
     for s in r["small_images"][:50]:
         lines.append(f"small: {s}")
     if len(r["small_images"]) > 50:

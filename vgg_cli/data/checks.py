@@ -1,6 +1,7 @@
-"""Checking image files for a scan: can each be read and decoded at the training size; its bytes, hash and
-dimensions. Results are cached per file (``ScanCache``) while its size and mtime are unchanged, and files are
-checked in parallel threads with a progress bar on a terminal."""
+"""Checking image files for a scan: can each be read and decoded at the training size; its bytes, hash,
+dimensions and duplicate print (``duplicates.image_print``: a perceptual hash and a thumbnail, from the decode).
+Results are cached per file (``ScanCache``) while its size and mtime are unchanged, and files are checked
+in parallel threads with a progress bar on a terminal."""
 
 from __future__ import annotations
 
@@ -11,25 +12,27 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vgg_cli.data.duplicates import image_print
 from vgg_cli.data.images import BadImage, decode, open_image, read_file
 
 
-def check_one(path: Path, size: int) -> tuple[int, str, int, int] | str:
-    """(bytes, sha1, width, height) for a usable image, else the reason it is skipped."""
+def check_one(path: Path, size: int) -> tuple[int, str, int, int, str, str] | str:
+    """(bytes, sha1, width, height, perceptual hash, thumbnail) for a usable image, else the reason it is
+    skipped."""
     try:
         data = read_file(path)
         width, height = open_image(data).size
-        decode(data, size)
+        pixels = decode(data, size)
     except BadImage as e:
         return str(e)
-    return len(data), hashlib.sha1(data).hexdigest(), width, height
+    return (len(data), hashlib.sha1(data).hexdigest(), width, height, *image_print(pixels))
 
 
 class ScanCache:
     """Per-file check results keyed by absolute path, trusted while the file's size and mtime are unchanged, so
     re-scanning a large unchanged folder reads nothing. Lives in the runs directory, never in the dataset."""
 
-    VERSION = 2
+    VERSION = 3  # 3: the duplicate print (perceptual hash, thumbnail) of each usable file
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -51,7 +54,7 @@ class ScanCache:
             return None
         return st.st_size, st.st_mtime_ns
 
-    def check(self, path: Path, size: int) -> tuple[int, str] | str:
+    def check(self, path: Path, size: int) -> tuple | str:
         stamp = self._stamp(path)
         key = str(path)
         hit = self.entries.get(key)
@@ -76,7 +79,7 @@ class ScanCache:
             pass  # a cache that cannot be written only costs time next run
 
 
-def check_all(paths: list[Path], size: int, desc: str, cache: ScanCache) -> list[tuple[int, str] | str]:
+def check_all(paths: list[Path], size: int, desc: str, cache: ScanCache) -> list[tuple | str]:
     from tqdm import tqdm
 
     workers = min(16, (os.cpu_count() or 2) * 2)

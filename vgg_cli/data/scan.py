@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 from vgg_cli.data.checks import ScanCache, check_all
 from vgg_cli.data.images import IMAGE_EXTENSIONS, is_image_name
+from vgg_cli.data.leakage import Item, find_groups, log_record, one_side, record
 from vgg_cli.data.names import name_bytes, shown, storable, unstorable
 from vgg_cli.errors import DataError, NoInputError
 
@@ -45,6 +46,7 @@ class DatasetIndex:
     excluded_classes: list[dict[str, str]] = field(default_factory=list)
     ignored_files: int = 0
     dims: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (source, path) -> (w, h)
+    duplicates: dict = field(default_factory=dict)  # the record of ``leakage.record``; {} from older manifests
 
     def root_of(self, entry: FileEntry) -> Path:
         return Path(self.val_dir if entry.source == "val_dir" else self.train_dir)
@@ -52,6 +54,12 @@ class DatasetIndex:
     def split(self, split: str) -> tuple[list[str], list[int]]:
         """Absolute paths and labels of one split, in index order."""
         chosen = [e for e in self.files if e.split == split]
+        return [str(self.root_of(e) / e.path) for e in chosen], [e.label for e in chosen]
+
+    def judged_split(self) -> tuple[list[str], list[int]]:
+        """The validation split less its leaked images (``leakage``): what promotion is judged on, in order."""
+        leaked = set(self.duplicates.get("leaked") or [])
+        chosen = [e for e in self.files if e.split == VAL and _shown(e) not in leaked]
         return [str(self.root_of(e) / e.path) for e in chosen], [e.label for e in chosen]
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -82,7 +90,13 @@ class DatasetIndex:
             "skipped": self.skipped,
             "excluded_classes": self.excluded_classes,
             "ignored_non_image_files": self.ignored_files,
+            "duplicates": self.duplicates,
         }
+
+
+def _shown(e: FileEntry) -> str:
+    """A file as the duplicates record names it."""
+    return f"{'val_dir:' if e.source == 'val_dir' else ''}{e.path}"
 
 
 def index_from_manifest(manifest: dict) -> DatasetIndex:
@@ -92,7 +106,8 @@ def index_from_manifest(manifest: dict) -> DatasetIndex:
                         image_size=manifest["image_size"], classes=list(manifest["classes"]), files=files,
                         skipped=list(manifest.get("skipped", [])),
                         excluded_classes=list(manifest.get("excluded_classes", [])),
-                        ignored_files=manifest.get("ignored_non_image_files", 0))
+                        ignored_files=manifest.get("ignored_non_image_files", 0),
+                        duplicates=dict(manifest.get("duplicates") or {}))
 
 
 def split_value(relpath: str) -> float:
@@ -202,7 +217,7 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache
     """Per class: usable (relpath, size, sha1) list; plus skipped entries and ignored count."""
     per_class: dict[str, list[tuple[str, int, str]]] = {}
     skipped: list[dict[str, str]] = []
-    dims: dict[str, tuple[int, int]] = {}
+    dims: dict[str, tuple] = {}  # relpath -> (width, height, perceptual hash, thumbnail)
     ignored = 0
     jobs: list[tuple[str, Path]] = []
     seen: set[tuple[int, int]] = set()
@@ -225,7 +240,7 @@ def _collect(root: Path, class_names: Iterable[str], size: int, desc: str, cache
             skipped.append({"path": rel, "reason": result})
         else:
             per_class[name].append((rel, result[0], result[1]))
-            dims[rel] = (result[2], result[3])
+            dims[rel] = tuple(result[2:])
     return per_class, skipped, ignored, dims
 
 
@@ -286,7 +301,7 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
     wanted, excluded = _wanted_classes(data_cfg, root)
 
     per_class, skipped, ignored, dims = _collect(root, wanted, data_cfg.image_size, "scanning", cache)
-    all_dims = {("train_dir", rel): wh for rel, wh in dims.items()}
+    all_dims = {("train_dir", rel): d for rel, d in dims.items()}
     classes: list[str] = []
     for name in wanted:
         if per_class[name]:
@@ -301,25 +316,20 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
                         f"({classes}); at least 2 are needed (extensions: {' '.join(IMAGE_EXTENSIONS)})")
     label_of = {c: i for i, c in enumerate(classes)}
 
-    files: list[FileEntry] = []
     if data_cfg.val_dir is not None:
-        for name in classes:
-            files += [FileEntry(rel, label_of[name], TRAIN, "train_dir", size, sha)
-                      for rel, size, sha in per_class[name]]
+        files = [FileEntry(rel, label_of[name], TRAIN, "train_dir", size, sha)
+                 for name in classes for rel, size, sha in per_class[name]]
         files += _scan_val_dir(data_cfg, classes, label_of, skipped, cache, all_dims)
+        items = _items(files, all_dims)
+        groups, exact = find_groups(items)
     else:
-        previous = previous_splits or {}
-        for name in classes:
-            entries = per_class[name]
-            splits = {rel: previous.get(rel) or (VAL if split_value(rel) < data_cfg.val_split else TRAIN)
-                      for rel, _, _ in entries}
-            # Every class with >= 2 images gets >= 1 validation image (only when nothing was assigned before).
-            if data_cfg.val_split > 0 and len(entries) >= 2 and VAL not in splits.values():
-                forced = min((rel for rel, _, _ in entries if rel not in previous), key=split_value, default=None)
-                if forced is not None:
-                    splits[forced] = VAL
-            files += [FileEntry(rel, label_of[name], splits[rel], "train_dir", size, sha)
-                      for rel, size, sha in entries]
+        files, items, groups, exact = _split(data_cfg, classes, per_class, previous_splits or {}, all_dims)
+    split_of = {(f.source, f.path): f.split for f in files}
+    duplicates = record(groups, exact, items, lambda it: split_of[(it.source, it.path)], classes,
+                        data_cfg.duplicates)
+    log_record(duplicates)
+    gone = set(duplicates["dropped"])
+    files = [f for f in files if _shown(f) not in gone]
     if not any(e.split == TRAIN for e in files):
         raise DataError(f"no training images left in {str(root)!r} after the validation split; add images or lower "
                         f"data.val_split")
@@ -333,8 +343,35 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
         skipped=skipped,
         excluded_classes=excluded,
         ignored_files=ignored,
-        dims=all_dims,
+        dims={key: d[:2] for key, d in all_dims.items()},
+        duplicates=duplicates,
     )
+
+
+def _items(files: list[FileEntry], all_dims: dict) -> list[Item]:  # (all_dims: (w, h, hash, thumbnail))
+    return [Item(f.source, f.path, f.label, f.sha1, all_dims[(f.source, f.path)][2:]) for f in files]
+
+
+def _split(data_cfg, classes: list[str], per_class: dict, previous: dict[str, str], all_dims: dict):
+    """The files of ``data.train_dir`` with their split: sticky ``previous`` assignments, else the stable hash;
+    a group of duplicates on one side (``leakage.one_side``); every class with >= 2 images gets >= 1 validation
+    image (only when nothing was assigned before, and an image without copies when there is one)."""
+    files = [FileEntry(rel, label, TRAIN, "train_dir", size, sha)
+             for label, name in enumerate(classes) for rel, size, sha in per_class[name]]
+    splits = {f.path: previous.get(f.path) or (VAL if split_value(f.path) < data_cfg.val_split else TRAIN)
+              for f in files}
+    items = _items(files, all_dims)
+    groups, exact = find_groups(items)
+    one_side(groups, items, splits, previous, split_value)
+    grouped = {items[i].path for g in groups for i in g}
+    for name in classes:
+        entries = [rel for rel, _, _ in per_class[name]]
+        if data_cfg.val_split > 0 and len(entries) >= 2 and VAL not in {splits[rel] for rel in entries}:
+            forced = min((rel for rel in entries if rel not in previous),
+                         key=lambda rel: (rel in grouped, split_value(rel)), default=None)
+            if forced is not None:
+                splits[forced] = VAL
+    return [replace(f, split=splits[f.path]) for f in files], items, groups, exact
 
 
 def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skipped: list[dict[str, str]],
@@ -346,7 +383,7 @@ def _scan_val_dir(data_cfg, classes: list[str], label_of: dict[str, int], skippe
         skipped.append({"path": f"val_dir:{extra}/", "reason": f"class {extra!r} is not a training class"})
     present = [c for c in classes if c in vfolders]
     per_class, vskipped, _, dims = _collect(vroot, present, data_cfg.image_size, "scanning val", cache)
-    all_dims.update({("val_dir", rel): wh for rel, wh in dims.items()})
+    all_dims.update({("val_dir", rel): d for rel, d in dims.items()})
     skipped += [{"path": f"val_dir:{s['path']}", "reason": s["reason"]} for s in vskipped]
     return [FileEntry(rel, label_of[name], VAL, "val_dir", size, sha)
             for name in present for rel, size, sha in per_class[name]]

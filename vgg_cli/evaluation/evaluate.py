@@ -34,10 +34,12 @@ class EvalSet:
     source: str
     missing_classes: list[str] = field(default_factory=list)  # model classes with no images here
     skipped: list[dict] = field(default_factory=list)  # unreadable files with reasons
+    run_dir: Path | None = None  # the run whose own validation split this is
 
 
 def validation_set(run_dir: Path) -> EvalSet:
-    """The run's own held-out images (data.json), which it never trained on."""
+    """The run's own held-out images (data.json), which it never trained on: its validation split less the leaked
+    images (a copy of each is in training, ``vgg_cli.data.leakage``), so the accuracy is the one promotion judges."""
     from vgg_cli.data.scan import VAL, index_from_manifest
 
     manifest = RunDir(run_dir).data
@@ -46,13 +48,19 @@ def validation_set(run_dir: Path) -> EvalSet:
     except (VggError, ValueError, KeyError) as e:
         raise NoInputError(f"{str(manifest)!r} is missing or unreadable ({e}); pass a labelled folder: "
                            f"vgg evaluate --run {run_dir} DATA_DIR") from None
-    files, labels = index.split(VAL)
+    files, labels = index.judged_split()
+    leaked = len(index.split(VAL)[0]) - len(files)
+    if not files and leaked:
+        raise NoInputError(f"run {run_dir.name!r} has no validation images without a copy in training (all {leaked} "
+                           f"are leaked; see data.json \"duplicates\"); pass a labelled folder: vgg evaluate --run "
+                           f"{run_dir} DATA_DIR")
     if not files:
         raise NoInputError(f"run {run_dir.name!r} has no validation images (it trained with data.val_split=0 and no "
                            f"data.val_dir); pass a labelled folder: vgg evaluate --run {run_dir} DATA_DIR")
     truth = [index.classes[i] for i in labels]
-    return EvalSet(files, truth, f"validation split of run {run_dir.name}",
-                   missing_classes=[c for c in index.classes if c not in set(truth)])
+    source = f"validation split of run {run_dir.name}" + (f" ({leaked} leaked left out)" if leaked else "")
+    return EvalSet(files, truth, source, missing_classes=[c for c in index.classes if c not in set(truth)],
+                   run_dir=Path(run_dir))
 
 
 def folder_set(folder: str, classes: list[str], image_size: int) -> EvalSet:
@@ -190,10 +198,25 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     from vgg_cli.reporting.report import write_evaluation_report
 
     report["files"].update(galleries(model, result, out_dir, gradcam, batch_size))
+    if data.run_dir is not None and Path(out_dir).resolve() == RunDir(data.run_dir).evaluation("val").resolve():
+        report["label_issues"] = _label_issues(model, data.run_dir, result, batch_size)
     report["files"]["report_html"] = str(names.report_html)
     write_json(files["report"], report)
     write_evaluation_report(report, out_dir, run)
     return report
+
+
+def _label_issues(model, run_dir: Path, result: Scored, batch_size: int) -> dict | None:
+    """A run's own validation evaluation also ranks its suspected label errors (label_issues.csv in the run)."""
+    from vgg_cli.evaluation.suspects import find_run_label_issues
+
+    try:
+        found = find_run_label_issues(run_dir, model, result, batch_size)
+    except VggError as e:
+        log.warning("suspected label errors not ranked: %s", e)
+        return None
+    return {"suspects": len(found["suspects"]), "examined": found["examined"], "how": found["how"],
+            "csv": found["csv"]}
 
 
 def _num(x: float | None) -> str:

@@ -95,10 +95,10 @@ def _tile(r, truth: str, cams: dict) -> tuple:
     name = Path(r.path).name
     name = name if len(name) <= 30 else f"{name[:14]}\u2026{name[-15:]}"  # fits its tile, keeps the extension
     caption = f"{name}\npredicted {predicted} {p:.2f}" if predicted != truth else f"{name}\n{truth} {p:.2f}"
-    return _thumbnail(cams.get(r.path) or r.path), caption, predicted == truth
+    return thumbnail(cams.get(r.path) or r.path), caption, predicted == truth
 
 
-def _thumbnail(image) -> np.ndarray:
+def thumbnail(image) -> np.ndarray:
     """A thumbnail of an image file (or a PIL image) at most THUMB pixels a side; unreadable -> grey."""
     try:
         img = load_original(image) if isinstance(image, str) else image

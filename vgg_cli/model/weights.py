@@ -194,18 +194,39 @@ def load_backbone_weights(backbone: keras.Model, arch: str, weights: str) -> str
                       f"a .keras model or a run directory")
 
 
-def copy_head_if_compatible(model: keras.Model, run_dir: Path) -> bool:
-    """Warm start: also take the head of an earlier run when it has the same classes and layer shapes."""
+def copy_head(model: keras.Model, run_dir: Path) -> str:
+    """Warm start: also take the head of an earlier run. Its hidden dense layers are copied when every one has the
+    same shapes; the output layer keeps the rows (kernel columns and bias) of the classes the run knew, matched by
+    class NAME (the order may differ), and new classes keep the fresh rows they were built with; a class the run
+    knew that is gone is dropped. Returns what was taken, for the run's weights description ("" for nothing)."""
+    from vgg_cli.model.build import LOGITS
+
     source = load_model(RunDir(run_dir).model_file())
-    if class_names_of(source) != class_names_of(model):
-        return False
+    ours_names, theirs_names = class_names_of(model), class_names_of(source)
     ours = [l for l in model.layers if l.name.startswith("head_") and l.weights]
     try:
         theirs = [source.get_layer(l.name) for l in ours]
     except ValueError:
-        return False
-    if any([w.shape for w in a.get_weights()] != [w.shape for w in b.get_weights()] for a, b in zip(ours, theirs)):
-        return False
-    for a, b in zip(ours, theirs):
+        return ""  # another head (pooling, dense layers): nothing fits
+    hidden = [(a, b) for a, b in zip(ours, theirs) if a.name != LOGITS]
+    if any([w.shape for w in a.get_weights()] != [w.shape for w in b.get_weights()] for a, b in hidden):
+        return ""
+    logits, source_logits = model.get_layer(LOGITS), source.get_layer(LOGITS)
+    kernel, bias = logits.get_weights()
+    their_kernel, their_bias = source_logits.get_weights()
+    if kernel.shape[0] != their_kernel.shape[0]:
+        return ""
+    for a, b in hidden:
         a.set_weights(b.get_weights())
-    return True
+    row_of = {c: i for i, c in enumerate(theirs_names)}
+    kept = [c for c in ours_names if c in row_of]
+    for j, c in enumerate(ours_names):
+        if c in row_of:
+            kernel[:, j], bias[j] = their_kernel[:, row_of[c]], their_bias[row_of[c]]
+    logits.set_weights([kernel, bias])
+    if ours_names == theirs_names:
+        return " + its head (same classes)"
+    new = [c for c in ours_names if c not in row_of]
+    gone = [c for c in theirs_names if c not in set(ours_names)]
+    return (f" + its head ({len(kept)} of {len(ours_names)} classes' output rows kept by name; new, started "
+            f"fresh: {new or 'none'}; dropped: {gone or 'none'})")

@@ -127,7 +127,8 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     """
     from vgg_cli.data.scan import TRAIN, VAL
 
-    files, labels = index.split(VAL)
+    files, labels = index.judged_split()  # validation images with no copy in training (leaked ones left out)
+    leaked = len(index.split(VAL)[0]) - len(files)
     held_out = bool(files)
     if not held_out:  # no held-out images: judge on the training images (said so in the record)
         files, labels = index.split(TRAIN)
@@ -140,14 +141,15 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     if held_out and evaluation is not None:
         new = {"accuracy": float(evaluation["accuracy"]), "images": int(evaluation["images"])}
         source = "evaluation/val: model/best.keras on the images"
-    elif held_out and not compare and best is not None and "val_accuracy" in best:
+    elif held_out and not compare and not leaked and best is not None and "val_accuracy" in best:
         new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
         source = f"validation of epoch {best['epoch']}"
     else:
         new = evaluate(paths.best, files, truth, batch_size)
         source = "model/best.keras on the images"
     threshold, strictly, rule = min_accuracy_for(rules.min_accuracy, truth)
-    record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out},
+    record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out,
+                                                        **({"leaked_left_out": leaked} if leaked else {})},
                     "min_accuracy": round(threshold, 6), "min_accuracy_rule": rule,
                     "new_accuracy": round(new["accuracy"], 6), "new_accuracy_from": source}
     reasons = []

@@ -47,7 +47,8 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
         evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
         if cfg.data.test_dir is not None:
             evaluate_test(cfg, paths)
-        promotion = {**judge(cfg.promote, cfg.train.batch_size, paths, index, best, evaluation), "applied": False}
+        promotion = {**judge(cfg.promote, cfg.train.batch_size, paths, index, best, evaluation,
+                                 summary.drift), "applied": False}
         summary.promotion = promotion
         paths.write_summary(summary)
     if promotion.get("applied") is False:

@@ -106,6 +106,16 @@ class RunDir:
         """report.html: the run, its curves, its validation evaluation."""
         return self.root / "report.html"
 
+    @property
+    def label_issues(self) -> Path:
+        """label_issues.csv: suspected label errors, most suspect first (``vgg_cli.evaluation.suspects``)."""
+        return self.root / "label_issues.csv"
+
+    @property
+    def label_issues_png(self) -> Path:
+        """label_issues.png: a gallery of the most suspect images."""
+        return self.root / "label_issues.png"
+
     # ------------------------------------------------------------------------------------------ what it is
 
     def is_run(self) -> bool:

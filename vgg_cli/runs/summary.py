@@ -3,7 +3,10 @@ its schema version, and one typed reader and writer. Training fills it (``vgg_cl
 adds the promotion (``vgg_cli.promotion.finish``); everything else reads it through ``Summary``.
 
 Schema versions: 1 = every summary written before the field existed (vgg up to HEAD e541985; read as is);
-2 = the same fields plus ``"schema": 2``. A reader tolerates fields it does not know and fields that are missing;
+2 = the same fields plus ``"schema": 2``. Fields added since, optional in schema 2 (older summaries lack them and
+read as before): ``"drift"`` (tonight's new images against the previous run's training images,
+``vgg_cli.data.drift``; None when missing) and, in ``promotion.class_change``, the comparison on the classes both
+models know (``shared``, ``compared_on``, ``new_classes_accuracy``). A reader tolerates fields it does not know and fields that are missing;
 a field of the wrong type is a one-line ``DataError`` naming the file, never a crash further on.
 """
 
@@ -47,7 +50,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "status": (str,), "monitor": (str,), "best": (dict,), "final": (dict,), "health": (dict,), "classes": (list,),
     "images": (dict,), "promotion": (dict,), "fingerprint": (str,), "config_digest": (str,), "started": (str,),
     "finished": (str,), "epochs_run": (int,), "epochs_planned": (int,), "timings": (dict,), "device": (dict,),
-    "weights": (str,), "resumed": (list,), "run": (str,), "schema": (int,),
+    "weights": (str,), "resumed": (list,), "run": (str,), "schema": (int,), "drift": (dict,),
 }
 
 
@@ -145,6 +148,16 @@ class Summary:
     @property
     def health_status(self) -> str | None:
         return self.health.get("status")
+
+    @property
+    def drift(self) -> dict | None:
+        """Tonight's new images against the previous run's training images: {"tested", "flagged", "p", ...};
+        None in runs from before the check."""
+        return self.data.get("drift")
+
+    @property
+    def drift_flagged(self) -> bool:
+        return bool((self.drift or {}).get("flagged"))
 
     @property
     def schema(self) -> int:

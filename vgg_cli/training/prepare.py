@@ -1,11 +1,17 @@
 """What both `vgg train` and `vgg lr-find` do before a model exists: resolve a warm start, scan the dataset with
-the sticky split of runs/latest, and say what was found."""
+the sticky split of runs/latest, and say what was found; and, for a new run, whether tonight's new images drifted
+from the previous run's training images (``night_drift``)."""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from vgg_cli.config.schema import Config
+from vgg_cli.data import drift
+from vgg_cli.data.drift import describe
+from vgg_cli.data.images import BadImage, load_image
 from vgg_cli.data.layout import apply_layout
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
 from vgg_cli.errors import NoInputError, VggError
@@ -69,3 +75,75 @@ def scan_dataset(cfg: Config, splits: dict[str, str] | None = None) -> DatasetIn
                  cache_dir=RunsRoot.of(cfg).cache)
     log_scan(index)
     return index
+
+
+def night_drift(cfg: Config, index: DatasetIndex) -> dict:
+    """Tonight's new images (files the previous run's data.json does not list, or lists with other content) of the
+    classes that run knew, against a bounded sample of that run's training images (``vgg_cli.data.drift``). Reads
+    only those images, at a small size; a night without new images reads none. New classes are left out (a class
+    change is judged by promotion) and listed."""
+    import time
+
+    t0 = time.perf_counter()
+    latest = RunsRoot.of(cfg).latest()
+    if latest is None:
+        return {"tested": False, "reason": "no previous run"}
+    try:
+        manifest = latest.read_manifest()
+        before = {(f["source"], f["path"]): (f["sha1"], f["split"], f["class"]) for f in manifest["files"]}
+        known = set(manifest["classes"])
+    except (VggError, KeyError, TypeError) as e:
+        log.warning("drift not tested: the previous run's manifest %s is unreadable (%s)", latest.data, e)
+        return {"tested": False, "reason": f"the previous run {latest.name}'s data.json is unreadable"}
+    if manifest.get("train_dir") != index.train_dir:
+        out = {"tested": False, "previous_run": latest.name,
+               "reason": f"the previous run {latest.name} trained on another folder ({manifest.get('train_dir')})"}
+        log.info("drift: %s", describe(out))
+        return out
+    new, ref, new_classes = [], [], {}
+    for e in index.files:
+        name, seen = index.classes[e.label], before.get((e.source, e.path))
+        if seen is not None and seen[0] == e.sha1:
+            if seen[1] == TRAIN and seen[2] == name:
+                ref.append(e)
+        elif name in known:
+            new.append(e)
+        else:
+            new_classes[name] = new_classes.get(name, 0) + 1
+    out = {"previous_run": latest.name, "new_images": len(new), "reference_images": len(ref),
+           "new_classes": new_classes}
+    if len(new) < MIN_NEW_IMAGES or len(ref) < MIN_NEW_IMAGES:
+        out.update(tested=False, reason=f"{len(new)} new images of known classes and {len(ref)} earlier training "
+                                        f"images: fewer than {MIN_NEW_IMAGES} on a side")
+        log.info("drift: %s", describe(out))
+        return out
+    out.update(_drift_test(cfg, index, new, ref))
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    log.log(logging.WARNING if out.get("flagged") else logging.INFO, "drift: %s", describe(out))
+    return out
+
+
+MIN_NEW_IMAGES = 5  # fewer new images than this are not tested (nor reported as drift)
+
+
+def _drift_test(cfg: Config, index: DatasetIndex, new: list, ref: list) -> dict:
+    """Sample, read and compare (``night_drift``)."""
+    rng = np.random.default_rng(cfg.train.seed)
+    new_s, ref_s = drift.sample(new, drift.MAX_NEW, rng), drift.sample(ref, drift.MAX_REF, rng)
+    size = min(cfg.data.image_size, drift.STATS_SIZE)
+    stats, unreadable = [], 0
+    for group in (new_s, ref_s):
+        rows = []
+        for e in group:
+            try:
+                rows.append(drift.image_stats(load_image(index.root_of(e) / e.path, size, cfg.data.resize)))
+            except (BadImage, OSError):  # changed since the scan: left out of the test
+                unreadable += 1
+        stats.append(np.array(rows).reshape(-1, len(drift.STATS)))
+    counts = [{}, {}]
+    for side, group in zip(counts, (new, ref)):
+        for e in group:
+            side[index.classes[e.label]] = side.get(index.classes[e.label], 0) + 1
+    result = drift.compare(stats[0], stats[1], counts[0], counts[1], seed=cfg.train.seed)
+    return {"tested": True, "sampled": {"new": len(stats[0]), "reference": len(stats[1]), "unreadable": unreadable},
+            **result}

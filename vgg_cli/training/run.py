@@ -25,9 +25,9 @@ from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError,
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
 from vgg_cli.model.build import build_model
-from vgg_cli.model.weights import check_weights_available, copy_head_if_compatible
+from vgg_cli.model.weights import check_weights_available, copy_head
 from vgg_cli.training.plan import TrainingPlan, make_plan, set_up_phase
-from vgg_cli.training.prepare import previous_splits, resolve_sources, scan_dataset
+from vgg_cli.training.prepare import night_drift, previous_splits, resolve_sources, scan_dataset
 from vgg_cli.training.reread import load_index, moved, readable_summary, run_info_of
 from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
 from vgg_cli.fsio import write_json, write_text
@@ -157,6 +157,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         runs.check_name_free(cfg.output.name)
         check_weights_available(cfg.model)
     t_scanned = time.perf_counter()
+    drift = night_drift(cfg, index) if chief else None  # after --if-changed: an unchanged night reads no image
 
     keras.utils.set_random_seed(cfg.train.seed)
     _log_device(device, cfg)
@@ -165,8 +166,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
                                             resize=cfg.data.resize)
         if requested_weights in (PRODUCTION, LATEST):
             weights_source = f"{requested_weights}: {weights_source}"
-            if copy_head_if_compatible(model, Path(cfg.model.weights)):
-                weights_source += " + its head (same classes)"
+            weights_source += copy_head(model, Path(cfg.model.weights))
         plan = make_plan(cfg, index)
         set_up_phase(model, cfg, plan, plan.phases[0])
     log.info("backbone %s, weights: %s, frozen blocks: %s; %s", cfg.model.arch, weights_source,
@@ -182,7 +182,7 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         write_json(paths.data, index.manifest())
         run_info = {"seq": runs.next_seq(), "started": started, "weights": weights_source, "config_digest": digest,
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
-                    "resumed": [], **({"set_aside": [set_aside]} if set_aside else {})}
+                    "resumed": [], "drift": drift, **({"set_aside": [set_aside]} if set_aside else {})}
         write_json(paths.info, run_info)
         return _fit_and_summarise(Session(cfg, index, plan, paths, device), model, plan.new_state(), run_info,
                                   t_start)

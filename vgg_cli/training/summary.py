@@ -103,6 +103,7 @@ def build_summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, 
                     "images_per_sec": round(n_train * len(state.rows) / seconds, 2) if seconds > 0 else None},
         "device": device.to_dict(),
         "versions": versions(),
+        "drift": run_info.get("drift"),  # tonight's new images against the previous run's (None: not asked)
     }
 
 

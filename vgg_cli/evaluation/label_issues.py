@@ -1,0 +1,96 @@
+"""Suspected label errors: confident learning (Northcutt, Jiang and Chuang, 2021) on out-of-sample probabilities.
+
+cleanlab's ``find_label_issues(filter_by="prune_by_noise_rate")`` is the reference; its core is short enough to
+keep here in numpy (README, "Why these libraries"):
+
+1. a threshold per class: the mean probability of that class over the images labelled with it;
+2. the confident joint: an image labelled *i* counts for class *j* when p_j reaches j's threshold (the likeliest
+   such class when several do);
+3. calibrated so each row sums to its class's image count, its off-diagonal cell (i, j) estimates how many images
+   labelled i are really j; that many of them, those with the largest margin p_j - p_i, are suspects;
+4. suspects are ranked by the probability of their given label (self-confidence), lowest first.
+
+Probabilities must be out-of-sample. The validation images' come from the trained model (it never trained on them);
+the training images' from a k-fold logistic regression on the frozen backbone's features, only when training was
+head-only (the whole backbone frozen, no augmentation: then the features are the ones ``cache.features`` stored,
+and are read back from that cache when it has them). Otherwise only the validation split is examined.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger("vgg")
+FOLDS = 5
+
+
+def confident_learning(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Indices of the suspected label errors among images with given ``labels`` (n,) and out-of-sample ``probs``
+    (n, k), most suspect first."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n, k = probs.shape
+    counts = np.bincount(labels, minlength=k)
+    thresholds = np.array([probs[labels == j, j].mean() if counts[j] else 1.0 for j in range(k)])
+    above = probs >= thresholds - 1e-9
+    seen = above.any(axis=1)
+    guess = np.where(above, probs, -np.inf).argmax(axis=1)
+    joint = np.zeros((k, k))
+    np.add.at(joint, (labels[seen], guess[seen]), 1)
+    rows = joint.sum(axis=1, keepdims=True)
+    calibrated = np.divide(joint, rows, out=np.zeros_like(joint), where=rows > 0) * counts[:, None]
+    suspect = np.zeros(n, dtype=bool)
+    for i in range(k):
+        members = np.flatnonzero(labels == i)
+        budget = max(0, len(members) - 1)  # a class keeps at least one image
+        for j in np.argsort(-calibrated[i]):
+            m = min(int(round(calibrated[i, j])), budget)
+            if j == i or m <= 0:
+                continue
+            margin = probs[members, j] - probs[members, i]
+            chosen = members[np.argsort(-margin, kind="stable")[:m]]
+            chosen = chosen[probs[chosen, j] > probs[chosen, i]]  # (and the model prefers j over the label)
+            suspect[chosen] = True
+            budget -= len(chosen)
+    found = np.flatnonzero(suspect)
+    return found[np.argsort(probs[found, labels[found]], kind="stable")]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, steps: int = 300, l2: float = 1e-3) -> np.ndarray:
+    """Multinomial logistic regression (full-batch gradient descent with momentum): weights with a bias row."""
+    x = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros((x.shape[1], k))
+    velocity = np.zeros_like(w)
+    onehot = np.eye(k)[y]
+    for _ in range(steps):
+        grad = x.T @ (_softmax(x @ w) - onehot) / len(x) + l2 * w
+        velocity = 0.9 * velocity - 0.5 * grad
+        w += velocity
+    return w
+
+
+def out_of_fold(features: np.ndarray, labels: np.ndarray, k: int, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """Out-of-sample probabilities of every row: each fold predicted by a model fitted on the other folds."""
+    x = features.reshape(len(features), -1).astype(np.float64)
+    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
+    labels = np.asarray(labels, dtype=np.int64)
+    fold = np.empty(len(x), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for c in range(k):  # stratified: each class spread over the folds
+        members = rng.permutation(np.flatnonzero(labels == c))
+        fold[members] = np.arange(len(members)) % folds
+    out = np.zeros((len(x), k))
+    for f in range(folds):
+        test = fold == f
+        if not test.any() or test.all():
+            continue
+        w = _fit_softmax(x[~test], labels[~test], k)
+        out[test] = _softmax(np.hstack([x[test], np.ones((test.sum(), 1))]) @ w)
+    return out
