@@ -4,7 +4,9 @@
 lets ``vgg rollback`` go back (both kept by ``vgg_cli.runs.root.RunsRoot``). After a training run, the new
 model and the production model are evaluated on the same held-out images (the new run's validation split; its
 split is sticky, so earlier runs never trained on those images) and the new one is promoted only if it is at
-least as accurate, clears ``promote.min_accuracy`` and, unless ``promote.allow_class_change``, has the same classes.
+least as accurate, clears ``promote.min_accuracy`` and, unless ``promote.on_drift=hold`` and its new images drifted,
+nothing holds it. After a class change the two are compared on the validation images of the classes both know, and
+the new classes' own accuracy is recorded; ``promote.allow_class_change`` promotes with no comparison.
 With no production model to compare against, the new model's accuracy is its best epoch's validation accuracy
 (the same images, the same weights), so the run does not pay for a second pass over them.
 """
@@ -114,7 +116,7 @@ def _comparable_production(runs: RunsRoot, classes: list[str]) -> tuple[Path | N
 
 
 def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None,
-          evaluation: dict | None = None) -> dict:
+          evaluation: dict | None = None, drift: dict | None = None) -> dict:
     """Evaluate the new run against production and decide, without changing anything: the decision record.
     ``rules``: the config's ``promote`` section; ``batch_size``: for scoring.
 
@@ -123,7 +125,8 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     measured on exactly these held-out images by the weights in best.keras, so running the whole network over them
     again would only repeat it. ``evaluation``: the new model's ``vgg evaluate`` report on these images, made
     right after training (``output.report``); its accuracy is used, so nothing is run twice. A comparison with
-    production runs production the same way, on the images.
+    production runs production the same way, on the images; after a class change, on the images of the classes
+    both know (``_against_production_shared``). ``drift``: the run's summary.json "drift" (``promote.on_drift``).
     """
     from vgg_cli.data.scan import TRAIN, VAL
 
@@ -162,13 +165,13 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
         record["production_unreadable"] = unusable
     elif class_change is not None:
         record["class_change"] = class_change
-        text = (f"classes changed from production {prod.name} (added {class_change['added'] or 'none'}, "
-                f"removed {class_change['removed'] or 'none'})")
-        log.warning(text)
+        log.warning("classes changed from production %s (added %s, removed %s)", prod.name,
+                    class_change["added"] or "none", class_change["removed"] or "none")
         if not rules.allow_class_change:
-            reasons.append(f"{text}; set promote.allow_class_change=true to promote it")
+            reasons += _against_production_shared(record, prod, paths, files, truth, batch_size)
     elif compare:
         reasons += _against_production(record, prod, new, files, truth, batch_size)
+    reasons += _drift_reasons(record, rules.on_drift, drift, paths.name)
     record["promoted"] = not reasons
     record["reason"] = "; ".join(reasons) if reasons else _why_promoted(record, prod, new["accuracy"], rule)
     return record
@@ -188,7 +191,84 @@ def _against_production(record: dict, prod: Path, new: dict, files: list[str], t
     return []
 
 
+def _drift_reasons(record: dict, on_drift: str, drift: dict | None, run_name: str) -> list[str]:
+    """promote.on_drift for a night whose new images drifted: warn = a warning line, judged as usual; hold = the
+    reason it is not promoted."""
+    if not drift or not drift.get("flagged"):
+        return []
+    from vgg_cli.data.drift import describe
+
+    record["drift"] = {"flagged": True, "p": drift.get("p"), "on_drift": on_drift}
+    text = f"drift: {describe(drift)}"
+    if on_drift == "hold":
+        return [f"{text}; promote.on_drift=hold keeps it out of production: look at them, then vgg promote "
+                f"{run_name} (or set promote.on_drift=warn)"]
+    log.warning("%s; promote.on_drift=warn: judged as usual", text)
+    return []
+
+
+def _class_scores(model_file: Path, files: list[str], truth: list[str], batch_size: int) -> dict[str, list[int]]:
+    """class name -> [correct, images] of a model on images (top-1 over all its classes; unreadable left out)."""
+    from vgg_cli.evaluation.evaluate import EvalSet, score
+    from vgg_cli.model.load import load_model
+
+    result = score(load_model(model_file), EvalSet(files, truth, "held-out images"), batch_size)
+    out: dict[str, list[int]] = {}
+    for t, r in zip(result.truth, result.ranked):
+        row = out.setdefault(result.classes[t], [0, 0])
+        row[0] += int(r[0] == t)
+        row[1] += 1
+    return out
+
+
+def _against_production_shared(record: dict, prod: Path, paths: RunDir, files: list[str], truth: list[str],
+                               batch_size: int) -> list[str]:
+    """After a class change: the new model and production on the validation images of the classes both know (each
+    answering with all its own classes; the truth matched to each model's classes by name); the new classes' own
+    accuracy is recorded. The reason against the new model, if any."""
+    change = record["class_change"]
+    try:
+        prod_classes = set(RunDir(prod).read_classes())
+    except VggError as e:
+        record["production_unreadable"] = str(e)
+        return []
+    shared = sorted(prod_classes & set(truth))
+    change["shared"] = shared
+    pairs = [(f, t) for f, t in zip(files, truth) if t in prod_classes]
+    text = (f"classes changed from production {prod.name} (added {change['added'] or 'none'}, removed "
+            f"{change['removed'] or 'none'})")
+    if not pairs:
+        return [f"{text} and no validation image is of a class both know, so there is nothing to compare; set "
+                f"promote.allow_class_change=true to promote it without a comparison"]
+    try:
+        ours = _class_scores(paths.best, files, truth, batch_size)
+    except DataError:  # none readable
+        ours = {}
+    change["new_classes_accuracy"] = {c: round(ours[c][0] / ours[c][1], 6) for c in change["added"] if c in ours}
+    correct, n = (sum(ours.get(c, [0, 0])[i] for c in shared) for i in (0, 1))
+    new_shared = correct / n if n else 0.0
+    old = _evaluate_production(prod, [f for f, _ in pairs], [t for _, t in pairs], batch_size)
+    if old is None:
+        record["production_unreadable"] = "its model could not be loaded"
+        return []
+    change["compared_on"] = {"images": n, "classes": len(shared)}
+    record["production_accuracy"] = round(old["accuracy"], 6)
+    record["new_accuracy_shared"] = round(new_shared, 6)
+    if new_shared < old["accuracy"]:
+        return [f"{text}: on the {n} validation images of the {len(shared)} classes both know, accuracy "
+                f"{new_shared:.4f} is below production's {old['accuracy']:.4f}; set promote.allow_class_change=true "
+                f"to promote it without a comparison"]
+    return []
+
+
 def _why_promoted(record: dict, prod: Path | None, accuracy: float, rule: str) -> str:
+    if "new_accuracy_shared" in record:
+        change = record["class_change"]
+        news = ", ".join(f"{c} {a:.4f}" for c, a in change.get("new_classes_accuracy", {}).items()) or "none"
+        return (f"classes changed; on the {change['compared_on']['images']} validation images of the classes both "
+                f"know, accuracy {record['new_accuracy_shared']:.4f} is at least production {prod.name}'s "
+                f"{record['production_accuracy']:.4f}; new classes' accuracy: {news}; overall {accuracy:.4f} "
+                f"clears {rule}")
     if "production_accuracy" in record:
         return (f"accuracy {accuracy:.4f} is at least production {prod.name}'s {record['production_accuracy']:.4f} "
                 f"on the same {record['evaluated_on']['images']} images")
