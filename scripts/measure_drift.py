@@ -2,6 +2,8 @@
 
     python scripts/measure_drift.py drift WORK     ten ordinary nights and drifted ones (inverted, blurred, darker)
                                                    through vgg's own night check (scan + night_drift), no training
+    python scripts/measure_drift.py features WORK  the same nights, each a real one-epoch `vgg train` (head-only on
+                                                   cached features), so the frozen-feature test is measured too
     python scripts/measure_drift.py classes WORK   a night adding digit 9: warm start from production, promoted
                                                    only when at least as accurate on digits 0-8 (3 small trainings)
 
@@ -17,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +65,10 @@ def _config(data: Path, runs: Path):
     return load_config(None, [f"data.train_dir={data}", f"output.dir={runs}", *ARGS])
 
 
-def drift(work: Path, n_previous: int, n_new: int) -> None:
+def drift(work: Path, n_previous: int, n_new: int, train: bool = False) -> None:
     """Night 1 trains on ``n_previous`` random scans (its manifest is what the check reads); each later night adds
-    ``n_new`` other scans: ordinary nights plain, drifted nights transformed."""
+    ``n_new`` other scans: ordinary nights plain, drifted nights transformed. ``train``: each night is a real
+    `vgg train` (one epoch, head-only on cached features), so its summary has the frozen-feature test too."""
     from vgg_cli.training.prepare import night_drift, scan_dataset
 
     pool = digits(work)
@@ -89,15 +91,18 @@ def drift(work: Path, n_previous: int, n_new: int) -> None:
         new = [rest[i] for i in np.random.default_rng(seed).choice(len(rest), n_new, replace=False)]
         _place(new, pool, data, DRIFTS[kind] if kind else None)
         cfg = _config(data, runs)
-        t0 = time.perf_counter()
-        d = night_drift(cfg, scan_dataset(cfg))
-        rows.append((name, d["flagged"], d["p"], d["images"]["p"], d["classes"]["p"], d.get("seconds"),
-                     time.perf_counter() - t0))
+        if train:
+            r = _train(data, runs, "train.epochs=1", f"cache.dir={work / 'feature-cache'}")
+            d = json.loads((Path(r["run"]) / "summary.json").read_text())["drift"]
+        else:
+            d = night_drift(cfg, scan_dataset(cfg))
+        rows.append((name, d["flagged"], d["p"], d["images"]["p"], d["classes"]["p"],
+                     d.get("features", {}).get("p", float("nan")), d.get("seconds")))
     print(f"\nprevious night: {n_previous} scans (its training split is the reference, at most 300 sampled); "
           f"each night adds {n_new} others")
-    print(f"{'night':<12} {'flagged':>7} {'p':>8} {'p images':>9} {'p classes':>9} {'check s':>8}")
-    for name, flagged, p, pi, pc, s, _ in rows:
-        print(f"{name:<12} {str(flagged):>7} {p:>8.4f} {pi:>9.4f} {pc:>9.4f} {s:>8.2f}")
+    print(f"{'night':<12} {'flagged':>7} {'p':>8} {'p images':>9} {'p classes':>9} {'p features':>10} {'check s':>8}")
+    for name, flagged, p, pi, pc, pf, s in rows:
+        print(f"{name:<12} {str(flagged):>7} {p:>8.4f} {pi:>9.4f} {pc:>9.4f} {pf:>10.4f} {s:>8.2f}")
     ordinary = [r for r in rows if r[0].startswith("ordinary")]
     print(f"ordinary nights flagged: {sum(r[1] for r in ordinary)} of {len(ordinary)}; drifted nights flagged: "
           f"{sum(r[1] for r in rows if not r[0].startswith('ordinary'))} of {len(DRIFTS)}")
@@ -143,14 +148,14 @@ def classes(work: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["drift", "classes"])
+    ap.add_argument("step", choices=["drift", "features", "classes"])
     ap.add_argument("work", type=Path)
     ap.add_argument("--previous", type=int, default=700, help="drift: scans of the previous night")
     ap.add_argument("--new", type=int, default=150, help="drift: scans each night adds")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.step == "drift":
-        drift(args.work, args.previous, args.new)
+    if args.step in ("drift", "features"):
+        drift(args.work, args.previous, args.new, train=args.step == "features")
     else:
         classes(args.work)
 

@@ -39,6 +39,15 @@ def test_class_shares_flag_a_lopsided_night_only():
     assert lopsided["p"] < 0.01 and lopsided["shares"]["a"] == {"new": 0.9333, "reference": 0.3333}
 
 
+def test_the_verdict_is_bonferroni_over_the_tests_held():
+    from vgg_cli.data.drift import verdict
+
+    two = verdict({"alpha": 0.01, "images": {"p": 0.004}, "classes": {"p": 0.9}})
+    assert two["flagged"] and two["p"] == 0.008 and two["fired"] == ["images"]
+    three = verdict({**two, "features": {"p": 0.5}})
+    assert not three["flagged"] and three["p"] == pytest.approx(0.012) and three["fired"] == []
+
+
 def test_image_stats_see_inversion_and_blur():
     from PIL import ImageFilter
 
@@ -148,6 +157,7 @@ FLAGGED = {"tested": True, "flagged": True, "p": 0.002, "alpha": 0.01, "fired": 
            "new_images": 24, "reference_images": 29, "new_classes": {"purple": 3},
            "images": {"mmd2": 0.15, "p": 0.001, "permutations": 1000},
            "classes": {"chi2": 0.1, "p": 0.9, "shares": {"red": {"new": 0.5, "reference": 0.5}}},
+           "features": {"mmd2": 0.2, "p": 0.004, "permutations": 1000},
            "stats": {"mean_r": {"new": 160.0, "reference": 85.0}}}
 
 
@@ -168,6 +178,7 @@ def test_drift_section_says_what_was_found():
     flagged = drift_section(FLAGGED, "hold")
     assert "data-drift=flagged" in flagged and "not promoted for it" in flagged and "purple (3 images)" in flagged
     assert "p=0.001" in flagged and "<td>mean_r</td><td>160.0</td><td>85.0</td>" in flagged
+    assert "<td>frozen features (MMD, RBF kernel)</td><td>0.004</td>" in flagged
     assert "data-drift=ok" in drift_section({**FLAGGED, "flagged": False, "fired": []})
     assert "data-drift=untested" in drift_section({"tested": False, "reason": "no previous run"})
     assert "before the drift check" in drift_section(None)
@@ -214,6 +225,8 @@ def test_a_drifted_night_is_held_or_warned(trained_run, tmp_path):
         summary = json.loads((Path(result["run"]) / "summary.json").read_text())
         assert summary["drift"]["flagged"] and summary["drift"]["previous_run"] == first, err
         assert summary["drift"]["new_images"] == 24 and "drift: drifted: 24 new images" in err
+        features = summary["drift"]["features"]  # head-only training: the frozen features were compared too
+        assert features["new"] == 24 and 0 < features["p"] <= 1 and "frozen features MMD" in err
         results[mode] = (code, result["promotion"], runs)
     code, p, runs = results["hold"]
     assert code == 3 and not p["promoted"] and "promote.on_drift=hold" in p["reason"]

@@ -8,7 +8,9 @@ Two tests, each with a p-value:
   kernel whose bandwidth is the median pairwise distance (the median heuristic), and a permutation test for its
   p-value (Gretton et al., "A Kernel Two-Sample Test", JMLR 2012);
 - **classes**: the new images' class counts against the reference's, the chi-square statistic of the 2 x k table
-  with a permutation (multivariate hypergeometric) p-value, so no chi-square table or SciPy is needed.
+  with a permutation (multivariate hypergeometric) p-value, so no chi-square table or SciPy is needed;
+- **features** (after training, when it ran on cached frozen-prefix features): the same samples' features, averaged
+  over positions, by the same MMD test (``mmd_test``; at most ``MAX_FEATURES`` a side).
 
 The night is flagged when the smaller p-value, times the number of tests (Bonferroni), is below ``ALPHA``: a night
 drawn from the same images is flagged with probability at most ``ALPHA``.
@@ -22,6 +24,7 @@ ALPHA = 0.01
 PERMUTATIONS = 1000  # the smallest p-value a permutation test can give is 1 / (PERMUTATIONS + 1)
 MAX_NEW = 300  # images sampled from each side: the kernel matrix is at most (MAX_NEW + MAX_REF) squared
 MAX_REF = 300
+MAX_FEATURES = 200  # feature entries read a side (an entry can be large: block3 at 224 px is 0.8 MB)
 STATS_SIZE = 64  # the side images are decoded at for their statistics
 STATS = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "sharpness", "edges")
 
@@ -118,13 +121,23 @@ def compare(new_stats: np.ndarray, ref_stats: np.ndarray, new_counts: dict[str, 
         tests["classes"] = class_share_test(new_counts, ref_counts, seed=seed + 1)
     if not tests:
         raise ValueError("nothing to compare: too few images on one side")
-    p = min(1.0, min(t["p"] for t in tests.values()) * len(tests))
-    fired = [name for name, t in tests.items() if t["p"] * len(tests) < alpha]
-    out = {"flagged": bool(fired), "p": round(p, 6), "alpha": alpha, "fired": fired, **_rounded(tests)}
+    out = verdict({"alpha": alpha, **_rounded(tests)})
     if len(new_stats) and len(ref_stats):
         out["stats"] = {name: {"new": round(float(a), 4), "reference": round(float(b), 4)}
                         for name, a, b in zip(STATS, new_stats.mean(axis=0), ref_stats.mean(axis=0))}
     return out
+
+
+TESTS = ("images", "classes", "features")
+
+
+def verdict(drift: dict) -> dict:
+    """``drift`` with "flagged", "p" and "fired" set from the tests it holds (``TESTS``), Bonferroni over them."""
+    tests = {name: drift[name] for name in TESTS if name in drift}
+    alpha = drift.get("alpha", ALPHA)
+    p = min(1.0, min(t["p"] for t in tests.values()) * len(tests))
+    fired = [name for name, t in tests.items() if t["p"] * len(tests) < alpha]
+    return {**drift, "flagged": bool(fired), "p": round(p, 6), "alpha": alpha, "fired": fired}
 
 
 def _rounded(tests: dict[str, dict]) -> dict[str, dict]:
@@ -140,6 +153,8 @@ def describe(drift: dict) -> str:
         parts.append(f"image statistics MMD p={drift['images']['p']:.4g}")
     if "classes" in drift:
         parts.append(f"class shares chi-square p={drift['classes']['p']:.4g}")
+    if "features" in drift:
+        parts.append(f"frozen features MMD p={drift['features']['p']:.4g}")
     verdict = "drifted" if drift.get("flagged") else "no drift"
     return (f"{verdict}: {drift.get('new_images', 0)} new images against {drift.get('reference_images', 0)} of the "
             f"previous run {drift.get('previous_run')}'s training images ({', '.join(parts)}; flagged below "

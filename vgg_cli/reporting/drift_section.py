@@ -39,9 +39,10 @@ def drift_section(drift: dict | None, on_drift: str | None = None) -> str:
     if drift.get("new_classes"):
         out.append("<p>New classes, left out of the test (promotion judges a class change): " +
                    _esc(", ".join(f"{c} ({n} images)" for c, n in sorted(drift["new_classes"].items()))) + "</p>")
-    tests = [[name, t.get("p"), t.get("mmd2", t.get("chi2"))] for name, t in
-             (("image statistics (MMD, RBF kernel)", drift.get("images")), ("class shares (chi-square)",
-                                                                           drift.get("classes"))) if t]
+    named = (("image statistics (MMD, RBF kernel)", drift.get("images")),
+             ("class shares (chi-square)", drift.get("classes")),
+             ("frozen features (MMD, RBF kernel)", drift.get("features")))
+    tests = [[name, t.get("p"), t.get("mmd2", t.get("chi2"))] for name, t in named if t]
     if tests:
         out.append(_table(["test", "p-value", "statistic"], tests))
     if drift.get("stats"):

@@ -5,11 +5,12 @@ from the previous run's training images (``night_drift``)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from vgg_cli.config.schema import Config
-from vgg_cli.data import drift
+from vgg_cli.data import drift as drift_module
 from vgg_cli.data.drift import describe
 from vgg_cli.data.images import BadImage, load_image
 from vgg_cli.data.layout import apply_layout
@@ -90,8 +91,7 @@ def night_drift(cfg: Config, index: DatasetIndex) -> dict:
         return {"tested": False, "reason": "no previous run"}
     try:
         manifest = latest.read_manifest()
-        before = {(f["source"], f["path"]): (f["sha1"], f["split"], f["class"]) for f in manifest["files"]}
-        known = set(manifest["classes"])
+        _new_and_reference(index, manifest)
     except (VggError, KeyError, TypeError) as e:
         log.warning("drift not tested: the previous run's manifest %s is unreadable (%s)", latest.data, e)
         return {"tested": False, "reason": f"the previous run {latest.name}'s data.json is unreadable"}
@@ -100,16 +100,7 @@ def night_drift(cfg: Config, index: DatasetIndex) -> dict:
                "reason": f"the previous run {latest.name} trained on another folder ({manifest.get('train_dir')})"}
         log.info("drift: %s", describe(out))
         return out
-    new, ref, new_classes = [], [], {}
-    for e in index.files:
-        name, seen = index.classes[e.label], before.get((e.source, e.path))
-        if seen is not None and seen[0] == e.sha1:
-            if seen[1] == TRAIN and seen[2] == name:
-                ref.append(e)
-        elif name in known:
-            new.append(e)
-        else:
-            new_classes[name] = new_classes.get(name, 0) + 1
+    new, ref, new_classes = _new_and_reference(index, manifest)
     out = {"previous_run": latest.name, "new_images": len(new), "reference_images": len(ref),
            "new_classes": new_classes}
     if len(new) < MIN_NEW_IMAGES or len(ref) < MIN_NEW_IMAGES:
@@ -126,24 +117,73 @@ def night_drift(cfg: Config, index: DatasetIndex) -> dict:
 MIN_NEW_IMAGES = 5  # fewer new images than this are not tested (nor reported as drift)
 
 
+def _new_and_reference(index: DatasetIndex, manifest: dict) -> tuple[list, list, dict[str, int]]:
+    """(new images of known classes, the previous run's training images still here unchanged, new classes' image
+    counts) against the previous run's manifest."""
+    before = {(f["source"], f["path"]): (f["sha1"], f["split"], f["class"]) for f in manifest["files"]}
+    known = set(manifest["classes"])
+    new, ref, new_classes = [], [], {}
+    for e in index.files:
+        name, seen = index.classes[e.label], before.get((e.source, e.path))
+        if seen is not None and seen[0] == e.sha1:
+            if seen[1] == TRAIN and seen[2] == name:
+                ref.append(e)
+        elif name in known:
+            new.append(e)
+        else:
+            new_classes[name] = new_classes.get(name, 0) + 1
+    return new, ref, new_classes
+
+
+def feature_drift(cfg: Config, index: DatasetIndex, drift: dict | None, inputs: dict | None) -> dict | None:
+    """After training on cached frozen-prefix features (``inputs``: summary.json "input"): the drift test's samples
+    (the same draws as ``night_drift``) compared by their features too, averaged over positions; the verdict is
+    made again over all the tests. ``drift`` as it was when there is nothing to add."""
+    if not drift or not drift.get("tested") or "features" in drift or not inputs or inputs.get("path") != "features":
+        return drift
+    try:
+        new, ref, _ = _new_and_reference(index, RunsRoot.of(cfg).run(drift["previous_run"]).read_manifest())
+    except (VggError, KeyError, TypeError):
+        return drift
+    rng = np.random.default_rng(cfg.train.seed)
+    new_s, ref_s = drift_module.sample(new, drift_module.MAX_NEW, rng), drift_module.sample(ref, drift_module.MAX_REF, rng)
+    folder = Path(inputs["cache_dir"])
+    sides = []
+    for group in (new_s[:drift_module.MAX_FEATURES], ref_s[:drift_module.MAX_FEATURES]):
+        rows = []
+        for e in group:
+            try:
+                a = np.load(folder / e.sha1[:2] / f"{e.sha1}.npy", allow_pickle=False)
+            except (OSError, ValueError):  # pruned meanwhile: left out
+                continue
+            rows.append(a.reshape(-1, a.shape[-1]).mean(axis=0))
+        sides.append(np.array(rows, np.float64))
+    if min(len(s) for s in sides) < 2:
+        return drift
+    out = drift_module.verdict({**drift, "features": {k: round(v, 6) if isinstance(v, float) else v for k, v in
+                                                     drift_module.mmd_test(*sides, seed=cfg.train.seed).items()}})
+    log.log(logging.WARNING if out["flagged"] else logging.INFO, "drift with the frozen features: %s", describe(out))
+    return out
+
+
 def _drift_test(cfg: Config, index: DatasetIndex, new: list, ref: list) -> dict:
     """Sample, read and compare (``night_drift``)."""
     rng = np.random.default_rng(cfg.train.seed)
-    new_s, ref_s = drift.sample(new, drift.MAX_NEW, rng), drift.sample(ref, drift.MAX_REF, rng)
-    size = min(cfg.data.image_size, drift.STATS_SIZE)
+    new_s, ref_s = drift_module.sample(new, drift_module.MAX_NEW, rng), drift_module.sample(ref, drift_module.MAX_REF, rng)
+    size = min(cfg.data.image_size, drift_module.STATS_SIZE)
     stats, unreadable = [], 0
     for group in (new_s, ref_s):
         rows = []
         for e in group:
             try:
-                rows.append(drift.image_stats(load_image(index.root_of(e) / e.path, size, cfg.data.resize)))
+                rows.append(drift_module.image_stats(load_image(index.root_of(e) / e.path, size, cfg.data.resize)))
             except (BadImage, OSError):  # changed since the scan: left out of the test
                 unreadable += 1
-        stats.append(np.array(rows).reshape(-1, len(drift.STATS)))
+        stats.append(np.array(rows).reshape(-1, len(drift_module.STATS)))
     counts = [{}, {}]
     for side, group in zip(counts, (new, ref)):
         for e in group:
             side[index.classes[e.label]] = side.get(index.classes[e.label], 0) + 1
-    result = drift.compare(stats[0], stats[1], counts[0], counts[1], seed=cfg.train.seed)
+    result = drift_module.compare(stats[0], stats[1], counts[0], counts[1], seed=cfg.train.seed)
     return {"tested": True, "sampled": {"new": len(stats[0]), "reference": len(stats[1]), "unreadable": unreadable},
             **result}

@@ -27,7 +27,7 @@ from vgg_cli.training.health import diverged_error
 from vgg_cli.model.build import build_model
 from vgg_cli.model.weights import check_weights_available, copy_head
 from vgg_cli.training.plan import TrainingPlan, make_plan, set_up_phase
-from vgg_cli.training.prepare import night_drift, previous_splits, resolve_sources, scan_dataset
+from vgg_cli.training.prepare import feature_drift, night_drift, previous_splits, resolve_sources, scan_dataset
 from vgg_cli.training.reread import load_index, moved, readable_summary, run_info_of
 from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
 from vgg_cli.fsio import write_json, write_text
@@ -336,6 +336,7 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
     log.debug("training finished; writing the summary")
     summary = Summary(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
     summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
+    summary["drift"] = feature_drift(cfg, index, summary.drift, summary["input"])  # + the frozen features
     summary["phases"] = phase_summary(plan, state, outcome.inputs)
     weights = plan.class_weight
     summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
