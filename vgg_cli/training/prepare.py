@@ -145,11 +145,12 @@ def feature_drift(cfg: Config, index: DatasetIndex, drift: dict | None, inputs: 
         new, ref, _ = _new_and_reference(index, RunsRoot.of(cfg).run(drift["previous_run"]).read_manifest())
     except (VggError, KeyError, TypeError):
         return drift
-    rng = np.random.default_rng(cfg.train.seed)
-    new_s, ref_s = drift_module.sample(new, drift_module.MAX_NEW, rng), drift_module.sample(ref, drift_module.MAX_REF, rng)
+    d, rng = drift_module, np.random.default_rng(cfg.train.seed)
+    new_s, ref_s = d.sample(new, d.MAX_NEW, rng), d.sample(ref, d.MAX_REF, rng)
     folder = Path(inputs["cache_dir"])
     sides = []
-    for group in (new_s[:drift_module.MAX_FEATURES], ref_s[:drift_module.MAX_FEATURES]):
+    # (drawn at random again, never cut short: the samples are in index order, class by class)
+    for group in (d.sample(new_s, d.MAX_FEATURES, rng), d.sample(ref_s, d.MAX_FEATURES, rng)):
         rows = []
         for e in group:
             try:
