@@ -235,3 +235,20 @@ def test_a_drifted_night_is_held_or_warned(trained_run, tmp_path):
     assert "drift" not in p["reason"] and p["drift"]["on_drift"] == "warn"
     usual = p["new_accuracy"] >= p["production_accuracy"] and p["new_accuracy"] > p["min_accuracy"]
     assert p["promoted"] is usual and code == (0 if usual else 3)
+
+
+@pytest.mark.slow
+def test_an_unchanged_night_reads_no_image(trained_run, tmp_path, monkeypatch):
+    """--if-changed on the same data and config stops before the drift check (and the scan's cache reads nothing)."""
+    import vgg_cli.training.prepare as prepare
+    from vgg_cli.data import checks
+
+    def no_reading(*_a, **_k):
+        raise AssertionError("an image was read")
+
+    runs = copy_runs(trained_run["runs"], tmp_path / "runs")
+    monkeypatch.setattr(prepare, "load_image", no_reading)
+    monkeypatch.setattr(checks, "check_one", no_reading)
+    code, out, err = run_cli(["train", f"data.train_dir={trained_run['data']}", f"output.dir={runs}", "--if-changed",
+                              "--json", *TRAIN_ARGS])
+    assert code == 0 and json.loads(out)["status"] == "nothing_to_do", err
