@@ -146,6 +146,19 @@ def test_new_classes_are_left_out_and_a_night_without_new_images_reads_none(nigh
     assert added["new_classes"] == {"purple": 6} and added["new_images"] == 0 and added["tested"] is False
 
 
+def test_a_damaged_or_other_previous_manifest_is_not_tested(night1, tmp_path, caplog):
+    data, runs = night1
+    manifest = runs / "night1" / "data.json"
+    elsewhere = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**elsewhere, "train_dir": str(tmp_path / "other")}))
+    assert "trained on another folder" in _drift(data, runs)["reason"]
+    manifest.write_text(json.dumps({"train_dir": elsewhere["train_dir"], "files": [{"path": 1}]}))
+    with caplog.at_level(logging.WARNING, logger="vgg"):
+        out = _drift(data, runs)
+    assert out == {"tested": False, "reason": "the previous run night1's data.json is unreadable"}
+    assert "drift not tested" in caplog.text
+
+
 def test_the_first_run_is_not_tested(tmp_path):
     data = make_colour_dataset(tmp_path / "photos", per_class=4, seed=0)
     assert _drift(data, tmp_path / "runs") == {"tested": False, "reason": "no previous run"}

@@ -91,16 +91,16 @@ def night_drift(cfg: Config, index: DatasetIndex) -> dict:
         return {"tested": False, "reason": "no previous run"}
     try:
         manifest = latest.read_manifest()
-        _new_and_reference(index, manifest)
+        same_folder = manifest.get("train_dir") == index.train_dir
+        new, ref, new_classes = _new_and_reference(index, manifest) if same_folder else ([], [], {})
     except (VggError, KeyError, TypeError) as e:
         log.warning("drift not tested: the previous run's manifest %s is unreadable (%s)", latest.data, e)
         return {"tested": False, "reason": f"the previous run {latest.name}'s data.json is unreadable"}
-    if manifest.get("train_dir") != index.train_dir:
+    if not same_folder:
         out = {"tested": False, "previous_run": latest.name,
                "reason": f"the previous run {latest.name} trained on another folder ({manifest.get('train_dir')})"}
         log.info("drift: %s", describe(out))
         return out
-    new, ref, new_classes = _new_and_reference(index, manifest)
     out = {"previous_run": latest.name, "new_images": len(new), "reference_images": len(ref),
            "new_classes": new_classes}
     if len(new) < MIN_NEW_IMAGES or len(ref) < MIN_NEW_IMAGES:
