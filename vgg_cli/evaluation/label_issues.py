@@ -10,10 +10,14 @@ keep here in numpy (README, "Why these libraries"):
    labelled i are really j; that many of them, those with the largest margin p_j - p_i, are suspects;
 4. suspects are ranked by the probability of their given label (self-confidence), lowest first.
 
-Probabilities must be out-of-sample. The validation images' come from the trained model (it never trained on them);
-the training images' from a k-fold logistic regression on the frozen backbone's features, only when training was
-head-only (the whole backbone frozen, no augmentation: then the features are the ones ``cache.features`` stored,
-and are read back from that cache when it has them). Otherwise only the validation split is examined.
+Beyond the reference, an image whose label gets less than 2 % while another class is likelier is a suspect too
+(``find_suspects``): on a small dataset the thresholds of step 1 are high and step 2 misses exactly the blatant
+cases. On the digit scans it raised recall from 0.85 to 0.90 at the same precision (docs/data-trust.md).
+
+Probabilities must be out-of-sample (``suspects`` makes them): a k-fold logistic regression on the features of the
+frozen leading conv blocks (they never saw a label; with no augmentation they are the ones ``cache.features``
+stored) predicts every image from the folds it was not fitted on; without frozen blocks, the trained model's
+probabilities on the validation split (it never trained on them) are used, and the training images not examined.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 log = logging.getLogger("vgg")
 FOLDS = 5
+MIN_SELF_CONFIDENCE = 0.02  # below this for its label (and another class likelier), an image is a suspect anyway
 
 
 def confident_learning(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -57,21 +62,43 @@ def confident_learning(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return found[np.argsort(probs[found, labels[found]], kind="stable")]
 
 
+def find_suspects(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``confident_learning``'s suspects and, beyond them, every image given less than MIN_SELF_CONFIDENCE for its
+    label while another class is likelier (on small data the per-class thresholds are high and the confident joint
+    misses the blatant cases); most suspect first."""
+    labels = np.asarray(labels, dtype=np.int64)
+    own = probs[np.arange(len(labels)), labels]
+    blatant = np.flatnonzero((own < MIN_SELF_CONFIDENCE) & (probs.argmax(axis=1) != labels))
+    found = np.union1d(confident_learning(labels, probs), blatant)
+    return found[np.argsort(own[found], kind="stable")]
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, steps: int = 300, l2: float = 1e-3) -> np.ndarray:
-    """Multinomial logistic regression (full-batch gradient descent with momentum): weights with a bias row."""
+def _top_singular(x: np.ndarray, steps: int = 30) -> float:
+    """The largest singular value of ``x`` (power iteration; a little over it, to be safe)."""
+    v = np.random.default_rng(0).normal(size=x.shape[1])
+    for _ in range(steps):
+        v = x.T @ (x @ v)
+        v /= np.linalg.norm(v) + 1e-12
+    return 1.05 * float(np.linalg.norm(x @ v))
+
+
+def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, steps: int = 300, l2: float = 0.1) -> np.ndarray:
+    """Multinomial logistic regression with an L2 penalty (full-batch gradient descent with momentum, its step
+    1/L from the largest singular value of ``x``, so it converges on any features): weights with a bias row."""
     x = np.hstack([x, np.ones((len(x), 1))])
+    lipschitz = 0.5 * _top_singular(x) ** 2 / len(x) + l2
     w = np.zeros((x.shape[1], k))
     velocity = np.zeros_like(w)
     onehot = np.eye(k)[y]
     for _ in range(steps):
         grad = x.T @ (_softmax(x @ w) - onehot) / len(x) + l2 * w
-        velocity = 0.9 * velocity - 0.5 * grad
+        velocity = 0.9 * velocity - grad / lipschitz
         w += velocity
     return w
 

@@ -1,5 +1,6 @@
-"""A trained run's suspected label errors (``label_issues``): out-of-sample probabilities of its validation images
-(the model) and, when training was head-only, of its training images (k-fold on the frozen features), ranked into
+"""A trained run's suspected label errors (``label_issues``): out-of-sample probabilities of every image by a k-fold
+logistic regression on the frozen blocks' features (they never saw a label) when the run has frozen leading blocks
+(the default, head-only, has all five), else of its validation images by the trained model; ranked into
 ``label_issues.csv`` and ``label_issues.png`` in the run folder. Written right after a run's validation evaluation
 (``evaluate``), and by ``vgg check --labels RUN``."""
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.errors import VggError
-from vgg_cli.evaluation.label_issues import FOLDS, confident_learning, out_of_fold
+from vgg_cli.evaluation.label_issues import FOLDS, find_suspects, out_of_fold
 from vgg_cli.fsio import write_text
 from vgg_cli.runs.rundir import RunDir
 
@@ -24,15 +25,18 @@ COLUMNS = ["rank", "path", "split", "given_class", "suggested_class", "given_cla
            "suggested_class_probability", "probabilities_from"]
 
 
-def head_only_why_not(cfg) -> str | None:
-    """Why the training images' features are not out-of-sample evidence (None when they are)."""
-    if sorted(set(cfg.model.freeze_blocks)) != [1, 2, 3, 4, 5]:
-        return f"model.freeze_blocks={cfg.model.freeze_blocks}: the backbone trained on them"
-    if cfg.finetune.epochs:
-        return "finetune.epochs > 0: the backbone trained on them"
+def frozen_blocks(cfg) -> tuple[int, str | None]:
+    """(how many leading conv blocks never trained, why the training images cannot be examined or None). The
+    features of those blocks never saw a label, so a model fitted on them predicts a held-out fold honestly."""
+    from vgg_cli.model.build import frozen_prefix_blocks
+
+    frozen = set(cfg.model.freeze_blocks) - (set(cfg.finetune.unfreeze_blocks) if cfg.finetune.epochs else set())
+    blocks = frozen_prefix_blocks(sorted(frozen))
     if cfg.augment.active:
-        return "augmentation is on: no cached features"
-    return None
+        return blocks, "augmentation is on: no cached features"
+    if blocks == 0:
+        return 0, "block 1 trained: no frozen features"
+    return blocks, None
 
 
 def _features(model, cfg, run: RunDir, paths: list[str], shas: list[str], batch_size: int) -> tuple[np.ndarray, int]:
@@ -43,11 +47,12 @@ def _features(model, cfg, run: RunDir, paths: list[str], shas: list[str], batch_
     from vgg_cli.model.build import split_frozen_prefix
     from vgg_cli.runs.root import RunsRoot
 
-    prefix, _ = split_frozen_prefix(model, 5)
+    blocks, _ = frozen_blocks(cfg)
+    prefix, _ = split_frozen_prefix(model, blocks)
     size, resize = cfg.data.image_size, cfg.data.resize
     shape = tuple(int(d) for d in prefix.output.shape[1:])
     store = FeatureStore(RunsRoot.of_run(run).feature_cache(cfg.cache.dir),
-                         prefix_key(prefix, cfg.model.arch, 5, size, resize), shape, prefix.output.dtype)
+                         prefix_key(prefix, cfg.model.arch, blocks, size, resize), shape, prefix.output.dtype)
     width = int(np.prod(shape)) if np.prod(shape) <= FLAT_MAX else shape[-1]
     out = np.zeros((len(paths), width), dtype=np.float32)
     missing, buf = [], np.empty(shape, dtype=store.dtype)
@@ -80,55 +85,65 @@ def _validation_part(model, run: RunDir, scored, batch_size: int) -> tuple[list[
     probs = np.array([[dict(r.top).get(c, 0.0) for c in classes] for r, _ in scored.scored])
     labels = np.asarray(scored.truth)
     paths = [r.path for r, _ in scored.scored]
-    found = confident_learning(labels, probs) if len(labels) else np.array([], dtype=int)
+    found = find_suspects(labels, probs) if len(labels) else np.array([], dtype=int)
     return _rows(found, labels, probs, paths, "val", classes, "the model (validation image)"), len(labels)
 
 
-def _training_part(model, cfg, run: RunDir, batch_size: int) -> tuple[list[dict], int, str]:
-    from vgg_cli.data.scan import TRAIN, index_from_manifest
+def _kfold_part(model, cfg, run: RunDir, batch_size: int) -> tuple[list[dict], dict, str] | None:
+    """Every image of the run (training and validation) by k-fold on the frozen blocks' features: (rows, images
+    examined per split, how), or None when there are no frozen features to use."""
+    from vgg_cli.data.scan import TRAIN, VAL, index_from_manifest
 
-    why_not = head_only_why_not(cfg)
+    blocks, why_not = frozen_blocks(cfg)
     if why_not is not None:
-        return [], 0, f"training images not examined ({why_not}); only the validation split"
+        log.info("label issues: training images not examined (%s); only the validation split", why_not)
+        return None
     index = index_from_manifest(run.read_manifest())
-    entries = [e for e in index.files if e.split == TRAIN]
+    entries = index.files
     paths = [str(index.root_of(e) / e.path) for e in entries]
     labels = np.array([e.label for e in entries])
     try:
         features, cached = _features(model, cfg, run, paths, [e.sha1 for e in entries], batch_size)
     except (VggError, ValueError, OSError) as e:
-        return [], 0, f"training images not examined (their features could not be made: {e})"
+        log.warning("label issues: the frozen features could not be made (%s); only the validation split", e)
+        return None
     probs = out_of_fold(features, labels, len(index.classes))
-    found = confident_learning(labels, probs)
-    how = f"{FOLDS}-fold logistic regression on the frozen features"
-    return (_rows(found, labels, probs, paths, "train", index.classes, how), len(entries),
-            f"training images: {how} ({cached} of {len(entries)} read from the feature cache)")
+    found = find_suspects(labels, probs)
+    how = f"{FOLDS}-fold logistic regression on the features of the frozen blocks 1-{blocks}"
+    rows = [r | {"split": entries[i].split} for r, i in zip(
+        _rows(found, labels, probs, paths, "", index.classes, how), found)]
+    examined = {VAL: sum(e.split == VAL for e in entries), TRAIN: sum(e.split == TRAIN for e in entries)}
+    return rows, examined, f"{how}, every image out of fold ({cached} of {len(entries)} read from the feature cache)"
 
 
 def find_run_label_issues(run_dir: Path, model=None, scored=None, batch_size: int = 32) -> dict:
-    """Rank a run's suspected label errors; write label_issues.csv (and its gallery). ``scored``: the run's
-    validation ``Scored`` when the caller has it."""
+    """Rank a run's suspected label errors; write label_issues.csv (and its gallery). The frozen blocks' features
+    when there are any (every image, one calibration), else the model on the validation split (``scored``: its
+    ``Scored`` when the caller has it)."""
     from vgg_cli.config.schema import load_run_config
     from vgg_cli.model.load import load_model
 
     run = RunDir(Path(run_dir))
     model = model if model is not None else load_model(run.model_file())
-    cfg = load_run_config(run.config)
-    try:
-        val_rows, n_val = _validation_part(model, run, scored, batch_size)
-    except VggError as e:  # no validation images (or none readable)
-        val_rows, n_val = [], 0
-        log.info("label issues: validation split not examined (%s)", e)
-    train_rows, n_train, how = _training_part(model, cfg, run, batch_size)
-    rows = sorted(val_rows + train_rows, key=lambda r: r["given_class_probability"])
+    kfold = _kfold_part(model, load_run_config(run.config), run, batch_size)
+    if kfold is not None:
+        rows, examined, how = kfold
+    else:
+        how = "the model's probabilities on the validation split (training images not examined: no frozen features)"
+        try:
+            rows, n_val = _validation_part(model, run, scored, batch_size)
+        except VggError as e:  # no validation images (or none readable)
+            rows, n_val = [], 0
+            how = f"nothing examined: {e}"
+        examined = {"val": n_val, "train": 0}
+    rows.sort(key=lambda r: r["given_class_probability"])
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     write_text(run.label_issues, _csv(rows))
-    result = {"examined": {"val": n_val, "train": n_train}, "how": how, "suspects": rows,
-              "csv": str(run.label_issues)}
+    result = {"examined": examined, "how": how, "suspects": rows, "csv": str(run.label_issues)}
     result["gallery"] = _gallery(rows, run)
-    log.info("label issues: %d suspected label error(s) among %d validation + %d training images (%s); ranked in %s",
-             len(rows), n_val, n_train, how, run.label_issues)
+    log.info("label issues: %d suspected label error(s) among %d training + %d validation images (%s); ranked in %s",
+             len(rows), examined["train"], examined["val"], how, run.label_issues)
     return result
 
 
