@@ -146,6 +146,24 @@ def test_new_classes_are_left_out_and_a_night_without_new_images_reads_none(nigh
     assert added["new_classes"] == {"purple": 6} and added["new_images"] == 0 and added["tested"] is False
 
 
+def test_a_held_night_stays_held_the_next_night(night1):
+    """With a production run, tonight is compared with production's training images, not with a held latest run's
+    (which trained on the drifted images)."""
+    from vgg_cli.training.prepare import scan_dataset
+
+    data, runs = night1
+    os.symlink("night1", runs / "production")
+    _add(data, 8, seed=12, transform=lambda a: 255 - a)
+    held = runs / "night2"  # trained on the drifted images, kept out of production: latest
+    held.mkdir()
+    (held / "config.yaml").write_text("data: {}\n")
+    (held / "data.json").write_text(json.dumps(scan_dataset(_config(data, runs)).manifest()))
+    (runs / "latest").unlink()
+    os.symlink("night2", runs / "latest")
+    again = _drift(data, runs)
+    assert again["flagged"] and again["previous_run"] == "night1" and again["baseline"] == "production"
+
+
 def test_a_damaged_or_other_previous_manifest_is_not_tested(night1, tmp_path, caplog):
     data, runs = night1
     manifest = runs / "night1" / "data.json"

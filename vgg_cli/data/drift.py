@@ -156,6 +156,7 @@ def describe(drift: dict) -> str:
     if "features" in drift:
         parts.append(f"frozen features MMD p={drift['features']['p']:.4g}")
     verdict = "drifted" if drift.get("flagged") else "no drift"
+    which = f" ({drift['baseline']})" if drift.get("baseline") else ""
     return (f"{verdict}: {drift.get('new_images', 0)} new images against {drift.get('reference_images', 0)} of the "
-            f"previous run {drift.get('previous_run')}'s training images ({', '.join(parts)}; flagged below "
+            f"previous run {drift.get('previous_run')}{which}'s training images ({', '.join(parts)}; flagged below "
             f"{drift.get('alpha', ALPHA)} after Bonferroni)")

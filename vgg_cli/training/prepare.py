@@ -16,6 +16,7 @@ from vgg_cli.data.images import BadImage, load_image
 from vgg_cli.data.layout import apply_layout
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
 from vgg_cli.errors import NoInputError, VggError
+from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
 
 log = logging.getLogger("vgg")
@@ -80,13 +81,18 @@ def scan_dataset(cfg: Config, splits: dict[str, str] | None = None) -> DatasetIn
 
 def night_drift(cfg: Config, index: DatasetIndex) -> dict:
     """Tonight's new images (files the previous run's data.json does not list, or lists with other content) of the
-    classes that run knew, against a bounded sample of that run's training images (``vgg_cli.data.drift``). Reads
+    classes that run knew, against a bounded sample of that run's training images (``vgg_cli.data.drift``); the
+    previous run is production's, else latest's. Reads
     only those images, at a small size; a night without new images reads none. New classes are left out (a class
     change is judged by promotion) and listed."""
     import time
 
     t0 = time.perf_counter()
-    latest = RunsRoot.of(cfg).latest()
+    runs = RunsRoot.of(cfg)
+    # Production's training images when there is a production run: a night held for drift (or refused) is not the
+    # baseline of the next, so drift is held until a person promotes; else the latest run's.
+    production = runs.production()
+    latest = RunDir(production) if production is not None else runs.latest()
     if latest is None:
         return {"tested": False, "reason": "no previous run"}
     try:
@@ -101,7 +107,8 @@ def night_drift(cfg: Config, index: DatasetIndex) -> dict:
                "reason": f"the previous run {latest.name} trained on another folder ({manifest.get('train_dir')})"}
         log.info("drift: %s", describe(out))
         return out
-    out = {"previous_run": latest.name, "new_images": len(new), "reference_images": len(ref),
+    out = {"previous_run": latest.name, "baseline": "production" if production is not None else "latest",
+           "new_images": len(new), "reference_images": len(ref),
            "new_classes": new_classes}
     if len(new) < MIN_NEW_IMAGES or len(ref) < MIN_NEW_IMAGES:
         out.update(tested=False, reason=f"{len(new)} new images of known classes and {len(ref)} earlier training "
