@@ -198,3 +198,24 @@ def test_label_issues_rank_the_planted_flipped_labels_and_check_labels_prints_th
     assert out.index(ranked[0]) < out.index("written to")
     code, out, _ = run_cli(["check", "--labels", str(planted_run["val"]), "--json"])
     assert code == 66 and out == ""
+
+
+def test_report_sections_say_what_the_run_folder_holds(tmp_path):
+    from vgg_cli.reporting.data_quality import duplicates_section, label_issues_section
+
+    assert "before the duplicate check" in duplicates_section({})
+    dup = {"policy": "drop", "groups_total": 2, "images_in_groups": 4, "label_conflicts": 1, "across_splits": 1,
+           "leaked": ["a/x.png"], "dropped": ["a/y.png", "b/y.png"],
+           "groups": [{"kind": "near", "conflict": True, "files": ["a/y.png", "b/y.png"], "classes": ["a", "b"],
+                       "splits": ["train", "train"]},
+                      {"kind": "exact", "conflict": False, "files": ["a/x.png", "a/z.png"], "classes": ["a"],
+                       "splits": ["val", "train"]}]}
+    html = duplicates_section({"duplicates": dup})
+    assert 'data-conflicts="1" data-leaked="1" data-dropped="2"' in html and "data.duplicates=drop" in html
+    assert "a/y.png; b/y.png" in html and "a/x.png; a/z.png" in html
+    assert "not examined" in label_issues_section(tmp_path / "none.csv", tmp_path / "none.png")
+    (tmp_path / "l.csv").write_text("rank,path,split,given_class,suggested_class,given_class_probability,"
+                                    "suggested_class_probability,probabilities_from\n1,/d/b/<x>.png,train,b,a,"
+                                    "0.010000,0.990000,k-fold\n")
+    html = label_issues_section(tmp_path / "l.csv", tmp_path / "l.png")
+    assert "data-suspects=1" in html and "&lt;x&gt;.png" in html and "l.png is missing" in html

@@ -20,6 +20,7 @@ from pathlib import Path
 from vgg_cli.errors import VggError
 from vgg_cli.fsio import write_text
 from vgg_cli.reporting.data_quality import duplicates_section, label_issues_section
+from vgg_cli.reporting.drift_section import drift_section
 from vgg_cli.reporting.html import Raw, esc, page, picture, table
 from vgg_cli.reporting.html import num as _num
 from vgg_cli.runs.rundir import EvaluationDir
@@ -287,7 +288,8 @@ def write_run_report(run, evaluation: dict | None = None, more: tuple = ()) -> P
     (the test folder's), skipped files."""
     summary = run.summary_or_none() or Summary()
     manifest = _manifest(run)
-    sections = [headline(run, summary, evaluation), run_section(run, summary)]
+    sections = [headline(run, summary, evaluation), run_section(run, summary),
+                drift_section(summary.drift, _section(run_config(run), "promote").get("on_drift"))]
     sections += [evaluation_section(e) for e in (evaluation, *more) if e is not None]
     sections += [duplicates_section(manifest), label_issues_section(run.label_issues, run.label_issues_png)]
     sections.append(skipped_section(list(manifest.get("skipped") or []) +
