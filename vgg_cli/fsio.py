@@ -214,6 +214,9 @@ def place_copy(source: Path, target: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise io_error(target, e) from None
+    # rename(2) of a hard link onto another link of the same file does nothing and succeeds: tmp is still there
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
 
 
 def point(link: Path, target_name: str) -> None:
