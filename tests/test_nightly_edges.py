@@ -189,7 +189,7 @@ def test_sigterm_or_a_kill_at_the_report_is_finished_by_resume(tmp_path, colour_
 @pytest.mark.slow
 def test_an_unresumable_run_is_set_aside_and_a_new_run_trains(tmp_path, colour_data):
     runs = tmp_path / "runs"
-    r = vgg_at("replace", "*/checkpoints/epoch-0002.keras", 1, "KILL", *_train(colour_data, runs, "output.name=cut"))
+    r = vgg_at("replace", "*/checkpoints/epoch-0002.*", 1, "KILL", *_train(colour_data, runs, "output.name=cut"))
     assert r.returncode == -9, r.stderr[-2000:]
     (runs / "cut" / "state.json").write_text("{damaged")
     (runs / "cut" / "config.yaml").write_text("")
@@ -222,7 +222,7 @@ def test_latest_follows_the_run_order_not_the_clock(tmp_path, colour_data):
 @pytest.mark.slow
 def test_a_copied_run_resumes_in_its_new_place(tmp_path, colour_data):
     runs = tmp_path / "runs"
-    r = vgg_at("replace", "*/checkpoints/epoch-0002.keras", 1, "KILL", *_train(colour_data, runs, "output.name=moved",
+    r = vgg_at("replace", "*/checkpoints/epoch-0002.*", 1, "KILL", *_train(colour_data, runs, "output.name=moved",
                                                                                "model.freeze_blocks=[1,2,3,4,5]"))
     assert r.returncode == -9, r.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
@@ -332,7 +332,7 @@ def test_kills_while_a_run_is_made_or_scanned_never_wedge_the_next_command(tmp_p
 @pytest.mark.slow
 def test_resume_refuses_damaged_state_rows_and_repairs_a_damaged_classes_file(tmp_path, colour_data):
     runs = tmp_path / "runs"
-    r = vgg_at("replace", "*/checkpoints/epoch-0002.keras", 1, "KILL", *_train(colour_data, runs, "output.name=r"))
+    r = vgg_at("replace", "*/checkpoints/epoch-0002.*", 1, "KILL", *_train(colour_data, runs, "output.name=r"))
     assert r.returncode == -9, r.stderr[-2000:]
     state = runs / "r" / "state.json"
     good = state.read_text()

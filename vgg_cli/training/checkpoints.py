@@ -2,16 +2,20 @@
 
 After each completed epoch, in this order:
 
-1. ``model/checkpoints/epoch-NNNN.keras``: the whole model with its optimizer state (atomic write).
-2. ``state.json``: the commit point. It names that checkpoint and holds every epoch's metrics row and the best
-   epoch so far. A run killed before this line is written resumes from the previous epoch, as if the epoch had
-   never happened; killed after it, from this one.
+1. The epoch's checkpoint in ``model/checkpoints/`` (atomic write): ``epoch-NNNN.keras``, the whole model with its
+   optimizer state, or, when most of the model is frozen, ``epoch-NNNN.delta.npz``, only the variables that changed
+   since a base ``epoch-KKKK.keras`` of the same phase (``vgg_cli.training.snapshots``).
+2. ``state.json``: the commit point. It names that checkpoint (and the best epoch's) and holds every epoch's
+   metrics row and the best epoch so far. A run killed before this line is written resumes from the previous
+   epoch, as if the epoch had never happened; killed after it, from this one.
 3. ``model/best.keras`` (when this epoch is the best so far) and ``model/last.keras``: hard links to (or copies
-   of) the checkpoint, replaced atomically; ``metrics.csv`` rewritten from the rows; older checkpoints removed.
+   of) a full checkpoint, replaced atomically; ``metrics.csv`` rewritten from the rows; checkpoints no longer
+   needed removed (the current one, the best epoch's and the bases they name are kept).
 
 Step 3 is derived entirely from ``state.json``, so ``sync`` redoes it on resume and a crash between 2 and 3 leaves
 nothing wrong behind. ``best.keras`` changes only when ``state.json`` says a better epoch happened, so it is never
-replaced by a worse model, and ``metrics.csv`` has each epoch exactly once.
+replaced by a worse model, and ``metrics.csv`` has each epoch exactly once. A light (delta) epoch's best.keras and
+last.keras are built once, when the session ends (``finalize``): plain Keras files, as after a full epoch.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import gc
 import os
 import io
 import json
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import keras
@@ -34,6 +40,7 @@ from vgg_cli.platform.keras_fixes import streamed_saving
 from vgg_cli.errors import DataError, NoInputError
 from vgg_cli.fsio import place_copy, write_json, write_text, write_with
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.training import snapshots
 
 log = logging.getLogger("vgg")
 STATE_VERSION = 1
@@ -62,6 +69,12 @@ class TrainState:
     # Where each phase ends (cumulative epochs): [10] for one phase, [10, 15] with a 5-epoch phase 2. A phase that
     # stops early ends there and the later ones move up.
     phase_ends: list[int] = field(default_factory=list)
+    # File names in model/checkpoints/ of the last completed epoch's checkpoint and the best epoch's (None: the
+    # epoch-NNNN.keras of that epoch, as in runs written before light checkpoints)
+    checkpoint: str | None = None
+    best_checkpoint: str | None = None
+    # This session's base for light checkpoints (never written to state.json: a delta names its base file)
+    base: snapshots.Base | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.phase_ends:
@@ -90,9 +103,20 @@ class TrainState:
     def best(self) -> dict | None:
         return self.rows[self.best_epoch - 1] if self.best_epoch else None
 
+    def checkpoint_path(self, paths: RunDir) -> Path:
+        """The last completed epoch's checkpoint."""
+        return paths.checkpoints / self.checkpoint if self.checkpoint else paths.checkpoint(self.epoch)
+
+    def best_path(self, paths: RunDir) -> Path | None:
+        if not self.best_epoch:
+            return None
+        return paths.checkpoints / self.best_checkpoint if self.best_checkpoint else paths.checkpoint(self.best_epoch)
+
     def to_dict(self, paths: RunDir) -> dict:
+        best = self.best_path(paths)
         return {"version": STATE_VERSION, "epoch": self.epoch, "epochs": self.epochs,
-                "checkpoint": paths.checkpoint(self.epoch).relative_to(paths.root).as_posix(),
+                "checkpoint": self.checkpoint_path(paths).relative_to(paths.root).as_posix(),
+                "best_checkpoint": best.relative_to(paths.root).as_posix() if best else None,
                 "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "phase_ends": self.phase_ends,
                 "rows": self.rows}
 
@@ -105,26 +129,54 @@ def read_state(paths: RunDir) -> TrainState | None:
         d = json.loads(paths.state.read_text(encoding="utf-8"))
         state = TrainState(epochs=int(d["epochs"]), rows=list(d["rows"]), best_epoch=d["best_epoch"],
                            stopped_early=bool(d.get("stopped_early", False)),
-                           phase_ends=[int(e) for e in d.get("phase_ends") or [d["epochs"]]])
+                           phase_ends=[int(e) for e in d.get("phase_ends") or [d["epochs"]]],
+                           checkpoint=_name_in(d.get("checkpoint")), best_checkpoint=_name_in(d.get("best_checkpoint")))
         if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in state.rows):
             raise ValueError("its rows are not epoch records")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{paths.state} is unreadable ({type(e).__name__}: {e}); the run cannot be resumed, "
                         f"start a new one") from None
-    if not paths.checkpoint(state.epoch).is_file():
-        raise NoInputError(f"{paths.state} names {paths.checkpoint(state.epoch).name}, which is missing; "
-                           f"the run cannot be resumed, start a new one")
+    needed = [state.checkpoint_path(paths)]
+    if snapshots.is_delta(needed[0]) and needed[0].is_file():
+        needed.append(snapshots.base_of(needed[0]))
+    for path in needed:
+        if not path.is_file():
+            raise NoInputError(f"{paths.state} needs {path.name}, which is missing; the run cannot be resumed, "
+                               f"start a new one")
     return state
 
 
-def load_checkpoint(path) -> keras.Model:
-    """A run's checkpoint with its optimizer state, to resume from (one line when it is damaged)."""
+def _name_in(recorded) -> str | None:
+    """The file name of a checkpoint path recorded in state.json (model/checkpoints/NAME), or None."""
+    return Path(recorded).name if isinstance(recorded, str) and recorded else None
+
+
+def load_checkpoint(path: Path) -> tuple[keras.Model, snapshots.Base | None]:
+    """A run's checkpoint with its optimizer state, to resume from (one line when it is damaged), and the base
+    that later light checkpoints of this session can refer to (None: there is none worth it)."""
     from vgg_cli.model.load import load_model
 
+    full = snapshots.base_of(path) if snapshots.is_delta(path) else path
     try:
-        return load_model(path, compile=True, what="checkpoint")
+        model = load_model(full, compile=True, what="checkpoint")
     except NoInputError as e:
         raise NoInputError(f"{e}; the run cannot be resumed from it: start a new run") from None
+    base = snapshots.Base.of(full, model) if snapshots.worth_it(model) else None
+    if full != path:
+        snapshots.apply_delta(model, path)
+    return model, base
+
+
+def materialize(path: Path, target: Path) -> None:
+    """Make ``target`` (best.keras or last.keras) the plain Keras model a checkpoint holds: a hard link to a full
+    one, or a light one loaded onto its base and saved."""
+    if not snapshots.is_delta(path):
+        place_copy(path, target)
+        return
+    model, _ = load_checkpoint(path)
+    write_with(target, functools.partial(save_model, model), suffix=".keras")
+    del model
+    release_free_memory()
 
 
 def metrics_csv(rows: list[dict]) -> str:
@@ -139,20 +191,49 @@ def metrics_csv(rows: list[dict]) -> str:
 
 
 def sync(paths: RunDir, state: TrainState) -> None:
-    """Make best.keras, last.keras and metrics.csv agree with the committed state; drop stale checkpoints."""
-    current = paths.checkpoint(state.epoch)
-    if state.best_epoch == state.epoch:
-        place_copy(current, paths.best)
-    place_copy(current, paths.last)
+    """Make best.keras, last.keras (for a full checkpoint) and metrics.csv agree with the committed state; drop
+    checkpoints no longer needed."""
+    current = state.checkpoint_path(paths)
+    if not snapshots.is_delta(current):
+        if state.best_epoch == state.epoch:
+            place_copy(current, paths.best)
+        place_copy(current, paths.last)
     write_text(paths.metrics, metrics_csv(state.rows))
-    for old in paths.checkpoints.glob("epoch-*.keras"):
-        if old != current:
+    # A light best epoch is kept until finalize has built best.keras from it; a full one is best.keras already
+    keep = {current} | {p for p in [state.best_path(paths)] if p is not None and snapshots.is_delta(p)}
+    keep |= {snapshots.base_of(p) for p in list(keep) if snapshots.is_delta(p) and p.is_file()}
+    for old in paths.checkpoints.glob("epoch-*"):
+        if old not in keep:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
     # Temp files of a write that was killed: ours (.epoch-*) and Keras' HDF5 weights file (tmp*, see save_model).
     for tmp in [*paths.checkpoints.glob(".epoch-*"), *paths.checkpoints.glob("tmp*")]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def finalize(paths: RunDir, state: TrainState | None) -> None:
+    """At the end of a session: best.keras and last.keras built from light checkpoints (full ones are linked by
+    sync), the last epoch then committed as a full checkpoint (a link to last.keras), so the bases and deltas go
+    and the run holds what it held before light checkpoints."""
+    if state is None or not state.epoch:
+        return
+    current, best = state.checkpoint_path(paths), state.best_path(paths)
+    if not (snapshots.is_delta(current) or (best is not None and snapshots.is_delta(best))):
+        return
+    if best is not None and snapshots.is_delta(best):
+        materialize(best, paths.best)
+        state.best_checkpoint = paths.checkpoint(state.best_epoch).name  # as full epochs: best.keras holds it
+    if snapshots.is_delta(current):
+        if state.best_epoch == state.epoch:
+            place_copy(paths.best, paths.last)
+        else:
+            materialize(current, paths.last)
+        place_copy(paths.last, paths.checkpoint(state.epoch))
+        state.checkpoint = paths.checkpoint(state.epoch).name
+    state.base = None
+    write_json(paths.state, state.to_dict(paths))  # the same models, now as full checkpoints
+    sync(paths, state)
 
 
 def save_model(model: keras.Model, path) -> None:
@@ -211,13 +292,13 @@ class RunRecorder(keras.callbacks.Callback):
                "images_per_sec": round(self.n_train / train_s, 2) if train_s > 0 else None}
         if epoch + 1 != self.state.epoch + 1:
             raise RuntimeError(f"epoch {epoch + 1} finished but the run has {self.state.epoch} epochs recorded")
-        write_with(self.paths.checkpoint(epoch + 1), lambda t: save_model(self.save_model or self.model, t),
-                   suffix=".keras")
+        written = self._write_checkpoint(self.save_model or self.model, epoch + 1)
         best = self.state.best
         improved = best is None or self.monitor.key(row) > self.monitor.key(best)
         self.state.rows.append(row)
+        self.state.checkpoint = written.name
         if improved:
-            self.state.best_epoch = epoch + 1
+            self.state.best_epoch, self.state.best_checkpoint = epoch + 1, written.name
         index = self.phase - 1
         since_best = self.state.epoch - max(self.state.best_epoch, self.state.phase_start(index))
         last_phase = index == len(self.state.phase_ends) - 1
@@ -239,3 +320,17 @@ class RunRecorder(keras.callbacks.Callback):
             log.info("early stopping%s: no improvement in %s for %d epochs%s",
                      "" if len(self.state.phase_ends) == 1 else f" phase {self.phase}", self.monitor.name,
                      since_best, "" if last_phase else f"; phase {self.phase + 1} starts now")
+
+    def _write_checkpoint(self, model: keras.Model, epoch: int) -> Path:
+        """Epoch ``epoch``'s checkpoint, not yet committed: a delta against this session's base when one fits
+        (same phase), else a full one, which becomes the base when most of the model is frozen."""
+        base = self.state.base
+        if base is not None and base.fits(model):
+            path = self.paths.checkpoints / f"epoch-{epoch:04d}{snapshots.DELTA_SUFFIX}"
+            snapshots.write_delta(model, base, path)
+            return path
+        path = self.paths.checkpoint(epoch)
+        write_with(path, lambda t: save_model(model, t), suffix=".keras")
+        self.state.base = snapshots.Base.of(path, model) if snapshots.worth_it(model) else None
+        return path
+

@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 
 from vgg_cli.training.callbacks import EarlyLog, attach_log_file, detach_log_file
-from vgg_cli.training.checkpoints import TrainState, load_checkpoint, read_state, sync
+from vgg_cli.training.checkpoints import TrainState, finalize, load_checkpoint, read_state, sync
 from vgg_cli.config.schema import Config, load_run_config
 from vgg_cli.data.scan import DatasetIndex, check_layout, require_dir
 from vgg_cli.platform.device import DeviceInfo, setup_devices
@@ -287,7 +287,7 @@ def _model_to_resume(session: Session, state: TrainState | None):
              state.best_epoch)
     keras.utils.set_random_seed(cfg.train.seed + state.epoch)
     with device.scope():
-        model = load_checkpoint(paths.checkpoint(state.epoch))
+        model, state.base = load_checkpoint(state.checkpoint_path(paths))
     return model, state
 
 
@@ -333,6 +333,7 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
     if state.epoch < state.epochs and not state.stopped_early:
         with device.scope():
             outcome = fit(cfg, index, plan, model, paths, state)
+    finalize(paths, state)  # best.keras and last.keras from light checkpoints, once per session
     log.debug("training finished; writing the summary")
     summary = Summary(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
     summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained

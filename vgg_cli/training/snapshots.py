@@ -1,0 +1,134 @@
+"""Light checkpoints: when most of a model is frozen, an epoch stores only what changed since its base.
+
+A frozen VGG16 backbone is ~57 MB that no epoch changes; writing it every epoch was most of a head-only run's
+time. So an epoch's checkpoint is one of:
+
+- ``epoch-NNNN.keras``: the whole model with its optimizer state (a plain Keras file). Written for the first epoch
+  of each phase in a session, and for every epoch when most of the model trains (nothing to save there).
+- ``epoch-NNNN.delta.npz``: the model and optimizer variables whose values differ from a *base*, an earlier
+  ``epoch-KKKK.keras`` of the same run and phase, which it names. Loading one is loading the base and assigning the
+  stored values, so it restores exactly what a full checkpoint would (every variable, the optimizer's included,
+  bit for bit). A variable counts as unchanged only when its bytes hash the same as the base's.
+
+The commit protocol (``vgg_cli.training.checkpoints``) is unchanged: a checkpoint, light or full, is written
+atomically before ``state.json`` names it, and a base is kept while a kept checkpoint names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from vgg_cli.errors import NoInputError
+from vgg_cli.fsio import write_bytes
+
+FORMAT = 1
+DELTA_SUFFIX = ".delta.npz"
+# A model whose trainable share of the bytes is above this is checkpointed whole every epoch: a delta would
+# hold nearly everything anyway.
+LIGHT_WHEN_TRAINABLE_BELOW = 0.5
+
+
+def is_delta(path: Path) -> bool:
+    return path.name.endswith(DELTA_SUFFIX)
+
+
+def _arrays(variables) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha1(str((a.dtype.str, a.shape)).encode() + np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _structure(model) -> tuple:
+    """What must be the same for a delta to apply to a base: the trainable flags and the optimizer object."""
+    return (id(model.optimizer), tuple(bool(v.trainable) for v in model.variables), len(model.optimizer.variables))
+
+
+def worth_it(model) -> bool:
+    sizes = [(int(np.prod(v.shape)), bool(v.trainable)) for v in model.variables]
+    total = sum(n for n, _ in sizes) or 1
+    return sum(n for n, t in sizes if t) / total < LIGHT_WHEN_TRAINABLE_BELOW
+
+
+class Base:
+    """A full checkpoint that deltas refer to, with the digests of its variables."""
+
+    def __init__(self, path: Path, model_digests: list[str], optimizer_digests: list[str], structure: tuple):
+        self.path, self.model_digests, self.optimizer_digests = path, model_digests, optimizer_digests
+        self.structure = structure
+
+    @classmethod
+    def of(cls, path: Path, model) -> "Base":
+        """The base ``path`` holds, given ``model`` as it is right after being saved to or loaded from it."""
+        return cls(path, [_digest(a) for a in _arrays(model.variables)],
+                   [_digest(a) for a in _arrays(model.optimizer.variables)], _structure(model))
+
+    def fits(self, model) -> bool:
+        return self.path.is_file() and self.structure == _structure(model)
+
+
+def delta_bytes(model, base: Base) -> bytes:
+    """The ``.delta.npz`` content of ``model`` against ``base``."""
+    stored: dict[str, np.ndarray] = {}
+    manifest: dict = {"format": FORMAT, "base": base.path.name, "model": [], "optimizer": []}
+    for kind, variables, digests in (("model", model.variables, base.model_digests),
+                                     ("optimizer", model.optimizer.variables, base.optimizer_digests)):
+        for i, (v, a) in enumerate(zip(variables, _arrays(variables))):
+            here = _digest(a) != digests[i]
+            manifest[kind].append([v.path, list(a.shape), here])
+            if here:
+                stored[f"{kind[0]}{i}"] = a
+    buf = io.BytesIO()
+    np.savez(buf, __manifest__=np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8), **stored)
+    return buf.getvalue()
+
+
+def write_delta(model, base: Base, path: Path) -> None:
+    write_bytes(path, delta_bytes(model, base))
+
+
+def read_manifest(path: Path) -> dict:
+    """A delta's manifest (its base's file name and which variables it stores); one line when it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            manifest = json.loads(z["__manifest__"].tobytes().decode())
+        if manifest.get("format") != FORMAT or not isinstance(manifest.get("base"), str):
+            raise ValueError(f"format {manifest.get('format')!r}")
+        return manifest
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise NoInputError(f"checkpoint {str(path)!r} could not be loaded ({type(e).__name__}: {e}); the run "
+                           f"cannot be resumed from it: start a new run") from None
+
+
+def base_of(path: Path) -> Path:
+    return path.parent / read_manifest(path)["base"]
+
+
+def apply_delta(model, path: Path) -> None:
+    """Assign a delta's stored values to ``model``, loaded from its base (variables checked by path and shape)."""
+    manifest = read_manifest(path)
+    with np.load(path, allow_pickle=False) as z:
+        for kind, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+            entries = manifest[kind]
+            if len(entries) != len(variables):
+                raise NoInputError(f"checkpoint {str(path)!r} has {len(entries)} {kind} variables, its base "
+                                   f"{manifest['base']} {len(variables)}; the run cannot be resumed from it: start "
+                                   f"a new run")
+            for i, ((name, shape, here), v) in enumerate(zip(entries, variables)):
+                # by position, checked by shape: variable paths and names are not stable (a loaded model's
+                # variables can be 'seed_generator_1' where the trained one's were 'seed_generator')
+                if tuple(shape) != tuple(v.shape):
+                    raise NoInputError(f"checkpoint {str(path)!r} does not fit its base {manifest['base']} "
+                                       f"({name} {tuple(shape)} vs {v.path} {tuple(v.shape)}); the run cannot be "
+                                       f"resumed from it: start a new run")
+                if here:
+                    v.assign(z[f"{kind[0]}{i}"])
