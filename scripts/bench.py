@@ -232,16 +232,18 @@ def _later(epoch_s: list[float]) -> float:
     return float(np.mean(epoch_s[1:])) if len(epoch_s) > 1 else epoch_s[0]
 
 
-def train_case(case: dict, data: Path, size: int, weights: str, work: Path) -> list[dict]:
+def train_case(case: dict, data: Path, size: int, weights: str, work: Path, repeats: int = 3) -> list[dict]:
     print(f"  {case['title']}: recipe ...", flush=True)
     r = run_recipe(case, data, size, weights, work)
     print(f"  {case['title']}: vgg ...", flush=True)
     v = run_vgg(case, data, size, weights, work)
     seeds_note = ""
-    if case["name"] == "a":  # cheap for vgg: how much the accuracy moves with the seed alone
+    if case["name"] == "a" and repeats > 1:  # cheap for vgg: how much the accuracy moves with the seed alone
+        seeds = list(range(1, repeats))
         accs = [v["val_accuracy"]] + [run_vgg(case, data, size, weights, work, (f"train.seed={s}",), f"-seed{s}")
-                                      ["val_accuracy"] for s in (1, 2)]
-        seeds_note = f"; vgg val acc with seeds 42/1/2: {', '.join(f'{a:.3f}' for a in accs)}"
+                                      ["val_accuracy"] for s in seeds]
+        seeds_note = (f"; vgg val acc with seeds {'/'.join(map(str, [42, *seeds]))}: "
+                      f"{', '.join(f'{a:.3f}' for a in accs)}")
     rows = []
     for who, x in (("keras.io recipe", r), ("vgg train", v)):
         rows.append({"case": case["title"], "who": who, "wall_s": x["wall_s"], "epoch1_s": x["epoch_s"][0] + x["extra_s"],
@@ -299,7 +301,7 @@ print(model.predict(x[None], verbose=0).argmax())
 '''
 
 
-def predict_case(model_file: Path, folder: Path, work: Path) -> list[dict]:
+def predict_case(model_file: Path, folder: Path, work: Path, repeats: int = 3) -> list[dict]:
     files = sorted(str(p) for p in folder.rglob("*.jpg"))
     n = len(files)
     rows = []
@@ -326,14 +328,15 @@ def predict_case(model_file: Path, folder: Path, work: Path) -> list[dict]:
                          f"{'MET' if ratio >= 0.9 else 'MISSED'}")
     one = files[0]
     a, b = [], []
-    for i in range(3):  # alternate, and take the median: start-up time is noisy
+    for i in range(repeats):  # alternate, and take the median: start-up time is noisy
         a.append(measure([sys.executable, "-m", "vgg_cli", "predict", one, "--model", str(model_file)],
                          work / "one-vgg.log"))
         b.append(measure([sys.executable, "-c", MINIMAL_ONE, str(model_file), one], work / "one-minimal.log"))
     wa = float(np.median([x["wall_s"] for x in a]))
     wb = float(np.median([x["wall_s"] for x in b]))
-    rows.append({"who": "one image: vgg predict one.jpg (median of 3)", "wall_s": wa, "rss_mib": a[0]["rss_mib"]})
-    rows.append({"who": "one image: minimal Keras script (median of 3)", "wall_s": wb, "rss_mib": b[0]["rss_mib"],
+    rows.append({"who": f"one image: vgg predict one.jpg (median of {repeats})", "wall_s": wa,
+                 "rss_mib": a[0]["rss_mib"]})
+    rows.append({"who": f"one image: minimal Keras script (median of {repeats})", "wall_s": wb, "rss_mib": b[0]["rss_mib"],
                  "target": f"vgg {wa:.2f}s vs script {wb:.2f}s: {wa / wb:.2f}x "
                            f"{'MET' if wa <= wb * 1.05 else 'MISSED'} (target: no more than the script, 5% noise)"})
     return rows
@@ -404,6 +407,9 @@ def main() -> int:
     ap.add_argument("--ram-mb", type=int, default=16, help="cache.ram_mb for the memory case (default 16)")
     ap.add_argument("--work", type=Path, default=Path("bench-work"), help="scratch folder (default ./bench-work)")
     ap.add_argument("--markdown", action="store_true", help="also write the tables to WORK/bench.md")
+    ap.add_argument("--repeats", type=int, default=3, choices=range(1, 10), metavar="N",
+                    help="one-image predictions timed N times each (median) and case (a) trained with N seeds "
+                         "(default 3; 1 checks the script)")
     gpu = ap.add_argument_group("GPU mode (scripts/bench_gpu.py: vgg on JAX against PyTorch programs)")
     gpu.add_argument("--gpu", action="store_true", help="run the GPU mode instead of cases a-m")
     gpu.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
@@ -434,7 +440,7 @@ def main() -> int:
     model_for_predict = None
     for c in cases:
         if c in CASES:
-            train_rows += train_case(CASES[c], data, size, weights, work)
+            train_rows += train_case(CASES[c], data, size, weights, work, args.repeats)
             if c == "a":
                 model_for_predict = work / "runs-a" / "run" / "model" / "best.keras"
     if "d" in cases:
@@ -444,7 +450,7 @@ def main() -> int:
             model_for_predict = v["run"] / "model" / "best.keras"
         folder = make_dataset(work / "predict-data", args.predict_images, seed=1)
         print(f"  (d) predict {args.predict_images} images ...", flush=True)
-        predict_rows = predict_case(model_for_predict, folder, work)
+        predict_rows = predict_case(model_for_predict, folder, work, args.repeats)
     if "m" in cases:
         big = make_dataset(work / "data-big", args.images * args.scale, seed=2)
         mem_rows = memory_case(data, big, size, weights, work, args.ram_mb)

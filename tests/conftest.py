@@ -113,6 +113,18 @@ class _MainCommand:
         self._main(list(args or []))
 
 
+# Fixtures that train a real model or start processes: a test that uses one (directly or through another fixture)
+# is slow by the marker's definition, so it is marked here, not by hand in every file.
+SLOW_FIXTURES = {"trained_run", "trained_champion", "planted_run", "single_device_run", "jax_single_run", "patch_run",
+                 "old_runs", "finished_run", "without_gpus", "night1"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def colour_data(tmp_path_factory) -> Path:
     return make_colour_dataset(tmp_path_factory.mktemp("colours") / "train", per_class=12, seed=0)

@@ -1,8 +1,9 @@
 """scripts/bench.py runs from a checkout and prints its tables (tiny sizes: this checks the script, not speed).
 
 Most of each test's minutes are start-up, which no option changes: the bench measures every program as a fresh
-process (Python, TensorFlow, JAX or torch, building VGG16; in the GPU mode XLA compiling it too), 16 of them in the
-CPU mode (case a trains vgg three times, for its seeds; case d runs six one-image predictions) and 10 in the GPU mode.
+process (Python, TensorFlow, JAX or torch, building VGG16; in the GPU mode XLA compiling it too), 10 of them in the
+CPU mode with --repeats 1 (case a trains vgg once, not once per seed; case d times each one-image program once)
+and 10 in the GPU mode.
 The sizes are the least the bench takes: 32 px is VGG16's smallest input, 8 images are 2 per class.
 """
 
@@ -23,15 +24,16 @@ IMAGES, SCALE = 8, 2  # training images; the memory case's larger dataset has SC
 def test_bench_runs_and_prints_every_table(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--images", str(IMAGES), "--image-size",
-                           "32", "--predict-images", "4", "--cases", "a,d,m", "--scale", str(SCALE), "--work",
-                           str(tmp_path / "w"), "--markdown"], capture_output=True, text=True, env=env, timeout=900)
+                           "32", "--predict-images", "4", "--cases", "a,d,m", "--scale", str(SCALE), "--repeats", "1",
+                           "--work", str(tmp_path / "w"), "--markdown"], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "| (a) all blocks frozen, no aug, 10 ep | keras.io recipe |" in out
     assert "| (a) all blocks frozen, no aug, 10 ep | vgg train |" in out
     assert "(target >= 6.0x)" in out
+    assert "seeds" not in out  # --repeats 1: one seed
     for row in ("| vgg predict DIR |", "| per-image loop (load_img + predict) |",
-                "| model.predict on preloaded arrays |", "one image: minimal Keras script"):
+                "| model.predict on preloaded arrays |", "one image: minimal Keras script (median of 1)"):
         assert row in out
     assert f"vgg train, {IMAGES} images, cache.ram_mb=16" in out
     assert f"vgg train, {IMAGES * SCALE} images, cache.ram_mb=16" in out

@@ -123,23 +123,6 @@ def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     assert p["new_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-6)
 
 
-@pytest.mark.slow
-def test_class_change_blocks_promotion_unless_allowed(champion, data, tmp_path):
-    runs, champ = champion
-    data = shutil.copytree(data, tmp_path / "photos")  # the shared photos stay as they are
-    rng = np.random.default_rng(4)
-    (data / "purple").mkdir()
-    for i in range(6):
-        colour_image((150, 40, 200), rng).save(data / "purple" / f"p{i}.png")
-    code, result, err = train(data, runs, *GOOD, "output.name=four")
-    change = result["promotion"]["class_change"]  # compared on the classes both know (tests/test_class_change.py)
-    assert code == 3 and (change["added"], change["removed"]) == (["purple"], [])
-    assert "promote.allow_class_change=true" in result["promotion"]["reason"] and "classes changed" in err
-    assert (runs / "production").resolve() == champ.resolve()
-    code, result, _ = train(data, runs, *GOOD, "output.name=four-ok", "promote.allow_class_change=true")
-    assert code == 0 and result["promoted"] and (runs / "production").resolve() == (runs / "four-ok").resolve()
-
-
 def test_promote_refuses_unfinished_runs(tmp_path):
     runs = tmp_path / "runs"
     (runs / "broken").mkdir(parents=True)
