@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from PIL import Image, ImageFilter
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from measure_data_trust import digits  # noqa: E402  (the digit scans, made once per work folder)
 ARGS = ["data.image_size=32", "model.weights=none", "model.freeze_blocks=[1,2,3,4,5]", "model.head.dense=[64]",
         "model.head.dropout=0.0", "train.epochs=12", "train.batch_size=32", "train.seed=0",
         "train.early_stopping_patience=0", "train.optimizer.learning_rate=0.003", "output.report=false",
@@ -36,13 +37,6 @@ DRIFTS = {
     "darker": lambda img: Image.fromarray((np.asarray(img) * 0.8).astype(np.uint8)),
 }
 
-
-def digits(work: Path, part: str = "train") -> Path:
-    out = work / f"digits-{part}"
-    if not out.is_dir():
-        subprocess.run([sys.executable, str(HERE / "make_sample_data.py"), str(out), "--kind", "digits", "--part",
-                        part], check=True)
-    return out
 
 
 def _files(folder: Path) -> list[Path]:
