@@ -212,23 +212,29 @@ def sync(paths: RunDir, state: TrainState) -> None:
             tmp.unlink()
 
 
-def finalize(paths: RunDir, state: TrainState | None) -> None:
+def finalize(paths: RunDir, state: TrainState | None, model: keras.Model | None = None) -> None:
     """At the end of a session: best.keras and last.keras built from light checkpoints (full ones are linked by
     sync), the last epoch then committed as a full checkpoint (a link to last.keras), so the bases and deltas go
-    and the run holds what it held before light checkpoints."""
+    and the run holds what it held before light checkpoints. ``model``: the session's model, saved as the last
+    epoch's instead of loading that again when it is exactly what the checkpoint holds (checked, not assumed: a
+    signal can stop training mid-epoch)."""
     if state is None or not state.epoch:
         return
     current, best = state.checkpoint_path(paths), state.best_path(paths)
     if not (snapshots.is_delta(current) or (best is not None and snapshots.is_delta(best))):
         return
-    if best is not None and snapshots.is_delta(best):
-        materialize(best, paths.best)
-        state.best_checkpoint = paths.checkpoint(state.best_epoch).name  # as full epochs: best.keras holds it
     if snapshots.is_delta(current):
-        if state.best_epoch == state.epoch:
-            place_copy(paths.best, paths.last)
+        if model is not None and snapshots.holds(model, current, state.base):
+            write_with(paths.last, functools.partial(save_model, model), suffix=".keras")
         else:
             materialize(current, paths.last)
+    if best is not None and snapshots.is_delta(best):
+        if best == current:
+            place_copy(paths.last, paths.best)
+        else:
+            materialize(best, paths.best)
+        state.best_checkpoint = paths.checkpoint(state.best_epoch).name  # as full epochs: best.keras holds it
+    if snapshots.is_delta(current):
         place_copy(paths.last, paths.checkpoint(state.epoch))
         state.checkpoint = paths.checkpoint(state.epoch).name
     state.base = None

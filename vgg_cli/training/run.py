@@ -333,7 +333,7 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
     if state.epoch < state.epochs and not state.stopped_early:
         with device.scope():
             outcome = fit(cfg, index, plan, model, paths, state)
-    finalize(paths, state)  # best.keras and last.keras from light checkpoints, once per session
+    finalize(paths, state, model)  # best.keras and last.keras from light checkpoints, once per session
     log.debug("training finished; writing the summary")
     summary = Summary(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
     summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained

@@ -132,3 +132,19 @@ def apply_delta(model, path: Path) -> None:
                                        f"resumed from it: start a new run")
                 if here:
                     v.assign(z[f"{kind[0]}{i}"])
+
+
+def holds(model, path: Path, base: Base | None) -> bool:
+    """Whether ``model`` is exactly what the delta at ``path`` restores (so it can be saved instead of loaded
+    again): every stored variable equal, every other one hashing as ``base``'s, which must be the delta's base."""
+    if base is None or base.path.name != read_manifest(path)["base"] or not base.fits(model):
+        return False
+    with np.load(path, allow_pickle=False) as z:
+        for kind, variables, digests in (("model", model.variables, base.model_digests),
+                                         ("optimizer", model.optimizer.variables, base.optimizer_digests)):
+            for i, a in enumerate(_arrays(variables)):
+                key = f"{kind[0]}{i}"
+                if not (np.array_equal(z[key], a) if key in z.files else _digest(a) == digests[i]):
+                    return False
+    return True
+
