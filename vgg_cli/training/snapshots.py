@@ -41,7 +41,9 @@ def is_delta(path: Path) -> bool:
 def _arrays(variables) -> list[np.ndarray]:
     import keras
 
-    return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
+    # the Keras variable, as Keras' own saving does (its __array__ makes a 0-d array of a scalar; numpy refuses
+    # the bare value of a scalar MirroredVariable)
+    return [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
 
 
 def _digest(a: np.ndarray) -> str:
