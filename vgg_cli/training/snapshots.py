@@ -8,7 +8,8 @@ time. So an epoch's checkpoint is one of:
 - ``epoch-NNNN.delta.npz``: the model and optimizer variables whose values differ from a *base*, an earlier
   ``epoch-KKKK.keras`` of the same run and phase, which it names. Loading one is loading the base and assigning the
   stored values, so it restores exactly what a full checkpoint would (every variable, the optimizer's included,
-  bit for bit). A variable counts as unchanged only when its bytes hash the same as the base's.
+  bit for bit). A variable counts as unchanged when its bytes hash the same as the base's, or when it belongs to a
+  frozen layer (which no epoch of the phase can change, and which is then not even read).
 
 The commit protocol (``vgg_cli.training.checkpoints``) is unchanged: a checkpoint, light or full, is written
 atomically before ``state.json`` names it, and a base is kept while a kept checkpoint names it.
@@ -61,18 +62,40 @@ def worth_it(model) -> bool:
     return sum(n for n, t in sizes if t) / total < LIGHT_WHEN_TRAINABLE_BELOW
 
 
-class Base:
-    """A full checkpoint that deltas refer to, with the digests of its variables."""
+def _frozen(model) -> frozenset[int]:
+    """Indices in ``model.variables`` of the variables of frozen layers (``trainable`` False): training cannot change
+    them within a phase (a frozen BatchNormalization runs in inference mode), so a delta neither reads nor hashes
+    them (a dropout's random state, which a frozen layer would still advance, excepted)."""
+    ids: set[int] = set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if not layer.trainable:
+            ids.update(id(v) for v in layer.variables)
+        else:
+            stack.extend(getattr(layer, "layers", ()))
+    return frozenset(i for i, v in enumerate(model.variables)
+                     if id(v) in ids and not v.trainable and "seed_generator" not in v.path)
 
-    def __init__(self, path: Path, model_digests: list[str], optimizer_digests: list[str], structure: tuple):
+
+class Base:
+    """A full checkpoint that deltas refer to, with the digests of its variables and which of them are frozen."""
+
+    def __init__(self, path: Path, model_digests: list[str], optimizer_digests: list[str], structure: tuple,
+                 frozen: frozenset[int] = frozenset()):
         self.path, self.model_digests, self.optimizer_digests = path, model_digests, optimizer_digests
-        self.structure = structure
+        self.structure, self.frozen = structure, frozen
 
     @classmethod
     def of(cls, path: Path, model) -> "Base":
         """The base ``path`` holds, given ``model`` as it is right after being saved to or loaded from it."""
         return cls(path, [_digest(a) for a in _arrays(model.variables)],
-                   [_digest(a) for a in _arrays(model.optimizer.variables)], _structure(model))
+                   [_digest(a) for a in _arrays(model.optimizer.variables)], _structure(model), _frozen(model))
+
+    def changing(self, kind: str, variables) -> list[tuple[int, object]]:
+        """(index, variable) of the ``kind`` ("model" or "optimizer") variables that training can change."""
+        skip = self.frozen if kind == "model" else frozenset()
+        return [(i, v) for i, v in enumerate(variables) if i not in skip]
 
     def fits(self, model) -> bool:
         return self.path.is_file() and self.structure == _structure(model)
@@ -84,11 +107,13 @@ def delta_bytes(model, base: Base) -> bytes:
     manifest: dict = {"format": FORMAT, "base": base.path.name, "model": [], "optimizer": []}
     for kind, variables, digests in (("model", model.variables, base.model_digests),
                                      ("optimizer", model.optimizer.variables, base.optimizer_digests)):
-        for i, (v, a) in enumerate(zip(variables, _arrays(variables))):
-            here = _digest(a) != digests[i]
-            manifest[kind].append([v.path, list(a.shape), here])
+        changing = base.changing(kind, variables)
+        values = dict(zip((i for i, _ in changing), _arrays([v for _, v in changing])))
+        for i, v in enumerate(variables):
+            here = i in values and _digest(values[i]) != digests[i]
+            manifest[kind].append([v.path, [int(d) for d in v.shape], here])
             if here:
-                stored[f"{kind[0]}{i}"] = a
+                stored[f"{kind[0]}{i}"] = values[i]
     buf = io.BytesIO()
     np.savez(buf, __manifest__=np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8), **stored)
     return buf.getvalue()
@@ -144,7 +169,8 @@ def holds(model, path: Path, base: Base | None) -> bool:
     with np.load(path, allow_pickle=False) as z:
         for kind, variables, digests in (("model", model.variables, base.model_digests),
                                          ("optimizer", model.optimizer.variables, base.optimizer_digests)):
-            for i, a in enumerate(_arrays(variables)):
+            changing = base.changing(kind, variables)
+            for (i, _), a in zip(changing, _arrays([v for _, v in changing])):
                 key = f"{kind[0]}{i}"
                 if not (np.array_equal(z[key], a) if key in z.files else _digest(a) == digests[i]):
                     return False
