@@ -75,9 +75,9 @@ def data(tmp_path) -> Path:
 @pytest.mark.parametrize("delay", [0.0, 0.4, 1.2])
 def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
     # An epoch on cached features, with its light checkpoint (the head's variables; epoch 1 writes the whole VGG16,
-    # ~57 MB) written and committed, takes a few tenths of a second: 15 of them outlast the kill (at most 1.2 s after
-    # epoch 2), which lands in an epoch, its commit or the end's building of best.keras.
-    epochs = 15
+    # ~57 MB) written and committed, takes 0.06-0.4 s: 40 of them outlast the kill (at most 1.2 s after epoch 2),
+    # which lands in an epoch or its commit.
+    epochs = 40
     runs = tmp_path / "runs"
     proc = start(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=night", *NO_REPORT,
                   f"train.epochs={epochs}"])
