@@ -25,14 +25,21 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
               help="Write Grad-CAM heatmaps here: <name>.gradcam.png (over the image) and .npy (the raw map).")
 @click.option("--cam-class", help="Explain this class instead of each image's top class (with --gradcam).")
 @click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
+@click.option("--min-probability", type=click.FloatRange(0, 1), default=None,
+              help="Answer unknown when the top probability is below this (as well as beyond the run's "
+                   "out-of-distribution threshold).")
+@click.option("--uncalibrated", is_flag=True, help="Raw probabilities: softmax of the logits, without the run's "
+              "temperature.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
 def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs, top_k: int, fmt: str,
             batch_size: int, tta: str, cam_dir: str | None, cam_class: str | None, cam_layer: str | None,
-            verbose: bool) -> int:
+            min_probability: float | None, uncalibrated: bool, verbose: bool) -> int:
     """Label images with a trained model.
 
     Folders are walked recursively. An unreadable file gets its own row with the error while the others are
-    predicted; the exit code is then 65.
+    predicted; the exit code is then 65. Every image gets an out-of-distribution score when the run has its
+    statistics; beyond the run's threshold (or below --min-probability) the answer is unknown (exit code 0):
+    see docs/calibration.md.
     """
     if run is not None and model_file is not None:
         raise click.UsageError("give either --run or --model, not both")
@@ -51,12 +58,14 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
     t0 = time.perf_counter()
     with model_work(verbose):
         from vgg_cli.model.load import load_model
-        from vgg_cli.inference.predict import format_results, predict_files
+        from vgg_cli.inference.ood import stats_for
+        from vgg_cli.inference.predict import Options, format_results, predict_files
 
         t1 = time.perf_counter()
         model = load_model(path)
         t2 = time.perf_counter()
-        results = predict_files(model, files, top_k, batch_size, tta)
+        options = Options(calibrated=not uncalibrated, ood=stats_for(model, path), min_probability=min_probability)
+        results = predict_files(model, files, top_k, batch_size, tta, options)
         t3 = time.perf_counter()
         cams = _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size)
         if tta != "none":  # the heatmap explains the one image: its probability is that image's, not the average

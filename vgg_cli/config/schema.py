@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgg_cli.config.sources import (_merge, _read_yaml, cut, default_dict, key_and_value, resolve_dict, shown,
+from vgg_cli.config.sources import (_merge, _read_yaml, default_dict, key_and_value, resolve_dict, shown,
                                     upgrade_keys, yaml_load)
+from vgg_cli.config.rules import check_outputs_outside_data
 from vgg_cli.errors import ConfigError, DataError
 
 __all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "load_config", "load_run_config",
@@ -296,6 +297,12 @@ class PromoteConfig(_Section):
         return float(v)
 
 
+class CalibrationConfig(_Section):
+    temperature: bool
+    ood: Literal["mahalanobis", "energy", "max_logit", "off"]
+    acceptance: Annotated[float, Field(ge=0.5, le=1.0)]
+
+
 class Config(_Section):
     data: DataConfig
     model: ModelConfig
@@ -305,6 +312,7 @@ class Config(_Section):
     cache: CacheConfig
     output: OutputConfig
     promote: PromoteConfig
+    calibration: CalibrationConfig
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -342,30 +350,6 @@ def validate(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Con
     return cfg
 
 
-def _inside(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or below it, after following links (neither needs to exist)."""
-    p, f = os.path.realpath(path), os.path.realpath(folder)
-    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
-
-
-def _check_outputs_outside_data(cfg: Config, sources: dict[str, str]) -> None:
-    """vgg only reads a dataset: runs or caches written into it would change it, and the next scan would find them
-    (a class folder named after output.dir)."""
-    data = [("data.train_dir", cfg.data.train_dir)] + ([("data.val_dir", cfg.data.val_dir)] if cfg.data.val_dir else [])
-    outputs = [("output.dir", cfg.output.dir)] + ([("cache.dir", cfg.cache.dir)] if cfg.cache.dir else [])
-    for out_key, out in outputs:
-        for data_key, folder in data:
-            if _inside(out, folder):
-                src = sources.get(out_key, "the defaults")
-                raise ConfigError(f"config key {out_key!r} = {shown(out)} from {src} is invalid: it is inside "
-                                  f"{data_key} {shown(folder)}, and vgg never writes into a dataset; choose a folder "
-                                  f"outside it, e.g. {out_key}={cut(_beside(folder, 'runs'))}")
-
-
-def _beside(folder: str, name: str) -> str:
-    return os.path.join(os.path.dirname(os.path.realpath(folder)), name)
-
-
 def auto_learning_rate(frozen_blocks) -> float:
     """train.optimizer.learning_rate: auto for a phase with these conv blocks frozen: the head-only rate when all
     five are, else the lower rate at which trainable conv blocks (pretrained or from scratch) learn."""
@@ -374,7 +358,7 @@ def auto_learning_rate(frozen_blocks) -> float:
 
 def _check_across_sections(cfg: Config, sources: dict[str, str]) -> None:
     """Rules that tie keys of different sections together (each key alone was valid)."""
-    _check_outputs_outside_data(cfg, sources)
+    check_outputs_outside_data(cfg, sources)
     ft = cfg.finetune
     if ft.epochs > 0:
         src = sources.get("finetune.unfreeze_blocks", "the defaults")

@@ -18,20 +18,51 @@ from vgg_cli.errors import NoInputError
 from vgg_cli.progress import Progress
 
 
+UNKNOWN = "unknown"  # the answer for an image beyond the run's out-of-distribution threshold or too unsure
+
+
 @dataclass
 class Prediction:
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    ood_score: float | None = None  # higher = less like the training images (None: the run has no statistics)
+    unknown: str | None = None  # why the answer is "unknown": "ood_score" or "min_probability"; None: a class
+    logits: np.ndarray | None = field(default=None, repr=False)  # kept for evaluation (Options.keep)
+    features: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def answer(self) -> str:
+        return UNKNOWN if self.unknown else self.top[0][0]
 
     def to_dict(self) -> dict:
         d: dict = {"path": self.path}
         if self.error is None:
-            d["label"], d["probability"] = self.top[0]
+            d["label"], d["probability"] = self.answer, self.top[0][1]
             d["top_k"] = [{"label": lab, "probability": p} for lab, p in self.top]
+            d.update(predicted=self.top[0][0], unknown=self.unknown is not None, unknown_reason=self.unknown,
+                     ood_score=self.ood_score)
         else:
             d["error"] = self.error
         return d
+
+
+@dataclass
+class Options:
+    """How predictions are answered: ``calibrated`` probabilities (the model's temperature; False: temperature
+    1), ``ood`` (an ``OODStats``: score every image, ``unknown`` beyond its threshold), ``min_probability``
+    (``unknown`` below it), ``keep``: "logits" and/or "features" kept on each Prediction."""
+    calibrated: bool = True
+    ood: object | None = None
+    min_probability: float | None = None
+    keep: tuple[str, ...] = ()
+
+    def judge(self, p: Prediction) -> Prediction:
+        if self.ood is not None and p.ood_score is not None and p.ood_score > self.ood.threshold:
+            p.unknown = "ood_score"
+        elif self.min_probability is not None and p.top[0][1] < self.min_probability:
+            p.unknown = "min_probability"
+        return p
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
@@ -89,16 +120,23 @@ def predict_probabilities(model, batch: np.ndarray, tta: str = "none") -> np.nda
     return np.mean([np.asarray(model.predict_on_batch(np.ascontiguousarray(v))) for v in views], axis=0)
 
 
-def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str = "none") -> list[Prediction]:
+def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str = "none",
+                  options: Options | None = None) -> list[Prediction]:
     """Top-k labels of ``files``, decoded at the model's image size and in its resize mode (what it was trained
     with); the next batch is decoded (in parallel threads) while this one runs. ``tta``: average the probabilities
-    over flipped and/or shifted copies (``TTA``)."""
+    over flipped and/or shifted copies (``TTA``). ``options``: calibration, the out-of-distribution score and
+    ``unknown`` (``Options``)."""
     from vgg_cli.data.pipeline import decode_workers, prefetch_batches
+    from vgg_cli.inference.forward import Forward
     from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
+    options = options or Options()
     classes = class_names_of(model)
     size, resize = image_size_of(model), resize_of(model)
     k = max(1, min(top_k, len(classes)))
+    ood = options.ood
+    forward = Forward(model, features="features" in options.keep or bool(ood and ood.needs_features),
+                      calibrated=options.calibrated)
     results: list[Prediction] = []
     few = len(files) <= batch_size  # one batch: no bar to flicker on a terminal
     with ThreadPoolExecutor(max_workers=decode_workers()) as pool, \
@@ -106,33 +144,43 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
         for start, loaded in prefetch_batches(files, lambda f: _load(f, size, resize), batch_size, pool):
             chunk = files[start:start + batch_size]
             good = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
-            probs = predict_probabilities(model, np.stack([loaded[i] for i in good]), tta) if good else []
-            by_index = dict(zip(good, probs))
+            out = forward(tta_views(np.stack([loaded[i] for i in good]), tta)) if good else {}
+            scores = ood.score(out.get("logits"), out.get("features")) if good and ood is not None else None
+            row_of = {i: n for n, i in enumerate(good)}
             for i, path in enumerate(chunk):
-                if i in by_index:
-                    p = by_index[i]
-                    order = np.argsort(-p, kind="stable")[:k]
-                    results.append(Prediction(path, [(classes[j], float(p[j])) for j in order]))
-                else:
+                if i not in row_of:
                     results.append(Prediction(path, error=loaded[i]))
+                    continue
+                n = row_of[i]
+                p = out["probabilities"][n]
+                order = np.argsort(-p, kind="stable")[:k]
+                r = Prediction(path, [(classes[j], float(p[j])) for j in order],
+                               ood_score=None if scores is None else float(scores[n]))
+                for name in options.keep:
+                    setattr(r, name, out.get(name, [None] * len(good))[n])
+                results.append(options.judge(r))
             progress.update(len(chunk))
     return results
 
 
 def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict | None = None) -> str:
-    """The table, CSV or JSON lines; ``cams`` ({path: Grad-CAM files}) adds a ``gradcam`` field to JSON."""
+    """The table, CSV or JSON lines; ``cams`` ({path: Grad-CAM files}) adds a ``gradcam`` field to JSON. CSV:
+    path, label_i/probability_i (the ranked classes), error, then answer (the class, or unknown), unknown
+    (its reason, empty for a class) and ood_score (empty when the run has none)."""
     if fmt == "json":
         return "".join(json.dumps({**r.to_dict(), **({"gradcam": cams[r.path]} if cams and r.path in cams else {})},
                                   ensure_ascii=False) + "\n" for r in results)
     if fmt == "csv":
         k = max((len(r.top) for r in results), default=1)
-        head = ["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")] + ["error"]
+        head = (["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")] +
+                ["error", "answer", "unknown", "ood_score"])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(head)
         for r in results:
             cells = [x for lab, p in r.top for x in (lab, f"{p:.6f}")]
-            w.writerow([r.path] + cells + [""] * (2 * k - len(cells)) + [r.error or ""])
+            tail = ["", "", ""] if r.error is not None else [r.answer, r.unknown or "", _score(r.ood_score)]
+            w.writerow([r.path] + cells + [""] * (2 * k - len(cells)) + [r.error or ""] + tail)
         return buf.getvalue()
     width = min(max((len(r.path) for r in results), default=4), 60)
     lines = [f"{'path':<{width}}  prediction"]
@@ -140,9 +188,18 @@ def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict |
         shown = r.path if len(r.path) <= width else "..." + r.path[-(width - 3):]
         if r.error is not None:
             lines.append(f"{shown:<{width}}  ERROR: {r.error}")
-        else:
-            lines.append(f"{shown:<{width}}  " + "  ".join(f"{lab} {p:.3f}" for lab, p in r.top))
+            continue
+        guess = "  ".join(f"{lab} {p:.3f}" for lab, p in r.top)
+        score = "" if r.ood_score is None else f"  (ood {r.ood_score:.4g})"
+        if r.unknown:
+            why = "beyond the run's threshold" if r.unknown == "ood_score" else "below --min-probability"
+            guess = f"{UNKNOWN} ({why}; best guess {guess})"
+        lines.append(f"{shown:<{width}}  {guess}{score}")
     return "\n".join(lines) + "\n"
+
+
+def _score(x: float | None) -> str:
+    return "" if x is None else f"{x:.6g}"
 
 
 def resolve_model_file(run: str | None, model_file: str | None, runs) -> Path:

@@ -15,7 +15,7 @@ import keras
 from keras import layers
 
 from vgg_cli.platform import keras_fixes
-from vgg_cli.model.layers import LabelNames, VGGPreprocess
+from vgg_cli.model.layers import LabelNames, TemperatureSoftmax, VGGPreprocess
 from vgg_cli.model.weights import load_backbone_weights
 
 ARCHS = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}
@@ -96,7 +96,7 @@ def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_wei
     if rate > 0:
         x = layers.Dropout(rate, name="head_dropout")(x)
     x = layers.Dense(len(class_names), name=LOGITS)(x)
-    x = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    x = TemperatureSoftmax(dtype="float32", name="probabilities")(x)  # temperature 1 until calibrated
     outputs = LabelNames(class_names, dtype="float32", name="labels")(x)
     return keras.Model(inputs, outputs, name=f"{model_cfg.arch}_classifier"), source
 

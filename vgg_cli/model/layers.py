@@ -56,3 +56,25 @@ class LabelNames(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "class_names": self.class_names}
+
+
+@keras.saving.register_keras_serializable(package="vgg_cli")
+class TemperatureSoftmax(layers.Layer):
+    """``softmax(logits / temperature)``: the class probabilities, calibrated by temperature scaling.
+
+    ``temperature`` is a non-trainable weight, 1.0 (plain softmax, bit for bit) while training: the loss is computed
+    from the logits, so it never acts there. After training, ``vgg_cli.evaluation.calibrate`` writes the value
+    fitted on the validation split into the finished run's model files, so prediction, evaluation and every export
+    give calibrated probabilities. A model saved before this layer existed has a plain softmax (temperature 1)."""
+
+    def build(self, input_shape):
+        self.temperature = self.add_weight(name="temperature", shape=(), initializer="ones", trainable=False,
+                                           dtype="float32")
+        super().build(input_shape)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        return ops.softmax(x / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -13,8 +13,8 @@ from vgg_cli.model import optim as _optim
 from vgg_cli.errors import NoInputError
 
 # A saved model holds these; loading one needs their Keras registration, which importing the modules does.
-REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _optim.PhaseSchedule, _optim.SmoothedSparseCrossentropy,
-              _optim.Accuracy, _optim.TopKAccuracy)
+REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _layers.TemperatureSoftmax, _optim.PhaseSchedule,
+              _optim.SmoothedSparseCrossentropy, _optim.Accuracy, _optim.TopKAccuracy)
 
 
 def load_model(path: str | os.PathLike, compile: bool = False, what: str = "model file") -> keras.Model:
@@ -56,3 +56,21 @@ def resize_of(model: keras.Model) -> str:
         if isinstance(layer, _layers.VGGPreprocess):
             return getattr(layer, "resize", "squash")
     return "squash"
+
+
+def temperature_of(model: keras.Model) -> float:
+    """The temperature the model's probabilities are divided by (``TemperatureSoftmax``); 1.0 for a model saved
+    before calibration existed (a plain softmax) or not calibrated."""
+    for layer in model.layers:
+        if isinstance(layer, _layers.TemperatureSoftmax):
+            return float(keras.ops.convert_to_numpy(layer.temperature))
+    return 1.0
+
+
+def set_temperature(model: keras.Model, temperature: float) -> bool:
+    """Store ``temperature`` in the model's ``TemperatureSoftmax``; False when it has none (an older model)."""
+    for layer in model.layers:
+        if isinstance(layer, _layers.TemperatureSoftmax):
+            layer.temperature.assign(float(temperature))
+            return True
+    return False

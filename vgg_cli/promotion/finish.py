@@ -6,7 +6,8 @@ promotion is decided exactly once and carried out exactly once:
 
 1. ``summary.json`` with status finished/early_stopped and ``promotion: {"pending": true}``;
 2. ``latest`` points at the run (unless a newer run took it meanwhile);
-3. with ``output.report``, the new model is evaluated on its validation split (``evaluation/val/``); the
+3. calibration (``vgg_cli.evaluation.calibrate``: the temperature into ``best.keras``, the out-of-distribution
+   statistics beside it, summary.json "calibration"); then with ``output.report``, the new model is evaluated on its validation split (``evaluation/val/``); the
    decision (no side effects; it reuses that evaluation's accuracy) is written into ``summary.json`` with
    ``applied: false``;
 4. ``report.html`` (with ``output.report``);
@@ -44,6 +45,8 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
         return summary
     promotion = summary.promotion
     if promotion is None or promotion.get("pending"):
+        summary["calibration"] = calibrate(cfg, paths, index)
+        paths.write_summary(summary)
         evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
         if cfg.data.test_dir is not None:
             evaluate_test(cfg, paths)
@@ -62,6 +65,20 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
     if cfg.output.keep is not None:
         prune(runs, cfg.output.keep, paths.root.name)
     return summary
+
+
+def calibrate(cfg, paths: RunDir, index) -> dict | None:
+    """Temperature and out-of-distribution statistics (``vgg_cli.evaluation.calibrate``) before the evaluation,
+    so it and everything after answer calibrated; an unreadable validation split is said, not fatal."""
+    from vgg_cli.evaluation.calibrate import calibrate_run
+
+    if not cfg.calibration.temperature and cfg.calibration.ood == "off":
+        return {"temperature": 1.0, "fitted": False, "reason": "calibration is off", "ood": None}
+    try:
+        return calibrate_run(cfg, paths, index)
+    except DataError as e:
+        log.warning("the run is not calibrated (%s)", e)
+        return {"temperature": 1.0, "fitted": False, "reason": str(e), "ood": None}
 
 
 def evaluate_validation(cfg, paths: RunDir) -> dict | None:

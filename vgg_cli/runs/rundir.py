@@ -21,6 +21,12 @@ from vgg_cli.fsio import read_json, write_json
 from vgg_cli.runs.summary import Summary
 
 
+def ood_stats_path(model_file: Path) -> Path:
+    """``<model>.ood.npz`` beside a model file: its out-of-distribution statistics and threshold
+    (``vgg_cli.inference.ood``), written by the run's calibration for ``best.keras``."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.stem + ".ood.npz")
+
 
 @dataclass(frozen=True)
 class RunDir:

@@ -114,7 +114,11 @@ def config_digest(cfg: Config) -> str:
     d.pop("output", None)
     d.pop("cache", None)
     # Keys that came later, at the value that means what runs before them did: those runs keep their digest.
-    for section, key, old in (("train", "backend", "auto"), ("data", "resize", "squash"), ("data", "test_dir", None)):
-        if key in d[section] and d[section][key] == old:
+    for section, key, old in (("train", "backend", "auto"), ("data", "resize", "squash"), ("data", "test_dir", None),
+                              ("calibration", "temperature", True), ("calibration", "ood", "mahalanobis"),
+                              ("calibration", "acceptance", 0.95)):
+        if key in d.get(section, {}) and d[section][key] == old:
             d[section].pop(key)
+    if d.get("calibration") == {}:  # (the section came later: at its defaults, earlier runs keep their digest)
+        d.pop("calibration")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,48 @@
+"""One forward pass that gives what prediction needs: the model's probabilities (calibrated by its temperature),
+its logits, and the head's penultimate features when an out-of-distribution score needs them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Forward:
+    """``Forward(model, features, calibrated)(batch, views)``: arrays of a uint8 batch, each averaged over the
+    test-time-augmentation ``views`` (``predict.tta_views``): ``probabilities`` (the model's own output; with
+    ``calibrated=False`` softmax of the logits, temperature 1), ``logits`` and (``features``) ``features``, the
+    input of ``head_logits``. One model call per view."""
+
+    def __init__(self, model, features: bool = False, calibrated: bool = True):
+        import keras
+
+        from vgg_cli.model.build import LOGITS
+
+        self.model, self.calibrated, self.features = model, calibrated, features
+        try:
+            layer = model.get_layer(LOGITS)
+        except ValueError:  # not a vgg model: its output only
+            self.view = None
+            return
+        outputs = [model.outputs[0], layer.output] + ([layer.input] if features else [])
+        self.view = keras.Model(model.inputs, outputs, name=f"{model.name}_forward")
+
+    def __call__(self, views: list[np.ndarray]) -> dict[str, np.ndarray]:
+        if self.view is None:
+            return {"probabilities": np.mean([np.asarray(self.model.predict_on_batch(v)) for v in views], axis=0)}
+        got = [[np.asarray(x) for x in self.view.predict_on_batch(np.ascontiguousarray(v))] for v in views]
+        logits = [g[1].astype(np.float32) for g in got]
+        if self.calibrated:
+            probs = [g[0] for g in got]
+        else:
+            probs = [softmax(z) for z in logits]
+        out = {"probabilities": np.mean(probs, axis=0), "logits": np.mean(logits, axis=0)}
+        if self.features:
+            out["features"] = np.mean([g[2].astype(np.float32) for g in got], axis=0)
+        return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 softmax of float32 logits, computed in float64."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
