@@ -142,17 +142,23 @@ def _model_of(run: str | None, model_file: str | None, runs):
               help="Test-time augmentation: average over a mirrored and/or four shifted copies (see README).")
 @click.option("--gradcam", is_flag=True, help="Gallery tiles show Grad-CAM overlays of the predicted class.")
 @click.option("--cam-layer", help="Conv layer for --gradcam. Default: the backbone's last (block5_conv3 in VGG16).")
+@click.option("--min-probability", type=click.FloatRange(0, 1), default=None,
+              help="Count a top probability below this as unknown too (the accepted share and its accuracy).")
+@click.option("--uncalibrated", is_flag=True, help="Raw probabilities (temperature 1) in the scores and galleries.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs, out_dir: str | None,
-             batch_size: int, tta: str, gradcam: bool, cam_layer: str | None, as_json: bool) -> int:
+             batch_size: int, tta: str, gradcam: bool, cam_layer: str | None, min_probability: float | None,
+             uncalibrated: bool, as_json: bool) -> int:
     """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
     subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
     one is reported).
 
     \b
     Prints accuracy, top-5 accuracy (more than 5 classes), per-class precision/recall/F1/support and the
-    confusion matrix; writes report.json, per_class.csv, confusion_matrix.csv, confusion_matrix.png,
-    confusion_matrix_normalised.png and misclassified.csv (with each file's top predictions).
+    confusion matrix, calibration (ECE, MCE, NLL, Brier before and after the run's temperature) and the share
+    accepted by the run's out-of-distribution threshold; writes report.json, per_class.csv,
+    confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv (with each file's top
+    predictions), reliability.png and coverage.png.
     """
     from pathlib import Path
 
@@ -183,7 +189,8 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
         if cam_layer and not gradcam:
             raise click.UsageError("--cam-layer goes with --gradcam")
         report = ev.evaluate(model, path, data, out, batch_size, cam_layer or gradcam,
-                             RunDir(run_dir) if run_dir else None, tta=tta)
+                             RunDir(run_dir) if run_dir else None, tta=tta,
+                             options=ev.answering(model, path, not uncalibrated, min_probability))
     if as_json:
         echo_json(report)
     else:
@@ -240,10 +247,12 @@ def export(fmt: str, run: str | None, model_file: str | None, runs, out_path: st
 
         from vgg_cli.export.quantize import AccuracyDropError
 
+        from vgg_cli.inference.ood import stats_for
+
         model = load_model(path)
         try:
             report, refused = (export_int8(model, fmt, out, run_dir, max_accuracy_drop, calibration_images) if int8
-                               else export_model(model, fmt, out)), None
+                               else export_model(model, fmt, out, stats_for(model, path))), None
         except AccuracyDropError as e:
             report, refused = None, e
     if refused is not None:

@@ -133,14 +133,14 @@ class Scored:
         return self.scores["accuracy"]
 
 
-def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none") -> Scored:
+def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none", options=None) -> Scored:
     """Predict every image of ``data`` with ``model`` (averaged over ``tta`` variants) and score the readable ones
-    (``vgg evaluate`` and promotion)."""
+    (``vgg evaluate`` and promotion). ``options``: ``predict.Options`` (calibration, unknown; logits kept)."""
     from vgg_cli.model.load import class_names_of
     from vgg_cli.inference.predict import predict_files
 
     classes = class_names_of(model)
-    results = predict_files(model, data.files, len(classes), batch_size, tta)
+    results = predict_files(model, data.files, len(classes), batch_size, tta, options)
     index_of = {c: i for i, c in enumerate(classes)}
     scored = [(r, t) for r, t in zip(results, data.truth) if r.error is None]
     unreadable = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]
@@ -153,14 +153,16 @@ def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none") -> Scor
 
 
 def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32, gradcam: bool | str = False,
-             run=None, result: Scored | None = None, tta: str = "none") -> dict:
+             run=None, result: Scored | None = None, tta: str = "none", options=None) -> dict:
     """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
     confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv, the galleries (misclassified.png,
     correct.png; Grad-CAM overlays with ``gradcam``) and report.html (with ``run``'s summary, a ``RunDir``) into
-    ``out_dir``. ``result``: the scores when the caller has them already. Returns the report."""
+    ``out_dir``. ``result``: the scores when the caller has them already; ``options``: ``predict.Options``
+    (default: calibrated, the run's out-of-distribution statistics). Returns the report."""
     from vgg_cli.model.load import image_size_of, resize_of
 
-    result = result or score(model, data, batch_size, tta)
+    options = options or answering(model, model_file)
+    result = result or score(model, data, batch_size, tta, options)
     classes, scored, truth, ranked, unreadable = (result.classes, result.scored, result.truth, result.ranked,
                                                   result.unreadable)
     s = dict(result.scores)
@@ -177,8 +179,9 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     report["per_class"] = [{"class": r.pop("class"), **r} for r in report["per_class"]]
     names = EvaluationDir(out_dir)
     files = {"report": names.report, **{k: v for k, v in names.files().items() if not k.endswith("_png") or
-                                        k.startswith("confusion")}}
+                                        k.startswith(("confusion", "reliability", "coverage"))}}
     report["files"] = {k: str(v) for k, v in files.items()}
+    _calibration(report, model, result, options, data, files)
     write_text(files["per_class"], _csv([["class", "precision", "recall", "f1", "support", "predicted"]] +
                                         [[r["class"], _num(r["precision"]), _num(r["recall"]), _num(r["f1"]),
                                           r["support"], r["predicted"]] for r in report["per_class"]]))
@@ -204,6 +207,31 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     write_json(files["report"], report)
     write_evaluation_report(report, out_dir, run)
     return report
+
+
+def answering(model, model_file: Path, calibrated: bool = True, min_probability: float | None = None):
+    """``predict.Options`` of an evaluation: logits kept, the out-of-distribution statistics of ``model_file``."""
+    from vgg_cli.inference.ood import stats_for
+    from vgg_cli.inference.predict import Options
+
+    return Options(calibrated=calibrated, ood=stats_for(model, Path(model_file)), min_probability=min_probability,
+                   keep=("logits",))
+
+
+def _calibration(report: dict, model, result: Scored, options, data: EvalSet, files: dict) -> None:
+    """report["calibration"] and report["unknown"] (``vgg_cli.evaluation.reliability``) and their pictures."""
+    from vgg_cli.evaluation import reliability
+    from vgg_cli.model.load import temperature_of
+
+    if any(r.logits is None for r, _ in result.scored):
+        return
+    own = None
+    if data.run_dir is not None:
+        own = (RunDir(data.run_dir).summary_or_none() or {}).get("calibration") or {}
+    report["calibrated"] = options.calibrated
+    report["calibration"] = reliability.calibration_block(result, temperature_of(model), own)
+    report["unknown"] = reliability.unknown_block(result, options.ood, options.min_probability)
+    reliability.write_pictures(report, files)
 
 
 def _label_issues(model, run_dir: Path, result: Scored, batch_size: int) -> dict | None:
@@ -256,10 +284,14 @@ def format_report(report: dict) -> str:
     lines += _matrix_lines(report["confusion_matrix"], report["classes"])
     if report["missing_classes"]:
         lines.append(f"note: no images of {report['missing_classes']} in this data; their recall and F1 are '-'")
+    from vgg_cli.evaluation.reliability import text_lines
+
+    lines += text_lines(report)
     if report["skipped"]:
         lines.append(f"note: {len(report['skipped'])} unreadable file(s) skipped (listed in report.json)")
     lines.append(f"written to {report['out_dir']}: report.html, report.json, per_class.csv, "
-                 f"confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv/.png, correct.png")
+                 f"confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv/.png, correct.png"
+                 f"{', reliability.png, coverage.png' if report.get('calibration') else ''}")
     return "\n".join(lines) + "\n"
 
 

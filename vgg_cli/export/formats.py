@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.errors import UnavailableError, VggError
+from vgg_cli.export.scored import SCORE_TOLERANCE, check_scores, expected_scores, with_score
 from vgg_cli.fsio import atomic_tree
 
 log = logging.getLogger("vgg")
@@ -115,16 +116,22 @@ def _need_tensorflow(fmt: str):
     return tf
 
 
-def _write_saved_model(model, path: Path, classes: list[str], size: int, resize: str = "squash") -> None:
+def _write_saved_model(model, path: Path, classes: list[str], size: int, resize: str = "squash", ood=None) -> None:
     import keras
 
     tf = _need_tensorflow("saved_model")
     names = tf.constant(classes)
 
     def serve(images):
-        probabilities = model(images, training=False)
+        if ood is None:
+            probabilities = model(images, training=False)
+        else:  # model: with_score's, two outputs
+            probabilities, score = model(images, training=False)
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"probabilities": probabilities, "class_index": index, "class_name": tf.gather(names, index)}
+        out = {"probabilities": probabilities, "class_index": index, "class_name": tf.gather(names, index)}
+        if ood is not None:
+            out.update(ood_score=score, unknown=score > ood.threshold)
+        return out
 
     archive = keras.export.ExportArchive()
     # not archive.track(model): it stores every weight a second time (keras-team/keras#23553); the endpoint
@@ -135,7 +142,7 @@ def _write_saved_model(model, path: Path, classes: list[str], size: int, resize:
     extra = path / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / "labels.txt").write_text("".join(c + "\n" for c in classes), encoding="utf-8")
-    description = _description("saved_model", classes, size, resize)
+    description = _description("saved_model", classes, size, resize, ood)
     (extra / "vgg_export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
 
 
@@ -144,7 +151,7 @@ def _write_tflite(model, path: Path) -> None:
     model.export(str(path), format="litert", verbose=False)
 
 
-def _write_onnx(model, path: Path, classes: list[str], resize: str = "squash") -> None:
+def _write_onnx(model, path: Path, classes: list[str], resize: str = "squash", ood=None) -> None:
     try:
         import onnx
     except ImportError:
@@ -157,8 +164,12 @@ def _write_onnx(model, path: Path, classes: list[str], resize: str = "squash") -
     _rename_input(proto, "images")  # the SavedModel signature's name, and the one the report gives
     del proto.metadata_props[:]
     size = int(model.input_shape[1])
+    extra = () if ood is None else (("ood_method", ood.method), ("ood_threshold", repr(float(ood.threshold))),
+                                    ("ood_acceptance", repr(float(ood.acceptance))))
+    if ood is not None:
+        _rename_outputs(proto, ["probabilities", "ood_score"])
     for key, value in (("class_names", json.dumps(classes, ensure_ascii=False)), ("input", input_doc(size, resize)),
-                       ("resize", resize), ("image_size", str(size)), ("producer", "vgg export")):
+                       ("resize", resize), ("image_size", str(size)), ("producer", "vgg export"), *extra):
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
 
@@ -174,22 +185,36 @@ def _rename_input(proto, name: str) -> None:
                 node.input[i] = name
 
 
-def _description(fmt: str, classes: list[str], size: int, resize: str = "squash") -> dict:
+def _rename_outputs(proto, names: list[str]) -> None:
+    for out, name in zip(proto.graph.output, names):
+        old, out.name = out.name, name
+        for node in proto.graph.node:
+            for i, value in enumerate(node.output):
+                if value == old:
+                    node.output[i] = name
+
+
+def _description(fmt: str, classes: list[str], size: int, resize: str = "squash", ood=None) -> dict:
+    from vgg_cli.export.scored import describe
+
+    more = {} if ood is None else {"ood_score": describe(ood)}
+    if ood is not None and fmt == "saved_model":
+        more["unknown"] = f"bool [N]: ood_score > {ood.threshold:.6g}"
     return {"format": fmt, "input": {"name": "images", "dtype": "float32", "shape": [None, size, size, 3],
                                      "description": input_doc(size, resize), "resize": resize,
                                      "resize_how": RESIZE_DOC[resize].format(s=size)},
-            "output": {"probabilities": f"float32 [N, {len(classes)}] in the order of class_names"},
+            "output": {"probabilities": f"float32 [N, {len(classes)}] in the order of class_names", **more},
             "class_names": classes, "image_size": size, "resize": resize}
 
 
 # ------------------------------------------------------------------------------------------------ runtimes
 
 
-def run_saved_model(path: Path, images: np.ndarray) -> np.ndarray:
+def run_saved_model(path: Path, images: np.ndarray, output: str = "probabilities") -> np.ndarray:
     tf = _need_tensorflow("saved_model")
     loaded = tf.saved_model.load(str(path))
     out = loaded.signatures["serving_default"](images=tf.constant(images))
-    return np.asarray(out["probabilities"])
+    return np.asarray(out[output])
 
 
 def _tflite_interpreter(path: Path):
@@ -215,13 +240,15 @@ def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
     return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
 
 
-def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
+def run_onnx(path: Path, images: np.ndarray, output: str | None = None) -> np.ndarray:
     try:
         import onnxruntime as ort
     except ImportError:
         raise UnavailableError("checking the ONNX export needs onnxruntime: pip install 'vgg-cli[export]' (in a "
                                "checkout: pip install '.[export]')") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if output is not None:
+        return np.asarray(session.run([output], {session.get_inputs()[0].name: images})[0])
     return np.asarray(session.run(None, {session.get_inputs()[0].name: images})[0])
 
 
@@ -241,8 +268,9 @@ def write_labels(out: Path, classes: list[str]) -> Path:
     return labels
 
 
-def export_model(model, fmt: str, out: Path) -> dict:
-    """Write ``model`` (a vgg .keras model) as ``fmt`` to ``out``, check it in its runtime, return a report."""
+def export_model(model, fmt: str, out: Path, ood=None) -> dict:
+    """Write ``model`` (a vgg .keras model) as ``fmt`` to ``out``, check it in its runtime, return a report.
+    ``ood`` (the run's ``OODStats``): SavedModel and ONNX also output ``ood_score`` (``vgg_cli.export.scored``)."""
     from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
     if fmt not in FORMATS:
@@ -251,15 +279,25 @@ def export_model(model, fmt: str, out: Path) -> dict:
     classes, size, resize = class_names_of(served), image_size_of(served), resize_of(served)
     images = probe_images(size)
     expected = np.asarray(served.predict_on_batch(images), np.float32)
+    ood = ood if fmt in ("saved_model", "onnx") else None
+    scored = None if ood is None else with_score(served, ood)
+    if scored is not None:
+        scored.predict_on_batch(images[:1])  # Keras' ONNX exporter wants a model that was called once
     with atomic_tree(out) as tmp:
         if fmt == "saved_model":
-            _write_saved_model(served, tmp, classes, size, resize)
+            _write_saved_model(scored or served, tmp, classes, size, resize, ood)
         elif fmt == "tflite":
             _write_tflite(served, tmp)
         else:
-            _write_onnx(served, tmp, classes, resize)
+            _write_onnx(scored or served, tmp, classes, resize, ood)
         runtime, run = RUNTIMES[fmt]
         got = run(tmp, images)  # checked before it replaces an earlier export
+        score_diff = None if ood is None else check_scores(run(tmp, images, "ood_score"),
+                                                           expected_scores(served, ood, images))
+        if score_diff is not None and score_diff > SCORE_TOLERANCE:
+            raise ExportMismatch(f"the {fmt} export's ood_score does not match vgg's in {runtime}: relative "
+                                 f"difference {score_diff:.3g} (tolerance {SCORE_TOLERANCE:g}); nothing was "
+                                 f"written. Please report this with the run's config.yaml")
         diff = float(np.max(np.abs(got - expected)))
         agree = bool(np.array_equal(got.argmax(-1), expected.argmax(-1)))
         if got.shape != expected.shape or diff > TOLERANCE or not agree:
@@ -270,5 +308,5 @@ def export_model(model, fmt: str, out: Path) -> dict:
     files = sorted(p for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file())
     return {"format": fmt, "path": str(out), "labels": str(labels),
             "runtime": runtime, "max_abs_diff": diff, "tolerance": TOLERANCE, "probe_images": len(images),
-            "top1_agree": agree, "bytes": sum(p.stat().st_size for p in files),
-            **_description(fmt, classes, size, resize)}
+            "top1_agree": agree, "bytes": sum(p.stat().st_size for p in files), "ood_score_diff": score_diff,
+            **_description(fmt, classes, size, resize, ood)}

@@ -110,7 +110,7 @@ class OODStats:
 
 def threshold_for(scores: np.ndarray, acceptance: float) -> float:
     """The score at or below which ``acceptance`` of these (in-distribution) images lie."""
-    return float(np.quantile(np.asarray(scores, np.float64), acceptance, method="higher"))
+    return float(np.quantile(np.asarray(scores, np.float64), acceptance, method="inverted_cdf"))
 
 
 def stats_for(model, model_file: Path) -> OODStats | None:

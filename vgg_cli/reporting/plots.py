@@ -198,3 +198,50 @@ def _cam_colour_bar(fig, rect: tuple) -> None:
     bar.ax.set_xticklabels(["none", "half", "strongest"], fontsize=9)
     bar.set_label("Grad-CAM: red = where the evidence for the predicted class\nis strongest (in each image), "
                   "blue = little or none", fontsize=10)
+
+
+def reliability_diagram(bins: dict, temperature: float, path: Path) -> None:
+    """Accuracy against confidence per equal-width bin, before (temperature 1) and after the run's temperature;
+    bars' widths are the bins, the diagonal is perfect calibration, the lower panel the share of images per bin."""
+    plt = _pyplot()
+    fig, (ax, share) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color=MARK_COLOUR, linestyle=":", label="perfectly calibrated")
+    for key, colour, label in (("before", TRAIN_COLOUR, "before (temperature 1)"),
+                               ("after", VAL_COLOUR, f"after (temperature {temperature:.3g})")):
+        rows = [b for b in bins[key] if b["images"]]
+        ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], marker="o", color=colour,
+                label=label)
+        total = sum(b["images"] for b in bins[key]) or 1
+        share.bar([(b["lo"] + b["hi"]) / 2 for b in bins[key]], [b["images"] / total for b in bins[key]],
+                  width=1 / len(bins[key]) * (0.45 if key == "before" else 0.3), color=colour, alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability diagram (15 equal-width bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    share.set_xlabel("confidence (top probability)")
+    share.set_ylabel("share of images")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def coverage_plot(curves: dict, accepted: float, accuracy_accepted: float | None, path: Path) -> None:
+    """Accuracy of the accepted predictions against the share accepted, accepting the most confident first (by
+    probability, and by the out-of-distribution score when there is one); the point: the run's threshold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, colour, label in (("probability", TRAIN_COLOUR, "by top probability"),
+                               ("ood_score", VAL_COLOUR, "by out-of-distribution score")):
+        if curves.get(key):
+            ax.plot([p["coverage"] for p in curves[key]], [p["accuracy"] for p in curves[key]], color=colour,
+                    label=label)
+    if accuracy_accepted is not None:
+        ax.plot([accepted], [accuracy_accepted], marker="o", color=MARK_COLOUR, linestyle="none",
+                label=f"as answered: {accepted:.0%} accepted")
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("share of images accepted")
+    ax.set_ylabel("accuracy of the accepted")
+    ax.set_title("coverage")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vgg_cli.errors import VggError
 from vgg_cli.fsio import write_text
+from vgg_cli.reporting.calibration_section import calibration_section
 from vgg_cli.reporting.data_quality import duplicates_section, label_issues_section
 from vgg_cli.reporting.drift_section import drift_section
 from vgg_cli.reporting.html import Raw, esc, page, picture, table
@@ -236,6 +237,7 @@ def evaluation_section(report: dict) -> str:
         out.append(f"<p class=muted>no images of {esc(', '.join(report['missing_classes']))} in this data</p>")
     out.append("<div class=pair>" + picture(Path(files.get("confusion_png", "")), "confusion matrix") +
                picture(Path(files.get("confusion_normalised_png", "")), "confusion matrix, normalised") + "</div>")
+    out.append(calibration_section(report))
     out.append(gallery_section(files))
     return "".join(out)
 

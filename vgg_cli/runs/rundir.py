@@ -206,7 +206,8 @@ class EvaluationDir:
         names = {"per_class": "per_class.csv", "confusion_csv": "confusion_matrix.csv",
                  "confusion_png": "confusion_matrix.png",
                  "confusion_normalised_png": "confusion_matrix_normalised.png", "misclassified": "misclassified.csv",
-                 "misclassified_png": "misclassified.png", "correct_png": "correct.png"}
+                 "misclassified_png": "misclassified.png", "correct_png": "correct.png",
+                 "reliability_png": "reliability.png", "coverage_png": "coverage.png"}
         return {key: self.root / name for key, name in names.items()}
 
 
