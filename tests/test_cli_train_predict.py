@@ -174,7 +174,7 @@ def test_predict_csv(trained_run, colour_holdout):
     assert code == 0
     rows = list(csv.DictReader(out.splitlines()))
     assert list(rows[0]) == ["path", "label_1", "probability_1", "label_2", "probability_2", "label_3",
-                             "probability_3", "error"]
+                             "probability_3", "error", "answer", "unknown", "ood_score"]
     assert len(rows) == 4 and sum(r["label_1"] == "blue" for r in rows) >= 3
 
 
