@@ -80,7 +80,7 @@ def test_training_ends_with_an_evaluation_and_a_report_the_browser_shows_whole(t
     html = (run / "report.html").read_text()
     assert not re.search(r'(src|href)="(https?:)?//', html), "the report must not reach the network"
     n_images = html.count("<img ")
-    assert n_images == 5  # curves, two confusion matrices, two galleries
+    assert n_images == 7  # curves, two confusion matrices, reliability diagram, coverage curve, two galleries
     assert f"vgg run {run.name}" in html and "promoted to production" in html
     assert escape(promotion["reason"]) in html
     attrs, console, dom = load_in_browser(run / "report.html", tmp_path / "report.png")
@@ -147,7 +147,7 @@ def test_evaluate_writes_galleries_with_gradcam_and_its_own_report(trained_run, 
     assert f"({report['images'] - wrong} of {report['images']} correct)" in html
     assert "Evaluation on the folder" in html and "<h2>Run</h2>" in html
     attrs, console, dom = load_in_browser(out / "report.html")
-    assert attrs["data-images-total"] == attrs["data-images-decoded"] == "5" and console == ""
+    assert attrs["data-images-total"] == attrs["data-images-decoded"] == "7" and console == ""
     # the Grad-CAM colours are explained above both galleries, and drawn as a colour bar under them
     layout = json.loads(Path(report["files"]["gallery_json"]).read_text())
     assert layout["gradcam"] is True and dom.count('class="caption cam-legend"') == 2
