@@ -161,8 +161,9 @@ def test_predict_json_lines_for_jq(trained_run, colour_holdout):
                           "ood_score"}
         probs = [t["probability"] for t in r["top_k"]]
         assert len(probs) == 2 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
-        assert r["label"] == r["top_k"][0]["label"] and r["label"] in CLASSES
-    assert sum(r["label"] == truth(r["path"]) for r in rows) >= 11
+        assert r["predicted"] == r["top_k"][0]["label"] and r["predicted"] in CLASSES
+        assert r["label"] == ("unknown" if r["unknown"] else r["predicted"])
+    assert sum(r["predicted"] == truth(r["path"]) for r in rows) >= 11
     # top-k larger than the class count is capped at the class count
     code, out, _ = run_cli(["predict", str(colour_holdout / "red"), "--run", str(trained_run["run_dir"]),
                             "--format", "json", "--top-k", "10"])
