@@ -72,9 +72,9 @@ def fit_ood(method: str, acceptance: float, model, batch_size: int, index, val_l
 
 def _method(requested: str, model) -> str:
     from vgg_cli.inference.ood import MAX_FEATURES
-    from vgg_cli.model.build import LOGITS
+    from vgg_cli.model.build import head_tensors
 
-    width = int(model.get_layer(LOGITS).input.shape[-1])
+    width = int(head_tensors(model)[0].shape[-1])
     if requested == "mahalanobis" and width > MAX_FEATURES:
         log.info("the head's features are %d wide (over %d): the out-of-distribution score is energy instead of "
                  "mahalanobis", width, MAX_FEATURES)

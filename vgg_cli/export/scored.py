@@ -26,24 +26,16 @@ def _layer_class():
             self._arrays = None if means is None else (np.asarray(whiten, np.float32),
                                                        np.asarray(means @ whiten, np.float32))
 
-        def build(self, input_shape):
-            if self._arrays is not None:
-                w, mw = self._arrays
-                self.whiten = self.add_weight(name="whiten", shape=w.shape, initializer="zeros", trainable=False)
-                self.means = self.add_weight(name="means", shape=mw.shape, initializer="zeros", trainable=False)
-                self.whiten.assign(w)
-                self.means.assign(mw)
-            super().build(input_shape)
-
-        def call(self, x):
+        def call(self, x):  # the statistics are constants of the graph, not variables
             x = ops.cast(x, "float32")
             if self.method == "energy":
                 return -ops.logsumexp(x, axis=-1)
             if self.method == "max_logit":
                 return -ops.max(x, axis=-1)
-            fw = ops.matmul(x, self.whiten)
-            d = (ops.sum(fw * fw, axis=-1, keepdims=True) - 2.0 * ops.matmul(fw, ops.transpose(self.means))
-                 + ops.sum(self.means * self.means, axis=-1)[None, :])
+            whiten, means = (ops.convert_to_tensor(a) for a in self._arrays)
+            fw = ops.matmul(x, whiten)
+            d = (ops.sum(fw * fw, axis=-1, keepdims=True) - 2.0 * ops.matmul(fw, ops.transpose(means))
+                 + ops.sum(means * means, axis=-1)[None, :])
             return ops.maximum(ops.min(d, axis=-1), 0.0)
 
         def compute_output_shape(self, input_shape):
@@ -56,10 +48,10 @@ def with_score(served, stats):
     """``served`` (image -> probabilities) with a second output: the out-of-distribution score."""
     import keras
 
-    from vgg_cli.model.build import LOGITS
+    from vgg_cli.model.build import head_tensors
 
-    layer = served.get_layer(LOGITS)
-    source = layer.input if stats.needs_features else layer.output
+    features, logits = head_tensors(served)
+    source = features if stats.needs_features else logits
     score = _layer_class()(stats.method, stats.means, stats.whiten, name="ood_score")(source)
     return keras.Model(served.inputs, [served.outputs[0], score], name=f"{served.name}_scored")
 

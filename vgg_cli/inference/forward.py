@@ -15,15 +15,15 @@ class Forward:
     def __init__(self, model, features: bool = False, calibrated: bool = True):
         import keras
 
-        from vgg_cli.model.build import LOGITS
+        from vgg_cli.model.build import head_tensors
 
         self.model, self.calibrated, self.features = model, calibrated, features
         try:
-            layer = model.get_layer(LOGITS)
+            inputs, logits = head_tensors(model)
         except ValueError:  # not a vgg model: its output only
             self.view = None
             return
-        outputs = [model.outputs[0], layer.output] + ([layer.input] if features else [])
+        outputs = [model.outputs[0], logits] + ([inputs] if features else [])
         self.view = keras.Model(model.inputs, outputs, name=f"{model.name}_forward")
 
     def __call__(self, views: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -157,6 +157,14 @@ def split_after(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras
     return prefix, keras.Model(features, _as_float32(y), name=f"{model.name}_rest")
 
 
+def head_tensors(model: keras.Model) -> tuple:
+    """(penultimate features, logits): the input and output of ``head_logits`` in ``model``'s own graph (the
+    layer's latest call: a model rebuilt from another's layers, as ``export.formats.inference_model`` does, calls
+    them again)."""
+    node = model.get_layer(LOGITS)._inbound_nodes[-1]
+    return node.input_tensors[0], node.output_tensors[0]
+
+
 def _as_float32(logits):
     """Under mixed precision the logits are float16; the loss and top-k accuracy want float32."""
     if logits.dtype == "float32":
