@@ -48,6 +48,12 @@ def start(args: list[str], **env: str):
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
 
 
+def epoch_done(n: int, total: int) -> str:
+    """The start of the line an epoch prints once it is committed ("epoch 2/4  loss ..."). A progress line inside
+    the epoch starts "epoch 2/4: batch ..." (off a terminal, every few seconds: on a loaded machine, always)."""
+    return f"epoch {n}/{total}  "
+
+
 def wait_for(proc, prefix: str, timeout: float = 300) -> list[str]:
     """Read a started process's stderr lines until one starts with ``prefix``."""
     import time
@@ -123,6 +129,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # Heaviest files first (a slow test takes seconds to minutes, a fast one well under a second), each file's tests
+    # in their order: scripts/test.sh hands whole files to its processes in this order as each one frees up, so
+    # the long files start early and the run does not end on one process finishing a long file alone.
+    weight: dict[str, int] = {}
+    for item in items:
+        weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + (
+            20 if item.get_closest_marker("slow") else 1)
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable: a file's order is kept
 
 
 @pytest.fixture(scope="session")

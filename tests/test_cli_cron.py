@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SIZE, make_colour_dataset, run_cli, start, tree_hashes, vgg, wait_for
+from tests.conftest import SIZE, epoch_done, make_colour_dataset, run_cli, start, tree_hashes, vgg, wait_for
 from vgg_cli.training.checkpoints import TrainState, save_model, sync
 from vgg_cli.runs.rundir import RunDir
 
@@ -81,7 +81,7 @@ def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
     runs = tmp_path / "runs"
     proc = start(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=night", *NO_REPORT,
                   f"train.epochs={epochs}"])
-    wait_for(proc, f"epoch 2/{epochs}")  # epoch 2 committed; the kill lands in its bookkeeping or a later epoch
+    wait_for(proc, epoch_done(2, epochs))  # epoch 2 committed; the kill lands in its bookkeeping or a later epoch
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -105,7 +105,7 @@ def test_sigterm_stops_at_a_batch_boundary_and_resume_continues(tmp_path, data):
     runs = tmp_path / "runs"
     proc = start(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=t", *NO_REPORT,
                   "train.epochs=4", "--json"])
-    wait_for(proc, "epoch 1/4")
+    wait_for(proc, epoch_done(1, 4))
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
@@ -287,7 +287,7 @@ def test_if_changed_first_finishes_an_interrupted_run_of_the_same_job(tmp_path, 
     runs = tmp_path / "runs"
     args = ["train", f"data.train_dir={data}", f"output.dir={runs}", *NO_REPORT, "train.epochs=4", "--if-changed",
             "--json"]
-    sigkill_after(args, "epoch 1/4")
+    sigkill_after(args, epoch_done(1, 4))
     (killed,) = real_runs(runs)
     code, out, err = run_cli(args)
     assert code == 0, err
@@ -305,7 +305,7 @@ def test_a_run_that_keeps_failing_does_not_block_later_nights(tmp_path, data):
     runs = tmp_path / "runs"
     args = ["train", f"data.train_dir={data}", f"output.dir={runs}", *NO_REPORT, "train.epochs=3", "--if-changed",
             "--json"]
-    sigkill_after(args, "epoch 1/3")
+    sigkill_after(args, epoch_done(1, 3))
     (stuck,) = real_runs(runs)
     info = json.loads((stuck / "run.json").read_text())
     info["resumed"] = [{"at": "2026-11-20T02:30:00+00:00", "after_epoch": 1}] * 3  # crashed on three nights
