@@ -16,8 +16,18 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
         $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
     }
 fi
+# The suite runs on several processes (pytest-xdist), one test file at a time per process, so that one file's
+# module fixtures are built once; most of a test's time is Python, TensorFlow or JAX starting in a subprocess,
+# which a second process overlaps. VGG_TEST_WORKERS=1 runs in one process; -n on the command line wins.
+workers="${VGG_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+[ "$workers" -le 4 ] || workers=4
+parallel=()
+case " $* " in
+    *" -n "* | *" -n"[0-9a]* | *" --numprocesses"* | *" -p no:xdist "*) ;;
+    *) [ "$workers" -le 1 ] || parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder) ;;
+esac
 set +e
-"$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest "${parallel[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
