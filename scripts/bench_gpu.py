@@ -11,7 +11,8 @@ random init, average pooling, dense 256, dropout 0.5), Adam at 1e-4, 80/20 split
 vgg rows (train.backend=jax, which is what runs on the GPU machines; TensorFlow is not needed):
   whole network + flip augmentation, a cold compile cache; the same again with the cache warm (the nightly
   retrain); the same on KERAS_BACKEND=torch (when torch is installed); blocks 1-3 frozen (cached block-3
-  features); all blocks frozen (cached features), 10 epochs.
+  features); all blocks frozen (cached features), 10 epochs. --check leaves out the warm-cache rerun and the
+  all-frozen row (tests/test_backends.py runs both programs).
 PyTorch rows (when torch is installed; torchvision's VGG16 layers when it is there, the same layers written out
 otherwise): a DataLoader script (PIL decode + resize in --workers processes, random flip, bf16 autocast and
 channels_last on CUDA); the same with every image decoded once into device memory (the eager compute ceiling);
@@ -27,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from datetime import date
@@ -149,7 +149,9 @@ json.dump({"rows": rows, "n_train": len(train_items), "total_s": time.perf_count
 
 
 def _torch_available() -> bool:
-    return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def split_listing(data: Path, out: Path, seed: int = 0) -> dict:
@@ -164,21 +166,25 @@ def split_listing(data: Path, out: Path, seed: int = 0) -> dict:
     return listing
 
 
-def run_torch(mode: str, listing: Path, args, work: Path) -> dict:
-    from bench import measure
+def run_torch(modes: list[str], listing: Path, args, work: Path) -> dict[str, dict]:
+    """Each mode of the PyTorch script, a fresh process each (--check: one process for all)."""
+    from bench_common import measure_scripts
 
-    out = work / f"torch-{mode}.json"
-    epochs = args.epochs
-    m = measure([sys.executable, "-c", TORCH_TRAIN, mode, str(listing), str(args.image_size), str(epochs),
-                 str(args.batch), str(args.workers), str(out)], work / f"torch-{mode}.log")
-    r = json.loads(out.read_text())
-    return {**m, "epoch_s": [x["seconds"] for x in r["rows"]], "val_accuracy": r["rows"][-1]["val_accuracy"],
-            "n_train": r["n_train"], "note": f"{r['layers']} layers, {r['device']}, torch {r['torch']}"}
+    jobs = [(TORCH_TRAIN, [mode, str(listing), str(args.image_size), str(args.epochs), str(args.batch),
+                           str(args.workers), str(work / f"torch-{mode}.json")], work / f"torch-{mode}.log")
+            for mode in modes]
+    got = {}
+    for mode, m in zip(modes, measure_scripts(jobs)):
+        r = json.loads((work / f"torch-{mode}.json").read_text())
+        got[mode] = {**m, "epoch_s": [x["seconds"] for x in r["rows"]], "val_accuracy": r["rows"][-1]["val_accuracy"],
+                     "n_train": r["n_train"], "note": f"{r['layers']} layers, {r['device']}, torch {r['torch']}"}
+    return got
 
 
 def run_vgg(tag: str, data: Path, args, work: Path, runs: Path, freeze: str, epochs: int, augment: bool,
             backend: str = "jax") -> dict:
-    from bench import measure
+    from bench_cases import NO_FINISH
+    from bench_common import CHECK, measure, read_run
 
     name = f"run-{tag}"
     shutil.rmtree(runs / name, ignore_errors=True)
@@ -190,12 +196,11 @@ def run_vgg(tag: str, data: Path, args, work: Path, runs: Path, freeze: str, epo
            f"output.name={name}", f"cache.dir={work / 'feature-cache'}"]
     if augment:
         cmd.append("augment.flip=horizontal")
+    if CHECK["on"]:
+        cmd += NO_FINISH
     m = measure(cmd, work / f"vgg-{tag}.log")
-    run = runs / name
-    summary = json.loads((run / "summary.json").read_text())
-    lines = (run / "metrics.csv").read_text().splitlines()
-    head = lines[0].split(",")
-    rows = [dict(zip(head, line.split(","))) for line in lines[1:]]
+    got = read_run(runs / name)
+    summary, rows = got["summary"], got["rows"]
     cache = (summary.get("device") or {}).get("compile_cache") or {}
     inp = summary.get("input") or {}
     note = f"{summary['device']['backend']}, precision {summary['device']['precision']}"
@@ -221,16 +226,11 @@ def _row(program: str, r: dict) -> dict:
 
 
 def _header(args) -> str:
-    from bench import cpu_name
+    from bench_common import SUMMARIES, cpu_name, platform_note
 
-    probe = ("import json, jax, keras; d = jax.devices()[0]; print(json.dumps([d.platform, getattr(d, 'device_kind', "
-             "str(d)), jax.__version__, keras.__version__]))")
-    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                       env={**os.environ, "KERAS_BACKEND": "jax"})
-    platform_, kind, jax_v, keras_v = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
-        ("?", "?", "?", "?")
-    return (f"vgg GPU bench, {date.today().isoformat()}: {kind} ({platform_}), {os.cpu_count()} CPU cores ({cpu_name()}); "
-            f"jax {jax_v}, Keras {keras_v}; {args.images} JPEGs ~500x375 in 4 classes at {args.image_size} px, batch "
+    keras_v = next((x["versions"].get("keras") for x in SUMMARIES if x.get("versions")), "?")
+    return (f"vgg GPU bench, {date.today().isoformat()}: {platform_note('jax')}, Keras {keras_v}, {os.cpu_count()} CPU "
+            f"cores ({cpu_name()}); {args.images} JPEGs ~500x375 in 4 classes at {args.image_size} px, batch "
             f"{args.batch}, {args.epochs} epochs, random VGG16 init")
 
 
@@ -238,7 +238,8 @@ def format_table(rows: list[dict], checks: list[str], header: str) -> str:
     lines = [header, "", "| program | steady img/s (epochs 2+) | first epoch s | whole run s (wall) | val acc | notes |",
              "|---|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['program']} | {r['img_s']:.0f} | {r['epoch1_s']:.1f} | {r['wall_s']:.1f} "
+        rate = f"{r['img_s']:.0f}" if r["img_s"] >= 100 else f"{r['img_s']:.3g}"  # tiny runs: not "0"
+        lines.append(f"| {r['program']} | {rate} | {r['epoch1_s']:.1f} | {r['wall_s']:.1f} "
                      f"({r['epochs']} ep) | {r['val_acc']:.3f} | {r['note']} |")
     return "\n".join(lines + [""] + [f"- {c}" for c in checks])
 
@@ -246,9 +247,11 @@ def format_table(rows: list[dict], checks: list[str], header: str) -> str:
 def _checks(by: dict) -> list[str]:
     out = []
     warm, loader, ceiling = by.get("warm"), by.get("loader"), by.get("preloaded")
+    which = "warm-cache vgg run" if warm else "cold-cache vgg run (no warm rerun: --check)"
+    warm = warm or by.get("cold")
     if warm and loader:
         ok = warm["wall_s"] <= loader["wall_s"]
-        out.append(f"warm-cache vgg run {warm['wall_s']:.1f} s vs the DataLoader script {loader['wall_s']:.1f} s "
+        out.append(f"{which} {warm['wall_s']:.1f} s vs the DataLoader script {loader['wall_s']:.1f} s "
                    f"(target: no slower) {'MET' if ok else 'MISSED'}")
     if warm and ceiling:
         ok = warm["img_s"] >= ceiling["img_s"]
@@ -261,7 +264,7 @@ def _checks(by: dict) -> list[str]:
 
 def main_gpu(args) -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench import make_dataset, publish
+    from bench_common import load_note, make_dataset, measured_note, publish
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -272,13 +275,15 @@ def main_gpu(args) -> int:
     shutil.rmtree(runs, ignore_errors=True)  # the first run starts with an empty compile cache
     shutil.rmtree(work / "feature-cache", ignore_errors=True)
     by: dict = {}
-    plan = [("cold", "vgg, whole network + flip aug (cold compile cache)", "[]", args.epochs, True, "jax"),
-            ("warm", "same, second run (compile cache warm)", "[]", args.epochs, True, "jax")]
+    plan = [("cold", "vgg, whole network + flip aug (cold compile cache)", "[]", args.epochs, True, "jax")]
+    if not args.check:  # --check: a rerun of the same program (tests/test_backends.py tests the compile cache)
+        plan.append(("warm", "same, second run (compile cache warm)", "[]", args.epochs, True, "jax"))
     has_torch = _torch_available()
-    if has_torch:
+    if has_torch:  # kept by --check: the suite's only training of vgg on KERAS_BACKEND=torch
         plan.append(("torch-backend", "same, KERAS_BACKEND=torch", "[]", args.epochs, True, "torch"))
-    plan += [("b3", "vgg, blocks 1-3 frozen (cached block-3 features)", "[1,2,3]", args.epochs, False, "jax"),
-             ("all", "vgg, all blocks frozen (cached features), 10 ep", "[1,2,3,4,5]", 10, False, "jax")]
+    plan.append(("b3", "vgg, blocks 1-3 frozen (cached block-3 features)", "[1,2,3]", args.epochs, False, "jax"))
+    if not args.check:  # --check: tests/test_backends.py trains head-only on cached features on JAX
+        plan.append(("all", "vgg, all blocks frozen (cached features), 10 ep", "[1,2,3,4,5]", 10, False, "jax"))
     rows = []
     for tag, title, freeze, epochs, augment, backend in plan:
         print(f"  {title} ...", flush=True)
@@ -291,12 +296,12 @@ def main_gpu(args) -> int:
                  ("preloaded", "PyTorch: images preloaded on the device (eager ceiling)"),
                  ("compiled", "PyTorch: preloaded + torch.compile"),
                  ("frozen", "PyTorch: backbone frozen (forward every epoch)")]
-        for mode, title in modes:
-            if mode == "compiled" and args.no_torch_compile:
-                continue
-            print(f"  {title} ...", flush=True)
-            by[mode] = _row(title, run_torch(mode, listing, args, work))
+        modes = [(mode, title) for mode, title in modes if not (mode == "compiled" and args.no_torch_compile)]
+        print(f"  {', '.join(title for _, title in modes)} ...", flush=True)
+        for mode, r in run_torch([mode for mode, _ in modes], listing, args, work).items():
+            by[mode] = _row(dict(modes)[mode], r)
             rows.append(by[mode])
-    text = format_table(rows, _checks(by), _header(args) + f"; bench time {(time.perf_counter() - t0) / 60:.1f} min")
+    text = format_table(rows, _checks(by), _header(args) + f"; bench time {(time.perf_counter() - t0) / 60:.1f} min "
+                                     f"({measured_note()}); {load_note()}")
     publish(text, work / "bench-gpu.md" if args.markdown else None)
     return 0
