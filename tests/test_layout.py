@@ -9,6 +9,7 @@ sibling package of its own layer; lazy imports inside functions and relative imp
 from __future__ import annotations
 
 import ast
+import functools
 import shutil
 from pathlib import Path
 
@@ -35,12 +36,18 @@ RANK = {pkg: i for i, (_, pkgs) in enumerate(LAYERS) for pkg in pkgs}
 TOP_LEVEL = {"__init__", "__main__", "errors", "fsio", "progress"}  # the base, and the `python -m vgg_cli` door
 
 
+@functools.lru_cache(maxsize=None)
+def _parse(source: str) -> ast.Module:
+    """A module's syntax tree, parsed once per text: the planted-import tests check copies of the whole package."""
+    return ast.parse(source)
+
+
 def modules(root: Path = PACKAGE) -> dict[str, tuple[Path, ast.Module]]:
     """Dotted module name inside the package (``training.fit``, ``errors``) -> (file, syntax tree)."""
     out = {}
     for p in sorted(root.rglob("*.py")):
         name = ".".join(p.relative_to(root).with_suffix("").parts)
-        out[name] = (p, ast.parse(p.read_text(encoding="utf-8"), str(p)))
+        out[name] = (p, _parse(p.read_text(encoding="utf-8")))
     return out
 
 
@@ -78,6 +85,14 @@ def imports(module: str, tree: ast.Module) -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=None)
+def _scan(module: str, tree: ast.Module) -> tuple[frozenset[str], tuple[int, ...]]:
+    """A module's vgg_cli imports and the lines of its relative imports (once per module and text: walking every
+    tree is most of this file's time)."""
+    relative = tuple(node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0)
+    return frozenset(imports(module, tree)), relative
+
+
 def _package_of_target(target: str, known: set[str]) -> str | None:
     """The package an imported name belongs to, or None for a name that is no module (an attribute)."""
     if target in known:
@@ -102,11 +117,11 @@ def violations(root: Path = PACKAGE) -> list[str]:
             continue
         if pkg == "" and name not in TOP_LEVEL:
             bad.append(f"{name}: only {sorted(TOP_LEVEL)} belong at the top level; file it in a layer's folder")
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level > 0:
-                bad.append(f"{name}:{node.lineno} relative import (use `from vgg_cli.… import …`, so the layer "
-                           f"shows in the line)")
-        for target in imports(name, tree):
+        targets, relative = _scan(name, tree)
+        for lineno in relative:
+            bad.append(f"{name}:{lineno} relative import (use `from vgg_cli.… import …`, so the layer "
+                       f"shows in the line)")
+        for target in targets:
             dep = _package_of_target(target, known)
             if dep is None or dep == pkg or dep not in RANK:
                 continue
