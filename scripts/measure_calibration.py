@@ -72,6 +72,9 @@ def trained(work: Path, name: str, *args: str) -> Path:
     run = work / "runs" / name
     if (run / "summary.json").is_file() and json.loads((run / "summary.json").read_text()).get("calibration"):
         return run
+    if (run / "summary.json").is_file():  # trained, not finished (killed while finishing): finish it
+        sh("train", "--resume", str(run))
+        return run
     return Path(sh("train", *args, f"output.dir={work / 'runs'}", f"output.name={name}").strip())
 
 
