@@ -101,7 +101,7 @@ def old_runs(tmp_path_factory) -> dict:
     try:
         for line in proc.stderr:
             lines.append(line)
-            if line.startswith(f"epoch 1/{EPOCHS}"):
+            if line.startswith(f"epoch 1/{EPOCHS}  "):  # the epoch's committed line, not a progress line
                 proc.send_signal(signal.SIGINT)
                 break
             assert time.monotonic() < deadline, "".join(lines)
@@ -120,7 +120,7 @@ def old_runs(tmp_path_factory) -> dict:
     # the old code made `done` production and latest; the stopped run moved neither
     assert (runs / "production").resolve() == done.resolve() and (runs / "latest").resolve() == done.resolve()
     return {"tmp": tmp, "runs": runs, "done": done, "stopped": stopped, "stopped_after": summary["epochs_run"],
-            "data": data, "holdout": holdout, "env": _env(REPO)}
+            "data": data, "holdout": holdout, "env": _env(REPO), "old": old}
 
 
 def vgg(old_runs: dict, *args: str) -> subprocess.CompletedProcess:
@@ -152,6 +152,10 @@ def test_predict_evaluate_and_export_an_old_finished_run(old_runs):
     report = json.loads((done / "evaluation" / "holdout" / "report.json").read_text())
     assert isinstance(report["accuracy"], float) and 0.0 <= report["accuracy"] <= 1.0, report["accuracy"]
     assert report["images"] == 3 * len(CLASSES), report.get("images")
+    # an old model has no temperature and no out-of-distribution statistics: nothing is calibrated or rejected
+    assert report["calibration"]["temperature"] == 1.0
+    assert report["calibration"]["before"] == report["calibration"]["after"]
+    assert report["unknown"]["method"] is None and report["unknown"]["accepted"] == 1.0
 
     # export the old finished run (TFLite needs nothing beyond TensorFlow; it is checked in its interpreter)
     r = vgg(old_runs, "export", "--run", str(done), "--format", "tflite")
@@ -159,6 +163,30 @@ def test_predict_evaluate_and_export_an_old_finished_run(old_runs):
     exported = done / "export" / "model.tflite"
     assert exported.is_file() and exported.stat().st_size > 100_000, exported
     assert (done / "export" / "model.labels.txt").read_text().split() == CLASSES
+
+
+def test_an_old_run_predicts_exactly_as_before(old_runs):
+    """Today's code gives the old code's labels and probabilities, bit for bit, and answers no image unknown
+    unless --min-probability says so (the old run has no temperature layer and no statistics)."""
+    def predict(package, *args: str) -> list[dict]:
+        r = subprocess.run([sys.executable, "-m", "vgg_cli", "predict", "--run", str(old_runs["done"]),
+                            str(old_runs["holdout"]), "--format", "json", "--top-k", "3", *args],
+                           cwd=old_runs["tmp"], env=_env(package), capture_output=True, text=True, timeout=TIMEOUT)
+        assert r.returncode == 0, r.stderr
+        return _json_lines(r.stdout)
+
+    old_rows, new_rows = predict(old_runs["old"]), predict(REPO)
+    assert len(old_rows) == len(new_rows) == 3 * len(CLASSES)
+    for o, n in zip(old_rows, new_rows):
+        assert {k: n[k] for k in ("path", "label", "probability", "top_k")} == o  # the same floats, bit for bit
+        assert n["unknown"] is False and n["ood_score"] is None and n["predicted"] == o["label"]
+    assert not (old_runs["done"] / "model" / "best.ood.npz").exists()
+    # --uncalibrated is the same model's softmax; --min-probability still answers unknown
+    raw = predict(REPO, "--uncalibrated")
+    assert [r["label"] for r in raw] == [o["label"] for o in old_rows]
+    assert [r["probability"] for r in raw] == pytest.approx([o["probability"] for o in old_rows], abs=1e-6)
+    strict = predict(REPO, "--min-probability", "1.0")
+    assert all(r["label"] == "unknown" and r["unknown_reason"] == "min_probability" for r in strict)
 
 
 def test_resume_an_old_interrupted_run_then_list_and_retrain_if_changed(old_runs):
