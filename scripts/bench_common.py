@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def read_run(run: Path) -> dict:
     log = run / "train.log"
     for line in (log.read_text().splitlines() if log.is_file() else []):
         parts = line.split(" ", 4)
-        if len(parts) == 5 and parts[3] == "epoch" and "/" in parts[4].split(" ", 1)[0]:
+        # "epoch 2/3  accuracy ...", not a progress line inside an epoch ("epoch 2/3: batch 5/9, ...")
+        if len(parts) == 5 and parts[3] == "epoch" and re.fullmatch(r"\d+/\d+", parts[4].split(" ", 1)[0]):
             stamps.append(datetime.strptime(f"{parts[0]} {parts[1]}", "%Y-%m-%d %H:%M:%S,%f").timestamp())
     return {"summary": summary, "rows": rows, "cycle_s": list(np.diff(stamps)) if len(stamps) == len(rows) else []}
 
