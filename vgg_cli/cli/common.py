@@ -105,12 +105,13 @@ def setup_logging(verbose: bool) -> None:
 
 
 @contextlib.contextmanager
-def model_work(verbose: bool = False, backend: str = "auto") -> Iterator[None]:
+def model_work(verbose: bool = False, backend: str = "auto", frameworks: bool = True) -> Iterator[None]:
     """The preamble of every command that runs a model, in one place: console logging, Keras imported quietly on
-    its backend, and stdout kept for the command's result (whatever a library prints inside goes to stderr). The
-    command prints its result after the block."""
+    its backend (unless ``frameworks`` is False: ``vgg predict``'s NumPy engine), and stdout kept for the command's
+    result (whatever a library prints inside goes to stderr). The command prints its result after the block."""
     setup_logging(verbose)
-    load_frameworks(backend)
+    if frameworks:
+        load_frameworks(backend)
     with contextlib.redirect_stdout(sys.stderr):
         yield
 

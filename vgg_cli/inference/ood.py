@@ -113,9 +113,10 @@ def threshold_for(scores: np.ndarray, acceptance: float) -> float:
     return float(np.quantile(np.asarray(scores, np.float64), acceptance, method="inverted_cdf"))
 
 
-def stats_for(model, model_file: Path) -> OODStats | None:
+def stats_for(model, model_file: Path, digest: str | None = None) -> OODStats | None:
     """The statistics stored beside ``model_file`` for this very model, or None (an older run, statistics of
-    another model, or a damaged file: said once on the log)."""
+    another model, or a damaged file: said once on the log). ``digest``: the model's ``weights_digest``, when the
+    caller has it without Keras (``numpy_engine``)."""
     from vgg_cli.runs.rundir import ood_stats_path
 
     path = ood_stats_path(model_file)
@@ -126,7 +127,7 @@ def stats_for(model, model_file: Path) -> OODStats | None:
     except (OSError, ValueError, KeyError) as e:
         log.warning("%s cannot be read (%s): no out-of-distribution score", path, e)
         return None
-    if stats.digest != weights_digest(model):
+    if stats.digest != (digest or weights_digest(model)):
         log.warning("%s was fitted for another model (its head_logits weights differ): no out-of-distribution "
                     "score", path)
         return None

@@ -127,16 +127,12 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
     over flipped and/or shifted copies (``TTA``). ``options``: calibration, the out-of-distribution score and
     ``unknown`` (``Options``)."""
     from vgg_cli.data.pipeline import decode_workers, prefetch_batches
-    from vgg_cli.inference.forward import Forward
-    from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
     options = options or Options()
-    classes = class_names_of(model)
-    size, resize = image_size_of(model), resize_of(model)
-    k = max(1, min(top_k, len(classes)))
     ood = options.ood
-    forward = Forward(model, features="features" in options.keep or bool(ood and ood.needs_features),
-                      calibrated=options.calibrated)
+    forward, classes, size, resize = _engine(model, "features" in options.keep or bool(ood and ood.needs_features),
+                                             options.calibrated)
+    k = max(1, min(top_k, len(classes)))
     results: list[Prediction] = []
     few = len(files) <= batch_size  # one batch: no bar to flicker on a terminal
     with ThreadPoolExecutor(max_workers=decode_workers()) as pool, \
@@ -161,6 +157,21 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
                 results.append(options.judge(r))
             progress.update(len(chunk))
     return results
+
+
+def _engine(model, features: bool, calibrated: bool) -> tuple:
+    """(forward: views -> arrays, class names, image size, resize mode) of a Keras model or a
+    ``numpy_engine.NumpyModel``."""
+    from vgg_cli.inference.numpy_engine import NumpyModel
+
+    if isinstance(model, NumpyModel):
+        return (lambda views: model.forward(views, features, calibrated), model.class_names, model.image_size,
+                model.resize)
+    from vgg_cli.inference.forward import Forward
+    from vgg_cli.model.load import class_names_of, image_size_of, resize_of
+
+    return (Forward(model, features=features, calibrated=calibrated), class_names_of(model), image_size_of(model),
+            resize_of(model))
 
 
 def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict | None = None) -> str:
