@@ -87,7 +87,7 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
     when there is nothing to fit on)."""
     from vgg_cli.evaluation.evaluate import validation_set
     from vgg_cli.inference.predict import Options, predict_files
-    from vgg_cli.model.load import load_model, set_temperature
+    from vgg_cli.model.load import load_model, set_temperature, temperature_of
 
     settings = cfg.calibration
     try:
@@ -95,6 +95,7 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
     except NoInputError as e:
         return {"temperature": 1.0, "fitted": False, "reason": f"no validation images ({e})", "ood": None}
     model = load_model(paths.best)
+    stored = temperature_of(model)  # a run finished again after a kill may have written one already
     set_temperature(model, 1.0)
     method = _method(settings.ood, model) if settings.ood != "off" else None
     keep = ("logits", "features") if method == "mahalanobis" else ("logits",)
@@ -118,23 +119,24 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
         stats, record["ood"] = fit_ood(method, settings.acceptance, model, cfg.train.batch_size, index, logits,
                                        features)
         stats.save(ood_stats_path(paths.best))
-    _store_temperature(model, paths, record["temperature"])
+    _store_temperature(model, paths, record["temperature"], stored)
     log.info("calibration: temperature %.4g (%s)%s", record["temperature"], record["reason"],
              "" if not record["ood"] else f"; out-of-distribution score {record['ood']['method']}, threshold "
              f"{record['ood']['threshold']:.4g} (accepts {settings.acceptance:.0%} of the validation split)")
     return record
 
 
-def _store_temperature(model, paths: RunDir, temperature: float) -> None:
-    """The temperature into best.keras, and into last.keras when it holds the same head weights."""
+def _store_temperature(model, paths: RunDir, temperature: float, stored: float) -> None:
+    """The temperature into best.keras, and into last.keras when it holds the same head weights; ``stored`` is the
+    one best.keras held when it was loaded (1 unless a finish interrupted after this step is redone)."""
     import functools
 
     from vgg_cli.fsio import write_with
     from vgg_cli.inference.ood import weights_digest
-    from vgg_cli.model.load import load_model, set_temperature, temperature_of
+    from vgg_cli.model.load import load_model, set_temperature
     from vgg_cli.training.checkpoints import save_model
 
-    if temperature == 1.0 and temperature_of(load_model(paths.best)) == 1.0:
+    if temperature == 1.0 and stored == 1.0:
         return
     targets = [paths.best]
     if paths.last.is_file() and weights_digest(load_model(paths.last)) == weights_digest(model):
