@@ -26,5 +26,9 @@ echo "== vgg predict data/textures-holdout (images the model never saw)" >&2
 import csv, sys
 rows = list(csv.DictReader(sys.stdin))
 right = sum(r["path"].replace("\\", "/").split("/")[-2] == r["label_1"] for r in rows)
-print(f"== held-out accuracy: {right}/{len(rows)} = {right / len(rows):.0%} (chance: 25%)", file=sys.stderr)'
+print(f"== held-out accuracy: {right}/{len(rows)} = {right / len(rows):.0%} (chance: 25%), counting the best guess", file=sys.stderr)
+unknown = [r for r in rows if r["answer"] == "unknown"]
+if unknown:
+    print(f"== {len(unknown)} of {len(rows)} answered unknown: their out-of-distribution score is beyond the threshold that "
+          f"accepts 95% of the validation images of the run (calibration.acceptance; docs/calibration.md)", file=sys.stderr)'
 echo "== report: $run_dir/report.html (open it in a browser)" >&2
