@@ -370,9 +370,10 @@ def test_train_with_crop_then_predict_follows_the_run(tmp_path):
     np.testing.assert_array_equal(x[0], np.asarray(centre))
     want = np.asarray(model.predict(x, verbose=0))[0]
     classes = class_names_of(model)
-    assert got == {c: float(want[i]) for i, c in enumerate(classes)}
+    # a single image is predicted by the NumPy engine: Keras' probabilities to 1e-5 (docs/speed.md)
+    assert got == pytest.approx({c: float(want[i]) for i, c in enumerate(classes)}, abs=1e-5)
     squashed = np.asarray(model.predict(decode(probe.read_bytes(), 32, "squash")[None], verbose=0))[0]
-    assert not np.array_equal(squashed, want)  # the mode made a difference: predict followed the run, not squash
+    assert np.abs(squashed - want).max() > 1e-4  # the mode made a difference: predict followed the run, not squash
     # Grad-CAM decodes the same way and lays the map over the centre the model saw
     (path, cam), = GradCam(model).of_files([str(probe)])
     assert cam.resize == "crop" and cam.image_size == 32
