@@ -55,8 +55,7 @@ class NumpyModel:
     convs: list = field(repr=False, default_factory=list)  # [(kernel (3,3,Cin,Cout), bias) or "pool"]
     pooling: str = "flatten"
     dense: list = field(repr=False, default_factory=list)  # [(kernel, bias, activation)], head_logits last
-    output: str = "temperature"  # "temperature" (TemperatureSoftmax) or "softmax" (an old model's Activation)
-    temperature: float = 1.0
+    temperature: float = 1.0  # TemperatureSoftmax's (a model saved before calibration is declined)
     digest: str = ""  # of the head_logits weights, as vgg_cli.inference.ood.weights_digest
 
     def forward(self, views: list[np.ndarray], features: bool = False, calibrated: bool = True) -> dict:
@@ -71,7 +70,7 @@ class NumpyModel:
         return out
 
     def _probabilities(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
-        if calibrated and self.output == "temperature":
+        if calibrated:
             return softmax((logits / np.float32(self.temperature)).astype(np.float32))
         return softmax(logits)
 
@@ -253,7 +252,7 @@ def _apply(model: NumpyModel, layer: dict, group) -> str | None:
             return "pool"
     elif kind == "Dense":
         return _dense(model, cfg, group)
-    elif kind == "TemperatureSoftmax" and model.dense and model.output == "temperature":
+    elif kind == "TemperatureSoftmax" and model.dense:
         model.temperature = float(_vars(group, 1)[0])
         return "output"
     elif kind == "Activation" and cfg.get("activation") == "softmax" and cfg["name"] == "probabilities":
