@@ -69,6 +69,35 @@ def test_cached_features_train_exactly_like_the_whole_network(tmp_path, data, fr
     assert m_cached[-1, 1] < m_cached[0, 1]  # it learns
     if freeze == "[1,2,3]":  # blocks 4-5 trained through the cached path; it really trains them
         assert cached["params"]["trainable"] > 7_000_000
+    # the end of the run (calibration) read the same cached features through the trainable rest
+    assert cached["calibration"]["outputs_from"].startswith("the feature cache of frozen blocks 1-")
+    _rest_answers_as_the_whole_model(tmp_path / "runs" / "cached", tol)
+
+
+def _rest_answers_as_the_whole_model(run: Path, tol: dict) -> None:
+    """Logits and head features of every image from the feature cache through the rest of the network are the
+    whole model's on the images; an entry missing from the cache goes through the frozen blocks instead."""
+    from vgg_cli.config.schema import load_run_config
+    from vgg_cli.data.scan import index_from_manifest
+    from vgg_cli.evaluation.calibrate import outputs
+    from vgg_cli.evaluation.frozen import head_outputs, open_frozen
+    from vgg_cli.model.load import load_model
+    from vgg_cli.runs.rundir import RunDir
+
+    paths = RunDir(run)
+    cfg, index = load_run_config(paths.config), index_from_manifest(paths.read_manifest())
+    files, shas = [str(index.root_of(e) / e.path) for e in index.files], [e.sha1 for e in index.files]
+    rows, logits, feats = outputs(load_model(paths.best), None, files, shas, 8, features=True)
+    assert rows == list(range(len(files))) and feats.shape == (len(files), 16)
+    frozen = open_frozen(load_model(paths.best), cfg, paths)
+    for drop in (0, 1):
+        if drop:  # one entry gone (pruned by another job): computed here, the same answer
+            frozen.store.path(shas[3]).unlink()
+        got, z, f, cached = head_outputs(frozen, files, shas, 8, features=True)
+        assert sorted(got) == rows and cached == len(files) - drop
+        order = np.argsort(got)
+        np.testing.assert_allclose(z[order], logits, **tol)
+        np.testing.assert_allclose(f[order], feats, **tol)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """A finished run's calibration (``calibration:`` in the config): after the last epoch, before its evaluation.
 
 1. ``model/best.keras`` predicts its validation split (the images promotion judges) once, keeping logits and,
-   for the Mahalanobis score, the head's penultimate features;
+   for the Mahalanobis score, the head's penultimate features: from the run's cached frozen-block features
+   through the trainable rest when it had a frozen prefix (``vgg_cli.evaluation.frozen``), else on the images;
 2. temperature scaling is fitted there (``vgg_cli.evaluation.calibration.calibrate``: kept only when a cross-fit
    over halves of the split says it lowers the NLL of images it was not fitted on);
 3. the out-of-distribution statistics: class means and shared covariance of the features of (up to
@@ -31,36 +32,57 @@ def _matrix(results, key: str) -> np.ndarray:
     return np.stack([getattr(r, key) for r in results]).astype(np.float64)
 
 
-def _train_sample(index, limit: int = MAX_FIT_IMAGES) -> tuple[list[str], list[int]]:
+def _train_sample(index, limit: int = MAX_FIT_IMAGES) -> tuple[list[str], list[int], list[str]]:
+    """Up to ``limit`` training images, evenly over classes: (paths, labels, content hashes)."""
     from vgg_cli.data.scan import TRAIN
 
-    files, labels = index.split(TRAIN)
+    entries = [e for e in index.files if e.split == TRAIN]
     per = max(1, limit // max(1, len(index.classes)))
     chosen: list[int] = []
     for c in range(len(index.classes)):
-        idx = [i for i, y in enumerate(labels) if y == c]
+        idx = [i for i, e in enumerate(entries) if e.label == c]
         step = max(1, len(idx) / per)
         chosen += [idx[int(j * step)] for j in range(min(per, len(idx)))]
     chosen.sort()
-    return [files[i] for i in chosen], [labels[i] for i in chosen]
+    picked = [entries[i] for i in chosen]
+    return [str(index.root_of(e) / e.path) for e in picked], [e.label for e in picked], [e.sha1 for e in picked]
 
 
-def fit_ood(method: str, acceptance: float, model, batch_size: int, index, val_logits, val_features) -> tuple:
-    """(OODStats, record) for ``method``, the threshold set on the validation scores."""
-    from vgg_cli.inference.ood import OODStats, fit_gaussian, threshold_for, weights_digest
+def outputs(model, frozen, files: list[str], shas: list[str], batch_size: int,
+            features: bool) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+    """(indices of the readable ``files``, their logits at temperature 1, the head's penultimate features or
+    None): from the run's cached frozen features through the trainable rest when ``frozen`` is given, else the
+    whole model on the decoded images (``model`` must then be uncut)."""
+    if frozen is not None:
+        from vgg_cli.evaluation.frozen import head_outputs
+
+        rows, logits, feats, _ = head_outputs(frozen, files, shas, batch_size, features)
+        return rows, logits, feats
     from vgg_cli.inference.predict import Options, predict_files
+
+    got = predict_files(model, files, 1, batch_size,
+                        options=Options(keep=("logits", "features") if features else ("logits",)))
+    ok = [i for i, r in enumerate(got) if r.error is None]
+    if not ok:
+        return [], np.zeros((0, 0)), None
+    return ok, _matrix([got[i] for i in ok], "logits"), _matrix([got[i] for i in ok], "features") if features else None
+
+
+def fit_ood(method: str, acceptance: float, model, batch_size: int, index, val_logits, val_features,
+            frozen=None) -> tuple:
+    """(OODStats, record) for ``method``, the threshold set on the validation scores; ``frozen``: the run's
+    cached frozen features (``outputs``)."""
+    from vgg_cli.inference.ood import OODStats, fit_gaussian, threshold_for, weights_digest
 
     means = whiten = None
     record: dict = {"method": method}
     if method == "mahalanobis":
-        files, labels = _train_sample(index)
-        got = predict_files(model, files, 1, batch_size, options=Options(keep=("features",)))
-        ok = [(r, y) for r, y in zip(got, labels) if r.error is None]
+        files, labels, shas = _train_sample(index)
+        ok, _, feats = outputs(model, frozen, files, shas, batch_size, features=True)
         if len(ok) < 2:
             raise DataError(f"only {len(ok)} training image(s) could be read to fit the out-of-distribution "
                             f"statistics")
-        means, whiten = fit_gaussian(_matrix([r for r, _ in ok], "features"), np.asarray([y for _, y in ok]),
-                                     len(index.classes))
+        means, whiten = fit_gaussian(feats, np.asarray([labels[i] for i in ok]), len(index.classes))
         record.update(fit_images=len(ok), fit_split="train", features=int(means.shape[1]))
     stats = OODStats(method, 0.0, acceptance, weights_digest(model), means, whiten)
     scores = stats.score(val_logits, val_features)
@@ -86,7 +108,6 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
     """Steps 1-4 above; returns summary.json's "calibration" record (``{"fitted": False, ...}`` with the reason
     when there is nothing to fit on)."""
     from vgg_cli.evaluation.evaluate import validation_set
-    from vgg_cli.inference.predict import Options, predict_files
     from vgg_cli.model.load import load_model, set_temperature, temperature_of
 
     settings = cfg.calibration
@@ -98,14 +119,14 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
     stored = temperature_of(model)  # a run finished again after a kill may have written one already
     set_temperature(model, 1.0)
     method = _method(settings.ood, model) if settings.ood != "off" else None
-    keep = ("logits", "features") if method == "mahalanobis" else ("logits",)
-    results = predict_files(model, data.files, 1, cfg.train.batch_size, options=Options(keep=keep))
-    classes = index.classes
-    ok = [(r, classes.index(t)) for r, t in zip(results, data.truth) if r.error is None]
+    sha_of = {str(index.root_of(e) / e.path): e.sha1 for e in index.files}
+    shas = [sha_of.get(f) for f in data.files]
+    frozen, source = _frozen(model, cfg, paths) if None not in shas else (None, "the model on the images")
+    ok, logits, features = outputs(model, frozen, data.files, shas, cfg.train.batch_size,
+                                   features=method == "mahalanobis")
     if not ok:
         return {"temperature": 1.0, "fitted": False, "reason": "no readable validation image", "ood": None}
-    logits, truth = _matrix([r for r, _ in ok], "logits"), np.asarray([t for _, t in ok])
-    features = _matrix([r for r, _ in ok], "features") if method == "mahalanobis" else None
+    truth = np.asarray([index.classes.index(data.truth[i]) for i in ok])
     from vgg_cli.evaluation.calibration import calibrate
 
     record = calibrate(logits, truth) if settings.temperature else {
@@ -117,13 +138,28 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
     record["ood"] = None
     if method is not None:
         stats, record["ood"] = fit_ood(method, settings.acceptance, model, cfg.train.batch_size, index, logits,
-                                       features)
+                                       features, frozen)
         stats.save(ood_stats_path(paths.best))
+    record["outputs_from"] = source
     _store_temperature(model, paths, record["temperature"], stored)
     log.info("calibration: temperature %.4g (%s)%s", record["temperature"], record["reason"],
              "" if not record["ood"] else f"; out-of-distribution score {record['ood']['method']}, threshold "
              f"{record['ood']['threshold']:.4g} (accepts {settings.acceptance:.0%} of the validation split)")
     return record
+
+
+def _frozen(model, cfg, paths: RunDir):
+    """(the run's frozen features, ``vgg_cli.evaluation.frozen``, or None; where calibration's outputs come from)."""
+    from vgg_cli.evaluation.frozen import open_frozen
+
+    try:
+        frozen = open_frozen(model, cfg, paths)
+    except (ValueError, OSError) as e:  # a model vgg did not cut this way: the whole model answers
+        log.debug("calibration: the frozen blocks cannot be cut off (%s); the whole model predicts", e)
+        frozen = None
+    if frozen is None:
+        return None, "the model on the images"
+    return frozen, f"the feature cache of frozen blocks 1-{frozen.blocks} and the trainable rest"
 
 
 def _store_temperature(model, paths: RunDir, temperature: float, stored: float) -> None:

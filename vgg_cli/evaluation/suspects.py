@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.errors import VggError
+from vgg_cli.evaluation.frozen import frozen_blocks, open_frozen
 from vgg_cli.evaluation.label_issues import FOLDS, find_suspects, out_of_fold
 from vgg_cli.fsio import write_text
 from vgg_cli.runs.rundir import RunDir
@@ -25,48 +26,18 @@ COLUMNS = ["rank", "path", "split", "given_class", "suggested_class", "given_cla
            "suggested_class_probability", "probabilities_from"]
 
 
-def frozen_blocks(cfg) -> tuple[int, str | None]:
-    """(how many leading conv blocks never trained, why the training images cannot be examined or None). The
-    features of those blocks never saw a label, so a model fitted on them predicts a held-out fold honestly."""
-    from vgg_cli.model.build import frozen_prefix_blocks
-
-    frozen = set(cfg.model.freeze_blocks) - (set(cfg.finetune.unfreeze_blocks) if cfg.finetune.epochs else set())
-    blocks = frozen_prefix_blocks(sorted(frozen))
-    if cfg.augment.active:
-        return blocks, "augmentation is on: no cached features"
-    if blocks == 0:
-        return 0, "block 1 trained: no frozen features"
-    return blocks, None
-
-
 def _features(model, cfg, run: RunDir, paths: list[str], shas: list[str], batch_size: int) -> tuple[np.ndarray, int]:
     """The frozen backbone's output of each image (flat; averaged over space when larger than FLAT_MAX), read from
     the feature cache when it has it; (features, how many were read from the cache)."""
-    from vgg_cli.data.features import FeatureStore, prefix_key
-    from vgg_cli.data.images import load_image
-    from vgg_cli.model.build import split_frozen_prefix
-    from vgg_cli.runs.root import RunsRoot
-
-    blocks, _ = frozen_blocks(cfg)
-    prefix, _ = split_frozen_prefix(model, blocks)
-    size, resize = cfg.data.image_size, cfg.data.resize
-    shape = tuple(int(d) for d in prefix.output.shape[1:])
-    store = FeatureStore(RunsRoot.of_run(run).feature_cache(cfg.cache.dir),
-                         prefix_key(prefix, cfg.model.arch, blocks, size, resize), shape, prefix.output.dtype)
+    frozen = open_frozen(model, cfg, run)
+    shape = frozen.store.shape
     width = int(np.prod(shape)) if np.prod(shape) <= FLAT_MAX else shape[-1]
     out = np.zeros((len(paths), width), dtype=np.float32)
-    missing, buf = [], np.empty(shape, dtype=store.dtype)
-    for i, sha in enumerate(shas):
-        if store.load_into(sha, buf):
-            out[i] = buf.reshape(-1, width).mean(axis=0)
-        else:
-            missing.append(i)
-    for start in range(0, len(missing), batch_size):
-        rows = missing[start:start + batch_size]
-        batch = np.stack([load_image(paths[i], size, resize) for i in rows])
-        acts = np.asarray(prefix.predict(batch, verbose=0), dtype=np.float32)
-        out[rows] = acts.reshape(len(rows), -1, width).mean(axis=1)
-    return out, len(paths) - len(missing)
+    cached = 0
+    for rows, acts, hits in frozen.batches(paths, shas, batch_size):
+        out[rows] = acts.astype(np.float32).reshape(len(rows), -1, width).mean(axis=1)
+        cached += hits
+    return out, cached
 
 
 def _rows(idx: np.ndarray, labels, probs, paths, split, classes, source) -> list[dict]:

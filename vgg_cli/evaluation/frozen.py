@@ -1,0 +1,118 @@
+"""A finished run's frozen leading blocks, read back from its feature cache: what the end of a run needs of every
+training and validation image (calibration's logits and head features, the label-issue search's features)
+without running the frozen convolutions again. Training stored each image's frozen-prefix output under its
+content hash (``vgg_cli.data.features``); an image the cache does not hold (pruned, ``cache.features: off``) goes
+through the frozen prefix here, so the answer is the same either way, to float rounding.
+
+``open_frozen`` cuts the run's model after its frozen blocks. The cut calls the model's layers again (see
+``vgg_cli.model.build.split_after``), so a caller that needs the whole model's graph afterwards (``Forward``) loads
+its own copy of the model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+log = logging.getLogger("vgg")
+
+
+def frozen_blocks(cfg) -> tuple[int, str | None]:
+    """(how many leading conv blocks never trained, why their cached features cannot be used or None). The
+    features of those blocks never saw a label: the label-issue search fits on them honestly."""
+    from vgg_cli.model.build import frozen_prefix_blocks
+
+    frozen = set(cfg.model.freeze_blocks) - (set(cfg.finetune.unfreeze_blocks) if cfg.finetune.epochs else set())
+    blocks = frozen_prefix_blocks(sorted(frozen))
+    if cfg.augment.active:
+        return blocks, "augmentation is on: no cached features"
+    if blocks == 0:
+        return 0, "block 1 trained: no frozen features"
+    return blocks, None
+
+
+@dataclass
+class Frozen:
+    """The run's model cut after ``blocks``: ``prefix`` (images -> activations), ``rest`` (activations -> logits)
+    and the feature store training filled."""
+    blocks: int
+    prefix: object
+    rest: object
+    store: object
+    size: int
+    resize: str
+
+    def batches(self, paths: list[str], shas: list[str], batch_size: int,
+                skip_unreadable: bool = False) -> Iterator[tuple[list[int], np.ndarray, int]]:
+        """(indices into ``paths``, their frozen-prefix activations, how many came from the cache) per batch. An
+        image neither cached nor readable raises, or with ``skip_unreadable`` is left out of every batch."""
+        from vgg_cli.data.images import load_image
+        from vgg_cli.errors import VggError
+
+        buf = np.empty(self.store.shape, dtype=self.store.dtype)
+        for start in range(0, len(paths), batch_size):
+            rows, acts, cached, missing = [], [], 0, []
+            for i in range(start, min(start + batch_size, len(paths))):
+                if self.store.load_into(shas[i], buf):
+                    rows.append(i)
+                    acts.append(buf.copy())
+                    cached += 1
+                else:
+                    missing.append(i)
+            decoded = []
+            for i in missing:
+                try:
+                    decoded.append((i, load_image(paths[i], self.size, self.resize)))
+                except (OSError, ValueError, VggError):
+                    if not skip_unreadable:
+                        raise
+            if decoded:
+                got = np.asarray(self.prefix.predict(np.stack([x for _, x in decoded]), verbose=0))
+                rows += [i for i, _ in decoded]
+                acts += list(got.astype(self.store.dtype, copy=False))
+            if rows:
+                yield rows, np.stack(acts), cached
+
+
+def open_frozen(model, cfg, run) -> Frozen | None:
+    """``model`` (the run's, loaded from its directory ``run``, a ``RunDir``) cut after its frozen blocks with the
+    run's feature store, or None when training had no frozen prefix to cache (augmentation, block 1 trained)."""
+    from vgg_cli.data.features import FeatureStore, prefix_key
+    from vgg_cli.model.build import split_frozen_prefix
+    from vgg_cli.runs.root import RunsRoot
+
+    blocks, why_not = frozen_blocks(cfg)
+    if why_not is not None:
+        return None
+    prefix, rest = split_frozen_prefix(model, blocks)
+    size, resize = cfg.data.image_size, cfg.data.resize
+    shape = tuple(int(d) for d in prefix.output.shape[1:])
+    store = FeatureStore(RunsRoot.of_run(run).feature_cache(cfg.cache.dir),
+                         prefix_key(prefix, cfg.model.arch, blocks, size, resize), shape, prefix.output.dtype)
+    return Frozen(blocks, prefix, rest, store, size, resize)
+
+
+def head_outputs(frozen: Frozen, paths: list[str], shas: list[str], batch_size: int,
+                 features: bool) -> tuple[list[int], np.ndarray, np.ndarray | None, int]:
+    """The logits (temperature 1) and, with ``features``, the head's penultimate features of each readable image:
+    (indices into ``paths``, logits, features or None, how many came from the feature cache)."""
+    import keras
+
+    from vgg_cli.model.build import head_tensors
+
+    outputs = [frozen.rest.outputs[0]] + ([head_tensors(frozen.rest)[0]] if features else [])
+    view = keras.Model(frozen.rest.inputs, outputs, name="rest_head")
+    rows, logits, feats, cached = [], [], [], 0
+    for idx, acts, hits in frozen.batches(paths, shas, batch_size, skip_unreadable=True):
+        got = view.predict_on_batch(acts)
+        got = got if isinstance(got, (list, tuple)) else [got]
+        rows += idx
+        logits.append(np.asarray(got[0], np.float64))
+        if features:
+            feats.append(np.asarray(got[1], np.float64))
+        cached += hits
+    if not rows:
+        return [], np.zeros((0, 0)), None, 0
+    return rows, np.concatenate(logits), np.concatenate(feats) if features else None, cached
