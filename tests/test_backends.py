@@ -37,19 +37,24 @@ main(sys.argv[1:])
 """
 
 
-def vgg_without_tf(args: list[str], backend: str = "jax", timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+def vgg_without_tf(args: list[str], backend: str = "jax", timeout: int = 600,
+                   **extra: str) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}, "KERAS_BACKEND": backend,
+           "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", **extra}
     return subprocess.run([sys.executable, "-c", WITHOUT_TF, *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 
 @pytest.mark.slow
 def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, colour_data, colour_holdout):
+    """The whole CLI on JAX, and its persistent compile cache: the second identical run loads instead of
+    compiling; a user's JAX_COMPILATION_CACHE_DIR wins."""
     pytest.importorskip("jax")
     runs = tmp_path / "runs"
     # 1. head-only training on cached features, with class weights (they travel as sample weights here)
-    p = vgg_without_tf(["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS,
-                        "train.class_weight=balanced", "--json"])
+    first_args = ["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS,
+                  "train.class_weight=balanced", "--json"]
+    p = vgg_without_tf(first_args)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)
     run = Path(out["run"])
@@ -70,6 +75,18 @@ def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, 
         pixels = np.asarray(img.convert("RGB"))
     assert pixels.shape[1] > pixels.shape[0] >= 200 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
 
+    # 1b. JAX compiles on CPU too: the same run again loads what the first compiled from the persistent cache in
+    # output.dir (issue 16)
+    p = vgg_without_tf([*first_args, "output.name=again"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    first = summary["device"]["compile_cache"]
+    second = json.loads((runs / "again" / "summary.json").read_text())["device"]["compile_cache"]
+    assert first["dir"] == second["dir"] == str(runs / ".cache" / "jax") and first["source"] == "output.dir"
+    assert first["max_mb"] == 2048 and first["misses"] > 0 and first["compile_s"] > 0
+    # what the first run compiled, the second loads (a program the first compiled twice is one entry)
+    assert second["hits"] >= 0.9 * first["misses"] and second["misses"] <= first["misses"] // 10, (first, second)
+    assert second["compile_s"] < first["compile_s"] and any((runs / ".cache" / "jax").glob("*-cache"))
+
     # 2. predict and evaluate read the run back on JAX too
     p = vgg_without_tf(["predict", str(colour_holdout), "--run", str(run), "--format", "json", "--tta", "flip"])
     assert p.returncode == 0, p.stderr[-3000:]
@@ -86,15 +103,20 @@ def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, 
     assert (run / "report.html").is_file() and (run / "evaluation" / "val" / "report.json").is_file()
     assert summary["promotion"]["new_accuracy_from"] == "evaluation/val: model/best.keras on the images"
 
-    # 3. the whole network every epoch (augmentation on: images through the generator pipeline)
+    # 3. the whole network every epoch (augmentation on: images through the generator pipeline), with the user's
+    # own compile-cache folder: it wins, and vgg leaves it unbounded
+    own = tmp_path / "own-cache"
     p = vgg_without_tf(["train", f"data.train_dir={colour_data}", f"output.dir={tmp_path / 'aug-runs'}",
                         *TRAIN_ARGS, "train.epochs=2", "augment.flip=horizontal", "output.name=aug",
                         "promote.min_accuracy=0", "output.report=false",
-                        "--json"])  # 2 epochs check the pipeline, not the accuracy
+                        "--json"], JAX_COMPILATION_CACHE_DIR=str(own))  # 2 epochs check the pipeline, not the accuracy
     assert p.returncode == 0, p.stderr[-3000:]
     aug = json.loads((tmp_path / "aug-runs" / "aug" / "summary.json").read_text())
     assert aug["input"]["path"] == "images" and aug["epochs_run"] == 2
     assert np.isfinite(aug["final"]["loss"])
+    third = aug["device"]["compile_cache"]
+    assert third["dir"] == str(own) and third["source"] == "JAX_COMPILATION_CACHE_DIR" and third["max_mb"] is None
+    assert third["misses"] > 0 and any(own.glob("*-cache"))
 
 
 class _Source:
@@ -154,37 +176,3 @@ def test_generator_pipeline_raises_the_sources_error_and_stops_its_thread(monkey
     next(stopped)
     pipeline.close_batches(stopped)  # a consumer that stops early (fit interrupted) leaves no thread behind
     assert not any(t.name == "vgg-batches" and t.is_alive() for t in threading.enumerate())
-
-
-@pytest.mark.slow
-def test_jax_compile_cache_makes_the_second_identical_run_load_instead_of_compile(tmp_path, colour_data):
-    """JAX compiles on CPU too: the second run of the same model hits the persistent cache (issue 16)."""
-    pytest.importorskip("jax")
-    runs = tmp_path / "runs"
-    args = ["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=2",
-            "output.tensorboard=false", "promote.min_accuracy=0", "output.report=false", "--json"]
-    env_free = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    caches = []
-    for _ in range(2):
-        p = subprocess.run([sys.executable, "-c", WITHOUT_TF, *args], capture_output=True, text=True, timeout=600,
-                           env={**env_free, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
-        assert p.returncode == 0, p.stderr[-3000:]
-        caches.append(json.loads((Path(json.loads(p.stdout)["run"]) / "summary.json").read_text())
-                      ["device"]["compile_cache"])
-    first, second = caches
-    assert first["dir"] == second["dir"] == str(runs / ".cache" / "jax") and first["source"] == "output.dir"
-    assert first["max_mb"] == 2048
-    assert first["misses"] > 0 and first["compile_s"] > 0
-    # what the first run compiled, the second loads (a program the first compiled twice is one entry)
-    assert second["hits"] >= 0.9 * first["misses"] and second["misses"] <= first["misses"] // 10
-    assert second["compile_s"] < first["compile_s"]
-    assert any((runs / ".cache" / "jax").glob("*-cache"))
-    # a user's own cache folder wins, and vgg leaves it unbounded
-    own = tmp_path / "own-cache"
-    p = subprocess.run([sys.executable, "-c", WITHOUT_TF, *args], capture_output=True, text=True, timeout=600,
-                       env={**env_free, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-                            "JAX_COMPILATION_CACHE_DIR": str(own)})
-    assert p.returncode == 0, p.stderr[-3000:]
-    third = json.loads((Path(json.loads(p.stdout)["run"]) / "summary.json").read_text())["device"]["compile_cache"]
-    assert third["dir"] == str(own) and third["source"] == "JAX_COMPILATION_CACHE_DIR" and third["max_mb"] is None
-    assert third["misses"] > 0 and any(own.glob("*-cache"))

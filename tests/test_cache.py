@@ -14,7 +14,8 @@ from PIL import Image
 from tests.conftest import SIZE, colour_image, make_colour_dataset, run_cli
 
 FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.3",
-        "train.epochs=3", "train.batch_size=8", "train.early_stopping_patience=0", "output.tensorboard=false"]
+        "train.epochs=3", "train.batch_size=8", "train.early_stopping_patience=0", "output.tensorboard=false",
+        "output.report=false"]  # no test here reads a run's report.html or evaluation/
 
 
 def _train(data: Path, runs: Path, name: str, *extra: str) -> dict:

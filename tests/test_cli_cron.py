@@ -90,11 +90,11 @@ def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
     # state.json is the commit point; metrics.csv follows it and may lag one epoch if the kill landed in between
     before = json.loads((run / "state.json").read_text())["epoch"]
     assert 2 <= before < epochs and len(rows(run)) in (before - 1, before)
-    r = subprocess.run(vgg("train", "--resume", f"output.dir={runs}"), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(run.resolve())
-    assert "took over the lock of a vgg run that is no longer running" in r.stderr
-    assert f"resuming night after epoch {before} of {epochs}" in r.stderr, r.stderr
+    code, out, err = run_cli(["train", "--resume", f"output.dir={runs}"])  # in this process: no second import
+    assert code == 0, err
+    assert out.strip() == str(run.resolve())
+    assert "took over the lock of a vgg run that is no longer running" in err
+    assert f"resuming night after epoch {before} of {epochs}" in err, err
     summary = check_finished_run(run, epochs)
     assert summary["resumed"][0]["after_epoch"] == before
     assert (runs / "latest").resolve() == run.resolve()

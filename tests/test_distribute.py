@@ -82,7 +82,8 @@ def single_device_run(data, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_mirrored_over_two_logical_cpus_matches_one_device(data, tmp_path, single_device_run):
     runs = tmp_path / "runs"
-    code, out, err = finish(vgg_process(TWO_CPUS, train_args(data, runs, "mirrored", "train.distribute=mirrored")))
+    code, out, err = finish(vgg_process(TWO_CPUS, train_args(data, runs, "mirrored", "train.distribute=mirrored",
+                                                                  "output.report=false")))
     assert code == 0, err[-3000:]
     run = Path(out.strip())
     summary = json.loads((run / "summary.json").read_text())
@@ -250,7 +251,8 @@ def _same_training(run: Path, single: Path) -> None:
 @pytest.mark.slow
 def test_jax_data_parallel_over_two_host_devices_matches_one_device(data, tmp_path, jax_single_run):
     runs = tmp_path / "runs"
-    code, out, err = finish(vgg_process(PLAIN, train_args(data, runs, "dp", "train.distribute=mirrored", *JAX_ARGS),
+    code, out, err = finish(vgg_process(PLAIN, train_args(data, runs, "dp", "train.distribute=mirrored", *JAX_ARGS,
+                                                       "output.report=false"),
                                         env=TWO_HOST_DEVICES))
     assert code == 0, err[-3000:]
     run = Path(out.strip())
@@ -267,7 +269,8 @@ def test_jax_two_processes_on_localhost_train_one_model(data, jax_single_run):
     runs = jax_single_run.parent
     env = {**JAX_ENV, "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{_free_ports(1)[0]}",
            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
-    procs = [vgg_process(PLAIN, train_args(data, runs, "two_processes", "train.distribute=auto", *JAX_ARGS),
+    procs = [vgg_process(PLAIN, train_args(data, runs, "two_processes", "train.distribute=auto", *JAX_ARGS,
+                                    "output.report=false"),
                          env={**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)}) for i in range(2)]
     (c0, out0, err0), (c1, out1, err1) = [finish(p, timeout=300) for p in procs]
     assert c0 == 0, err0[-3000:]

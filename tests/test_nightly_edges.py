@@ -155,8 +155,10 @@ def test_stdout_on_a_full_disk_is_74_not_a_traceback(args):
 # ---------------------------------------------------------------------------------- with real training (slow)
 
 
-def _train(data: Path, runs: Path, *extra: str) -> list[str]:
-    return ["train", f"data.train_dir={data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=2", *extra]
+def _train(data: Path, runs: Path, *extra: str, report: bool = False) -> list[str]:
+    """A 2-epoch run; without ``report`` no end-of-run evaluation (these tests are about the protocol)."""
+    return ["train", f"data.train_dir={data}", f"output.dir={runs}", *TRAIN_ARGS, "train.epochs=2",
+            f"output.report={str(report).lower()}", *extra]
 
 
 @pytest.mark.slow
@@ -178,10 +180,10 @@ def test_a_kill_between_history_and_link_at_the_end_of_a_run_is_finished_once(tm
 @pytest.mark.slow
 def test_sigterm_or_a_kill_at_the_report_is_finished_by_resume(tmp_path, colour_data):
     runs = tmp_path / "runs"
-    r = vgg_at("replace", "*/report.html", 1, "TERM", *_train(colour_data, runs, "output.name=n1"))
+    r = vgg_at("replace", "*/report.html", 1, "TERM", *_train(colour_data, runs, "output.name=n1", report=True))
     assert r.returncode == 75 and "vgg train --resume" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
     assert not (runs / "n1" / "report.html").exists()
-    code, out, err = run_cli(["train", "--if-changed", *_train(colour_data, runs)[1:]])
+    code, out, err = run_cli(["train", "--if-changed", *_train(colour_data, runs, report=True)[1:]])
     assert code in (0, 3) and (runs / "n1" / "report.html").is_file(), err
     assert json.loads((runs / "n1" / "summary.json").read_text())["promotion"]["applied"] is True
 

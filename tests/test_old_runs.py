@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_colour_dataset
+from tests.conftest import make_colour_dataset, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -124,9 +124,13 @@ def old_runs(tmp_path_factory) -> dict:
 
 
 def vgg(old_runs: dict, *args: str) -> subprocess.CompletedProcess:
-    """Today's ``vgg`` (this checkout's package) in a fresh process, in the fixture's folder."""
-    return subprocess.run([sys.executable, "-m", "vgg_cli", *args], cwd=old_runs["tmp"], env=old_runs["env"],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    """Today's ``vgg`` (this checkout's package, which this process imported) through its entry point, in this
+    process: it has TensorFlow loaded already."""
+    import vgg_cli
+
+    assert Path(vgg_cli.__file__).resolve() == (REPO / "vgg_cli" / "__init__.py").resolve()
+    code, out, err = run_cli(list(args))
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def test_todays_code_is_the_one_under_test(old_runs):
@@ -175,17 +179,23 @@ def test_an_old_run_predicts_exactly_as_before(old_runs):
         assert r.returncode == 0, r.stderr
         return _json_lines(r.stdout)
 
-    old_rows, new_rows = predict(old_runs["old"]), predict(REPO)
+    def today(*args: str) -> list[dict]:  # in this process (see vgg())
+        r = vgg(old_runs, "predict", "--run", str(old_runs["done"]), str(old_runs["holdout"]), "--format", "json",
+                "--top-k", "3", *args)
+        assert r.returncode == 0, r.stderr
+        return _json_lines(r.stdout)
+
+    old_rows, new_rows = predict(old_runs["old"]), today()
     assert len(old_rows) == len(new_rows) == 3 * len(CLASSES)
     for o, n in zip(old_rows, new_rows):
         assert {k: n[k] for k in ("path", "label", "probability", "top_k")} == o  # the same floats, bit for bit
         assert n["unknown"] is False and n["ood_score"] is None and n["predicted"] == o["label"]
     assert not (old_runs["done"] / "model" / "best.ood.npz").exists()
     # --uncalibrated is the same model's softmax; --min-probability still answers unknown
-    raw = predict(REPO, "--uncalibrated")
+    raw = today("--uncalibrated")
     assert [r["label"] for r in raw] == [o["label"] for o in old_rows]
     assert [r["probability"] for r in raw] == pytest.approx([o["probability"] for o in old_rows], abs=1e-6)
-    strict = predict(REPO, "--min-probability", "1.0")
+    strict = today("--min-probability", "1.0")
     assert all(r["label"] == "unknown" and r["unknown_reason"] == "min_probability" for r in strict)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli, tree_hashes
-from tests.test_cli_cron import FAST, NO_REPORT, start, vgg, wait_for
+from tests.test_cli_cron import FAST, NO_REPORT, start, wait_for
 
 
 @pytest.fixture
@@ -61,12 +61,11 @@ def test_sigkill_during_promotion_is_finished_by_resume_exactly_once(tmp_path, d
     runs = tmp_path / "runs"
     _champion(data, runs)
     run = _kill_during_promotion(data, runs, "night")
-    r = subprocess.run(vgg("train", "--resume", f"output.dir={runs}", "--json"), capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode in (0, 3), r.stderr
-    result = json.loads(r.stdout)
+    code, out, err = run_cli(["train", "--resume", f"output.dir={runs}", "--json"])  # in this process
+    assert code in (0, 3), err
+    result = json.loads(out)
     assert result["status"] == "trained" and result["run"] == str(run.resolve())
-    assert "was stopped before its promotion was carried out: finishing it" in r.stderr
+    assert "was stopped before its promotion was carried out: finishing it" in err
     promotion = summary_of(run)["promotion"]
     assert promotion["applied"] is True and "pending" not in promotion
     assert promotion["production_accuracy"] is not None and result["promoted"] == promotion["promoted"]
