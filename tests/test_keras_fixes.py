@@ -63,6 +63,7 @@ def test_streamed_saving_switches_off_the_in_memory_path_keras_takes(tmp_path):
     assert not list(tmp_path.glob("tmp*")), "the temporary HDF5 file was left behind"
 
 
+@pytest.mark.slow  # it starts a process (the fast tier's rule)
 def test_keras_home_is_where_get_file_caches(tmp_path):
     """keras_home() names the folder keras.utils.get_file caches in (checked with a file:// origin, offline)."""
     import subprocess
