@@ -10,13 +10,10 @@ its own copy of the model."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-
-log = logging.getLogger("vgg")
 
 
 def frozen_blocks(cfg) -> tuple[int, str | None]:
