@@ -99,6 +99,36 @@ def _rest_answers_as_the_whole_model(run: Path, tol: dict) -> None:
         order = np.argsort(got)
         np.testing.assert_allclose(z[order], logits, **tol)
         np.testing.assert_allclose(f[order], feats, **tol)
+    _validation_scores_from_the_cache(paths, cfg, tol)
+
+
+def _validation_scores_from_the_cache(paths, cfg, tol: dict) -> None:
+    """The end of a run evaluates its validation split from the cache (``cached_scores``): every answer is the
+    whole model's on the images (probabilities, ranking, out-of-distribution score, unknown), and a file that is
+    neither cached nor readable is reported as ``score`` reports it."""
+    from dataclasses import replace
+
+    from vgg_cli.data.scan import index_from_manifest
+    from vgg_cli.evaluation.evaluate import answering, score, validation_set
+    from vgg_cli.evaluation.frozen import cached_scores
+    from vgg_cli.model.load import load_model
+
+    data = validation_set(paths.root)
+    data = replace(data, files=data.files + [str(paths.root / "gone.png")], truth=data.truth + [data.truth[0]])
+    whole_model = load_model(paths.best)
+    whole = score(whole_model, data, 8, options=answering(whole_model, paths.best))
+    shas = index_from_manifest(paths.read_manifest()).content_hashes(data.files)
+    assert shas[-1] is None and None not in shas[:-1]  # gone.png: through the frozen blocks, unreadable
+    cut = load_model(paths.best)
+    cached = cached_scores(cut, paths, data, shas, 8, answering(cut, paths.best), cfg)
+    assert cached is not None and len(whole.scored) == len(cached.scored) == len(data.files) - 1
+    assert cached.unreadable == whole.unreadable == [{"path": data.files[-1], "reason": "not found"}]
+    assert cached.ranked == whole.ranked and cached.scores["accuracy"] == whole.scores["accuracy"]
+    for (a, _), (b, _) in zip(cached.scored, whole.scored):
+        assert a.path == b.path and a.unknown == b.unknown and [c for c, _ in a.top] == [c for c, _ in b.top]
+        np.testing.assert_allclose([p for _, p in a.top], [p for _, p in b.top], **tol)
+        np.testing.assert_allclose(a.logits, b.logits, **tol)
+        assert a.ood_score is not None and np.isclose(a.ood_score, b.ood_score, rtol=1e-3)
 
 
 @pytest.mark.slow

@@ -140,7 +140,11 @@ def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none", options
     from vgg_cli.inference.predict import predict_files
 
     classes = class_names_of(model)
-    results = predict_files(model, data.files, len(classes), batch_size, tta, options)
+    return scored_from(classes, predict_files(model, data.files, len(classes), batch_size, tta, options), data)
+
+
+def scored_from(classes: list[str], results: list, data: EvalSet) -> Scored:
+    """``Scored`` of a prediction of each of ``data``'s files (``predict.Prediction``, in order)."""
     index_of = {c: i for i, c in enumerate(classes)}
     scored = [(r, t) for r, t in zip(results, data.truth) if r.error is None]
     unreadable = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]

@@ -10,10 +10,13 @@ its own copy of the model."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+
+log = logging.getLogger("vgg")
 
 
 def frozen_blocks(cfg) -> tuple[int, str | None]:
@@ -44,15 +47,16 @@ class Frozen:
     def batches(self, paths: list[str], shas: list[str], batch_size: int,
                 skip_unreadable: bool = False) -> Iterator[tuple[list[int], np.ndarray, int]]:
         """(indices into ``paths``, their frozen-prefix activations, how many came from the cache) per batch. An
-        image neither cached nor readable raises, or with ``skip_unreadable`` is left out of every batch."""
-        from vgg_cli.data.images import load_image
+        image without a content hash (None) goes through the prefix; one neither cached nor readable raises, or
+        with ``skip_unreadable`` is left out of every batch."""
+        from vgg_cli.data.images import BadImage, load_image
         from vgg_cli.errors import VggError
 
         buf = np.empty(self.store.shape, dtype=self.store.dtype)
         for start in range(0, len(paths), batch_size):
             rows, acts, cached, missing = [], [], 0, []
             for i in range(start, min(start + batch_size, len(paths))):
-                if self.store.load_into(shas[i], buf):
+                if shas[i] is not None and self.store.load_into(shas[i], buf):
                     rows.append(i)
                     acts.append(buf.copy())
                     cached += 1
@@ -62,7 +66,7 @@ class Frozen:
             for i in missing:
                 try:
                     decoded.append((i, load_image(paths[i], self.size, self.resize)))
-                except (OSError, ValueError, VggError):
+                except (BadImage, OSError, ValueError, VggError):
                     if not skip_unreadable:
                         raise
             if decoded:
@@ -113,3 +117,55 @@ def head_outputs(frozen: Frozen, paths: list[str], shas: list[str], batch_size: 
     if not rows:
         return [], np.zeros((0, 0)), None, 0
     return rows, np.concatenate(logits), np.concatenate(feats) if features else None, cached
+
+
+def predictions(frozen: Frozen, model, files: list[str], shas: list[str], batch_size: int, options) -> tuple[list, int]:
+    """A ``predict.Prediction`` of each of ``files``, as ``predict_files(model, files, ..., options=options)``
+    answers it (no test-time augmentation), from the cached frozen features through the trainable rest: the same
+    logits and features to float rounding, the probabilities the model's ``TemperatureSoftmax`` computes
+    (softmax of logits / temperature). Returns (predictions, how many came from the feature cache). ``model`` is
+    the one ``frozen`` was cut from."""
+    from vgg_cli.inference.forward import softmax
+    from vgg_cli.inference.predict import Prediction, answer_rows, load_or_reason
+    from vgg_cli.model.load import class_names_of, temperature_of
+
+    classes = class_names_of(model)
+    rows, logits, feats, cached = head_outputs(frozen, files, shas, batch_size, options.needs_features)
+    by_file: dict[int, Prediction] = {}
+    if rows:
+        z = logits.astype(np.float32)
+        t = np.float32(temperature_of(model) if options.calibrated else 1.0)
+        out = {"probabilities": softmax((z / t).astype(np.float32)), "logits": z}
+        if feats is not None:
+            out["features"] = feats.astype(np.float32)
+        by_file = dict(zip(rows, answer_rows([files[i] for i in rows], out, classes, len(classes), options)))
+    unread = [i for i in range(len(files)) if i not in by_file]
+    for i in unread:  # neither cached nor decodable: say why, as predict_files does
+        reason = load_or_reason(files[i], frozen.size, frozen.resize)
+        by_file[i] = Prediction(files[i], error=reason if isinstance(reason, str) else "unreadable")
+    return [by_file[i] for i in range(len(files))], cached
+
+
+def cached_scores(model, run, data, shas: list[str | None], batch_size: int, options=None, cfg=None):
+    """``evaluate.score(model, data, batch_size, options=options)`` (no test-time augmentation) answered from the
+    feature cache of ``run`` (the ``RunDir`` ``model`` was loaded from; ``cfg``: its config, read from the run
+    when not given) through the trainable rest: ``predictions``. ``shas``: the content hash of each of
+    ``data.files`` (None: computed through the frozen blocks). None when the run had no frozen prefix or its
+    model cannot be cut (the caller scores on the images). Cuts ``model`` (see the module's note): afterwards it
+    serves what ``evaluate.evaluate`` asks of it without Grad-CAM."""
+    from vgg_cli.config.schema import load_run_config
+    from vgg_cli.errors import VggError
+    from vgg_cli.evaluation.evaluate import scored_from
+    from vgg_cli.inference.predict import Options
+    from vgg_cli.model.load import class_names_of
+
+    try:
+        frozen = open_frozen(model, cfg or load_run_config(run.config), run)
+    except (ValueError, OSError, VggError) as e:  # a model vgg did not cut this way, an unreadable config
+        log.debug("%s: the frozen blocks cannot be cut off (%s); the whole model scores", run.name, e)
+        return None
+    if frozen is None:
+        return None
+    got, cached = predictions(frozen, model, data.files, shas, batch_size, options or Options())
+    log.debug("%s: %d of %d images answered from the feature cache", run.name, cached, len(data.files))
+    return scored_from(class_names_of(model), got, data)

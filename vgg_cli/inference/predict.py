@@ -57,6 +57,11 @@ class Options:
     min_probability: float | None = None
     keep: tuple[str, ...] = ()
 
+    @property
+    def needs_features(self) -> bool:
+        """Whether a forward pass must give the head's penultimate features (kept, or the score needs them)."""
+        return "features" in self.keep or bool(self.ood is not None and self.ood.needs_features)
+
     def judge(self, p: Prediction) -> Prediction:
         if self.ood is not None and p.ood_score is not None and p.ood_score > self.ood.threshold:
             p.unknown = "ood_score"
@@ -82,7 +87,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 NOT_FOUND = "not found"
 
 
-def _load(path: str, size: int, resize: str = "squash") -> np.ndarray | str:
+def load_or_reason(path: str, size: int, resize: str = "squash") -> np.ndarray | str:
+    """The decoded image, or why it cannot be read (what a Prediction's error says)."""
     if not os.path.lexists(path):
         return NOT_FOUND
     try:
@@ -129,34 +135,41 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
     from vgg_cli.data.pipeline import decode_workers, prefetch_batches
 
     options = options or Options()
-    ood = options.ood
-    forward, classes, size, resize = _engine(model, "features" in options.keep or bool(ood and ood.needs_features),
-                                             options.calibrated)
+    forward, classes, size, resize = _engine(model, options.needs_features, options.calibrated)
     k = max(1, min(top_k, len(classes)))
     results: list[Prediction] = []
     few = len(files) <= batch_size  # one batch: no bar to flicker on a terminal
     with ThreadPoolExecutor(max_workers=decode_workers()) as pool, \
             Progress(len(files), "predicting", tty=False if few else None) as progress:
-        for start, loaded in prefetch_batches(files, lambda f: _load(f, size, resize), batch_size, pool):
+        for start, loaded in prefetch_batches(files, lambda f: load_or_reason(f, size, resize), batch_size, pool):
             chunk = files[start:start + batch_size]
             good = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
             out = forward(tta_views(np.stack([loaded[i] for i in good]), tta)) if good else {}
-            scores = ood.score(out.get("logits"), out.get("features")) if good and ood is not None else None
-            row_of = {i: n for n, i in enumerate(good)}
-            for i, path in enumerate(chunk):
-                if i not in row_of:
-                    results.append(Prediction(path, error=loaded[i]))
-                    continue
-                n = row_of[i]
-                p = out["probabilities"][n]
-                order = np.argsort(-p, kind="stable")[:k]
-                r = Prediction(path, [(classes[j], float(p[j])) for j in order],
-                               ood_score=None if scores is None else float(scores[n]))
-                for name in options.keep:
-                    setattr(r, name, out.get(name, [None] * len(good))[n])
-                results.append(options.judge(r))
+            answered = iter(answer_rows([chunk[i] for i in good], out, classes, k, options))
+            good_rows = set(good)
+            results += [next(answered) if i in good_rows else Prediction(path, error=loaded[i])
+                        for i, path in enumerate(chunk)]
             progress.update(len(chunk))
     return results
+
+
+def answer_rows(paths: list[str], out: dict, classes: list[str], top_k: int, options: Options) -> list[Prediction]:
+    """A Prediction of each of ``paths`` from a forward pass's arrays ``out`` (row n is ``paths[n]``; see
+    ``forward.Forward``): the ``top_k`` classes, the out-of-distribution score, ``unknown`` and the kept arrays."""
+    if not paths:
+        return []
+    ood = options.ood
+    scores = ood.score(out.get("logits"), out.get("features")) if ood is not None else None
+    answers = []
+    for n, path in enumerate(paths):
+        p = out["probabilities"][n]
+        order = np.argsort(-p, kind="stable")[:top_k]
+        r = Prediction(path, [(classes[j], float(p[j])) for j in order],
+                       ood_score=None if scores is None else float(scores[n]))
+        for name in options.keep:
+            setattr(r, name, out.get(name, [None] * len(paths))[n])
+        answers.append(options.judge(r))
+    return answers
 
 
 def _engine(model, features: bool, calibrated: bool) -> tuple:

@@ -72,18 +72,30 @@ def rollback(runs: RunsRoot) -> str:
     return previous["run"]
 
 
-def evaluate(model_file: Path, files: list[str], truth: list[str], batch_size: int = 32) -> dict:
-    """Top-1 accuracy of a model on images, matching labels by class name: ``vgg evaluate``'s scoring. Images
-    that cannot be read are left out (all of them unreadable scores 0)."""
-    from vgg_cli.evaluation.evaluate import EvalSet, score
-    from vgg_cli.model.load import load_model
-
-    model = load_model(model_file)  # a damaged model is its caller's to report, not a score of 0
+def evaluate(run: RunDir, files: list[str], truth: list[str], batch_size: int = 32,
+             shas: list[str | None] | None = None) -> dict:
+    """Top-1 accuracy of a run's model on images, matching labels by class name: ``vgg evaluate``'s scoring.
+    Images that cannot be read are left out (all of them unreadable scores 0). ``shas``: the images' content
+    hashes, to answer from the feature cache (``_score``)."""
     try:
-        result = score(model, EvalSet(files, truth, "held-out images"), batch_size)
+        result = _score(run, files, truth, batch_size, shas)
     except DataError:  # none readable
         return {"accuracy": 0.0, "images": 0, "unreadable": len(files)}
     return {"accuracy": result.accuracy, "images": len(result.truth), "unreadable": len(result.unreadable)}
+
+
+def _score(run: RunDir, files: list[str], truth: list[str], batch_size: int, shas: list[str | None] | None):
+    """``evaluate.Scored`` of the run's model on the images: from the feature cache of the run's frozen blocks
+    through its trainable rest when it has them (``vgg_cli.evaluation.frozen.cached_scores``: the same answers to
+    float rounding; images the cache lacks go through the frozen blocks), else the whole model on the images."""
+    from vgg_cli.evaluation.evaluate import EvalSet, score
+    from vgg_cli.evaluation.frozen import cached_scores
+    from vgg_cli.model.load import load_model
+
+    data = EvalSet(files, truth, "held-out images")
+    model = load_model(run.model_file())  # a damaged model is its caller's to report, not a score of 0
+    cached = cached_scores(model, run, data, shas, batch_size) if shas is not None else None
+    return cached if cached is not None else score(model, data, batch_size)
 
 
 def min_accuracy_for(setting, truth: list[str]) -> tuple[float, bool, str]:
@@ -136,6 +148,7 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     if not held_out:  # no held-out images: judge on the training images (said so in the record)
         files, labels = index.split(TRAIN)
     truth = [index.classes[i] for i in labels]
+    shas = index.content_hashes(files)
     prod, class_change, unusable = _comparable_production(RunsRoot.of_run(paths), index.classes)
     if unusable is not None:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,
@@ -148,7 +161,7 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
         new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
         source = f"validation of epoch {best['epoch']}"
     else:
-        new = evaluate(paths.best, files, truth, batch_size)
+        new = evaluate(paths, files, truth, batch_size, shas)
         source = "model/best.keras on the images"
     threshold, strictly, rule = min_accuracy_for(rules.min_accuracy, truth)
     record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out,
@@ -168,9 +181,9 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
         log.warning("classes changed from production %s (added %s, removed %s)", prod.name,
                     class_change["added"] or "none", class_change["removed"] or "none")
         if not rules.allow_class_change:
-            reasons += _against_production_shared(record, prod, paths, files, truth, batch_size)
+            reasons += _against_production_shared(record, prod, paths, files, truth, batch_size, shas)
     elif compare:
-        reasons += _against_production(record, prod, new, files, truth, batch_size)
+        reasons += _against_production(record, prod, new, files, truth, batch_size, shas)
     reasons += _drift_reasons(record, rules.on_drift, drift, paths.name)
     record["promoted"] = not reasons
     record["reason"] = "; ".join(reasons) if reasons else _why_promoted(record, prod, new["accuracy"], rule)
@@ -178,9 +191,9 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
 
 
 def _against_production(record: dict, prod: Path, new: dict, files: list[str], truth: list[str],
-                        batch_size: int) -> list[str]:
+                        batch_size: int, shas: list) -> list[str]:
     """Score production on the same images into ``record``; the reason against the new model, if any."""
-    old = _evaluate_production(prod, files, truth, batch_size)
+    old = _evaluate_production(prod, files, truth, batch_size, shas)
     if old is None:
         record["production_unreadable"] = "its model could not be loaded"
         return []
@@ -207,12 +220,11 @@ def _drift_reasons(record: dict, on_drift: str, drift: dict | None, run_name: st
     return []
 
 
-def _class_scores(model_file: Path, files: list[str], truth: list[str], batch_size: int) -> dict[str, list[int]]:
-    """class name -> [correct, images] of a model on images (top-1 over all its classes; unreadable left out)."""
-    from vgg_cli.evaluation.evaluate import EvalSet, score
-    from vgg_cli.model.load import load_model
-
-    result = score(load_model(model_file), EvalSet(files, truth, "held-out images"), batch_size)
+def _class_scores(run: RunDir, files: list[str], truth: list[str], batch_size: int,
+                  shas: list) -> dict[str, list[int]]:
+    """class name -> [correct, images] of a run's model on images (top-1 over all its classes; unreadable left
+    out)."""
+    result = _score(run, files, truth, batch_size, shas)
     out: dict[str, list[int]] = {}
     for t, r in zip(result.truth, result.ranked):
         row = out.setdefault(result.classes[t], [0, 0])
@@ -222,7 +234,7 @@ def _class_scores(model_file: Path, files: list[str], truth: list[str], batch_si
 
 
 def _against_production_shared(record: dict, prod: Path, paths: RunDir, files: list[str], truth: list[str],
-                               batch_size: int) -> list[str]:
+                               batch_size: int, shas: list) -> list[str]:
     """After a class change: the new model and production on the validation images of the classes both know (each
     answering with all its own classes; the truth matched to each model's classes by name); the new classes' own
     accuracy is recorded. The reason against the new model, if any."""
@@ -234,20 +246,21 @@ def _against_production_shared(record: dict, prod: Path, paths: RunDir, files: l
         return []
     shared = sorted(prod_classes & set(truth))
     change["shared"] = shared
-    pairs = [(f, t) for f, t in zip(files, truth) if t in prod_classes]
+    pairs = [(f, t, h) for f, t, h in zip(files, truth, shas) if t in prod_classes]
     text = (f"classes changed from production {prod.name} (added {change['added'] or 'none'}, removed "
             f"{change['removed'] or 'none'})")
     if not pairs:
         return [f"{text} and no validation image is of a class both know, so there is nothing to compare; set "
                 f"promote.allow_class_change=true to promote it without a comparison"]
     try:
-        ours = _class_scores(paths.best, files, truth, batch_size)
+        ours = _class_scores(paths, files, truth, batch_size, shas)
     except DataError:  # none readable
         ours = {}
     change["new_classes_accuracy"] = {c: round(ours[c][0] / ours[c][1], 6) for c in change["added"] if c in ours}
     correct, n = (sum(ours.get(c, [0, 0])[i] for c in shared) for i in (0, 1))
     new_shared = correct / n if n else 0.0
-    old = _evaluate_production(prod, [f for f, _ in pairs], [t for _, t in pairs], batch_size)
+    shared_files, shared_truth, shared_shas = (list(column) for column in zip(*pairs))
+    old = _evaluate_production(prod, shared_files, shared_truth, batch_size, shared_shas)
     if old is None:
         record["production_unreadable"] = "its model could not be loaded"
         return []
@@ -278,9 +291,10 @@ def _why_promoted(record: dict, prod: Path | None, accuracy: float, rule: str) -
     return f"{why}; accuracy {accuracy:.4f} clears {rule}"
 
 
-def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_size: int) -> dict | None:
+def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_size: int,
+                         shas: list | None) -> dict | None:
     try:
-        return evaluate(RunDir(prod).model_file(), files, truth, batch_size)
+        return evaluate(RunDir(prod), files, truth, batch_size, shas)
     except VggError as e:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name, e)
         return None

@@ -84,7 +84,9 @@ def calibrate(cfg, paths: RunDir, index) -> dict | None:
 def evaluate_validation(cfg, paths: RunDir) -> dict | None:
     """``vgg evaluate`` of the new model on its validation split, into ``<run>/evaluation/val``: the report, or
     None when the run has no validation images."""
-    from vgg_cli.evaluation.evaluate import evaluate, validation_set
+    from vgg_cli.data.scan import index_from_manifest
+    from vgg_cli.evaluation.evaluate import answering, evaluate, validation_set
+    from vgg_cli.evaluation.frozen import cached_scores
     from vgg_cli.model.load import load_model
 
     try:
@@ -93,7 +95,10 @@ def evaluate_validation(cfg, paths: RunDir) -> dict | None:
         log.info("no validation images: the run is not evaluated (report.html shows its training only)")
         return None
     try:
-        report = evaluate(load_model(paths.best), paths.best, data, paths.evaluation("val"), cfg.train.batch_size)
+        model = load_model(paths.best)
+        shas = index_from_manifest(paths.read_manifest()).content_hashes(data.files)
+        result = cached_scores(model, paths, data, shas, cfg.train.batch_size, answering(model, paths.best), cfg)
+        report = evaluate(model, paths.best, data, paths.evaluation("val"), cfg.train.batch_size, result=result)
     except DataError as e:  # its validation images became unreadable since the scan
         log.warning("the validation split could not be evaluated (%s); promotion judges without it", e)
         return None
