@@ -146,6 +146,20 @@ def test_confident_learning_finds_flipped_labels_and_out_of_fold_probabilities_a
     assert confident_learning(truth, np.eye(3)[truth] * 0.9 + 0.1 / 3).size == 0  # clean labels: no suspect
 
 
+def test_the_wide_logistic_regression_descends_on_dual_coefficients_to_the_same_weights():
+    """More features than images (block-5 features of a few hundred images): the descent on the Gram matrix gives
+    the weights of the descent on the features themselves."""
+    from vgg_cli.evaluation.label_issues import _fit_softmax
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 40)
+    x = rng.normal(0, 1, (40, 300)) + np.eye(4, 300)[y] * 3
+    dual, primal = _fit_softmax(x, y, 4, dual=True), _fit_softmax(x, y, 4, dual=False)
+    assert dual.shape == primal.shape == (301, 4) and np.abs(primal).max() > 0.01
+    # (the dual's step comes from the Gram matrix's exact top eigenvalue, the primal's from 30 power iterations)
+    np.testing.assert_allclose(dual, primal, rtol=1e-4, atol=1e-7 * np.abs(primal).max())
+
+
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory) -> dict:
     """One head-only run on colour classes with planted faults: a training image copied into validation (leaked),

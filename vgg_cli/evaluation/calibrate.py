@@ -104,9 +104,10 @@ def _method(requested: str, model) -> str:
     return requested
 
 
-def calibrate_run(cfg, paths: RunDir, index) -> dict:
-    """Steps 1-4 above; returns summary.json's "calibration" record (``{"fitted": False, ...}`` with the reason
-    when there is nothing to fit on)."""
+def calibrate_run(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
+    """Steps 1-4 above: (summary.json's "calibration" record, ``{"fitted": False, ...}`` with the reason when there
+    is nothing to fit on; the model as ``best.keras`` now holds it, or None when none was loaded). The model may
+    have been cut after its frozen blocks (``vgg_cli.evaluation.frozen``): its whole graph is not for ``Forward``."""
     from vgg_cli.evaluation.evaluate import validation_set
     from vgg_cli.model.load import load_model, set_temperature, temperature_of
 
@@ -114,7 +115,7 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
     try:
         data = validation_set(paths.root)
     except NoInputError as e:
-        return {"temperature": 1.0, "fitted": False, "reason": f"no validation images ({e})", "ood": None}
+        return {"temperature": 1.0, "fitted": False, "reason": f"no validation images ({e})", "ood": None}, None
     model = load_model(paths.best)
     stored = temperature_of(model)  # a run finished again after a kill may have written one already
     set_temperature(model, 1.0)
@@ -125,7 +126,7 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
     ok, logits, features = outputs(model, frozen, data.files, shas, cfg.train.batch_size,
                                    features=method == "mahalanobis")
     if not ok:
-        return {"temperature": 1.0, "fitted": False, "reason": "no readable validation image", "ood": None}
+        return {"temperature": 1.0, "fitted": False, "reason": "no readable validation image", "ood": None}, model
     truth = np.asarray([index.classes.index(data.truth[i]) for i in ok])
     from vgg_cli.evaluation.calibration import calibrate
 
@@ -142,10 +143,11 @@ def calibrate_run(cfg, paths: RunDir, index) -> dict:
         stats.save(ood_stats_path(paths.best))
     record["outputs_from"] = source
     _store_temperature(model, paths, record["temperature"], stored)
+    set_temperature(model, record["temperature"])  # as best.keras holds it
     log.info("calibration: temperature %.4g (%s)%s", record["temperature"], record["reason"],
              "" if not record["ood"] else f"; out-of-distribution score {record['ood']['method']}, threshold "
              f"{record['ood']['threshold']:.4g} (accepts {settings.acceptance:.0%} of the validation split)")
-    return record
+    return record, model
 
 
 def _frozen(model, cfg, paths: RunDir):
@@ -167,16 +169,28 @@ def _store_temperature(model, paths: RunDir, temperature: float, stored: float) 
     one best.keras held when it was loaded (1 unless a finish interrupted after this step is redone)."""
     import functools
 
-    from vgg_cli.fsio import write_with
+    from vgg_cli.fsio import place_copy, write_with
     from vgg_cli.inference.ood import weights_digest
-    from vgg_cli.model.load import load_model, set_temperature
+    from vgg_cli.model.load import set_temperature
     from vgg_cli.training.checkpoints import save_model
 
     if temperature == 1.0 and stored == 1.0:
         return
-    targets = [paths.best]
-    if paths.last.is_file() and weights_digest(load_model(paths.last)) == weights_digest(model):
-        targets.append(paths.last)
+    same_last = paths.last.is_file() and _head_digest(paths.last) == weights_digest(model)
     set_temperature(model, temperature)
-    for target in targets:
-        write_with(target, functools.partial(save_model, model), suffix=".keras")
+    write_with(paths.best, functools.partial(save_model, model), suffix=".keras")
+    if same_last:  # the same model: the same file, placed atomically (a hard link where it can be)
+        place_copy(paths.best, paths.last)
+
+
+def _head_digest(path) -> str:
+    """``ood.weights_digest`` of the model in ``path``, read with NumPy (a fraction of a Keras load) when the
+    NumPy engine reads the file, else through Keras."""
+    from vgg_cli.inference.numpy_engine import Declined, load_numpy_model
+    from vgg_cli.inference.ood import weights_digest
+    from vgg_cli.model.load import load_model
+
+    try:
+        return load_numpy_model(path).digest
+    except Declined:
+        return weights_digest(load_model(path))

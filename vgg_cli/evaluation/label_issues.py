@@ -88,30 +88,32 @@ def _top_singular(x: np.ndarray, steps: int = 30) -> float:
     return 1.05 * float(np.linalg.norm(x @ v))
 
 
-def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, steps: int = 300, l2: float = 0.1) -> np.ndarray:
+def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, steps: int = 300, l2: float = 0.1,
+                 dual: bool | None = None) -> np.ndarray:
     """Multinomial logistic regression with an L2 penalty (full-batch gradient descent with momentum, its step
     1/L from the largest singular value of ``x``, so it converges on any features): weights with a bias row.
 
-    With more features than images (8192 flat block-5 features of a few hundred images) it descends in the row
-    space of ``x``: from zero, every gradient and so every iterate is ``V @ a`` for the thin SVD ``x = U S V^T``,
-    and ``x @ V @ a = U S a``, so the same descent on the n-by-n ``U S`` gives the same weights, without a pass
-    over every feature per step."""
+    With more features than images (8192 flat block-5 features of a few hundred images; ``dual`` None: chosen so)
+    it descends on dual coefficients: from zero, every gradient and so every iterate is ``x^T c`` (``x`` with its
+    bias column), and ``x @ x^T c = G c`` for the n-by-n Gram matrix ``G``, so the same descent on ``c`` gives the
+    same weights, without a pass over every feature per step or a decomposition of ``x``."""
     x = np.hstack([x, np.ones((len(x), 1))])
-    basis = None
-    if x.shape[1] > x.shape[0]:
-        u, s, basis = np.linalg.svd(x, full_matrices=False)
-        x, top = u * s, 1.05 * float(s[0])
-    else:
-        top = _top_singular(x)
-    lipschitz = 0.5 * top ** 2 / len(x) + l2
-    w = np.zeros((x.shape[1], k))
-    velocity = np.zeros_like(w)
-    onehot = np.eye(k)[y]
+    n, onehot = len(x), np.eye(k)[y]
+    if x.shape[1] > n if dual is None else dual:
+        gram = x @ x.T
+        lipschitz = 0.5 * 1.05 ** 2 * float(np.linalg.eigvalsh(gram)[-1]) / n + l2
+        c, velocity = np.zeros((n, k)), np.zeros((n, k))
+        for _ in range(steps):
+            velocity = 0.9 * velocity - ((_softmax(gram @ c) - onehot) / n + l2 * c) / lipschitz
+            c += velocity
+        return x.T @ c
+    lipschitz = 0.5 * _top_singular(x) ** 2 / n + l2
+    w, velocity = np.zeros((x.shape[1], k)), np.zeros((x.shape[1], k))
     for _ in range(steps):
-        grad = x.T @ (_softmax(x @ w) - onehot) / len(x) + l2 * w
+        grad = x.T @ (_softmax(x @ w) - onehot) / n + l2 * w
         velocity = 0.9 * velocity - grad / lipschitz
         w += velocity
-    return w if basis is None else basis.T @ w
+    return w
 
 
 def out_of_fold(features: np.ndarray, labels: np.ndarray, k: int, folds: int = FOLDS, seed: int = 0) -> np.ndarray:

@@ -45,9 +45,9 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
         return summary
     promotion = summary.promotion
     if promotion is None or promotion.get("pending"):
-        summary["calibration"] = calibrate(cfg, paths, index)
+        summary["calibration"], calibrated = calibrate(cfg, paths, index)
         paths.write_summary(summary)
-        evaluation = evaluate_validation(cfg, paths) if cfg.output.report else None
+        evaluation = evaluate_validation(cfg, paths, calibrated) if cfg.output.report else None
         if cfg.data.test_dir is not None:
             evaluate_test(cfg, paths)
         promotion = {**judge(cfg.promote, cfg.train.batch_size, paths, index, best, evaluation,
@@ -67,23 +67,25 @@ def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief
     return summary
 
 
-def calibrate(cfg, paths: RunDir, index) -> dict | None:
+def calibrate(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
     """Temperature and out-of-distribution statistics (``vgg_cli.evaluation.calibrate``) before the evaluation,
-    so it and everything after answer calibrated; an unreadable validation split is said, not fatal."""
+    so it and everything after answer calibrated; an unreadable validation split is said, not fatal. Returns
+    (summary.json's "calibration", the calibrated best model when one was loaded, for the evaluation)."""
     from vgg_cli.evaluation.calibrate import calibrate_run
 
     if not cfg.calibration.temperature and cfg.calibration.ood == "off":
-        return {"temperature": 1.0, "fitted": False, "reason": "calibration is off", "ood": None}
+        return {"temperature": 1.0, "fitted": False, "reason": "calibration is off", "ood": None}, None
     try:
         return calibrate_run(cfg, paths, index)
     except DataError as e:
         log.warning("the run is not calibrated (%s)", e)
-        return {"temperature": 1.0, "fitted": False, "reason": str(e), "ood": None}
+        return {"temperature": 1.0, "fitted": False, "reason": str(e), "ood": None}, None
 
 
-def evaluate_validation(cfg, paths: RunDir) -> dict | None:
+def evaluate_validation(cfg, paths: RunDir, calibrated=None) -> dict | None:
     """``vgg evaluate`` of the new model on its validation split, into ``<run>/evaluation/val``: the report, or
-    None when the run has no validation images."""
+    None when the run has no validation images. ``calibrated``: best.keras as calibration left it (``calibrate``),
+    saving a load; used when the split is answered from the feature cache (it may be cut already)."""
     from vgg_cli.data.scan import index_from_manifest
     from vgg_cli.evaluation.evaluate import answering, evaluate, validation_set
     from vgg_cli.evaluation.frozen import cached_scores
@@ -95,9 +97,11 @@ def evaluate_validation(cfg, paths: RunDir) -> dict | None:
         log.info("no validation images: the run is not evaluated (report.html shows its training only)")
         return None
     try:
-        model = load_model(paths.best)
+        model = calibrated if calibrated is not None else load_model(paths.best)
         shas = index_from_manifest(paths.read_manifest()).content_hashes(data.files)
         result = cached_scores(model, paths, data, shas, cfg.train.batch_size, answering(model, paths.best), cfg)
+        if result is None and calibrated is not None:  # scored on the images: an uncut model
+            model = load_model(paths.best)
         report = evaluate(model, paths.best, data, paths.evaluation("val"), cfg.train.batch_size, result=result)
     except DataError as e:  # its validation images became unreadable since the scan
         log.warning("the validation split could not be evaluated (%s); promotion judges without it", e)
