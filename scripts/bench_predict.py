@@ -115,21 +115,22 @@ def _one_image_rows(model_file: Path, one: str, work: Path, repeats: int, check:
             script.append(measure([sys.executable, "-c", MINIMAL_ONE, str(model_file), one], work / "one-minimal.log"))
     if check is not None:
         keras, script = [check[0]], [check[1]]
-    note = f"median of {len(auto)}" + (", --check: Keras' figures from other runs" if check is not None else "")
+    note = f"median of {len(auto)}"
+    borrowed = note + (", --check: figures of other runs" if check is not None else "")  # the Keras rows
 
     def med(runs, key):
         return float(np.median([r[key] for r in runs]))
 
     rows = []
     for who, runs in ((f"one image: vgg predict one.jpg ({auto[0]['engine']} engine, {note})", auto),
-                      (f"one image: vgg predict --engine keras one.jpg ({note})", keras)):
+                      (f"one image: vgg predict --engine keras one.jpg ({borrowed})", keras)):
         wall, imp, load, pred = (med(runs, k) for k in ("wall_s", "import_s", "load_s", "predict_s"))
         rows.append({"who": who, "wall_s": wall, "startup_s": wall - pred, "predict_s": pred,
                      "rss_mib": runs[0]["rss_mib"], "img_s": 1 / pred,
                      "split": f"Python + CLI {wall - imp - load - pred:.2f}s, imports {imp:.2f}s, model load "
                               f"{load:.2f}s, decode + compute {pred:.2f}s"})
     wa, wb = rows[0]["wall_s"], med(script, "wall_s")
-    rows.append({"who": f"one image: minimal Keras script ({note})", "wall_s": wb, "rss_mib": script[0]["rss_mib"]})
+    rows.append({"who": f"one image: minimal Keras script ({borrowed})", "wall_s": wb, "rss_mib": script[0]["rss_mib"]})
     met = wa <= ONE_IMAGE_TARGET_S and wb / wa >= ONE_IMAGE_TARGET_X
     rows[0]["target"] = (f"{wa:.2f}s wall, {wb / wa:.1f}x faster than the minimal Keras script ({wb:.2f}s) "
                          f"{'MET' if met else 'MISSED'} (target: <= {ONE_IMAGE_TARGET_S:.0f} s and >= "

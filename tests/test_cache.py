@@ -110,14 +110,14 @@ def _validation_scores_from_the_cache(paths, cfg, tol: dict) -> None:
 
     from vgg_cli.data.scan import index_from_manifest
     from vgg_cli.evaluation.evaluate import answering, score, validation_set
-    from vgg_cli.evaluation.frozen import cached_scores
+    from vgg_cli.evaluation.frozen import cached_scores, content_hashes
     from vgg_cli.model.load import load_model
 
     data = validation_set(paths.root)
     data = replace(data, files=data.files + [str(paths.root / "gone.png")], truth=data.truth + [data.truth[0]])
     whole_model = load_model(paths.best)
     whole = score(whole_model, data, 8, options=answering(whole_model, paths.best))
-    shas = index_from_manifest(paths.read_manifest()).content_hashes(data.files)
+    shas = content_hashes(index_from_manifest(paths.read_manifest()), data.files)
     assert shas[-1] is None and None not in shas[:-1]  # gone.png: through the frozen blocks, unreadable
     cut = load_model(paths.best)
     cached = cached_scores(cut, paths, data, shas, 8, answering(cut, paths.best), cfg)

@@ -48,6 +48,10 @@ def test_evaluate_validation_split_agrees_with_predict(trained_run):
     report = json.loads(out)
     out_dir = run / "evaluation" / "val"
     assert report["out_dir"] == str(out_dir) and report["data"] == f"validation split of run {run.name}"
+    # answered from the run's cached frozen-block features (every one cached): the same answers as predict's below
+    n_val = len([f for f in json.loads((run / "data.json").read_text())["files"] if f["split"] == "val"])
+    assert report["outputs_from"] == f"the feature cache of frozen blocks 1-5 ({n_val} of {n_val} images) and the " \
+        "trainable rest"
     # the same numbers by hand, from `vgg predict` on the run's validation files
     data = json.loads((run / "data.json").read_text())
     val = [f for f in data["files"] if f["split"] == "val"]

@@ -223,9 +223,15 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
             click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
         if cam_layer and not gradcam:
             raise click.UsageError("--cam-layer goes with --gradcam")
-        report = ev.evaluate(model, path, data, out, batch_size, cam_layer or gradcam,
-                             RunDir(run_dir) if run_dir else None, tta=tta,
-                             options=ev.answering(model, path, not uncalibrated, min_probability))
+        options = ev.answering(model, path, not uncalibrated, min_probability)
+        result = None
+        if data_dir is None and tta == "none" and not gradcam:  # from the run's feature cache (same answers)
+            from vgg_cli.evaluation.frozen import cached_validation
+
+            result = cached_validation(model, RunDir(run_dir), data, batch_size, options)
+        report = ev.evaluate(model, path, data, out, batch_size,
+                             cam_layer or gradcam, RunDir(run_dir) if run_dir else None, tta=tta, options=options,
+                             result=result)
     if as_json:
         echo_json(report)
     else:

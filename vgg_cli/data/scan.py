@@ -62,11 +62,6 @@ class DatasetIndex:
         chosen = [e for e in self.files if e.split == VAL and _shown(e) not in leaked]
         return [str(self.root_of(e) / e.path) for e in chosen], [e.label for e in chosen]
 
-    def content_hashes(self, files: list[str]) -> list[str | None]:
-        """The sha1 of each of ``files`` (paths as ``split`` gives them), None for a file not in the index."""
-        sha_of = {str(self.root_of(e) / e.path): e.sha1 for e in self.files}
-        return [sha_of.get(str(f)) for f in files]
-
     def counts(self) -> dict[str, dict[str, int]]:
         out = {c: {TRAIN: 0, VAL: 0} for c in self.classes}
         for e in self.files:

@@ -127,6 +127,7 @@ class Scored:
     ranked: list[list[int]]  # their classes ranked by probability
     unreadable: list[dict]  # {"path", "reason"}
     scores: dict  # see ``scores``
+    outputs_from: str = "the model on the images"  # or the run's feature cache (``frozen.cached_scores``)
 
     @property
     def accuracy(self) -> float:
@@ -143,7 +144,8 @@ def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none", options
     return scored_from(classes, predict_files(model, data.files, len(classes), batch_size, tta, options), data)
 
 
-def scored_from(classes: list[str], results: list, data: EvalSet) -> Scored:
+def scored_from(classes: list[str], results: list, data: EvalSet,
+                outputs_from: str = "the model on the images") -> Scored:
     """``Scored`` of a prediction of each of ``data``'s files (``predict.Prediction``, in order)."""
     index_of = {c: i for i, c in enumerate(classes)}
     scored = [(r, t) for r, t in zip(results, data.truth) if r.error is None]
@@ -153,7 +155,7 @@ def scored_from(classes: list[str], results: list, data: EvalSet) -> Scored:
                         f"(e.g. {unreadable[0]['path']}: {unreadable[0]['reason']})")
     truth = [index_of[t] for _, t in scored]
     ranked = [[index_of[label] for label, _ in r.top] for r, _ in scored]
-    return Scored(classes, scored, truth, ranked, unreadable, scores(truth, ranked, len(classes)))
+    return Scored(classes, scored, truth, ranked, unreadable, scores(truth, ranked, len(classes)), outputs_from)
 
 
 def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32, gradcam: bool | str = False,
@@ -174,7 +176,7 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = s.pop("confusion")
     report = {"model": str(model_file), "data": data.source, "image_size": image_size_of(model),
-              "resize": resize_of(model), "tta": tta, **s,
+              "resize": resize_of(model), "tta": tta, "outputs_from": result.outputs_from, **s,
               "classes": classes, "missing_classes": data.missing_classes,
               "skipped": data.skipped + unreadable, "misclassified": int(sum(r[0] != t for t, r in zip(truth, ranked))),
               "confusion_matrix": matrix.tolist(), "out_dir": str(out_dir)}

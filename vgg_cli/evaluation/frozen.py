@@ -1,6 +1,7 @@
 """A finished run's frozen leading blocks, read back from its feature cache: what the end of a run needs of every
-training and validation image (calibration's logits and head features, the label-issue search's features)
-without running the frozen convolutions again. Training stored each image's frozen-prefix output under its
+training and validation image (calibration's logits and head features, the label-issue search's features, the
+answers of the validation evaluation and of promotion's comparisons: ``predictions``, ``cached_scores``) without
+running the frozen convolutions again. Training stored each image's frozen-prefix output under its
 content hash (``vgg_cli.data.features``); an image the cache does not hold (pruned, ``cache.features: off``) goes
 through the frozen prefix here, so the answer is the same either way, to float rounding.
 
@@ -168,4 +169,21 @@ def cached_scores(model, run, data, shas: list[str | None], batch_size: int, opt
         return None
     got, cached = predictions(frozen, model, data.files, shas, batch_size, options or Options())
     log.debug("%s: %d of %d images answered from the feature cache", run.name, cached, len(data.files))
-    return scored_from(class_names_of(model), got, data)
+    return scored_from(class_names_of(model), got, data, f"the feature cache of frozen blocks 1-{frozen.blocks} "
+                       f"({cached} of {len(data.files)} images) and the trainable rest")
+
+
+def cached_validation(model, run, data, batch_size: int, options, cfg=None):
+    """``cached_scores`` of the run's own validation split ``data`` (``evaluate.validation_set``), the content
+    hashes read from its data.json: what the end of a run and ``vgg evaluate`` without DATA_DIR score."""
+    from vgg_cli.data.scan import index_from_manifest
+
+    shas = content_hashes(index_from_manifest(run.read_manifest()), data.files)
+    return cached_scores(model, run, data, shas, batch_size, options, cfg)
+
+
+def content_hashes(index, files: list[str]) -> list[str | None]:
+    """The sha1 in ``index`` (a ``DatasetIndex``) of each of ``files`` (paths as its ``split`` gives them), None
+    for a file it does not hold: the feature cache's keys."""
+    sha_of = {str(index.root_of(e) / e.path): e.sha1 for e in index.files}
+    return [sha_of.get(str(f)) for f in files]

@@ -37,9 +37,10 @@ LOGITS = "head_logits"  # vgg_cli.model.build.LOGITS (not imported: build import
 
 
 # ``--engine auto`` uses this engine up to this many 224 px image-views (an image at S px counts (S/224)^2, each
-# --tta copy once): its compute (~0.5 s a 224 px image on 2 cores) then stays below the ~4 s that importing
-# TensorFlow and loading the model into Keras cost (docs/speed.md, "One image").
-AUTO_MAX_224PX = 8
+# --tta copy once). Measured on 2 cores (docs/speed.md, "One image"): NumPy costs ~0.35-0.6 s more per 224 px
+# image than Keras' ~0.27 s, but skips the 7-9 s of importing TensorFlow and loading the model; whole `vgg predict`
+# processes, NumPy over Keras: 0.81x the wall at 16 images, 1.10x at 32.
+AUTO_MAX_224PX = 16
 
 
 class Declined(Exception):

@@ -136,19 +136,18 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     production model with the same classes to compare with), its accuracy is that row's ``val_accuracy``: it was
     measured on exactly these held-out images by the weights in best.keras, so running the whole network over them
     again would only repeat it. ``evaluation``: the new model's ``vgg evaluate`` report on these images, made
-    right after training (``output.report``); its accuracy is used, so nothing is run twice. A comparison with
-    production runs production the same way, on the images; after a class change, on the images of the classes
-    both know (``_against_production_shared``). ``drift``: the run's summary.json "drift" (``promote.on_drift``).
-    """
+    right after training (``output.report``): its accuracy is used. Production is scored on the same images (after
+    a class change, those of the classes both know), from its feature cache where it can (``_score``). ``drift``:
+    the run's summary.json "drift" (``promote.on_drift``)."""
     from vgg_cli.data.scan import TRAIN, VAL
+    from vgg_cli.evaluation.frozen import content_hashes
 
     files, labels = index.judged_split()  # validation images with no copy in training (leaked ones left out)
     leaked = len(index.split(VAL)[0]) - len(files)
     held_out = bool(files)
     if not held_out:  # no held-out images: judge on the training images (said so in the record)
         files, labels = index.split(TRAIN)
-    truth = [index.classes[i] for i in labels]
-    shas = index.content_hashes(files)
+    truth, shas = [index.classes[i] for i in labels], content_hashes(index, files)
     prod, class_change, unusable = _comparable_production(RunsRoot.of_run(paths), index.classes)
     if unusable is not None:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,

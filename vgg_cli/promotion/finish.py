@@ -86,9 +86,8 @@ def evaluate_validation(cfg, paths: RunDir, calibrated=None) -> dict | None:
     """``vgg evaluate`` of the new model on its validation split, into ``<run>/evaluation/val``: the report, or
     None when the run has no validation images. ``calibrated``: best.keras as calibration left it (``calibrate``),
     saving a load; used when the split is answered from the feature cache (it may be cut already)."""
-    from vgg_cli.data.scan import index_from_manifest
     from vgg_cli.evaluation.evaluate import answering, evaluate, validation_set
-    from vgg_cli.evaluation.frozen import cached_scores
+    from vgg_cli.evaluation.frozen import cached_validation
     from vgg_cli.model.load import load_model
 
     try:
@@ -98,8 +97,7 @@ def evaluate_validation(cfg, paths: RunDir, calibrated=None) -> dict | None:
         return None
     try:
         model = calibrated if calibrated is not None else load_model(paths.best)
-        shas = index_from_manifest(paths.read_manifest()).content_hashes(data.files)
-        result = cached_scores(model, paths, data, shas, cfg.train.batch_size, answering(model, paths.best), cfg)
+        result = cached_validation(model, paths, data, cfg.train.batch_size, answering(model, paths.best), cfg)
         if result is None and calibrated is not None:  # scored on the images: an uncut model
             model = load_model(paths.best)
         report = evaluate(model, paths.best, data, paths.evaluation("val"), cfg.train.batch_size, result=result)
