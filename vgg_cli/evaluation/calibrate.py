@@ -109,6 +109,7 @@ def calibrate_run(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
     is nothing to fit on; the model as ``best.keras`` now holds it, or None when none was loaded). The model may
     have been cut after its frozen blocks (``vgg_cli.evaluation.frozen``): its whole graph is not for ``Forward``."""
     from vgg_cli.evaluation.evaluate import validation_set
+    from vgg_cli.evaluation.frozen import content_hashes
     from vgg_cli.model.load import load_model, set_temperature, temperature_of
 
     settings = cfg.calibration
@@ -120,13 +121,12 @@ def calibrate_run(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
     stored = temperature_of(model)  # a run finished again after a kill may have written one already
     set_temperature(model, 1.0)
     method = _method(settings.ood, model) if settings.ood != "off" else None
-    sha_of = {str(index.root_of(e) / e.path): e.sha1 for e in index.files}
-    shas = [sha_of.get(f) for f in data.files]
+    shas = content_hashes(index, data.files)
     frozen, source = _frozen(model, cfg, paths) if None not in shas else (None, "the model on the images")
     ok, logits, features = outputs(model, frozen, data.files, shas, cfg.train.batch_size,
                                    features=method == "mahalanobis")
     if not ok:
-        return {"temperature": 1.0, "fitted": False, "reason": "no readable validation image", "ood": None}, model
+        return {"temperature": 1.0, "fitted": False, "reason": "no readable validation image", "ood": None}, None
     truth = np.asarray([index.classes.index(data.truth[i]) for i in ok])
     from vgg_cli.evaluation.calibration import calibrate
 
