@@ -161,12 +161,12 @@ def test_if_changed_skips_unchanged_data_and_trains_on_new_images(tmp_path, data
             "--json"]
     # the first night finds the lock file of a run that died elsewhere: it takes the lock over and releases it
     runs.mkdir()
-    (runs / ".lock").write_text(json.dumps({"pid": 999999, "host": "elsewhere", "started": "2026-01-01T00:00:00",
+    (runs / ".lock.holder").write_text(json.dumps({"pid": 999999, "host": "elsewhere", "started": "2026-01-01T00:00:00",
                                             "command": "vgg train"}) + "\n")
     code, out, err = run_cli(base)
     assert code == 0 and json.loads(out)["status"] == "trained", err
     assert "took over the lock of a vgg run that is no longer running (pid 999999 on elsewhere" in err
-    assert (runs / ".lock").read_text() == ""  # released cleanly
+    assert not (runs / ".lock.holder").exists()  # released cleanly
     first = Path(json.loads(out)["run"])
     first_split = {f["path"]: f["split"] for f in json.loads((first / "data.json").read_text())["files"]}
     hashes = tree_hashes(data)

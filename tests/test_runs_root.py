@@ -80,7 +80,8 @@ def test_summary_parse_names_the_field_of_the_wrong_type():
 
 
 def test_without_posix_locks_reading_works_and_locking_is_one_line(tmp_path):
-    """Where fcntl does not exist (Windows), vgg imports and reads runs; taking the lock is one line, exit 69."""
+    """Where the OS has no file lock filelock can use (here: fcntl hidden, so only its soft lock is left), vgg imports
+    and reads runs; taking the lock is one line, exit 69."""
     runs = tmp_path / "runs"
     fake_run(runs, "r1", FINISHED)
     code = ("import sys; sys.modules['fcntl'] = None\n"
@@ -94,7 +95,7 @@ def test_without_posix_locks_reading_works_and_locking_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "promote", "r1", "--runs-dir", str(runs)], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 69, r.stderr
-    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "POSIX file locks" in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "operating system's file locks" in r.stderr
 
 
 def test_vgg_runs_lists_in_run_order_and_shows_production_now(tmp_path):

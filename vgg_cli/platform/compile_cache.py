@@ -4,7 +4,7 @@ of a whole-network run went from ~47 s to 2.7 s with the cache warm; issue 16).
 
 On the JAX backend every run uses ``$JAX_COMPILATION_CACHE_DIR`` when it is set (the user's own cache, never
 pruned by vgg), else ``<output.dir>/.cache/jax``, bounded by ``cache.compile_mb`` with JAX's own
-least-recently-used eviction (it needs the ``filelock`` package: the ``jax`` extra installs it). Every program is
+least-recently-used eviction (with the ``filelock`` package, one of vgg's dependencies). Every program is
 cached however fast it compiled. Hits, misses and compile seconds are counted from JAX's monitoring events and
 reported in ``summary.json`` (``device.compile_cache``). Other backends: nothing happens.
 """
@@ -69,15 +69,9 @@ def enable(default_dir: Path, max_mb: int) -> CompileCacheStats | None:
     user = os.environ.get(ENV)
     directory = user or str(default_dir)
     bounded = None
-    if user is None:
-        try:
-            import filelock  # noqa: F401  (JAX's eviction needs it)
-
-            bounded = max_mb
-            jax.config.update("jax_compilation_cache_max_size", max_mb * 2**20)
-        except ImportError:
-            log.warning("the JAX compile cache %s is not bounded by cache.compile_mb: the filelock package is "
-                        "missing (pip install filelock, or the jax extra)", directory)
+    if user is None:  # (JAX's eviction needs filelock, one of vgg's own dependencies)
+        bounded = max_mb
+        jax.config.update("jax_compilation_cache_max_size", max_mb * 2**20)
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if not _Listener.registered:

@@ -13,9 +13,14 @@ import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+with warnings.catch_warnings():  # where only a soft lock exists, filelock warns: `_os_lock` says it in one line
+    warnings.simplefilter("ignore")
+    import filelock
 
 from vgg_cli.errors import ArtifactIOError, ConfigError, DataError, LockedError, NoInputError, UnavailableError
 from vgg_cli.fsio import io_error, point, read_json, write_json
@@ -26,7 +31,8 @@ log = logging.getLogger("vgg")
 LATEST = "latest"  # the newest finished run
 PRODUCTION = "production"  # the promoted run (vgg predict's default)
 HISTORY = ".production.json"  # production's history, newest last
-LOCK_FILE = ".lock"
+LOCK_FILE = ".lock"  # the OS lock (filelock)
+HOLDER_FILE = ".lock.holder"  # who holds it, while it is held
 CACHE = ".cache"
 
 
@@ -47,6 +53,10 @@ class RunsRoot:
     def of_run(cls, run: RunDir | Path) -> RunsRoot:
         """The runs folder a run directory sits in."""
         return cls((run.root if isinstance(run, RunDir) else Path(run)).parent)
+
+    def link(self, name: str) -> Path:
+        """The path of one of the folder's links (``latest``, ``production``), whether it exists or not."""
+        return self.path / name
 
     # ------------------------------------------------------------------------------------------ caches
     @property
@@ -217,61 +227,54 @@ class RunsRoot:
     def lock(self, command: str = "") -> Iterator[str | None]:
         """Hold the exclusive lock of the runs folder (``<runs>/.lock``): one per command, taken once.
 
-        An advisory ``flock``: the kernel releases it when the holder exits, however it dies (even SIGKILL), so a
-        lock left by a dead process is reclaimed by simply taking it. The file names the holder (pid, host, start
-        time) for the message a second run gets; it is emptied on a clean release, so content found when taking
+        The operating system's file lock through ``filelock`` (``flock`` on POSIX, ``msvcrt.locking`` on Windows):
+        the OS releases it when the holder exits, however it dies (even SIGKILL), so a lock left by a dead process
+        is reclaimed by simply taking it. ``<runs>/.lock.holder`` names the holder (pid, host, start time, command)
+        for the message a second run gets; it is removed on a clean release, so a holder file found when taking
         the lock means the previous holder died, which is logged. Yields that stale holder's description, or None.
         """
-        fcntl = _fcntl()
+        lock_file, holder_file = self.path / LOCK_FILE, self.path / HOLDER_FILE
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            os_lock = _os_lock()(str(lock_file), timeout=0)
+            os_lock.acquire()
+        except filelock.Timeout:
+            raise LockedError(f"another vgg run holds the lock on {str(self.path)!r} ({_holder(holder_file)}); wait "
+                              f"for it to finish, or use another output.dir") from None
         except OSError as e:
-            raise io_error(self.path / LOCK_FILE, e) from None
+            raise io_error(lock_file, e) from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _describe_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-                raise LockedError(f"another vgg run holds the lock on {str(self.path)!r} ({holder}); wait for it "
-                                  f"to finish, or use another output.dir") from None
-            try:
-                stale = _take(fd, command)
-            except OSError as e:  # a full disk: the holder's line cannot be written
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                raise io_error(self.path / LOCK_FILE, e) from None
+            stale = _holder(holder_file) if holder_file.exists() else None
+            write_json(holder_file, {"pid": os.getpid(), "host": socket.gethostname(),  # (full disk: one line, 74)
+                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                     "command": command or " ".join(sys.argv[:1])})
             log.debug("holding the lock on %s", self.path)
             if stale:
                 log.warning("took over the lock of a vgg run that is no longer running (%s)", stale)
             try:
                 yield stale
             finally:
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                holder_file.unlink(missing_ok=True)
         finally:
-            os.close(fd)
+            os_lock.release()
 
 
-def _fcntl():
-    """POSIX file locks; elsewhere a one-line error (reading runs needs no lock: predict works anywhere)."""
+def _os_lock():
+    """filelock's lock class of this platform's OS file lock; a one-line error where there is none (filelock would
+    fall back to a soft lock, which a killed holder leaves behind forever). Reading runs needs no lock: predict
+    works anywhere."""
+    if filelock.FileLock is filelock.SoftFileLock:
+        raise UnavailableError(f"locking the runs folder needs the operating system's file locks (fcntl or msvcrt), "
+                               f"which this Python on {sys.platform} lacks; run vgg train, promote and rollback where "
+                               f"they exist (Linux, macOS, Windows)")
+    return filelock.FileLock
+
+
+def _holder(holder_file: Path) -> str:
     try:
-        import fcntl
-    except ImportError:
-        raise UnavailableError(f"locking the runs folder needs POSIX file locks, which {sys.platform} lacks; run "
-                               f"vgg train, promote and rollback on Linux or macOS (or WSL)") from None
-    return fcntl
-
-
-def _take(fd: int, command: str) -> str | None:
-    """Write this process into the lock file; the description of a holder that died without releasing, or None."""
-    previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-    stale = _describe_holder(previous) if previous else None
-    info = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or " ".join(sys.argv[:1])}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-    os.fsync(fd)
-    return stale
+        return _describe_holder(holder_file.read_text(encoding="utf-8"))
+    except OSError:
+        return "holder unknown"
 
 
 def _describe_holder(text: str) -> str:
