@@ -103,7 +103,7 @@ def files_of(folder: Path) -> list[str]:
 
 
 def ood_table(run: Path, held_in: Path, others: dict[str, Path]) -> dict:
-    from vgg_cli.evaluation.evaluate import validation_set
+    from vgg_cli.evaluation.scoring import validation_set
     from vgg_cli.inference import ood
     from vgg_cli.model.load import class_names_of, load_model
 

@@ -63,6 +63,7 @@ def drift(work: Path, n_previous: int, n_new: int, train: bool = False) -> None:
     """Night 1 trains on ``n_previous`` random scans (its manifest is what the check reads); each later night adds
     ``n_new`` other scans: ordinary nights plain, drifted nights transformed. ``train``: each night is a real
     `vgg train` (one epoch, head-only on cached features), so its summary has the frozen-feature test too."""
+    from vgg_cli.runs.root import RunsRoot
     from vgg_cli.training.prepare import night_drift, scan_dataset
 
     pool = digits(work)
@@ -76,7 +77,8 @@ def drift(work: Path, n_previous: int, n_new: int, train: bool = False) -> None:
         data, runs = work / "night" / "data", work / "night" / "runs"
         shutil.rmtree(work / "night", ignore_errors=True)
         _place(previous, pool, data)
-        index = scan_dataset(_config(data, runs))
+        cfg0 = _config(data, runs)
+        index = scan_dataset(cfg0, RunsRoot.of(cfg0))
         run = runs / "night1"
         run.mkdir(parents=True)
         (run / "config.yaml").write_text("data: {}\n")
@@ -89,7 +91,7 @@ def drift(work: Path, n_previous: int, n_new: int, train: bool = False) -> None:
             r = _train(data, runs, "train.epochs=1", f"cache.dir={work / 'feature-cache'}")
             d = json.loads((Path(r["run"]) / "summary.json").read_text())["drift"]
         else:
-            d = night_drift(cfg, scan_dataset(cfg))
+            d = night_drift(cfg, RunsRoot.of(cfg), scan_dataset(cfg, RunsRoot.of(cfg)))
         rows.append((name, d["flagged"], d["p"], d["images"]["p"], d["classes"]["p"],
                      d.get("features", {}).get("p", float("nan")), d.get("seconds")))
     print(f"\nprevious night: {n_previous} scans (its training split is the reference, at most 300 sampled); "

@@ -109,7 +109,7 @@ def _validation_scores_from_the_cache(paths, cfg, tol: dict) -> None:
     from dataclasses import replace
 
     from vgg_cli.data.scan import index_from_manifest
-    from vgg_cli.evaluation.evaluate import answering, score, validation_set
+    from vgg_cli.evaluation.scoring import answering, score, validation_set
     from vgg_cli.evaluation.frozen import cached_scores, content_hashes
     from vgg_cli.model.load import load_model
 

@@ -32,7 +32,8 @@ def test_warm_start_keeps_known_rows_by_name_and_starts_new_ones(trained_run):
     import keras
 
     from vgg_cli.config.schema import load_config
-    from vgg_cli.model.build import LOGITS, build_model
+    from vgg_cli.model.build import build_model
+    from vgg_cli.task.head import LOGITS
     from vgg_cli.model.load import load_model
     from vgg_cli.model.weights import copy_head
 

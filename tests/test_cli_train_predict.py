@@ -110,7 +110,7 @@ def test_progress_is_one_plain_line_per_epoch_off_a_terminal(trained_run):
     assert "\r" not in err  # no progress bar in logs
     log = (trained_run["run_dir"] / "train.log").read_text()
     assert "epoch 8/8" in log and "dataset" in log
-    # the end of the run (finished by vgg_cli.promotion.job, after training) is in the run's log too
+    # the end of the run (finished by vgg_cli.job.lifecycle, after training) is in the run's log too
     assert "evaluated on the validation split: accuracy" in log and "promoted to production:" in log
 
 

@@ -71,9 +71,11 @@ def _config(data: Path, runs: Path):
 
 def _previous_run(data: Path, runs: Path) -> None:
     """runs/latest as far as the drift check reads it: a run folder whose data.json is the scan of ``data`` now."""
+    from vgg_cli.runs.root import RunsRoot
     from vgg_cli.training.prepare import scan_dataset
 
-    index = scan_dataset(_config(data, runs))
+    cfg = _config(data, runs)
+    index = scan_dataset(cfg, RunsRoot.of(cfg))
     run = runs / "night1"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("data: {}\n")
@@ -102,10 +104,11 @@ def moved_to(run: Path, data: Path) -> dict:
 
 
 def _drift(data: Path, runs: Path) -> dict:
+    from vgg_cli.runs.root import RunsRoot
     from vgg_cli.training.prepare import night_drift, scan_dataset
 
     cfg = _config(data, runs)
-    return night_drift(cfg, scan_dataset(cfg))
+    return night_drift(cfg, RunsRoot.of(cfg), scan_dataset(cfg, RunsRoot.of(cfg)))
 
 
 @pytest.fixture
@@ -149,6 +152,7 @@ def test_new_classes_are_left_out_and_a_night_without_new_images_reads_none(nigh
 def test_a_held_night_stays_held_the_next_night(night1):
     """With a production run, tonight is compared with production's training images, not with a held latest run's
     (which trained on the drifted images)."""
+    from vgg_cli.runs.root import RunsRoot
     from vgg_cli.training.prepare import scan_dataset
 
     data, runs = night1

@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vgg_cli"
 LAYERS = [
     ("base", {""}),
     ("config", {"config"}),
+    ("task", {"task"}),
     ("platform", {"platform"}),
     ("runs", {"runs"}),
     ("data", {"data"}),
@@ -30,6 +31,7 @@ LAYERS = [
     ("inference", {"inference"}),
     ("readers", {"evaluation", "export"}),
     ("promotion", {"promotion"}),
+    ("job", {"job"}),
     ("face", {"cli"}),
 ]
 RANK = {pkg: i for i, (_, pkgs) in enumerate(LAYERS) for pkg in pkgs}
@@ -82,7 +84,25 @@ def imports(module: str, tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.Import):
             found |= {a.name.removeprefix("vgg_cli").lstrip(".") for a in node.names
                       if a.name == "vgg_cli" or a.name.startswith("vgg_cli.")}
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node):
+            name = _literal_module(node)
+            if name is not None and (name == "vgg_cli" or name.startswith("vgg_cli.")):
+                found.add(name.removeprefix("vgg_cli").lstrip("."))
     return found
+
+
+DYNAMIC = {"import_module", "__import__"}  # importlib.import_module, builtins.__import__
+
+
+def _is_dynamic_import(node: ast.Call) -> bool:
+    f = node.func
+    return (isinstance(f, ast.Name) and f.id in DYNAMIC) or (isinstance(f, ast.Attribute) and f.attr in DYNAMIC)
+
+
+def _literal_module(node: ast.Call) -> str | None:
+    """The module name a dynamic import call names as a string literal, or None when it is computed."""
+    arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "name"), None)
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,7 +110,9 @@ def _scan(module: str, tree: ast.Module) -> tuple[frozenset[str], tuple[int, ...
     """A module's vgg_cli imports and the lines of its relative imports (once per module and text: walking every
     tree is most of this file's time)."""
     relative = tuple(node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0)
-    return frozenset(imports(module, tree)), relative
+    computed = tuple(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and _is_dynamic_import(node) and _literal_module(node) is None)
+    return frozenset(imports(module, tree)), relative + computed
 
 
 def _package_of_target(target: str, known: set[str]) -> str | None:
@@ -119,8 +141,8 @@ def violations(root: Path = PACKAGE) -> list[str]:
             bad.append(f"{name}: only {sorted(TOP_LEVEL)} belong at the top level; file it in a layer's folder")
         targets, relative = _scan(name, tree)
         for lineno in relative:
-            bad.append(f"{name}:{lineno} relative import (use `from vgg_cli.… import …`, so the layer "
-                       f"shows in the line)")
+            bad.append(f"{name}:{lineno} relative or computed import (use `from vgg_cli.… import …` or a literal "
+                       f"module name, so the layer shows in the line)")
         for target in targets:
             dep = _package_of_target(target, known)
             if dep is None or dep == pkg or dep not in RANK:
@@ -133,8 +155,171 @@ def violations(root: Path = PACKAGE) -> list[str]:
     return bad
 
 
+def _module_of(target: str, known: set[str]) -> str | None:
+    """The module file an imported name is: itself, its package's __init__, or None (an attribute)."""
+    if target in known:
+        return target
+    return f"{target}.__init__" if f"{target}.__init__" in known else None
+
+
+def cycles(root: Path = PACKAGE) -> list[str]:
+    """Every circle of imports among the modules of one package, lazy imports inside functions included: a
+    package's modules must form layers of their own (strongly connected components of more than one module)."""
+    mods = modules(root)
+    known = set(mods)
+    edges: dict[str, set[str]] = {}
+    for name, (_, tree) in mods.items():
+        targets, _ = _scan(name, tree)
+        deps = {_module_of(x, known) for x in targets} - {None, name}
+        edges[name] = {d for d in deps if package_of(d) == package_of(name) and package_of(name) != ""}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[str] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(f"{' <-> '.join(sorted(group))}: a circle of imports inside the package "
+                             f"{package_of(v)!r} (move what both need into a module below them)")
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+# What an import inside a function may defer: a framework that takes seconds or hundreds of MiB to import. Any other
+# import inside a function says why on its line (`# deferred: ...`). The CLI's modules defer everything: `vgg --help`
+# imports only Click (the before-stop hook and test_cli_train_predict check the time).
+HEAVY = {"tensorflow", "keras", "jax", "jaxlib", "torch", "matplotlib", "tf2onnx", "onnx", "onnxruntime",
+         "ai_edge_litert", "h5py", "sklearn", "scipy"}
+DEFERS_EVERYTHING = {"cli"}
+
+
+def _top_level_imports(tree: ast.Module) -> list[ast.stmt]:
+    """The import statements that run when the module is imported (not those inside functions or classes)."""
+    out = []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            out += [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return out
+
+
+def _names(node) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level:
+        return []
+    return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+
+
+def heavy_modules(root: Path = PACKAGE) -> set[str]:
+    """The modules of the package whose import (their module-level imports, followed) loads a HEAVY framework."""
+    mods = modules(root)
+    known = set(mods)
+    direct, edges = {}, {}
+    for name, (_, tree) in mods.items():
+        names = [n for node in _top_level_imports(tree) for n in _names(node)]
+        direct[name] = any(n.split(".")[0] in HEAVY for n in names)
+        inside = [n.removeprefix("vgg_cli.") for n in names if n.startswith("vgg_cli.")]
+        edges[name] = {_module_of(n, known) for n in inside} - {None}
+        parts = name.split(".")  # importing a.b.c runs a/__init__ and a/b/__init__ first
+        edges[name] |= {f"{'.'.join(parts[:i])}.__init__" for i in range(1, len(parts))} & known - {name}
+    heavy = {m for m, d in direct.items() if d}
+    grew = True
+    while grew:
+        more = {m for m in mods if m not in heavy and edges[m] & heavy}
+        grew = bool(more)
+        heavy |= more
+    return heavy
+
+
+def undeferred_imports(root: Path = PACKAGE) -> list[str]:
+    """Imports inside functions that defer nothing heavy and give no reason: they belong at the top."""
+    mods = modules(root)
+    known, heavy = set(mods), heavy_modules(root)
+    bad = []
+    for name, (path, tree) in mods.items():
+        if package_of(name) in DEFERS_EVERYTHING:
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        top = {id(n) for n in _top_level_imports(tree)}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in top:
+                continue
+            names = _names(node)
+            if any(n.split(".")[0] in HEAVY for n in names) or "# deferred:" in lines[node.lineno - 1]:
+                continue
+            if any(_module_of(n.removeprefix("vgg_cli."), known) in heavy for n in names if n.startswith("vgg_cli.")):
+                continue
+            bad.append(f"{name}:{node.lineno} imports {names[0]} inside a function but defers nothing heavy: move "
+                       f"it to the top (or say why on its line: # deferred: ...)")
+    return bad
+
+
 def test_imports_go_one_way_and_every_folder_has_a_layer():
     assert violations() == []
+
+
+def test_no_circle_of_imports_inside_a_package():
+    assert cycles() == []
+
+
+def test_imports_inside_functions_defer_a_framework_or_say_why():
+    assert undeferred_imports() == []
+
+
+@pytest.mark.parametrize("where, line", [
+    ("fsio.py", "def later():\n    import importlib\n    return importlib.import_module(\"vgg_cli.cli.main\")\n"),
+    ("fsio.py", "def later():\n    return __import__(\"vgg_cli.cli.main\")\n"),
+    ("fsio.py", "def later(name):\n    import importlib\n    return importlib.import_module(name)\n"),
+])
+def test_a_planted_dynamic_import_is_found(tmp_path, where, line):
+    copy = tmp_path / "vgg_cli"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / where).open("a", encoding="utf-8") as f:
+        f.write("\n" + line)
+    found = violations(copy)
+    assert found and all(v.startswith("fsio") for v in found), found
+
+
+def test_a_planted_circle_inside_a_package_is_found(tmp_path):
+    copy = tmp_path / "vgg_cli"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert cycles(copy) == []
+    with (copy / "data" / "images.py").open("a", encoding="utf-8") as f:  # data.scan imports data.images
+        f.write("\ndef later():\n    from vgg_cli.data.scan import scan\n    return scan\n")
+    found = cycles(copy)
+    assert len(found) == 1 and "data.images" in found[0] and "data.scan" in found[0], found
+    assert violations(copy) == []  # the one-way rule between packages alone does not see it
+
+
+def test_a_planted_undeferred_import_is_found(tmp_path):
+    copy = tmp_path / "vgg_cli"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "data" / "scan.py").open("a", encoding="utf-8") as f:
+        f.write("\ndef later():\n    import json\n    from vgg_cli.fsio import write_json\n"
+                "    import keras  # a framework: deferring it is the point\n    return json, write_json, keras\n")
+    found = undeferred_imports(copy)
+    assert sorted((v.split(":")[0], v.split(" ")[2]) for v in found) == [("data.scan", "json"),
+                                                                         ("data.scan", "vgg_cli.fsio")], found
 
 
 @pytest.mark.parametrize("line", [

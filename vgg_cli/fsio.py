@@ -13,8 +13,9 @@ import errno
 import functools
 import json
 import os
-import shutil
 import re
+import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -104,7 +105,6 @@ def sweep_stale_temps(folder: Path) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _host() -> str:
-    import socket
 
     return re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:16]
 
@@ -203,8 +203,6 @@ def place_copy(source: Path, target: Path) -> None:
             tmp.unlink()
         os.link(source, tmp)
     except OSError:
-        import shutil
-
         write_with(target, lambda t: shutil.copyfile(source, t), suffix=target.suffix)
         return
     try:

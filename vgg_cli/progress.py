@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+from tqdm import tqdm
+
 log = logging.getLogger("vgg")
 
 PLAIN_EVERY_S = 15.0
@@ -32,8 +34,6 @@ class Progress:
         self.t0 = self._shown = clock()
         self.bar = None
         if sys.stderr.isatty() if tty is None else tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def __enter__(self) -> "Progress":

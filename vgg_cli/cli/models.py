@@ -210,20 +210,21 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
     out = Path(out_dir) if out_dir else (RunDir(run_dir).evaluation(name) if run_dir else Path("evaluation") / name)
     with model_work():
         from vgg_cli.evaluation import evaluate as ev
+        from vgg_cli.evaluation import scoring
         from vgg_cli.model.load import class_names_of, image_size_of, load_model
 
         model = load_model(path)
         if data_dir is None:
-            data = ev.validation_set(run_dir)
+            data = scoring.validation_set(run_dir)
         else:
-            data = ev.folder_set(os.path.expanduser(data_dir), class_names_of(model), image_size_of(model))
+            data = scoring.folder_set(os.path.expanduser(data_dir), class_names_of(model), image_size_of(model))
         if data.missing_classes:
             click.echo(f"warning: no images of class(es) {data.missing_classes} in the {data.source}", err=True)
         for s in data.skipped:
             click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
         if cam_layer and not gradcam:
             raise click.UsageError("--cam-layer goes with --gradcam")
-        options = ev.answering(model, path, not uncalibrated, min_probability)
+        options = scoring.answering(model, path, not uncalibrated, min_probability)
         result = None
         if data_dir is None and tta == "none" and not gradcam:  # from the run's feature cache (same answers)
             from vgg_cli.evaluation.frozen import cached_validation
@@ -283,12 +284,9 @@ def export(fmt: str, run: str | None, model_file: str | None, runs, out_path: st
     out = Path(os.path.expanduser(out_path)) if out_path else default_root / name
     with model_work():
         from vgg_cli.export.formats import export_model
-        from vgg_cli.model.load import load_model
-        from vgg_cli.export.quantize import export_int8
-
-        from vgg_cli.export.quantize import AccuracyDropError
-
+        from vgg_cli.export.quantize import AccuracyDropError, export_int8
         from vgg_cli.inference.ood import stats_for
+        from vgg_cli.model.load import load_model
 
         model = load_model(path)
         try:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from pathlib import Path
 
 import click
 
 from vgg_cli.cli.common import config_option, echo_json, emit, model_work, setup_logging
 from vgg_cli.errors import EXIT_NOT_PROMOTED, VggError
 from vgg_cli.runs.summary import Outcome
-
 
 
 @click.command(short_help="Train a classifier on a folder of images.")
@@ -53,12 +50,20 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
         if resume is not None:
             _check_resume_overrides(overrides)
         setup_logging(verbose)
-        result = _train_or_resume(cfg, overrides, resume, if_changed, verbose, command)
+        from vgg_cli.job.lifecycle import open_job
+
+        job = open_job(cfg, resume, if_changed, overrides, command)
+        with job.lock(), model_work(verbose, job.backend):
+            from vgg_cli.job.lifecycle import run
+
+            result = run(job)
     except VggError as e:
         if as_json:
             echo_json({"status": "error", "exit_code": e.exit_code, "error": str(e)})
         raise
     code = EXIT_NOT_PROMOTED if result.promoted is False else 0
+    from vgg_cli.job.lifecycle import results as run_results
+
     results = run_results(result.run_dir) if result.status == Outcome.TRAINED else {}
     if as_json:
         echo_json({**_train_json(result, code), **results})
@@ -69,30 +74,6 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
             emit(results_table(results), err=True)
         emit(str(result.run_dir))
     return code  # the "not promoted: ..." reason was logged by the decision itself
-
-
-WORST = 3  # classes shown as the worst, by recall
-
-
-def run_results(run_dir) -> dict:
-    """{"results": {"val"|"test": accuracy, top-5, images, worst classes}, "report": report.html} of a trained
-    run, from its evaluations (read back: nothing is computed again)."""
-    from vgg_cli.errors import VggError
-    from vgg_cli.fsio import read_json
-    from vgg_cli.runs.rundir import EvaluationDir, RunDir
-
-    run, results = RunDir(Path(run_dir)), {}
-    for name in ("val", "test"):
-        try:
-            r = read_json(EvaluationDir(run.evaluation(name)).report)
-        except VggError:
-            continue
-        worst = sorted((c for c in r.get("per_class", []) if c.get("recall") is not None),
-                       key=lambda c: (c["recall"], -c["support"]))[:WORST]
-        results[name] = {"accuracy": r["accuracy"], "top5_accuracy": r.get("top5_accuracy"), "images": r["images"],
-                         "worst_classes": [{k: c[k] for k in ("class", "recall", "precision", "support")}
-                                           for c in worst]}
-    return {"results": results, "report": str(run.report) if run.report.is_file() else None} if results else {}
 
 
 def results_table(results: dict) -> str:
@@ -106,61 +87,6 @@ def results_table(results: dict) -> str:
     if results.get("report"):
         lines.append(f"report: {results['report']}")
     return "\n".join(lines)
-
-
-def _train_or_resume(cfg, overrides: tuple[str, ...], resume: str | None, if_changed: bool, verbose: bool,
-                     command: str):
-    """Decide once what this process is (the run to resume, its backend, its place in a multi-process job), take
-    the runs folder's lock once (before the framework loads, so a second run on the same output.dir exits 75 at
-    once; never in a multi-worker job's other workers), then train or resume and finish."""
-    from vgg_cli.platform.backend import choose
-    from vgg_cli.platform.distribute import process_role
-    from vgg_cli.runs.root import RunsRoot
-
-    runs = RunsRoot.of(cfg)
-    run_dir = _resume_target(resume, runs) if resume is not None else None
-    if run_dir is None:
-        check_dataset_layout(cfg)  # a mistyped path makes no runs folder
-    backend, distribute = _run_settings(run_dir) if run_dir is not None else (cfg.train.backend, cfg.train.distribute)
-    role = process_role(distribute, choose(backend)[0])
-    chief = role is None or role[1] == 0
-    with (RunsRoot.of_run(run_dir) if run_dir else runs).lock(command) if chief else contextlib.nullcontext(), \
-            model_work(verbose, backend):
-        from vgg_cli.promotion import job
-
-        if run_dir is not None:
-            moves = tuple(o for o in overrides if not o.startswith("output.dir="))
-            return job.resume(run_dir, role, moves)
-        return job.train(cfg, role=role, if_changed=if_changed)
-
-
-def check_dataset_layout(cfg) -> None:
-    """Every layout and path error before the framework loads (folder names only, no image opened): a missing
-    folder, class folders and split folders mixed, one class, no class folders."""
-    from vgg_cli.data.layout import apply_layout
-    from vgg_cli.data.scan import check_layout, require_dir
-
-    require_dir(cfg.data.train_dir, "data.train_dir")
-    laid, _ = apply_layout(cfg)
-    for key in ("val_dir", "test_dir"):
-        if getattr(laid.data, key) is not None:
-            require_dir(getattr(laid.data, key), f"data.{key}")
-    check_layout(laid.data)
-
-
-def _run_settings(run_dir) -> tuple[str, str]:
-    """(train.backend, train.distribute) a run to resume was started with (its config.yaml; auto when it predates
-    the keys)."""
-    import yaml
-
-    from vgg_cli.config.sources import yaml_load
-    from vgg_cli.runs.rundir import RunDir
-
-    try:
-        train = yaml_load(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))["train"]
-        return str(train.get("backend", "auto")), str(train.get("distribute", "auto"))
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return "auto", "auto"  # a damaged config.yaml is reported by the resume itself
 
 
 def _train_json(result, code: int) -> dict:
@@ -189,11 +115,6 @@ def _check_resume_overrides(overrides: tuple[str, ...]) -> None:
                                f"{', '.join(RESUME_OVERRIDES)}, which say where things are written, are allowed)")
 
 
-def _resume_target(resume: str, runs):
-    """--resume's run: the newest unfinished one (bare --resume), else a folder or a run name in output.dir."""
-    return runs.find_resumable() if resume == "" else runs.resolve(resume)
-
-
 @click.command("lr-find", short_help="Learning-rate range test: plot and a suggested rate.")
 @config_option
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
@@ -216,16 +137,18 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
     from pathlib import Path
 
     from vgg_cli.config.schema import load_config
+    from vgg_cli.job.lifecycle import check_dataset_layout
     from vgg_cli.runs.root import RunsRoot
 
     if start >= end:
         raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
     cfg = load_config(config_path, overrides)
     check_dataset_layout(cfg)
+    runs = RunsRoot.of(cfg)
     with model_work(verbose, cfg.train.backend):
         from vgg_cli.training.lrfind import lr_find as run_lr_find
 
-        result = run_lr_find(cfg, steps, start, end, Path(out_dir) if out_dir else RunsRoot.of(cfg).lr_find)
+        result = run_lr_find(cfg, runs, steps, start, end, Path(out_dir) if out_dir else runs.lr_find)
     if as_json:
         echo_json(result)
         return 0

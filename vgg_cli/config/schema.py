@@ -17,9 +17,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgg_cli.config.sources import (_merge, _read_yaml, default_dict, key_and_value, resolve_dict, shown,
-                                    upgrade_keys, yaml_load)
 from vgg_cli.config.rules import check_outputs_outside_data
+from vgg_cli.config.sources import (
+    _merge,
+    _read_yaml,
+    default_dict,
+    key_and_value,
+    resolve_dict,
+    shown,
+    upgrade_keys,
+    yaml_load,
+)
 from vgg_cli.errors import ConfigError, DataError
 
 __all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "load_config", "load_run_config",

@@ -12,8 +12,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vgg_cli.data.duplicates import image_print
 from vgg_cli.data.images import BadImage, decode, open_image, read_file
+from vgg_cli.errors import ArtifactIOError
+from vgg_cli.fsio import write_json
 
 
 def check_one(path: Path, size: int) -> tuple[int, str, int, int, str, str] | str:
@@ -69,8 +73,6 @@ class ScanCache:
     def save(self, keep: set[str]) -> None:
         if self.path is None:
             return
-        from vgg_cli.errors import ArtifactIOError
-        from vgg_cli.fsio import write_json
 
         self.entries = {k: v for k, v in self.entries.items() if k in keep}
         try:
@@ -80,7 +82,6 @@ class ScanCache:
 
 
 def check_all(paths: list[Path], size: int, desc: str, cache: ScanCache) -> list[tuple | str]:
-    from tqdm import tqdm
 
     workers = min(16, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:

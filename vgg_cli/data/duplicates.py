@@ -20,6 +20,7 @@ import base64
 from collections import defaultdict
 
 import numpy as np
+from PIL import Image
 
 HASH_SIDE = 32  # the greyscale copy the DCT is taken of
 THUMB_SIDE = 16  # the verification thumbnail
@@ -39,7 +40,6 @@ _DCT = _dct_matrix(HASH_SIDE)
 
 def _shrink(grey: np.ndarray, side: int) -> np.ndarray:
     """A square greyscale float array averaged down (box filter) to ``side`` x ``side``."""
-    from PIL import Image
 
     return np.asarray(Image.fromarray(grey.astype(np.float32), "F").resize((side, side), Image.Resampling.BOX),
                       dtype=np.float64)

@@ -28,19 +28,72 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vgg_cli.config.schema import Config
 from vgg_cli.data.images import DECODER_VERSION, check_resize
 from vgg_cli.data.pipeline import batch_buffer, decode_workers, load_or_fail, prefetch_batches
-from vgg_cli.platform.device import peak_rss_mib
 from vgg_cli.errors import ArtifactIOError, VggError
+from vgg_cli.platform.device import peak_rss_mib
 from vgg_cli.progress import Progress
+from vgg_cli.runs.root import RunsRoot
 
 log = logging.getLogger("vgg")
 FORMAT = "vgg-features-1"
+
+
+CACHE_OFF, AUGMENTED, NOT_FROZEN = "cache.features=off", "augmentation is on", "block 1 is not frozen"
+
+
+@dataclass(frozen=True)
+class FeatureCut:
+    """Where the model is cut for the feature cache, and whether the cache is used: the one decision that training
+    (which writes the cache) and every reader of a finished run (calibration, evaluation, promotion, the label-issue
+    search) take from ``feature_cut``, so the key and folder they compute always agree."""
+    blocks: int  # leading conv blocks frozen: the cut is after block{blocks}_pool (0: nothing to cut)
+    why_not: str | None  # why training does not feed on cached features (then readers have none), else None
+
+    @property
+    def cached(self) -> bool:
+        return self.why_not is None
+
+
+def frozen_prefix_blocks(freeze_blocks: Sequence[int]) -> int:
+    """How many leading conv blocks are frozen: 3 for [1, 2, 3, 5], 0 for [2, 3]."""
+    k = 0
+    while k + 1 in freeze_blocks:
+        k += 1
+    return k
+
+
+def final_frozen_blocks(cfg: Config) -> tuple[int, ...]:
+    """The blocks that stay frozen to the end of a run: model.freeze_blocks, less finetune.unfreeze_blocks when
+    there is a fine-tuning phase (training's last phase; ``vgg_cli.training.plan``)."""
+    if cfg.finetune.epochs > 0:
+        return tuple(b for b in cfg.model.freeze_blocks if b not in cfg.finetune.unfreeze_blocks)
+    return tuple(cfg.model.freeze_blocks)
+
+
+def feature_cut(cfg: Config, frozen_blocks: Sequence[int] | None = None) -> FeatureCut:
+    """The cut for a phase that trains with ``frozen_blocks`` frozen (default: those of the finished run)."""
+    blocks = frozen_prefix_blocks(final_frozen_blocks(cfg) if frozen_blocks is None else frozen_blocks)
+    if cfg.cache.features == "off":
+        return FeatureCut(blocks, CACHE_OFF)
+    if cfg.augment.active:
+        return FeatureCut(blocks, AUGMENTED)
+    return FeatureCut(blocks, NOT_FROZEN if blocks == 0 else None)
+
+
+def feature_store(runs: RunsRoot, cfg: Config, prefix_model, blocks: int) -> FeatureStore:
+    """The store of the frozen prefix ``prefix_model`` (the model cut after ``blocks``) in the runs folder ``runs``
+    (or ``cache.dir``): the folder is named by ``prefix_key``."""
+    key = prefix_key(prefix_model, cfg.model.arch, blocks, cfg.data.image_size, cfg.data.resize)
+    shape = tuple(int(d) for d in prefix_model.output.shape[1:])
+    return FeatureStore(runs.feature_cache(cfg.cache.dir), key, shape, prefix_model.output.dtype)
 
 
 def prefix_key(prefix_model, arch: str, blocks: int, image_size: int, resize: str = "squash") -> str:

@@ -14,6 +14,7 @@ is the contract.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -76,7 +77,6 @@ def read_file(path: str | os.PathLike) -> bytes:
 
 
 def _os_reason(e: OSError) -> str:
-    import errno
 
     if e.errno == errno.ELOOP:
         return "symlink loop"

@@ -29,15 +29,16 @@ import mmap
 import os
 import queue
 import threading
+import types
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from vgg_cli.data.images import BadImage, check_resize, load_image
+from vgg_cli.errors import DataError, NoInputError, VggError
 from vgg_cli.platform.device import release_free_memory
 from vgg_cli.platform.distribute import Split, data_split, in_distribution_scope, pad_batch
-from vgg_cli.errors import DataError, NoInputError, VggError
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -383,7 +384,6 @@ def train_batches(source, ids: Sequence[int], labels: np.ndarray, batch_size: in
 
 def close_batches(batches) -> None:
     """Stop the background thread of a generator from this module (a no-op for tf.data datasets)."""
-    import types
 
     if isinstance(batches, types.GeneratorType):
         batches.close()

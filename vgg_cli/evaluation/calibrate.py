@@ -17,11 +17,20 @@ the same values. The record goes into summary.json's "calibration".
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 
+from vgg_cli.data.scan import TRAIN
 from vgg_cli.errors import DataError, NoInputError
+from vgg_cli.evaluation.calibration import calibrate
+from vgg_cli.evaluation.frozen import content_hashes, head_outputs, open_frozen
+from vgg_cli.evaluation.scoring import validation_set
+from vgg_cli.fsio import place_copy, write_with
+from vgg_cli.inference.numpy_engine import Declined, load_numpy_model
+from vgg_cli.inference.ood import MAX_FEATURES, OODStats, fit_gaussian, threshold_for, weights_digest
+from vgg_cli.inference.predict import Options, predict_files
 from vgg_cli.runs.rundir import RunDir, ood_stats_path
 
 log = logging.getLogger("vgg")
@@ -34,7 +43,6 @@ def _matrix(results, key: str) -> np.ndarray:
 
 def _train_sample(index, limit: int = MAX_FIT_IMAGES) -> tuple[list[str], list[int], list[str]]:
     """Up to ``limit`` training images, evenly over classes: (paths, labels, content hashes)."""
-    from vgg_cli.data.scan import TRAIN
 
     entries = [e for e in index.files if e.split == TRAIN]
     per = max(1, limit // max(1, len(index.classes)))
@@ -54,11 +62,8 @@ def outputs(model, frozen, files: list[str], shas: list[str], batch_size: int,
     None): from the run's cached frozen features through the trainable rest when ``frozen`` is given, else the
     whole model on the decoded images (``model`` must then be uncut)."""
     if frozen is not None:
-        from vgg_cli.evaluation.frozen import head_outputs
-
         rows, logits, feats, _ = head_outputs(frozen, files, shas, batch_size, features)
         return rows, logits, feats
-    from vgg_cli.inference.predict import Options, predict_files
 
     got = predict_files(model, files, 1, batch_size,
                         options=Options(keep=("logits", "features") if features else ("logits",)))
@@ -72,7 +77,6 @@ def fit_ood(method: str, acceptance: float, model, batch_size: int, index, val_l
             frozen=None) -> tuple:
     """(OODStats, record) for ``method``, the threshold set on the validation scores; ``frozen``: the run's
     cached frozen features (``outputs``)."""
-    from vgg_cli.inference.ood import OODStats, fit_gaussian, threshold_for, weights_digest
 
     means = whiten = None
     record: dict = {"method": method}
@@ -93,7 +97,6 @@ def fit_ood(method: str, acceptance: float, model, batch_size: int, index, val_l
 
 
 def _method(requested: str, model) -> str:
-    from vgg_cli.inference.ood import MAX_FEATURES
     from vgg_cli.model.build import head_tensors
 
     width = int(head_tensors(model)[0].shape[-1])
@@ -104,12 +107,10 @@ def _method(requested: str, model) -> str:
     return requested
 
 
-def calibrate_run(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
+def calibrate_run(cfg, paths: RunDir, index, runs=None) -> tuple[dict, object | None]:
     """Steps 1-4 above: (summary.json's "calibration" record, ``{"fitted": False, ...}`` with the reason when there
     is nothing to fit on; the model as ``best.keras`` now holds it, or None when none was loaded). The model may
     have been cut after its frozen blocks (``vgg_cli.evaluation.frozen``): its whole graph is not for ``Forward``."""
-    from vgg_cli.evaluation.evaluate import validation_set
-    from vgg_cli.evaluation.frozen import content_hashes
     from vgg_cli.model.load import load_model, set_temperature, temperature_of
 
     settings = cfg.calibration
@@ -122,13 +123,12 @@ def calibrate_run(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
     set_temperature(model, 1.0)
     method = _method(settings.ood, model) if settings.ood != "off" else None
     shas = content_hashes(index, data.files)
-    frozen, source = _frozen(model, cfg, paths) if None not in shas else (None, "the model on the images")
+    frozen, source = _frozen(model, cfg, paths, runs) if None not in shas else (None, "the model on the images")
     ok, logits, features = outputs(model, frozen, data.files, shas, cfg.train.batch_size,
                                    features=method == "mahalanobis")
     if not ok:
         return {"temperature": 1.0, "fitted": False, "reason": "no readable validation image", "ood": None}, None
     truth = np.asarray([index.classes.index(data.truth[i]) for i in ok])
-    from vgg_cli.evaluation.calibration import calibrate
 
     record = calibrate(logits, truth) if settings.temperature else {
         "temperature": 1.0, "fitted": False, "reason": "calibration.temperature is false"}
@@ -150,12 +150,11 @@ def calibrate_run(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
     return record, model
 
 
-def _frozen(model, cfg, paths: RunDir):
+def _frozen(model, cfg, paths: RunDir, runs=None):
     """(the run's frozen features, ``vgg_cli.evaluation.frozen``, or None; where calibration's outputs come from)."""
-    from vgg_cli.evaluation.frozen import open_frozen
 
     try:
-        frozen = open_frozen(model, cfg, paths)
+        frozen = open_frozen(model, cfg, paths, runs)
     except (ValueError, OSError) as e:  # a model vgg did not cut this way: the whole model answers
         log.debug("calibration: the frozen blocks cannot be cut off (%s); the whole model predicts", e)
         frozen = None
@@ -167,10 +166,7 @@ def _frozen(model, cfg, paths: RunDir):
 def _store_temperature(model, paths: RunDir, temperature: float, stored: float) -> None:
     """The temperature into best.keras, and into last.keras when it holds the same head weights; ``stored`` is the
     one best.keras held when it was loaded (1 unless a finish interrupted after this step is redone)."""
-    import functools
 
-    from vgg_cli.fsio import place_copy, write_with
-    from vgg_cli.inference.ood import weights_digest
     from vgg_cli.model.load import set_temperature
     from vgg_cli.training.checkpoints import save_model
 
@@ -186,8 +182,6 @@ def _store_temperature(model, paths: RunDir, temperature: float, stored: float) 
 def _head_digest(path) -> str:
     """``ood.weights_digest`` of the model in ``path``, read with NumPy (a fraction of a Keras load) when the
     NumPy engine reads the file, else through Keras."""
-    from vgg_cli.inference.numpy_engine import Declined, load_numpy_model
-    from vgg_cli.inference.ood import weights_digest
     from vgg_cli.model.load import load_model
 
     try:

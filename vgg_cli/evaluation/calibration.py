@@ -19,16 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from vgg_cli.task.head import softmax
+
 BINS = 15
 T_RANGE = (0.05, 20.0)  # the temperatures the fit may choose
 MIN_IMAGES = 20  # fewer validation images than this: no temperature is fitted (it would fit noise)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def nll(probs: np.ndarray, truth: np.ndarray) -> float:

@@ -13,149 +13,20 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from vgg_cli.errors import DataError, NoInputError, VggError
+from vgg_cli.errors import VggError
+from vgg_cli.evaluation import reliability
+from vgg_cli.evaluation.gallery import galleries
+from vgg_cli.evaluation.reliability import text_lines
+from vgg_cli.evaluation.scoring import TOP_K, EvalSet, Scored, answering, score
+from vgg_cli.evaluation.suspects import find_run_label_issues
 from vgg_cli.fsio import write_json, write_text
+from vgg_cli.reporting.plots import confusion_matrix
+from vgg_cli.reporting.report import write_evaluation_report
 from vgg_cli.runs.rundir import EvaluationDir, RunDir
 
 log = logging.getLogger("vgg")
-TOP_K = 5
-
-
-@dataclass
-class EvalSet:
-    """Images with their true class names, and where they came from."""
-    files: list[str]
-    truth: list[str]
-    source: str
-    missing_classes: list[str] = field(default_factory=list)  # model classes with no images here
-    skipped: list[dict] = field(default_factory=list)  # unreadable files with reasons
-    run_dir: Path | None = None  # the run whose own validation split this is
-
-
-def validation_set(run_dir: Path) -> EvalSet:
-    """The run's own held-out images (data.json), which it never trained on: its validation split less the leaked
-    images (a copy of each is in training, ``vgg_cli.data.leakage``), so the accuracy is the one promotion judges."""
-    from vgg_cli.data.scan import VAL, index_from_manifest
-
-    manifest = RunDir(run_dir).data
-    try:
-        index = index_from_manifest(RunDir(run_dir).read_manifest())
-    except (VggError, ValueError, KeyError) as e:
-        raise NoInputError(f"{str(manifest)!r} is missing or unreadable ({e}); pass a labelled folder: "
-                           f"vgg evaluate --run {run_dir} DATA_DIR") from None
-    files, labels = index.judged_split()
-    leaked = len(index.split(VAL)[0]) - len(files)
-    if not files and leaked:
-        raise NoInputError(f"run {run_dir.name!r} has no validation images without a copy in training (all {leaked} "
-                           f"are leaked; see data.json \"duplicates\"); pass a labelled folder: vgg evaluate --run "
-                           f"{run_dir} DATA_DIR")
-    if not files:
-        raise NoInputError(f"run {run_dir.name!r} has no validation images (it trained with data.val_split=0 and no "
-                           f"data.val_dir); pass a labelled folder: vgg evaluate --run {run_dir} DATA_DIR")
-    truth = [index.classes[i] for i in labels]
-    source = f"validation split of run {run_dir.name}" + (f" ({leaked} leaked left out)" if leaked else "")
-    return EvalSet(files, truth, source, missing_classes=[c for c in index.classes if c not in set(truth)],
-                   run_dir=Path(run_dir))
-
-
-def folder_set(folder: str, classes: list[str], image_size: int) -> EvalSet:
-    """Every image of a folder with one subfolder per class; class folders matched to ``classes`` by name."""
-    from vgg_cli.data.scan import scan_labelled
-
-    root, per_class, skipped = scan_labelled(folder, image_size)
-    unknown = sorted(c for c, files in per_class.items() if c not in classes and files)
-    if unknown:
-        raise DataError(f"evaluation folder {str(root)!r} has class folder(s) {unknown} that the model does not "
-                        f"know (its classes: {classes}); evaluate on a folder whose subfolders are among those "
-                        f"classes, or move the others out")
-    files = [(f, c) for c in classes for f in per_class.get(c, [])]
-    if not files:
-        raise DataError(f"evaluation folder {str(root)!r} has no usable images in class folders named like the "
-                        f"model's classes ({classes}); put each class's images in its own subfolder")
-    missing = [c for c in classes if not per_class.get(c)]
-    return EvalSet([f for f, _ in files], [c for _, c in files], f"folder {root}", missing, skipped)
-
-
-def scores(truth: list[int], ranked: list[list[int]], num_classes: int) -> dict:
-    """Accuracy, top-k accuracy, confusion matrix and per-class precision/recall/F1 from true class indices and
-    each image's classes ranked by probability. Precision of a class never predicted is 0 (as in scikit-learn's
-    default); recall and F1 of a class without images are None and left out of the averages."""
-    n = len(truth)
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for t, r in zip(truth, ranked):
-        matrix[t, r[0]] += 1
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    correct = np.diag(matrix)
-    per_class = []
-    for c in range(num_classes):
-        precision = float(correct[c] / predicted[c]) if predicted[c] else 0.0
-        recall = float(correct[c] / support[c]) if support[c] else None
-        if recall is None:
-            f1 = None
-        else:
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        per_class.append({"precision": precision, "recall": recall, "f1": f1, "support": int(support[c]),
-                          "predicted": int(predicted[c])})
-    present = [p for p in per_class if p["support"] > 0]
-    weights = np.asarray([p["support"] for p in present], dtype=np.float64)
-
-    def avg(key: str, weighted: bool) -> float:
-        values = np.asarray([p[key] for p in present], dtype=np.float64)
-        return float(np.average(values, weights=weights) if weighted else values.mean())
-
-    out = {"images": n, "accuracy": float(correct.sum() / n) if n else 0.0, "confusion": matrix,
-           "per_class": per_class,
-           "macro": {k: avg(k, False) for k in ("precision", "recall", "f1")} if present else None,
-           "weighted": {k: avg(k, True) for k in ("precision", "recall", "f1")} if present else None}
-    if num_classes > TOP_K:
-        out[f"top{TOP_K}_accuracy"] = float(sum(t in r[:TOP_K] for t, r in zip(truth, ranked)) / n) if n else 0.0
-    return out
-
-
-@dataclass
-class Scored:
-    """A model's predictions on an EvalSet, matched to the truth by class name, and their scores."""
-    classes: list[str]  # the model's
-    scored: list[tuple]  # (prediction, true class name) of every readable image
-    truth: list[int]  # their true class indices
-    ranked: list[list[int]]  # their classes ranked by probability
-    unreadable: list[dict]  # {"path", "reason"}
-    scores: dict  # see ``scores``
-    outputs_from: str = "the model on the images"  # or the run's feature cache (``frozen.cached_scores``)
-
-    @property
-    def accuracy(self) -> float:
-        return self.scores["accuracy"]
-
-
-def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none", options=None) -> Scored:
-    """Predict every image of ``data`` with ``model`` (averaged over ``tta`` variants) and score the readable ones
-    (``vgg evaluate`` and promotion). ``options``: ``predict.Options`` (calibration, unknown; logits kept)."""
-    from vgg_cli.model.load import class_names_of
-    from vgg_cli.inference.predict import predict_files
-
-    classes = class_names_of(model)
-    return scored_from(classes, predict_files(model, data.files, len(classes), batch_size, tta, options), data)
-
-
-def scored_from(classes: list[str], results: list, data: EvalSet,
-                outputs_from: str = "the model on the images") -> Scored:
-    """``Scored`` of a prediction of each of ``data``'s files (``predict.Prediction``, in order)."""
-    index_of = {c: i for i, c in enumerate(classes)}
-    scored = [(r, t) for r, t in zip(results, data.truth) if r.error is None]
-    unreadable = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]
-    if not scored:
-        raise DataError(f"none of the {len(results)} images of the {data.source} could be read "
-                        f"(e.g. {unreadable[0]['path']}: {unreadable[0]['reason']})")
-    truth = [index_of[t] for _, t in scored]
-    ranked = [[index_of[label] for label, _ in r.top] for r, _ in scored]
-    return Scored(classes, scored, truth, ranked, unreadable, scores(truth, ranked, len(classes)), outputs_from)
 
 
 def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32, gradcam: bool | str = False,
@@ -199,12 +70,9 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
         [["path", "true_class", "predicted_class", "predicted_probability", "true_class_probability", "top_k"]] +
         [[r.path, t, r.top[0][0], f"{r.top[0][1]:.6f}", f"{dict(r.top)[t]:.6f}",
           " ".join(f"{lab}:{p:.4f}" for lab, p in r.top[:k])] for r, t in wrong]))
-    from vgg_cli.reporting.plots import confusion_matrix
 
     confusion_matrix(matrix, classes, files["confusion_png"], normalised=False)
     confusion_matrix(matrix, classes, files["confusion_normalised_png"], normalised=True)
-    from vgg_cli.evaluation.gallery import galleries
-    from vgg_cli.reporting.report import write_evaluation_report
 
     report["files"].update(galleries(model, result, out_dir, gradcam, batch_size))
     if data.run_dir is not None and Path(out_dir).resolve() == RunDir(data.run_dir).evaluation("val").resolve():
@@ -215,18 +83,8 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
     return report
 
 
-def answering(model, model_file: Path, calibrated: bool = True, min_probability: float | None = None):
-    """``predict.Options`` of an evaluation: logits kept, the out-of-distribution statistics of ``model_file``."""
-    from vgg_cli.inference.ood import stats_for
-    from vgg_cli.inference.predict import Options
-
-    return Options(calibrated=calibrated, ood=stats_for(model, Path(model_file)), min_probability=min_probability,
-                   keep=("logits",))
-
-
 def _calibration(report: dict, model, result: Scored, options, data: EvalSet, files: dict) -> None:
     """report["calibration"] and report["unknown"] (``vgg_cli.evaluation.reliability``) and their pictures."""
-    from vgg_cli.evaluation import reliability
     from vgg_cli.model.load import temperature_of
 
     if any(r.logits is None for r, _ in result.scored):
@@ -242,7 +100,6 @@ def _calibration(report: dict, model, result: Scored, options, data: EvalSet, fi
 
 def _label_issues(model, run_dir: Path, result: Scored, batch_size: int) -> dict | None:
     """A run's own validation evaluation also ranks its suspected label errors (label_issues.csv in the run)."""
-    from vgg_cli.evaluation.suspects import find_run_label_issues
 
     try:
         found = find_run_label_issues(run_dir, model, result, batch_size)
@@ -290,7 +147,6 @@ def format_report(report: dict) -> str:
     lines += _matrix_lines(report["confusion_matrix"], report["classes"])
     if report["missing_classes"]:
         lines.append(f"note: no images of {report['missing_classes']} in this data; their recall and F1 are '-'")
-    from vgg_cli.evaluation.reliability import text_lines
 
     lines += text_lines(report)
     if report["skipped"]:

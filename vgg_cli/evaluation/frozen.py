@@ -17,21 +17,17 @@ from typing import Iterator
 
 import numpy as np
 
+from vgg_cli.config.schema import load_run_config
+from vgg_cli.data.features import feature_cut, feature_store
+from vgg_cli.data.images import BadImage, load_image
+from vgg_cli.data.scan import index_from_manifest
+from vgg_cli.errors import VggError
+from vgg_cli.evaluation.scoring import scored_from
+from vgg_cli.inference.predict import Options, Prediction, answer_rows, load_or_reason
+from vgg_cli.runs.root import RunsRoot
+from vgg_cli.task.head import softmax
+
 log = logging.getLogger("vgg")
-
-
-def frozen_blocks(cfg) -> tuple[int, str | None]:
-    """(how many leading conv blocks never trained, why their cached features cannot be used or None). The
-    features of those blocks never saw a label: the label-issue search fits on them honestly."""
-    from vgg_cli.model.build import frozen_prefix_blocks
-
-    frozen = set(cfg.model.freeze_blocks) - (set(cfg.finetune.unfreeze_blocks) if cfg.finetune.epochs else set())
-    blocks = frozen_prefix_blocks(sorted(frozen))
-    if cfg.augment.active:
-        return blocks, "augmentation is on: no cached features"
-    if blocks == 0:
-        return 0, "block 1 trained: no frozen features"
-    return blocks, None
 
 
 @dataclass
@@ -50,8 +46,6 @@ class Frozen:
         """(indices into ``paths``, their frozen-prefix activations, how many came from the cache) per batch. An
         image without a content hash (None) goes through the prefix; one neither cached nor readable raises, or
         with ``skip_unreadable`` is left out of every batch."""
-        from vgg_cli.data.images import BadImage, load_image
-        from vgg_cli.errors import VggError
 
         buf = np.empty(self.store.shape, dtype=self.store.dtype)
         for start in range(0, len(paths), batch_size):
@@ -78,21 +72,20 @@ class Frozen:
                 yield rows, np.stack(acts), cached
 
 
-def open_frozen(model, cfg, run) -> Frozen | None:
+def open_frozen(model, cfg, run, runs: RunsRoot | None = None) -> Frozen | None:
     """``model`` (the run's, loaded from its directory ``run``, a ``RunDir``) cut after its frozen blocks with the
-    run's feature store, or None when training had no frozen prefix to cache (augmentation, block 1 trained)."""
-    from vgg_cli.data.features import FeatureStore, prefix_key
+    run's feature store, or None when training did not feed on cached features (``feature_cut``, the decision
+    training took: the cache off, augmentation, block 1 trained). ``runs``: the runs folder, when the caller has
+    it (else the run's parent)."""
     from vgg_cli.model.build import split_frozen_prefix
-    from vgg_cli.runs.root import RunsRoot
 
-    blocks, why_not = frozen_blocks(cfg)
-    if why_not is not None:
+    cut = feature_cut(cfg)
+    if not cut.cached:
         return None
+    blocks = cut.blocks
     prefix, rest = split_frozen_prefix(model, blocks)
+    store = feature_store(runs or RunsRoot.of_run(run), cfg, prefix, blocks)
     size, resize = cfg.data.image_size, cfg.data.resize
-    shape = tuple(int(d) for d in prefix.output.shape[1:])
-    store = FeatureStore(RunsRoot.of_run(run).feature_cache(cfg.cache.dir),
-                         prefix_key(prefix, cfg.model.arch, blocks, size, resize), shape, prefix.output.dtype)
     return Frozen(blocks, prefix, rest, store, size, resize)
 
 
@@ -126,8 +119,6 @@ def predictions(frozen: Frozen, model, files: list[str], shas: list[str], batch_
     logits and features to float rounding, the probabilities the model's ``TemperatureSoftmax`` computes
     (softmax of logits / temperature). Returns (predictions, how many came from the feature cache). ``model`` is
     the one ``frozen`` was cut from."""
-    from vgg_cli.inference.forward import softmax
-    from vgg_cli.inference.predict import Prediction, answer_rows, load_or_reason
     from vgg_cli.model.load import class_names_of, temperature_of
 
     classes = class_names_of(model)
@@ -136,7 +127,7 @@ def predictions(frozen: Frozen, model, files: list[str], shas: list[str], batch_
     if rows:
         z = logits.astype(np.float32)
         t = np.float32(temperature_of(model) if options.calibrated else 1.0)
-        out = {"probabilities": softmax((z / t).astype(np.float32)), "logits": z}
+        out = {"probabilities": softmax((z / t).astype(np.float32)).astype(np.float32), "logits": z}
         if feats is not None:
             out["features"] = feats.astype(np.float32)
         by_file = dict(zip(rows, answer_rows([files[i] for i in rows], out, classes, len(classes), options)))
@@ -147,21 +138,17 @@ def predictions(frozen: Frozen, model, files: list[str], shas: list[str], batch_
     return [by_file[i] for i in range(len(files))], cached
 
 
-def cached_scores(model, run, data, shas: list[str | None], batch_size: int, options=None, cfg=None):
-    """``evaluate.score(model, data, batch_size, options=options)`` (no test-time augmentation) answered from the
+def cached_scores(model, run, data, shas: list[str | None], batch_size: int, options=None, cfg=None, runs=None):
+    """``scoring.score(model, data, batch_size, options=options)`` (no test-time augmentation) answered from the
     feature cache of ``run`` (the ``RunDir`` ``model`` was loaded from; ``cfg``: its config, read from the run
     when not given) through the trainable rest: ``predictions``. ``shas``: the content hash of each of
     ``data.files`` (None: computed through the frozen blocks). None when the run had no frozen prefix or its
     model cannot be cut (the caller scores on the images). Cuts ``model`` (see the module's note): afterwards it
     serves what ``evaluate.evaluate`` asks of it without Grad-CAM."""
-    from vgg_cli.config.schema import load_run_config
-    from vgg_cli.errors import VggError
-    from vgg_cli.evaluation.evaluate import scored_from
-    from vgg_cli.inference.predict import Options
     from vgg_cli.model.load import class_names_of
 
     try:
-        frozen = open_frozen(model, cfg or load_run_config(run.config), run)
+        frozen = open_frozen(model, cfg or load_run_config(run.config), run, runs)
     except (ValueError, OSError, VggError) as e:  # a model vgg did not cut this way, an unreadable config
         log.debug("%s: the frozen blocks cannot be cut off (%s); the whole model scores", run.name, e)
         return None
@@ -173,13 +160,12 @@ def cached_scores(model, run, data, shas: list[str | None], batch_size: int, opt
                        f"({cached} of {len(data.files)} images) and the trainable rest")
 
 
-def cached_validation(model, run, data, batch_size: int, options, cfg=None):
-    """``cached_scores`` of the run's own validation split ``data`` (``evaluate.validation_set``), the content
+def cached_validation(model, run, data, batch_size: int, options, cfg=None, runs=None):
+    """``cached_scores`` of the run's own validation split ``data`` (``scoring.validation_set``), the content
     hashes read from its data.json: what the end of a run and ``vgg evaluate`` without DATA_DIR score."""
-    from vgg_cli.data.scan import index_from_manifest
 
     shas = content_hashes(index_from_manifest(run.read_manifest()), data.files)
-    return cached_scores(model, run, data, shas, batch_size, options, cfg)
+    return cached_scores(model, run, data, shas, batch_size, options, cfg, runs)
 
 
 def content_hashes(index, files: list[str]) -> list[str | None]:

@@ -15,6 +15,8 @@ import numpy as np
 
 from vgg_cli.data.images import BadImage, load_original
 from vgg_cli.fsio import write_json
+from vgg_cli.inference.gradcam import GradCam, overlay
+from vgg_cli.reporting.plots import class_rows
 from vgg_cli.runs.rundir import EvaluationDir
 
 MAX_WRONG = 48  # tiles in misclassified.png: the most confident mistakes
@@ -27,9 +29,8 @@ LAYOUT = "gallery.json"  # in the evaluation folder, beside the pictures
 
 def galleries(model, scored, out_dir: Path, gradcam: bool | str = False, batch_size: int = 32,
               seed: int = 0) -> dict[str, str]:
-    """Write misclassified.png, correct.png and gallery.json into ``out_dir`` from ``evaluate.Scored``; returns
+    """Write misclassified.png, correct.png and gallery.json into ``out_dir`` from ``scoring.Scored``; returns
     their paths. ``gradcam``: tiles are Grad-CAM overlays (of the named conv layer when it is a layer name)."""
-    from vgg_cli.reporting.plots import class_rows
 
     wrong = wrong_by_class(scored.scored)
     right = correct_by_class(scored.scored, scored.classes, seed)
@@ -111,7 +112,6 @@ def thumbnail(image) -> np.ndarray:
 
 def _overlays(model, paths: list[str], batch_size: int, layer: str | None) -> dict:
     """{path: Grad-CAM overlay (PIL) of the predicted class}."""
-    from vgg_cli.inference.gradcam import GradCam, overlay
 
     if not paths:
         return {}

@@ -26,6 +26,8 @@ import logging
 
 import numpy as np
 
+from vgg_cli.task.head import softmax
+
 log = logging.getLogger("vgg")
 FOLDS = 5
 MIN_SELF_CONFIDENCE = 0.02  # below this for its label (and another class likelier), an image is a suspect anyway
@@ -73,12 +75,6 @@ def find_suspects(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return found[np.argsort(own[found], kind="stable")]
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _top_singular(x: np.ndarray, steps: int = 30) -> float:
     """The largest singular value of ``x`` (power iteration; a little over it, to be safe)."""
     v = np.random.default_rng(0).normal(size=x.shape[1])
@@ -104,13 +100,13 @@ def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, steps: int = 300, l2: flo
         lipschitz = 0.5 * 1.05 ** 2 * float(np.linalg.eigvalsh(gram)[-1]) / n + l2
         c, velocity = np.zeros((n, k)), np.zeros((n, k))
         for _ in range(steps):
-            velocity = 0.9 * velocity - ((_softmax(gram @ c) - onehot) / n + l2 * c) / lipschitz
+            velocity = 0.9 * velocity - ((softmax(gram @ c) - onehot) / n + l2 * c) / lipschitz
             c += velocity
         return x.T @ c
     lipschitz = 0.5 * _top_singular(x) ** 2 / n + l2
     w, velocity = np.zeros((x.shape[1], k)), np.zeros((x.shape[1], k))
     for _ in range(steps):
-        grad = x.T @ (_softmax(x @ w) - onehot) / n + l2 * w
+        grad = x.T @ (softmax(x @ w) - onehot) / n + l2 * w
         velocity = 0.9 * velocity - grad / lipschitz
         w += velocity
     return w
@@ -132,5 +128,5 @@ def out_of_fold(features: np.ndarray, labels: np.ndarray, k: int, folds: int = F
         if not test.any() or test.all():
             continue
         w = _fit_softmax(x[~test], labels[~test], k)
-        out[test] = _softmax(np.hstack([x[test], np.ones((test.sum(), 1))]) @ w)
+        out[test] = softmax(np.hstack([x[test], np.ones((test.sum(), 1))]) @ w)
     return out

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_cli.evaluation.calibration import metrics, reliability, softmax
+from vgg_cli.evaluation.calibration import metrics, reliability
+from vgg_cli.reporting.plots import coverage_plot, reliability_diagram
+from vgg_cli.task.head import softmax
 
 
 def coverage_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 50) -> list[dict]:
@@ -68,7 +70,6 @@ def unknown_block(result, ood, min_probability: float | None) -> dict:
 
 
 def write_pictures(report: dict, files: dict) -> None:
-    from vgg_cli.reporting.plots import coverage_plot, reliability_diagram
 
     cal, unk = report.get("calibration"), report.get("unknown")
     if cal:

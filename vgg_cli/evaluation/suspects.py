@@ -13,10 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_cli.config.schema import load_run_config
+from vgg_cli.data.features import feature_cut
+from vgg_cli.data.scan import TRAIN, VAL, index_from_manifest
 from vgg_cli.errors import VggError
-from vgg_cli.evaluation.frozen import frozen_blocks, open_frozen
+from vgg_cli.evaluation.frozen import open_frozen
+from vgg_cli.evaluation.gallery import thumbnail
 from vgg_cli.evaluation.label_issues import FOLDS, find_suspects, out_of_fold
+from vgg_cli.evaluation.scoring import score, validation_set
 from vgg_cli.fsio import write_text
+from vgg_cli.reporting.plots import class_rows
 from vgg_cli.runs.rundir import RunDir
 
 log = logging.getLogger("vgg")
@@ -48,7 +54,6 @@ def _rows(idx: np.ndarray, labels, probs, paths, split, classes, source) -> list
 
 
 def _validation_part(model, run: RunDir, scored, batch_size: int) -> tuple[list[dict], int]:
-    from vgg_cli.evaluation.evaluate import score, validation_set
 
     if scored is None:
         scored = score(model, validation_set(run.root), batch_size)
@@ -63,12 +68,13 @@ def _validation_part(model, run: RunDir, scored, batch_size: int) -> tuple[list[
 def _kfold_part(model, cfg, run: RunDir, batch_size: int) -> tuple[list[dict], dict, str] | None:
     """Every image of the run (training and validation) by k-fold on the frozen blocks' features: (rows, images
     examined per split, how), or None when there are no frozen features to use."""
-    from vgg_cli.data.scan import TRAIN, VAL, index_from_manifest
 
-    blocks, why_not = frozen_blocks(cfg)
-    if why_not is not None:
-        log.info("label issues: training images not examined (%s); only the validation split", why_not)
+    cut = feature_cut(cfg)  # the frozen blocks' features never saw a label: the search fits on them honestly
+    if not cut.cached:
+        log.info("label issues: training images not examined (no cached frozen features: %s); only the "
+                 "validation split", cut.why_not)
         return None
+    blocks = cut.blocks
     index = index_from_manifest(run.read_manifest())
     entries = index.files
     paths = [str(index.root_of(e) / e.path) for e in entries]
@@ -91,7 +97,6 @@ def find_run_label_issues(run_dir: Path, model=None, scored=None, batch_size: in
     """Rank a run's suspected label errors; write label_issues.csv (and its gallery). The frozen blocks' features
     when there are any (every image, one calibration), else the model on the validation split (``scored``: its
     ``Scored`` when the caller has it)."""
-    from vgg_cli.config.schema import load_run_config
     from vgg_cli.model.load import load_model
 
     run = RunDir(Path(run_dir))
@@ -131,8 +136,6 @@ def _csv(rows: list[dict]) -> str:
 
 def _gallery(rows: list[dict], run: RunDir) -> str | None:
     """label_issues.png: the most suspect images, one row per given class, each tile saying what it looks like."""
-    from vgg_cli.evaluation.gallery import thumbnail
-    from vgg_cli.reporting.plots import class_rows
 
     if not rows:
         return None

@@ -22,13 +22,14 @@ import contextlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from vgg_cli.errors import UnavailableError, VggError
-from vgg_cli.export.scored import SCORE_TOLERANCE, check_scores, expected_scores, with_score
-from vgg_cli.fsio import atomic_tree
+from vgg_cli.export.scored import SCORE_TOLERANCE, check_scores, describe, expected_scores, with_score
+from vgg_cli.fsio import atomic_tree, write_text
 
 log = logging.getLogger("vgg")
 
@@ -195,7 +196,6 @@ def _rename_outputs(proto, names: list[str]) -> None:
 
 
 def _description(fmt: str, classes: list[str], size: int, resize: str = "squash", ood=None) -> dict:
-    from vgg_cli.export.scored import describe
 
     more = {} if ood is None else {"ood_score": describe(ood)}
     if ood is not None and fmt == "saved_model":
@@ -221,8 +221,6 @@ def _tflite_interpreter(path: Path):
     try:  # LiteRT's own package, where installed; TensorFlow's copy of the same interpreter otherwise
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        import warnings
-
         tf = _need_tensorflow("tflite")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice points at ai_edge_litert
@@ -261,7 +259,6 @@ RUNTIMES = {"saved_model": ("tf.saved_model.load", run_saved_model), "tflite": (
 
 def write_labels(out: Path, classes: list[str]) -> Path:
     """``<name>.labels.txt`` beside a single-file export: one class name per line, in output order."""
-    from vgg_cli.fsio import write_text
 
     labels = out.with_name(out.stem + ".labels.txt") if out.suffix else out.parent / "labels.txt"
     write_text(labels, "".join(c + "\n" for c in classes))

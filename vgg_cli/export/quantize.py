@@ -24,8 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_cli.errors import EXIT_NOT_PROMOTED, NoInputError, UsageError, VggError
+from vgg_cli.data.images import BadImage, load_image
+from vgg_cli.data.scan import index_from_manifest
+from vgg_cli.errors import EXIT_NOT_PROMOTED, NoInputError, UnavailableError, UsageError, VggError
+from vgg_cli.export.formats import (
+    RUNTIMES,
+    _need_tensorflow,
+    _tflite_interpreter,
+    _write_onnx,
+    _write_tflite,
+    inference_model,
+    input_doc,
+    write_labels,
+)
+from vgg_cli.fsio import atomic_tree
 from vgg_cli.progress import Progress
+from vgg_cli.runs.rundir import RunDir
 
 INT8_FORMATS = ("tflite", "onnx")
 MAX_ACCURACY_DROP = 0.01  # default --max-accuracy-drop
@@ -49,9 +63,6 @@ def run_images(run_dir: Path, split: str, size: int, limit: int | None = None,
     """The run's images of ``split`` (train/val) from its data.json as float32 0-255 (N, S, S, 3), made square as
     ``resize`` says (the model's: ``resize_of``), with their class names; ``limit``: a fixed random sample of that
     many."""
-    from vgg_cli.data.images import BadImage, load_image
-    from vgg_cli.data.scan import index_from_manifest
-    from vgg_cli.runs.rundir import RunDir
 
     index = index_from_manifest(RunDir(run_dir).read_manifest())
     files, labels = index.split(split)
@@ -99,8 +110,13 @@ def write_tflite_int8(served, path: Path, calibration: np.ndarray) -> None:
 
 
 def write_onnx_int8(float_onnx: Path, path: Path, calibration: np.ndarray) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self, name: str):
@@ -127,8 +143,6 @@ def predictor(fmt: str, path: Path):
     """A function images -> probabilities over one loaded runtime session (loaded once, then reused), one image
     per call inside it: the shape the INT8 models were calibrated for."""
     if fmt == "tflite":
-        from vgg_cli.export.formats import _tflite_interpreter
-
         interpreter = _tflite_interpreter(path)
         interpreter.allocate_tensors()
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -172,7 +186,6 @@ def check_int8(fmt: str, float_path: Path, int8_path: Path, served, images: np.n
                classes: list[str], max_drop: float) -> dict:
     """Score the float Keras model and the INT8 export on the validation images; refuse a drop above
     ``max_drop``. Returns the comparison for the report."""
-    from vgg_cli.export.formats import RUNTIMES
 
     runtime = RUNTIMES[fmt][0]
     expected = np.concatenate([np.asarray(served.predict_on_batch(images[i:i + 32]), np.float32)
@@ -202,8 +215,6 @@ def _need_onnxruntime() -> None:
     try:
         import onnxruntime.quantization  # noqa: F401
     except ImportError:
-        from vgg_cli.errors import UnavailableError
-
         raise UnavailableError("--int8 --format onnx needs onnxruntime (and onnx, tf2onnx): pip install "
                                "'vgg-cli[export]' (in a checkout: pip install '.[export]')") from None
 
@@ -215,8 +226,6 @@ def _size(path: Path) -> int:
 def export_int8(model, fmt: str, out: Path, run_dir: Path | None, max_drop: float = MAX_ACCURACY_DROP,
                 n_calibration: int = CALIBRATION_IMAGES) -> dict:
     """Write ``model`` as an INT8 ``fmt`` (tflite, onnx) to ``out`` if it passes the validation check."""
-    from vgg_cli.export.formats import _need_tensorflow, _write_onnx, _write_tflite, inference_model
-    from vgg_cli.fsio import atomic_tree
     from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
     if fmt not in INT8_FORMATS:
@@ -242,7 +251,6 @@ def export_int8(model, fmt: str, out: Path, run_dir: Path | None, max_drop: floa
             else:
                 write_onnx_int8(float_path, tmp, calibration)
             check = check_int8(fmt, float_path, tmp, served, images, truth, classes, max_drop)
-    from vgg_cli.export.formats import input_doc, write_labels
 
     labels = write_labels(out, classes)
     return {"format": fmt, "int8": True, "path": str(out), "labels": str(labels), "class_names": classes,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vgg_cli.inference.forward import Forward
+
 SCORE_TOLERANCE = 1e-3  # relative (and absolute, for scores near 0) difference from NumPy's score
 
 
@@ -58,7 +60,6 @@ def with_score(served, stats):
 
 def expected_scores(served, stats, images: np.ndarray) -> np.ndarray:
     """NumPy's score of ``images`` (what ``vgg predict`` reports), for the check."""
-    from vgg_cli.inference.forward import Forward
 
     out = Forward(served, features=stats.needs_features)([images])
     return stats.score(out["logits"], out.get("features"))

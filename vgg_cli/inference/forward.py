@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vgg_cli.task.head import softmax
+
 
 class Forward:
     """``Forward(model, features, calibrated)(batch, views)``: arrays of a uint8 batch, each averaged over the
@@ -34,15 +36,8 @@ class Forward:
         if self.calibrated:
             probs = [g[0] for g in got]
         else:
-            probs = [softmax(z) for z in logits]
+            probs = [softmax(z).astype(np.float32) for z in logits]
         out = {"probabilities": np.mean(probs, axis=0), "logits": np.mean(logits, axis=0)}
         if self.features:
             out["features"] = np.mean([g[2].astype(np.float32) for g in got], axis=0)
         return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """float32 softmax of float32 logits, computed in float64."""
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from vgg_cli.data.images import load_original, placement
+from vgg_cli.data.images import load_image, load_original, placement
 from vgg_cli.errors import UsageError
 from vgg_cli.fsio import write_bytes
+from vgg_cli.task.head import softmax
 
 OVERLAY_ALPHA = 0.45  # how much of the heatmap colours the image
 OUTSIDE_DIM = 0.5  # brightness of the parts of an image the model did not see (cropped away: data.resize=crop)
@@ -63,7 +65,6 @@ class GradCam:
     def of_files(self, paths: list[str], class_index: int | None = None, batch_size: int = 32):
         """(path, Cam) for image files, decoded as for prediction (the model's size and resize mode),
         ``batch_size`` at a time."""
-        from vgg_cli.data.images import load_image
 
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
@@ -79,13 +80,8 @@ class GradCam:
         maps = np.maximum(np.einsum("nhwk,nk->nhw", acts, weights), 0.0)
         peak = maps.max(axis=(1, 2), keepdims=True)
         maps = np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
-        probs = _softmax(logits)
+        probs = softmax(logits)
         return [Cam(m, int(t), float(p[t]), self.resize, self.size) for m, t, p in zip(maps, target, probs)]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def class_gradients(rest, acts: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -125,7 +121,6 @@ def heat_on_original(heatmap: np.ndarray, original_size: tuple[int, int], resize
     """The heatmap (which covers the model's S x S input) at the original image's resolution, over the part of the
     image the input showed (``images.placement``), and a mask of that part (None: all of it). ``image_size``: S,
     where rounding decides a pixel (unknown: exact proportions)."""
-    from PIL import Image
 
     w, h = original_size
     heat = Image.fromarray(heatmap.astype(np.float32), mode="F")
@@ -153,7 +148,6 @@ def overlay(path: str | Path, heatmap, alpha: float = OVERLAY_ALPHA, resize: str
     ``image_size`` saying how the image was made square for the model (``heat_on_original``); what the model did
     not see (``crop``) is dimmed, not coloured."""
     from matplotlib import colormaps
-    from PIL import Image
 
     if isinstance(heatmap, Cam):
         heatmap, resize, image_size = heatmap.heatmap, heatmap.resize, heatmap.image_size

@@ -16,16 +16,16 @@ input of ``head_logits`` (the out-of-distribution features), each averaged over 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vgg_cli.inference.forward import softmax
+from vgg_cli.task.head import LOGITS, head_digest, softmax
 
 IMAGENET_BGR_MEAN = np.array((103.939, 116.779, 123.68), np.float32)  # as vgg_cli.model.layers (no Keras import)
 AUGMENTATION = {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
@@ -33,7 +33,6 @@ AUGMENTATION = {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation
 POOLS = {"Flatten": "flatten", "GlobalAveragePooling2D": "avg", "GlobalMaxPooling2D": "max"}
 ACTIVATIONS = {"linear", "relu", "softmax"}
 BACKBONES = {"vgg16": 13, "vgg19": 16}  # conv layers
-LOGITS = "head_logits"  # vgg_cli.model.build.LOGITS (not imported: build imports Keras)
 
 
 # ``--engine auto`` uses this engine up to this many 224 px image-views (an image at S px counts (S/224)^2, each
@@ -72,8 +71,8 @@ class NumpyModel:
 
     def _probabilities(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
         if calibrated:
-            return softmax((logits / np.float32(self.temperature)).astype(np.float32))
-        return softmax(logits)
+            return softmax((logits / np.float32(self.temperature)).astype(np.float32)).astype(np.float32)
+        return softmax(logits).astype(np.float32)
 
     def _one(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, the input of head_logits) of one uint8 image (S, S, 3), in float32 as Keras computes them."""
@@ -93,7 +92,7 @@ class NumpyModel:
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:
     if activation == "relu":
         return np.maximum(x, 0)
-    return softmax(x[None])[0] if activation == "softmax" else x
+    return softmax(x[None])[0].astype(np.float32) if activation == "softmax" else x
 
 
 def conv3x3_relu(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -215,7 +214,6 @@ def _h5_names(layers: list[dict]) -> list[str]:
 
 
 def _snake(name: str) -> str:
-    import re
 
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
@@ -272,10 +270,7 @@ def _dense(model: NumpyModel, cfg: dict, group) -> str:
     model.dense.append((kernel, bias, cfg["activation"]))
     if cfg["name"] != LOGITS:
         return "dense"
-    h = hashlib.sha256()
-    for w in (kernel, bias):
-        h.update(np.ascontiguousarray(w, np.float32).tobytes())
-    model.digest = h.hexdigest()[:16]
+    model.digest = head_digest((kernel, bias))
     return "logits"
 
 

@@ -16,7 +16,6 @@ images is accepted, the rest and everything beyond it answered ``unknown``. The 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.fsio import write_bytes
+from vgg_cli.runs.rundir import ood_stats_path
+from vgg_cli.task.head import LOGITS, head_digest
 
 log = logging.getLogger("vgg")
 
@@ -63,12 +64,7 @@ def mahalanobis(features: np.ndarray, means: np.ndarray, whiten: np.ndarray) -> 
 
 
 def weights_digest(model) -> str:
-    from vgg_cli.model.build import LOGITS
-
-    h = hashlib.sha256()
-    for w in model.get_layer(LOGITS).get_weights():
-        h.update(np.ascontiguousarray(w, np.float32).tobytes())
-    return h.hexdigest()[:16]
+    return head_digest(model.get_layer(LOGITS).get_weights())
 
 
 @dataclass
@@ -117,7 +113,6 @@ def stats_for(model, model_file: Path, digest: str | None = None) -> OODStats | 
     """The statistics stored beside ``model_file`` for this very model, or None (an older run, statistics of
     another model, or a damaged file: said once on the log). ``digest``: the model's ``weights_digest``, when the
     caller has it without Keras (``numpy_engine``)."""
-    from vgg_cli.runs.rundir import ood_stats_path
 
     path = ood_stats_path(model_file)
     if not path.is_file():

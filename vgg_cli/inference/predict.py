@@ -14,9 +14,12 @@ from typing import Iterable
 import numpy as np
 
 from vgg_cli.data.images import BadImage, is_image_name, load_image
+from vgg_cli.data.pipeline import decode_workers, prefetch_batches
 from vgg_cli.errors import NoInputError
+from vgg_cli.inference.forward import Forward
+from vgg_cli.inference.numpy_engine import NumpyModel
 from vgg_cli.progress import Progress
-
+from vgg_cli.runs.rundir import RunDir
 
 UNKNOWN = "unknown"  # the answer for an image beyond the run's out-of-distribution threshold or too unsure
 
@@ -132,7 +135,6 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
     with); the next batch is decoded (in parallel threads) while this one runs. ``tta``: average the probabilities
     over flipped and/or shifted copies (``TTA``). ``options``: calibration, the out-of-distribution score and
     ``unknown`` (``Options``)."""
-    from vgg_cli.data.pipeline import decode_workers, prefetch_batches
 
     options = options or Options()
     forward, classes, size, resize = _engine(model, options.needs_features, options.calibrated)
@@ -175,12 +177,10 @@ def answer_rows(paths: list[str], out: dict, classes: list[str], top_k: int, opt
 def _engine(model, features: bool, calibrated: bool) -> tuple:
     """(forward: views -> arrays, class names, image size, resize mode) of a Keras model or a
     ``numpy_engine.NumpyModel``."""
-    from vgg_cli.inference.numpy_engine import NumpyModel
 
     if isinstance(model, NumpyModel):
         return (lambda views: model.forward(views, features, calibrated), model.class_names, model.image_size,
                 model.resize)
-    from vgg_cli.inference.forward import Forward
     from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
     return (Forward(model, features=features, calibrated=calibrated), class_names_of(model), image_size_of(model),
@@ -228,7 +228,6 @@ def _score(x: float | None) -> str:
 
 def resolve_model_file(run: str | None, model_file: str | None, runs) -> Path:
     """The model file of ``--model``, else of the run ``--run`` names in ``runs`` (a ``RunsRoot``)."""
-    from vgg_cli.runs.rundir import RunDir
 
     if model_file is not None:
         p = Path(os.path.expanduser(model_file))

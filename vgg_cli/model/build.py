@@ -14,14 +14,14 @@ from typing import Sequence
 import keras
 from keras import layers
 
-from vgg_cli.platform import keras_fixes
 from vgg_cli.model.layers import LabelNames, TemperatureSoftmax, VGGPreprocess
 from vgg_cli.model.weights import load_backbone_weights
+from vgg_cli.platform import keras_fixes
+from vgg_cli.task.head import LOGITS
 
 ARCHS = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}
 # Conv layers per block (names block{b}_conv{i}); both archs have 5 blocks ending in block{b}_pool.
 BLOCK_CONVS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
-LOGITS = "head_logits"  # the layer whose output training's loss uses
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -99,14 +99,6 @@ def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_wei
     x = TemperatureSoftmax(dtype="float32", name="probabilities")(x)  # temperature 1 until calibrated
     outputs = LabelNames(class_names, dtype="float32", name="labels")(x)
     return keras.Model(inputs, outputs, name=f"{model_cfg.arch}_classifier"), source
-
-
-def frozen_prefix_blocks(freeze_blocks: Sequence[int]) -> int:
-    """How many leading conv blocks are frozen: 3 for [1, 2, 3, 5], 0 for [2, 3]."""
-    k = 0
-    while k + 1 in freeze_blocks:
-        k += 1
-    return k
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

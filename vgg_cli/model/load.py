@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import keras
 
-from vgg_cli.platform import keras_fixes
+from vgg_cli.errors import NoInputError
 from vgg_cli.model import layers as _layers
 from vgg_cli.model import optim as _optim
-from vgg_cli.errors import NoInputError
+from vgg_cli.platform import keras_fixes
 
 # A saved model holds these; loading one needs their Keras registration, which importing the modules does.
 REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _layers.TemperatureSoftmax, _optim.PhaseSchedule,
@@ -20,7 +21,6 @@ REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _layers.TemperatureSoft
 def load_model(path: str | os.PathLike, compile: bool = False, what: str = "model file") -> keras.Model:
     """Load a ``.keras`` model of this tool in Keras safe mode (no arbitrary code). A missing, cut-short, damaged
     or code-carrying file is one line (NoInputError, exit 66), never a traceback."""
-    import zipfile
 
     p = Path(path)
     if not p.is_file():

@@ -3,6 +3,7 @@ saved model or run directory, or a He-normal random start; and taking an earlier
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import keras
@@ -12,6 +13,7 @@ from keras import layers
 from vgg_cli.errors import ConfigError, NoInputError
 from vgg_cli.model.load import class_names_of, load_model
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.task.head import LOGITS
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications"
 # Exactly what keras.applications downloads for include_top=False (file name, URL, md5).
@@ -149,7 +151,6 @@ def check_weights_available(model_cfg) -> None:
 
 
 def _weights_not_found(weights: str) -> NoInputError:
-    import difflib
 
     close = difflib.get_close_matches(weights, ["imagenet", "none", "production", "latest"], n=1, cutoff=0.7)
     hint = f"did you mean model.weights={close[0]}? Otherwise " if close else ""
@@ -199,7 +200,6 @@ def copy_head(model: keras.Model, run_dir: Path) -> str:
     same shapes; the output layer keeps the rows (kernel columns and bias) of the classes the run knew, matched by
     class NAME (the order may differ), and new classes keep the fresh rows they were built with; a class the run
     knew that is gone is dropped. Returns what was taken, for the run's weights description ("" for nothing)."""
-    from vgg_cli.model.build import LOGITS
 
     source = load_model(RunDir(run_dir).model_file())
     ours_names, theirs_names = class_names_of(model), class_names_of(source)

@@ -11,6 +11,7 @@ lr-find) or ``auto``:
 from __future__ import annotations
 
 import os
+import sys
 from importlib import metadata
 
 from vgg_cli.errors import UnavailableError
@@ -52,7 +53,6 @@ def choose(setting: str = "auto", installed=_installed, cuda_jax=_cuda_jax) -> t
 
 def apply(setting: str = "auto") -> str:
     """Set KERAS_BACKEND for the Keras import to come (a no-op when Keras is already imported); returns why."""
-    import sys
 
     if "keras" in sys.modules:
         return "Keras was already imported"

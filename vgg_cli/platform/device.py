@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import sys
 import time
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from typing import Iterator
 
 from vgg_cli.errors import ConfigError
+from vgg_cli.platform import distribute
+from vgg_cli.platform.compile_cache import enable
 
 # float16 tensor cores arrived with Volta (compute capability 7.0).
 MIN_MIXED_CC = (7, 0)
@@ -23,7 +26,7 @@ MIN_MIXED_CC = (7, 0)
 def peak_rss_mib() -> float | None:
     """This process's peak resident memory so far (MiB), or None where the OS does not report it."""
     try:
-        import resource
+        import resource  # deferred: POSIX only
     except ImportError:  # Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -35,7 +38,6 @@ def _glibc():
     """The C library when it is glibc (malloc_trim exists), else None. Looked up once per process."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -109,7 +111,6 @@ class DeviceInfo:
     def scope(self):
         """The tf.distribute strategy's or Keras distribution's scope (models, optimizers and fit live in it), else
         a no-op."""
-        import contextlib
 
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
@@ -202,13 +203,10 @@ def setup_devices(train_cfg, compile_cache_dir=None, compile_cache_mb: int = 204
     compilation cache (``vgg_cli.platform.compile_cache``) first."""
     import keras
 
-    from vgg_cli.platform import distribute
 
     backend = keras.backend.backend()
     cache = None
     if compile_cache_dir is not None:
-        from vgg_cli.platform.compile_cache import enable
-
         cache = enable(compile_cache_dir, compile_cache_mb)
     cluster = distribute.env_cluster(backend)
     if backend == "jax" and cluster is not None and cluster[0] > 1 and train_cfg.distribute in ("auto",

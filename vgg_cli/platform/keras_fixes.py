@@ -18,6 +18,7 @@ Keras release that changes what they touch fails that test, not a user's run.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from contextlib import contextmanager
 
@@ -25,11 +26,9 @@ import keras
 import numpy as np
 
 
-
 @contextmanager
 def multi_worker_fit_fixes(plan, weighted: bool):
     """Two Keras 3 bugs stop ``fit`` under MultiWorkerMirroredStrategy (keras-team/keras#20585, open):
-
     1. to build the loss, metric and optimizer state, fit reduces the first distributed batch with
        ``strategy.reduce("MEAN", (x, y))``, a nested structure the collective all-reduce rejects. We build that
        state here from the batch's shapes (what Keras' own symbolic build does) and drop the model's captured
@@ -114,8 +113,6 @@ def streamed_saving():
     from keras.src.saving import saving_lib
 
     if not hasattr(saving_lib, "is_memory_sufficient"):
-        import logging
-
         logging.getLogger("vgg").debug("keras.src.saving.saving_lib.is_memory_sufficient is gone: models are "
                                        "saved Keras' default way")
         yield

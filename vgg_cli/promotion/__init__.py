@@ -1,2 +1,2 @@
-"""What happens to a trained run: the decision against production (``decide``), finishing a run
-(``finish``: latest, promotion, pruning, report) and ``vgg train`` as one job (``job``)."""
+"""What happens to a trained run's model: the decision against production (``decide.judge``), applying it, and the
+production changes a person asks for (promote, rollback), with their history. ``vgg_cli.job`` calls them."""

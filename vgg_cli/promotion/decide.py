@@ -18,9 +18,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from vgg_cli.data.drift import describe
+from vgg_cli.data.scan import TRAIN, VAL
 from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
-from vgg_cli.runs.rundir import RunDir
+from vgg_cli.evaluation.frozen import cached_scores, content_hashes
+from vgg_cli.evaluation.scoring import EvalSet, score
 from vgg_cli.runs.root import RunsRoot
+from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import Summary
 
 log = logging.getLogger("vgg")
@@ -85,11 +89,9 @@ def evaluate(run: RunDir, files: list[str], truth: list[str], batch_size: int = 
 
 
 def _score(run: RunDir, files: list[str], truth: list[str], batch_size: int, shas: list[str | None] | None):
-    """``evaluate.Scored`` of the run's model on the images: from the feature cache of the run's frozen blocks
+    """``scoring.Scored`` of the run's model on the images: from the feature cache of the run's frozen blocks
     through its trainable rest when it has them (``vgg_cli.evaluation.frozen.cached_scores``: the same answers to
     float rounding; images the cache lacks go through the frozen blocks), else the whole model on the images."""
-    from vgg_cli.evaluation.evaluate import EvalSet, score
-    from vgg_cli.evaluation.frozen import cached_scores
     from vgg_cli.model.load import load_model
 
     data = EvalSet(files, truth, "held-out images")
@@ -128,7 +130,7 @@ def _comparable_production(runs: RunsRoot, classes: list[str]) -> tuple[Path | N
 
 
 def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None,
-          evaluation: dict | None = None, drift: dict | None = None) -> dict:
+          evaluation: dict | None = None, drift: dict | None = None, runs: RunsRoot | None = None) -> dict:
     """Evaluate the new run against production and decide, without changing anything: the decision record.
     ``rules``: the config's ``promote`` section; ``batch_size``: for scoring.
 
@@ -139,8 +141,6 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     right after training (``output.report``): its accuracy is used. Production is scored on the same images (after
     a class change, those of the classes both know), from its feature cache where it can (``_score``). ``drift``:
     the run's summary.json "drift" (``promote.on_drift``)."""
-    from vgg_cli.data.scan import TRAIN, VAL
-    from vgg_cli.evaluation.frozen import content_hashes
 
     files, labels = index.judged_split()  # validation images with no copy in training (leaked ones left out)
     leaked = len(index.split(VAL)[0]) - len(files)
@@ -148,7 +148,7 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     if not held_out:  # no held-out images: judge on the training images (said so in the record)
         files, labels = index.split(TRAIN)
     truth, shas = [index.classes[i] for i in labels], content_hashes(index, files)
-    prod, class_change, unusable = _comparable_production(RunsRoot.of_run(paths), index.classes)
+    prod, class_change, unusable = _comparable_production(runs or RunsRoot.of_run(paths), index.classes)
     if unusable is not None:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,
                     unusable)
@@ -208,7 +208,6 @@ def _drift_reasons(record: dict, on_drift: str, drift: dict | None, run_name: st
     reason it is not promoted."""
     if not drift or not drift.get("flagged"):
         return []
-    from vgg_cli.data.drift import describe
 
     record["drift"] = {"flagged": True, "p": drift.get("p"), "on_drift": on_drift}
     text = f"drift: {describe(drift)}"

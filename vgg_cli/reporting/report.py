@@ -17,6 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from vgg_cli.config.sources import yaml_load
 from vgg_cli.errors import VggError
 from vgg_cli.fsio import write_text
 from vgg_cli.reporting.calibration_section import calibration_section
@@ -51,8 +54,6 @@ def promotion_badge(promotion: dict | None) -> str:
 
 def run_config(run) -> dict:
     """The run's config.yaml as a tree ({} when it is missing or unreadable: the headline then shows "-")."""
-    import yaml
-    from vgg_cli.config.sources import yaml_load
 
     try:
         tree = yaml_load(run.config.read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import keras
+from tqdm import tqdm
 
 from vgg_cli.errors import ArtifactIOError
 from vgg_cli.progress import plain_every_s
@@ -69,8 +70,6 @@ class ProgressBar(keras.callbacks.Callback):
         self.epoch, self._t0 = epoch, self.clock()
         self._shown = self._t0 if not self.tty else 0.0
         if self.tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                             leave=False, file=sys.stderr, dynamic_ncols=True)
 

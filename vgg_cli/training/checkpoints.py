@@ -25,20 +25,20 @@ import csv
 import errno
 import functools
 import gc
-import os
 import io
 import json
 import logging
+import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 
-from vgg_cli.platform.device import release_free_memory
-from vgg_cli.platform.keras_fixes import streamed_saving
 from vgg_cli.errors import DataError, NoInputError
 from vgg_cli.fsio import place_copy, write_json, write_text, write_with
+from vgg_cli.platform.device import release_free_memory
+from vgg_cli.platform.keras_fixes import streamed_saving
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.training import snapshots
 

@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 
 import keras
 
-from vgg_cli.training.callbacks import EpochScalars, ProgressBar, StopOnSignal, Stop
-from vgg_cli.training.checkpoints import Monitor, RunRecorder, TrainState
-from vgg_cli.config.schema import Config
-from vgg_cli.data.scan import DatasetIndex
+from vgg_cli.data.features import prune_cache
+from vgg_cli.data.pipeline import close_batches, eval_batches, raise_source_failure, train_batches
 from vgg_cli.platform.device import peak_rss_mib
 from vgg_cli.platform.distribute import in_multi_worker_scope
+from vgg_cli.platform.keras_fixes import multi_worker_fit_fixes
+from vgg_cli.training.callbacks import EpochScalars, ProgressBar, Stop, StopOnSignal
+from vgg_cli.training.checkpoints import Monitor, RunRecorder, TrainState
 from vgg_cli.training.health import Baseline, Diverged, HealthCheck, HealthRecord
 from vgg_cli.training.inputs import input_plan
-from vgg_cli.platform.keras_fixes import multi_worker_fit_fixes
-from vgg_cli.training.plan import Phase, TrainingPlan, set_up_phase, steps_per_epoch
-from vgg_cli.runs.rundir import RunDir
+from vgg_cli.training.plan import Phase, set_up_phase, steps_per_epoch
+from vgg_cli.training.session import Session
 
 log = logging.getLogger("vgg")
 
@@ -34,9 +34,10 @@ class FitOutcome:
     diverged: Diverged | None = None
 
 
-def fit(cfg: Config, index: DatasetIndex, plan: TrainingPlan, model: keras.Model, paths: RunDir,
-        state: TrainState) -> FitOutcome:
-    """Train epochs state.epoch .. epochs-1, phase by phase, watching the run's health (vgg_cli.training.health)."""
+def fit(session: Session, model: keras.Model, state: TrainState) -> FitOutcome:
+    """Train epochs state.epoch .. epochs-1, phase by phase, watching the run's health (vgg_cli.training.health),
+    into the session's run directory."""
+    cfg, index, plan = session.cfg, session.index, session.plan
     phases = plan.phases
     stopper = StopOnSignal()
     t0 = time.perf_counter()
@@ -56,8 +57,7 @@ def fit(cfg: Config, index: DatasetIndex, plan: TrainingPlan, model: keras.Model
                     configured = phase.number
                 if len(phases) > 1:
                     log.info("%s (epochs %d-%d)", phase.describe(), state.phase_start(i) + 1, state.phase_ends[i])
-                out.inputs[phase.number] = _fit_phase(cfg, index, model, paths, state, phase, stopper, weights,
-                                                      out.health)
+                out.inputs[phase.number] = _fit_phase(session, model, state, phase, stopper, out.health)
         except Stop as e:
             out.stopped_by = str(e)
         except KeyboardInterrupt:
@@ -73,7 +73,6 @@ def fit(cfg: Config, index: DatasetIndex, plan: TrainingPlan, model: keras.Model
 @contextmanager
 def _source_errors(source):
     """An image removed during the run stops it with its own one line (tf.data turns it into a framework error)."""
-    from vgg_cli.data.pipeline import raise_source_failure
 
     try:
         yield
@@ -82,16 +81,15 @@ def _source_errors(source):
         raise
 
 
-def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunDir, state: TrainState,
-               phase: Phase, stopper: StopOnSignal, weights: dict[int, float] | None, health: HealthRecord) -> dict:
+def _fit_phase(session: Session, model: keras.Model, state: TrainState, phase: Phase, stopper: StopOnSignal,
+               health: HealthRecord) -> dict:
     """Fit the rest of one phase (to state.phase_ends[phase]); returns the input description."""
-    from vgg_cli.data.pipeline import close_batches, eval_batches, train_batches
-
+    cfg, index, paths, weights = session.cfg, session.index, session.paths, session.plan.class_weight
     bs, seed = cfg.train.batch_size, cfg.train.seed
     end = state.phase_ends[phase.number - 1]
     plan = train_ds = val_ds = None
     try:
-        plan = input_plan(cfg, index, model, stopper.check, phase.frozen_blocks)
+        plan = input_plan(session, model, stopper.check, phase.frozen_blocks)
         log.info("input: %s", plan.info["description"])
         train_ds = train_batches(plan.source, plan.train_ids, plan.labels, bs, seed, state.epoch, end, weights)
         val_ds = eval_batches(plan.source, plan.val_ids, plan.labels, bs, repeat=True) if plan.val_ids else None
@@ -129,8 +127,6 @@ def _fit_phase(cfg: Config, index: DatasetIndex, model: keras.Model, paths: RunD
         if plan is not None:
             plan.source.close()
             if plan.cache_root is not None:
-                from vgg_cli.data.features import prune_cache
-
                 removed = prune_cache(plan.cache_root, cfg.cache.disk_mb * 2**20, plan.cache_entries)
                 if removed:
                     log.info("feature cache %s: removed %d least recently used entries (cache.disk_mb=%d)",

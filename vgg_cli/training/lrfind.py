@@ -18,8 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_cli.data.pipeline import close_batches, train_batches
 from vgg_cli.errors import DataError
 from vgg_cli.fsio import write_json, write_text
+from vgg_cli.reporting.plots import lr_range
+from vgg_cli.training.callbacks import StopOnSignal
+from vgg_cli.training.inputs import input_plan
+from vgg_cli.training.plan import steps_per_epoch
+from vgg_cli.training.session import open_session
 
 log = logging.getLogger("vgg")
 SMOOTHING = 0.95  # exponential moving average of the loss, bias-corrected
@@ -53,22 +59,23 @@ def suggest(rates: np.ndarray, smoothed: list[float]) -> tuple[float | None, flo
     return (float(rates[i]) if slope[i] < 0 else None), at_min
 
 
-def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
-    """Train ``steps`` batches with the rate rising from ``start`` to ``end``; write the plot, CSV and JSON."""
-    from vgg_cli.training.callbacks import StopOnSignal
-    from vgg_cli.training.inputs import input_plan
-
-    cfg, index, model, phase = _prepared_model(cfg, start)  # cfg with a warm start resolved
+def lr_find(cfg, runs, steps: int, start: float, end: float, out_dir: Path) -> dict:
+    """Train ``steps`` batches with the rate rising from ``start`` to ``end``; write the plot, CSV and JSON. The
+    model is the one training's session builds (phase 1); ``runs``: the runs folder (the sticky split, caches)."""
+    session = open_session(cfg, runs, fail_fast=("weights",))
+    cfg, phase = session.cfg, session.plan.phases[0]  # cfg with a warm start resolved
+    model, weights = session.build(phase, learning_rate=start)
+    log.info("lr-find: %s backbone, weights: %s", cfg.model.arch, weights)
     log.info("lr-find: frozen blocks %s, %s, %d steps from %g to %g", list(phase.frozen_blocks) or "none",
              cfg.train.optimizer.name, steps, start, end)
     rates = range_rates(start, end, steps)
     t0 = time.perf_counter()
     stopper = StopOnSignal()
     with stopper:
-        plan = input_plan(cfg, index, model, stopper.check, phase.frozen_blocks)
+        plan = input_plan(session, model, stopper.check, phase.frozen_blocks)
         try:
             log.info("input: %s", plan.info["description"])
-            losses, stopped = _sweep(cfg, index, plan, rates, stopper)
+            losses, stopped = _sweep(session, plan, rates, stopper)
         finally:
             plan.source.close()
     if len(losses) < 5:
@@ -79,39 +86,12 @@ def lr_find(cfg, steps: int, start: float, end: float, out_dir: Path) -> dict:
     return _report(rates[: len(losses)], losses, info, out_dir)
 
 
-def _prepared_model(cfg, start: float):
-    """(config with a warm start resolved, dataset index, model compiled at ``start`` with phase 1's frozen blocks,
-    phase 1), as training prepares them."""
-    import keras
-
-    from vgg_cli.model.build import apply_freeze, backbone_of, build_model
-    from vgg_cli.model.optim import compile_model
-    from vgg_cli.training.plan import plan_phases
-    from vgg_cli.training.prepare import resolve_sources, scan_dataset
-    from vgg_cli.model.weights import check_weights_available
-
-    cfg = resolve_sources(cfg)
-    check_weights_available(cfg.model)
-    index = scan_dataset(cfg)
-    keras.utils.set_random_seed(cfg.train.seed)
-    model, weights = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment,
-                                 resize=cfg.data.resize)
-    log.info("lr-find: %s backbone, weights: %s", cfg.model.arch, weights)
-    phase = plan_phases(cfg)[0]
-    apply_freeze(backbone_of(model), phase.frozen_blocks)
-    compile_model(model, cfg.train, len(index.classes), learning_rate=start)
-    return cfg, index, model, phase
-
-
-def _sweep(cfg, index, plan, rates: np.ndarray, stopper) -> tuple[list[float], str]:
+def _sweep(session, plan, rates: np.ndarray, stopper) -> tuple[list[float], str]:
     """One train step per rate until the rates run out or the loss diverges: (losses, why it stopped)."""
-    from vgg_cli.data.pipeline import close_batches, train_batches
-    from vgg_cli.training.plan import class_weights, steps_per_epoch  # (no TrainingPlan: lr-find is one phase)
-
-    steps = len(rates)
+    cfg, steps = session.cfg, len(rates)
     per_epoch = steps_per_epoch(len(plan.train_ids), cfg.train.batch_size)
     ds = train_batches(plan.source, plan.train_ids, plan.labels, cfg.train.batch_size, cfg.train.seed, 0,
-                       math.ceil(steps / per_epoch), class_weights(cfg, index))
+                       math.ceil(steps / per_epoch), session.plan.class_weight)
     losses: list[float] = []
     best = math.inf
     try:
@@ -141,7 +121,6 @@ def _report(rates: np.ndarray, losses: list[float], info: dict, out_dir: Path) -
                         "json": str(out_dir / "lr_find.json")}}
     write_text(out_dir / "lr_find.csv", "step,learning_rate,loss,smoothed_loss\n" + "".join(
         f"{i + 1},{r:.6g},{loss:.6f},{s:.6f}\n" for i, (r, loss, s) in enumerate(zip(rates, losses, smoothed))))
-    from vgg_cli.reporting.plots import lr_range
 
     lr_range(rates, losses, smoothed, steepest, out_dir / "lr_find.png")
     write_json(out_dir / "lr_find.json", result)

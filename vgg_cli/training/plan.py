@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import keras
 
-from vgg_cli.training.checkpoints import TrainState
 from vgg_cli.config.schema import AUTO, Config, auto_learning_rate
+from vgg_cli.data.features import final_frozen_blocks
 from vgg_cli.data.scan import TRAIN, DatasetIndex
 from vgg_cli.errors import ConfigError
 from vgg_cli.model.build import apply_freeze, backbone_of
 from vgg_cli.model.optim import compile_model, learning_rate_for
+from vgg_cli.training.checkpoints import TrainState
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,7 @@ def plan_phases(cfg: Config) -> list[Phase]:
         rate = auto_learning_rate(cfg.model.freeze_blocks)
     phases = [Phase(1, cfg.train.epochs, tuple(cfg.model.freeze_blocks), rate, auto)]
     if cfg.finetune.epochs > 0:
-        frozen = tuple(b for b in cfg.model.freeze_blocks if b not in cfg.finetune.unfreeze_blocks)
-        phases.append(Phase(2, cfg.finetune.epochs, frozen, cfg.finetune.learning_rate))
+        phases.append(Phase(2, cfg.finetune.epochs, final_frozen_blocks(cfg), cfg.finetune.learning_rate))
     return phases
 
 

@@ -5,6 +5,7 @@ from the previous run's training images (``night_drift``)."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,17 @@ from vgg_cli.data.images import BadImage, load_image
 from vgg_cli.data.layout import apply_layout
 from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
 from vgg_cli.errors import NoInputError, VggError
-from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
+from vgg_cli.runs.rundir import RunDir
 
 log = logging.getLogger("vgg")
 
 
-def resolve_warm_start(cfg: Config) -> Config:
+def resolve_warm_start(cfg: Config, runs: RunsRoot) -> Config:
     """model.weights: production|latest -> that run directory in output.dir."""
     if cfg.model.weights not in (PRODUCTION, LATEST):
         return cfg
-    link = RunsRoot.of(cfg).path / cfg.model.weights
+    link = runs.link(cfg.model.weights)
     if not link.exists():
         raise NoInputError(f"model.weights={cfg.model.weights}: there is no {link} yet; train a first run with "
                            f"model.weights=imagenet (or none), or pass a run directory")
@@ -34,10 +35,10 @@ def resolve_warm_start(cfg: Config) -> Config:
     return cfg.model_copy(update={"model": model})
 
 
-def resolve_sources(cfg: Config) -> Config:
+def resolve_sources(cfg: Config, runs: RunsRoot) -> Config:
     """Where the weights and the images come from: ``resolve_warm_start``, and a dataset of split folders
     (train/, val/, test/) read as such (``vgg_cli.data.layout``); the folders it names must exist."""
-    cfg, layout = apply_layout(resolve_warm_start(cfg))
+    cfg, layout = apply_layout(resolve_warm_start(cfg, runs))
     if layout.kind == "splits":
         log.info("dataset layout: %s", layout.describe())
     for key in ("val_dir", "test_dir"):
@@ -46,8 +47,8 @@ def resolve_sources(cfg: Config) -> Config:
     return cfg
 
 
-def previous_splits(cfg: Config) -> dict[str, str]:
-    latest = RunsRoot.of(cfg).latest()
+def previous_splits(cfg: Config, runs: RunsRoot) -> dict[str, str]:
+    latest = runs.latest()
     if latest is None or not latest.data.is_file():
         return {}
     try:
@@ -71,24 +72,22 @@ def log_scan(index: DatasetIndex) -> None:
         log.warning("class folder %r left out: %s", c["class"], c["reason"])
 
 
-def scan_dataset(cfg: Config, splits: dict[str, str] | None = None) -> DatasetIndex:
+def scan_dataset(cfg: Config, runs: RunsRoot, splits: dict[str, str] | None = None) -> DatasetIndex:
     """Scan data.train_dir (and val_dir), keeping runs/latest's split (or ``splits``), and log what was found."""
-    index = scan(cfg.data, previous_splits=previous_splits(cfg) if splits is None else splits,
-                 cache_dir=RunsRoot.of(cfg).cache)
+    index = scan(cfg.data, previous_splits=previous_splits(cfg, runs) if splits is None else splits,
+                 cache_dir=runs.cache)
     log_scan(index)
     return index
 
 
-def night_drift(cfg: Config, index: DatasetIndex) -> dict:
+def night_drift(cfg: Config, runs: RunsRoot, index: DatasetIndex) -> dict:
     """Tonight's new images (files the previous run's data.json does not list, or lists with other content) of the
     classes that run knew, against a bounded sample of that run's training images (``vgg_cli.data.drift``); the
     previous run is production's, else latest's. Reads
     only those images, at a small size; a night without new images reads none. New classes are left out (a class
     change is judged by promotion) and listed."""
-    import time
 
     t0 = time.perf_counter()
-    runs = RunsRoot.of(cfg)
     # Production's training images when there is a production run: a night held for drift (or refused) is not the
     # baseline of the next, so drift is held until a person promotes; else the latest run's.
     production = runs.production()
@@ -142,14 +141,15 @@ def _new_and_reference(index: DatasetIndex, manifest: dict) -> tuple[list, list,
     return new, ref, new_classes
 
 
-def feature_drift(cfg: Config, index: DatasetIndex, drift: dict | None, inputs: dict | None) -> dict | None:
+def feature_drift(cfg: Config, runs: RunsRoot, index: DatasetIndex, drift: dict | None,
+                  inputs: dict | None) -> dict | None:
     """After training on cached frozen-prefix features (``inputs``: summary.json "input"): the drift test's samples
     (the same draws as ``night_drift``) compared by their features too, averaged over positions; the verdict is
     made again over all the tests. ``drift`` as it was when there is nothing to add."""
     if not drift or not drift.get("tested") or "features" in drift or not inputs or inputs.get("path") != "features":
         return drift
     try:
-        new, ref, _ = _new_and_reference(index, RunsRoot.of(cfg).run(drift["previous_run"]).read_manifest())
+        new, ref, _ = _new_and_reference(index, runs.run(drift["previous_run"]).read_manifest())
     except (VggError, KeyError, TypeError):
         return drift
     d, rng = drift_module, np.random.default_rng(cfg.train.seed)

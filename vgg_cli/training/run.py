@@ -10,30 +10,30 @@ any moment can be resumed with ``vgg train --resume``. SIGINT/SIGTERM stop at th
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
+from vgg_cli.config.schema import Config, load_run_config
+from vgg_cli.data.scan import require_dir
+from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
+from vgg_cli.fsio import write_json, write_text
+from vgg_cli.model.weights import check_weights_available, copy_head
+from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
+from vgg_cli.runs.rundir import RunDir
+from vgg_cli.runs.summary import PENDING, Outcome, RunStatus, Summary
 from vgg_cli.training.callbacks import EarlyLog, attach_log_file, detach_log_file
 from vgg_cli.training.checkpoints import TrainState, finalize, load_checkpoint, read_state, sync
-from vgg_cli.config.schema import Config, load_run_config
-from vgg_cli.data.scan import DatasetIndex, check_layout, require_dir
-from vgg_cli.platform.device import DeviceInfo, setup_devices
-from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
-from vgg_cli.model.build import build_model
-from vgg_cli.model.weights import check_weights_available, copy_head
-from vgg_cli.training.plan import TrainingPlan, make_plan, set_up_phase
-from vgg_cli.training.prepare import feature_drift, night_drift, previous_splits, resolve_sources, scan_dataset
-from vgg_cli.training.reread import load_index, moved, readable_summary, run_info_of
+from vgg_cli.training.prepare import feature_drift, night_drift, previous_splits, resolve_sources
+from vgg_cli.training.reread import moved, readable_summary, run_info_of
+from vgg_cli.training.session import Session, open_resumed, open_session
 from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
-from vgg_cli.fsio import write_json, write_text
-from vgg_cli.runs.rundir import RunDir
-from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
-from vgg_cli.runs.summary import Outcome, PENDING, RunStatus, Summary
 
 log = logging.getLogger("vgg")
 
@@ -44,18 +44,16 @@ MAX_AUTO_RESUMES = 3
 
 @dataclass
 class ToFinish:
-    """What the end of a trained run (``vgg_cli.promotion.finish``: latest, the promotion decision, pruning) needs."""
-    cfg: Config
-    paths: RunDir
-    index: DatasetIndex
+    """What the end of a trained run (``vgg_cli.job``: calibration, evaluation, the promotion decision, latest,
+    pruning) needs: the session that trained it and its best epoch."""
+    session: Session
     best: dict | None  # the best epoch's metrics row
-    chief: bool = True  # False: a multi-worker job's other worker, whose scratch run is not finished
 
 
 @dataclass
 class TrainResult:
     """What training did. A trained run's promotion is still pending (``to_finish``): the caller finishes it,
-    under the same lock (``vgg_cli.promotion.job``), so training never imports promotion or prediction."""
+    under the same lock (``vgg_cli.job``), so training never imports promotion or prediction."""
     status: Outcome
     run_dir: Path
     summary: Summary
@@ -69,10 +67,11 @@ class TrainResult:
         return self.summary.promoted
 
 
-def run_training(cfg: Config, *, role: tuple[int, int] | None = None, if_changed: bool = False) -> TrainResult:
-    """Train a new run (or, with ``if_changed``, do nothing when data and config match the latest run).
-    ``role``: (processes, this process) of a multi-process job (``vgg_cli.platform.distribute.process_role``),
-    else None."""
+def run_training(cfg: Config, runs: RunsRoot, *, role: tuple[int, int] | None = None,
+                 if_changed: bool = False) -> TrainResult:
+    """Train a new run in ``runs`` (the runs folder of ``cfg``, built once by the caller), or, with ``if_changed``,
+    do nothing when data and config match the latest run. ``role``: (processes, this process) of a multi-process
+    job (``vgg_cli.platform.distribute.process_role``), else None."""
     t_start = time.perf_counter()
     early = EarlyLog()
     log.addHandler(early)
@@ -83,33 +82,31 @@ def run_training(cfg: Config, *, role: tuple[int, int] | None = None, if_changed
             if if_changed:
                 raise ConfigError("--if-changed is not supported with train.distribute=multi_worker (the workers "
                                   "would have to agree on skipping); run the multi-worker job without it")
-            return _worker_run(cfg, early, t_start, role)
-        unfinished = _unfinished_same_job(cfg) if if_changed else None
+            return _worker_run(cfg, runs, early, t_start, role)
+        unfinished = _unfinished_same_job(cfg, runs) if if_changed else None
         set_aside = None
         if unfinished is not None:
             try:
-                return _resume(moved(load_run_config(unfinished.config), unfinished.root), unfinished, t_start,
-                               early)
+                return _resume(moved(load_run_config(unfinished.config), unfinished.root), runs, unfinished,
+                               t_start, early)
             except (DataError, NoInputError, ConfigError) as e:  # a damaged or gone part: never every night again
-                set_aside = RunsRoot.of(cfg).set_aside(unfinished, str(e))
+                set_aside = runs.set_aside(unfinished, str(e))
                 log.warning("set aside unfinished run %s, which cannot be resumed (%s); training a new run",
                             unfinished.name, set_aside["reason"])
-        return _new_run(cfg, early, t_start, if_changed, set_aside=set_aside)
+        return _new_run(cfg, runs, early, t_start, if_changed, set_aside=set_aside)
     finally:
         log.removeHandler(early)
         keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
 
 
-def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> TrainResult:
+def _worker_run(cfg: Config, runs: RunsRoot, early, t_start: float, role: tuple[int, int]) -> TrainResult:
     """A multi-worker job's non-chief worker: the same training, step for step (its collectives pair with the
     chief's), but everything it writes goes to a scratch folder that is removed at the end; it reads the real
     output.dir only for what must match the chief (the sticky split of runs/latest, a warm-start run)."""
-    import shutil
-    import tempfile
 
     workers, worker = role
-    cfg = resolve_sources(cfg)
-    previous = previous_splits(cfg)
+    cfg = resolve_sources(cfg, runs)
+    previous = previous_splits(cfg, runs)
     scratch = Path(tempfile.mkdtemp(prefix=f"vgg-worker{worker}-"))
     try:
         output = cfg.output.model_copy(update={"dir": str(scratch), "name": "worker", "keep": None})
@@ -117,9 +114,8 @@ def _worker_run(cfg: Config, early, t_start: float, role: tuple[int, int]) -> Tr
         local = cfg.model_copy(update={"output": output, "cache": cache})
         log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
                  worker, workers, scratch)
-        result = _new_run(local, early, t_start, False, splits=previous, chief=False)
-        return TrainResult(Outcome.WORKER_DONE, RunsRoot.of(cfg).path, Summary({**result.summary.data,
-                                                                               "promotion": None}))
+        result = _new_run(local, RunsRoot(scratch), early, t_start, False, splits=previous, chief=False)
+        return TrainResult(Outcome.WORKER_DONE, runs.path, Summary({**result.summary.data, "promotion": None}))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -130,20 +126,15 @@ def _latest_summary(runs: RunsRoot) -> tuple[Path, Summary] | None:
     return None if summary is None else (latest.root, summary)
 
 
-def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict | None = None,
+def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, if_changed: bool, splits: dict | None = None,
              chief: bool = True, set_aside: dict | None = None) -> TrainResult:
     started = now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
     dataset_name = Path(cfg.data.train_dir).name  # (the dataset's own name, not the train/ of a split layout)
-    cfg = resolve_sources(cfg)
-    check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
-    device = setup_devices(cfg.train, *_compile_cache(cfg))
-    runs = RunsRoot.of(cfg)
-    if not if_changed:
-        runs.check_name_free(cfg.output.name)  # fail fast, before a long scan
-        check_weights_available(cfg.model)  # (a skipped run needs neither)
-    index = scan_dataset(cfg, splits)
+    # a skipped night needs neither a free name nor weights: checked after the scan, when it is not skipped
+    session = open_session(cfg, runs, splits, chief, fail_fast=() if if_changed else ("name", "weights"))
+    cfg, index, device = session.cfg, session.index, session.device
     if device.distribute == "multi_worker" and device.is_chief != chief:
         raise ConfigError(f"the job's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) changed while vgg started "
                           f"(process {device.worker}); start the job again")
@@ -157,20 +148,14 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
         runs.check_name_free(cfg.output.name)
         check_weights_available(cfg.model)
     t_scanned = time.perf_counter()
-    drift = night_drift(cfg, index) if chief else None  # after --if-changed: an unchanged night reads no image
+    drift = night_drift(cfg, runs, index) if chief else None  # after --if-changed: an unchanged night reads no image
 
-    keras.utils.set_random_seed(cfg.train.seed)
     _log_device(device, cfg)
-    with device.scope():  # a distribution strategy's variables are made in its scope
-        model, weights_source = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment,
-                                            resize=cfg.data.resize)
-        if requested_weights in (PRODUCTION, LATEST):
-            weights_source = f"{requested_weights}: {weights_source}"
-            weights_source += copy_head(model, Path(cfg.model.weights))
-        plan = make_plan(cfg, index)
-        set_up_phase(model, cfg, plan, plan.phases[0])
+    model, weights_source = session.build()
+    if requested_weights in (PRODUCTION, LATEST):
+        weights_source = f"{requested_weights}: {weights_source}" + copy_head(model, Path(cfg.model.weights))
     log.info("backbone %s, weights: %s, frozen blocks: %s; %s", cfg.model.arch, weights_source,
-             cfg.model.freeze_blocks or "none", plan.phases[0].describe())
+             cfg.model.freeze_blocks or "none", session.plan.phases[0].describe())
     t_built = time.perf_counter()
 
     paths = runs.new_run(cfg.output.name, dataset_name)
@@ -184,16 +169,14 @@ def _new_run(cfg: Config, early, t_start: float, if_changed: bool, splits: dict 
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
                     "resumed": [], "drift": drift, **({"set_aside": [set_aside]} if set_aside else {})}
         write_json(paths.info, run_info)
-        return _fit_and_summarise(Session(cfg, index, plan, paths, device), model, plan.new_state(), run_info,
-                                  t_start)
+        return _fit_and_summarise(session.with_run(paths), model, session.plan.new_state(), run_info, t_start)
     finally:
         detach_log_file(handler)
 
 
-def _unfinished_same_job(cfg: Config) -> RunDir | None:
+def _unfinished_same_job(cfg: Config, runs: RunsRoot) -> RunDir | None:
     """Cron mode (--if-changed): the newest run that did not finish, if it is newer than runs/latest and was
     started with this same config. It is finished before anything new is trained."""
-    runs = RunsRoot.of(cfg)
     try:
         candidate = runs.find_resumable()
     except NoInputError:
@@ -216,11 +199,12 @@ def _unfinished_same_job(cfg: Config) -> RunDir | None:
     return run
 
 
-def resume_training(run_dir: Path, role: tuple[int, int] | None = None,
+def resume_training(run_dir: Path, runs: RunsRoot, role: tuple[int, int] | None = None,
                     overrides: tuple[str, ...] = ()) -> TrainResult:
     """Continue an unfinished run from its last committed epoch, with its own config and file list, in its place
-    now (a run directory copied elsewhere writes there). ``role``: as for ``run_training``; a multi-process job is
-    not resumed. ``overrides``: KEY=VALUE of the keys that only say where things go (``vgg_cli.training.RESUME_OVERRIDES``)."""
+    now (a run directory copied elsewhere writes there; ``runs``: the folder it sits in, built once by the
+    caller). ``role``: as for ``run_training``; a multi-process job is not resumed. ``overrides``: KEY=VALUE of
+    the keys that only say where things go (``vgg_cli.training.RESUME_OVERRIDES``)."""
     t_start = time.perf_counter()
     paths = RunDir(Path(run_dir))
     if not paths.config.is_file() or not paths.data.is_file():
@@ -233,12 +217,12 @@ def resume_training(run_dir: Path, role: tuple[int, int] | None = None,
                           "train.distribute=auto can also be resumed by one process without those variables)")
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        return _resume(cfg, paths, t_start)
+        return _resume(cfg, runs, paths, t_start)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None = None) -> TrainResult:
+def _resume(cfg: Config, runs: RunsRoot, paths: RunDir, t_start: float, early: EarlyLog | None = None) -> TrainResult:
     handler = attach_log_file(paths.log, early)
     try:
         summary = readable_summary(paths)
@@ -248,7 +232,7 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
                      "finishing it", paths.root.name)
             state = read_state(paths)
             return TrainResult(Outcome.TRAINED, paths.root, summary,
-                               ToFinish(cfg, paths, load_index(paths), state.best if state else None))
+                               ToFinish(open_resumed(cfg, runs, paths), state.best if state else None))
         if status == RunStatus.DIVERGED:
             d = summary.health.get("diverged") or {}
             raise TrainingDiverged(f"run {paths.root.name} diverged ({d.get('what', 'non-finite numbers')}) and is "
@@ -257,12 +241,10 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
         if status not in (None, RunStatus.INTERRUPTED):
             log.info("run %s already finished (%s): nothing to resume", paths.root.name, status.value)
             return TrainResult(Outcome.NOTHING_TO_DO, paths.root, summary)
-        index = load_index(paths)
-        device = setup_devices(cfg.train, *_compile_cache(cfg))
+        session = open_resumed(cfg, runs, paths)
         state = read_state(paths)
         run_info = run_info_of(cfg, paths)
-        _log_device(device, cfg)
-        session = Session(cfg, index, make_plan(cfg, index), paths, device)
+        _log_device(session.device, cfg)
         model, state = _model_to_resume(session, state)
         run_info["resumed"].append({"at": now(), "after_epoch": state.epoch})
         write_json(paths.info, run_info)
@@ -273,15 +255,10 @@ def _resume(cfg: Config, paths: RunDir, t_start: float, early: EarlyLog | None =
 
 def _model_to_resume(session: Session, state: TrainState | None):
     """(model, state) to continue from: the committed checkpoint, or a new model when no epoch was completed."""
-    cfg, paths, index, device, plan = session.cfg, session.paths, session.index, session.device, session.plan
+    cfg, paths, device = session.cfg, session.paths, session.device
     if state is None:
         log.info("resuming %s from the start: no epoch was completed", paths.root.name)
-        keras.utils.set_random_seed(cfg.train.seed)
-        with device.scope():
-            model, _ = build_model(cfg.model, cfg.data.image_size, index.classes, augment=cfg.augment,
-                                   resize=cfg.data.resize)
-            set_up_phase(model, cfg, plan, plan.phases[0])
-        return model, plan.new_state()
+        return session.build()[0], session.plan.new_state()
     sync(paths, state)  # repair anything a crash between commit and sync left behind
     log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch, state.epochs,
              state.best_epoch)
@@ -289,11 +266,6 @@ def _model_to_resume(session: Session, state: TrainState | None):
     with device.scope():
         model, state.base = load_checkpoint(state.checkpoint_path(paths))
     return model, state
-
-
-def _compile_cache(cfg: Config) -> tuple[Path, int]:
-    """Where the JAX compile cache lives (unless JAX_COMPILATION_CACHE_DIR says) and its size cap."""
-    return RunsRoot.of(cfg).compile_cache, cfg.cache.compile_mb
 
 
 def _log_device(device, cfg: Config) -> None:
@@ -315,29 +287,18 @@ def _log_device(device, cfg: Config) -> None:
                               f"across replicas: set it to at least {device.replicas}")
 
 
-@dataclass(frozen=True)
-class Session:
-    """What one training session works with: the config, the dataset, the plan made of them, the run directory,
-    the devices."""
-    cfg: Config
-    index: DatasetIndex
-    plan: TrainingPlan
-    paths: RunDir
-    device: DeviceInfo
-
-
 def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, run_info: dict,
                        t_start: float) -> TrainResult:
     cfg, index, plan, paths, device = session.cfg, session.index, session.plan, session.paths, session.device
     outcome = FitOutcome()
     if state.epoch < state.epochs and not state.stopped_early:
         with device.scope():
-            outcome = fit(cfg, index, plan, model, paths, state)
+            outcome = fit(session, model, state)
     finalize(paths, state, model)  # best.keras and last.keras from light checkpoints, once per session
     log.debug("training finished; writing the summary")
     summary = Summary(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
     summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
-    summary["drift"] = feature_drift(cfg, index, summary.drift, summary["input"])  # + the frozen features
+    summary["drift"] = feature_drift(cfg, session.runs, index, summary.drift, summary["input"])  # + the frozen features
     summary["phases"] = phase_summary(plan, state, outcome.inputs)
     weights = plan.class_weight
     summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
@@ -360,8 +321,7 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
     if best is not None:
         log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], best[summary["monitor"]],
                  best["epoch"], summary["epochs_run"], paths.best)
-    return TrainResult(Outcome.TRAINED, paths.root, summary, ToFinish(cfg, paths, index, best,
-                                                                      chief=device.is_chief))
+    return TrainResult(Outcome.TRAINED, paths.root, summary, ToFinish(session, best))
 
 
 def _interrupted(paths: RunDir, state: TrainState, why: str) -> InterruptedRun:

@@ -10,16 +10,19 @@ import math
 import platform
 import time
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 
 import keras
 
 from vgg_cli import __version__
-from vgg_cli.training.checkpoints import Monitor, TrainState
 from vgg_cli.config.schema import Config
 from vgg_cli.data.scan import DatasetIndex
-from vgg_cli.training.plan import TrainingPlan, n_train as count_train
+from vgg_cli.reporting.plots import training_curves
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import RunStatus
+from vgg_cli.training.checkpoints import Monitor, TrainState
+from vgg_cli.training.plan import TrainingPlan
+from vgg_cli.training.plan import n_train as count_train
 
 log = logging.getLogger("vgg")
 
@@ -33,8 +36,6 @@ def versions() -> dict:
     out = {"vgg": __version__, "keras": keras.__version__, "python": platform.python_version(),
            "backend": keras.backend.backend()}
     for name in {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(out["backend"], []):
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -58,8 +59,6 @@ def plot_curves(paths: RunDir, state: TrainState, monitor: str) -> None:
     if not state.rows:
         return
     try:
-        from vgg_cli.reporting.plots import training_curves
-
         training_curves(state.rows, paths.curves, best_epoch=state.best_epoch, monitor=monitor)
     except ImportError as e:
         log.warning("no training curves picture: %s", e)

@@ -1,4 +1,6 @@
-"""The end of a run, after its last epoch: summary, ``latest``, the promotion decision, pruning.
+"""The end of a run, after its last epoch, as stages of its session: ``finish`` (latest, calibration, the
+evaluations), ``decide`` (the promotion decision, ``vgg_cli.promotion.decide.judge``), ``apply`` (the report, the
+production change, pruning). ``vgg_cli.job.lifecycle`` runs them in that order.
 
 Part of the commit protocol (``vgg_cli.training.checkpoints`` commits the epochs): every step here can be redone, so a run
 killed at any moment after its last epoch is finished by ``vgg train --resume`` or ``--if-changed``, and its
@@ -25,69 +27,85 @@ from __future__ import annotations
 
 import logging
 
+from vgg_cli.errors import DataError, NoInputError, VggError
+from vgg_cli.evaluation.calibrate import calibrate_run
+from vgg_cli.evaluation.evaluate import evaluate
+from vgg_cli.evaluation.frozen import cached_validation
+from vgg_cli.evaluation.scoring import answering, folder_set, validation_set
+from vgg_cli.fsio import read_json
 from vgg_cli.platform.device import peak_rss_mib
 from vgg_cli.promotion.decide import apply_decision, judge, prune
-from vgg_cli.errors import DataError, NoInputError, VggError
-from vgg_cli.fsio import read_json
 from vgg_cli.reporting.report import write_run_report
 from vgg_cli.runs.rundir import EvaluationDir, RunDir
-from vgg_cli.runs.root import RunsRoot
 from vgg_cli.runs.summary import Summary
 
 log = logging.getLogger("vgg")
 
 
-def finish(cfg, paths: RunDir, index, summary: Summary, best: dict | None, chief: bool = True) -> Summary:
-    """Steps 2-6 above for a run whose summary.json (step 1) is written; returns the final summary."""
-    runs = RunsRoot.of_run(paths)
-    runs.point_latest(paths)
-    if not chief:  # a multi-worker job's other workers: the chief decides
-        return summary
+def finish(session, summary: Summary) -> dict | None:
+    """Steps 2-3 above for a run whose summary.json (step 1) is written: ``latest``, and while its promotion is
+    pending, calibration and the evaluations. Returns the validation evaluation's report (None when there is none,
+    or when the promotion was decided before a kill: the decision is not made again)."""
+    cfg, paths = session.cfg, session.paths
+    session.runs.point_latest(paths)
     promotion = summary.promotion
-    if promotion is None or promotion.get("pending"):
-        summary["calibration"], calibrated = calibrate(cfg, paths, index)
-        paths.write_summary(summary)
-        evaluation = evaluate_validation(cfg, paths, calibrated) if cfg.output.report else None
-        if cfg.data.test_dir is not None:
-            evaluate_test(cfg, paths)
-        promotion = {**judge(cfg.promote, cfg.train.batch_size, paths, index, best, evaluation,
-                                 summary.drift), "applied": False}
-        summary.promotion = promotion
-        paths.write_summary(summary)
+    if not session.device.is_chief or not (promotion is None or promotion.get("pending")):
+        return None  # a multi-worker job's other workers: the chief finishes
+    summary["calibration"], calibrated = calibrate(cfg, paths, session.index, session.runs)
+    paths.write_summary(summary)
+    evaluation = evaluate_validation(cfg, paths, calibrated, session.runs) if cfg.output.report else None
+    if cfg.data.test_dir is not None:
+        evaluate_test(cfg, paths)
+    return evaluation
+
+
+def decide(session, summary: Summary, best: dict | None, evaluation: dict | None) -> None:
+    """Step 3's decision, while the promotion is pending (no side effects beyond summary.json's ``applied:
+    false``): ``vgg_cli.promotion.decide.judge``, reusing the validation evaluation's accuracy."""
+    promotion = summary.promotion
+    if not session.device.is_chief or not (promotion is None or promotion.get("pending")):
+        return
+    cfg = session.cfg
+    summary.promotion = {**judge(cfg.promote, cfg.train.batch_size, session.paths, session.index, best, evaluation,
+                                 summary.drift, session.runs), "applied": False}
+    session.paths.write_summary(summary)
+
+
+def apply(session, summary: Summary) -> Summary:
+    """Steps 4-6: the report, the production change (once), ``applied: true``, pruning."""
+    cfg, paths, promotion = session.cfg, session.paths, summary.promotion
+    if not session.device.is_chief:
+        return summary
     if promotion.get("applied") is False:
         if cfg.output.report:
             write_run_report(paths, _saved_evaluation(paths), (_saved_evaluation(paths, "test"),))
-        apply_decision(runs, paths.root.name, promotion)
+        apply_decision(session.runs, paths.root.name, promotion)
         promotion["applied"] = True
-        # (promotion's evaluation included)
         summary["timings"] = {**(summary.get("timings") or {}), "peak_rss_mib": peak_rss_mib()}
         paths.write_summary(summary)
     if cfg.output.keep is not None:
-        prune(runs, cfg.output.keep, paths.root.name)
+        prune(session.runs, cfg.output.keep, paths.root.name)
     return summary
 
 
-def calibrate(cfg, paths: RunDir, index) -> tuple[dict, object | None]:
+def calibrate(cfg, paths: RunDir, index, runs=None) -> tuple[dict, object | None]:
     """Temperature and out-of-distribution statistics (``vgg_cli.evaluation.calibrate``) before the evaluation,
     so it and everything after answer calibrated; an unreadable validation split is said, not fatal. Returns
     (summary.json's "calibration", the calibrated best model when one was loaded, for the evaluation)."""
-    from vgg_cli.evaluation.calibrate import calibrate_run
 
     if not cfg.calibration.temperature and cfg.calibration.ood == "off":
         return {"temperature": 1.0, "fitted": False, "reason": "calibration is off", "ood": None}, None
     try:
-        return calibrate_run(cfg, paths, index)
+        return calibrate_run(cfg, paths, index, runs)
     except DataError as e:
         log.warning("the run is not calibrated (%s)", e)
         return {"temperature": 1.0, "fitted": False, "reason": str(e), "ood": None}, None
 
 
-def evaluate_validation(cfg, paths: RunDir, calibrated=None) -> dict | None:
+def evaluate_validation(cfg, paths: RunDir, calibrated=None, runs=None) -> dict | None:
     """``vgg evaluate`` of the new model on its validation split, into ``<run>/evaluation/val``: the report, or
     None when the run has no validation images. ``calibrated``: best.keras as calibration left it (``calibrate``),
     saving a load; used when the split is answered from the feature cache (it may be cut already)."""
-    from vgg_cli.evaluation.evaluate import answering, evaluate, validation_set
-    from vgg_cli.evaluation.frozen import cached_validation
     from vgg_cli.model.load import load_model
 
     try:
@@ -97,7 +115,7 @@ def evaluate_validation(cfg, paths: RunDir, calibrated=None) -> dict | None:
         return None
     try:
         model = calibrated if calibrated is not None else load_model(paths.best)
-        result = cached_validation(model, paths, data, cfg.train.batch_size, answering(model, paths.best), cfg)
+        result = cached_validation(model, paths, data, cfg.train.batch_size, answering(model, paths.best), cfg, runs)
         if result is None and calibrated is not None:  # scored on the images: an uncut model
             model = load_model(paths.best)
         report = evaluate(model, paths.best, data, paths.evaluation("val"), cfg.train.batch_size, result=result)
@@ -112,7 +130,6 @@ def evaluate_validation(cfg, paths: RunDir, calibrated=None) -> dict | None:
 def evaluate_test(cfg, paths: RunDir) -> dict | None:
     """The held-out test folder (``data.test_dir``, or a split layout's test/), into ``<run>/evaluation/test``:
     reported, never used for promotion."""
-    from vgg_cli.evaluation.evaluate import evaluate, folder_set
     from vgg_cli.model.load import class_names_of, image_size_of, load_model
 
     model = load_model(paths.best)

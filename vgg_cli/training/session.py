@@ -1,0 +1,93 @@
+"""One training session, opened once: everything a command about one run works with.
+
+``open_session`` makes it for a new run, a multi-worker job's other worker and ``vgg lr-find`` (config -> warm
+start and layout resolved, devices, dataset scan, plan); ``open_resumed`` for a run read back from its directory.
+Later stages take the ``Session``, never ``(cfg, paths, index, ...)`` again, and ask it for what they would
+otherwise re-derive: the runs folder (built once per command, by the caller), the model built, frozen and compiled
+for a phase (``build``), and the feature cache (``cut`` and ``store``: the same decision every reader of the run
+takes from ``vgg_cli.data.features``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import keras
+
+from vgg_cli.config.schema import Config
+from vgg_cli.data.features import FeatureCut, FeatureStore, feature_cut, feature_store
+from vgg_cli.data.scan import DatasetIndex, check_layout
+from vgg_cli.model.build import apply_freeze, backbone_of, build_model
+from vgg_cli.model.optim import compile_model
+from vgg_cli.model.weights import check_weights_available
+from vgg_cli.platform.device import DeviceInfo, setup_devices
+from vgg_cli.runs.root import RunsRoot
+from vgg_cli.runs.rundir import RunDir
+from vgg_cli.training.plan import Phase, TrainingPlan, make_plan, set_up_phase
+from vgg_cli.training.prepare import resolve_sources, scan_dataset
+from vgg_cli.training.reread import load_index
+
+
+@dataclass(frozen=True)
+class Session:
+    """The config (warm start and layout resolved), the runs folder, the dataset, the plan made of them, the devices
+    and, once it exists, the run directory."""
+    cfg: Config
+    runs: RunsRoot
+    index: DatasetIndex
+    plan: TrainingPlan
+    device: DeviceInfo
+    paths: RunDir | None = None  # None until the run directory is made (and for lr-find, which makes none)
+    chief: bool = True  # False: a multi-worker job's other worker (it writes to a scratch folder)
+
+    def with_run(self, paths: RunDir) -> Session:
+        return replace(self, paths=paths)
+
+    def build(self, phase: Phase | None = None, learning_rate: float | None = None) -> tuple[keras.Model, str]:
+        """(a new model, where its weights came from): built, frozen and compiled for ``phase`` (default the first)
+        in the devices' scope, seeded with train.seed. ``learning_rate``: a constant rate instead of the phase's
+        (lr-find sets its own at every step)."""
+        cfg, phase = self.cfg, phase or self.plan.phases[0]
+        keras.utils.set_random_seed(cfg.train.seed)
+        with self.device.scope():  # a distribution strategy's variables are made in its scope
+            model, source = build_model(cfg.model, cfg.data.image_size, self.index.classes, augment=cfg.augment,
+                                        resize=cfg.data.resize)
+            if learning_rate is None:
+                set_up_phase(model, cfg, self.plan, phase)
+            else:
+                apply_freeze(backbone_of(model), phase.frozen_blocks)
+                compile_model(model, cfg.train, self.plan.n_classes, learning_rate=learning_rate)
+        return model, source
+
+    def cut(self, frozen_blocks: Sequence[int]) -> FeatureCut:
+        """Whether a phase with ``frozen_blocks`` frozen feeds on cached features, and where the model is cut."""
+        return feature_cut(self.cfg, frozen_blocks)
+
+    def store(self, prefix_model, blocks: int) -> FeatureStore:
+        """The feature store of the frozen prefix ``prefix_model`` (cut after ``blocks``)."""
+        return feature_store(self.runs, self.cfg, prefix_model, blocks)
+
+
+def open_session(cfg: Config, runs: RunsRoot, splits: dict | None = None, chief: bool = True,
+                 fail_fast: tuple[str, ...] = ("name", "weights")) -> Session:
+    """A session for a new run (or lr-find, or a worker): the warm start and the dataset layout resolved, the devices
+    set up, the dataset scanned (keeping the sticky split of runs/latest, or ``splits``) and the plan made.
+    ``fail_fast``: what is checked before the scan, which can be long: "name" (output.name is free), "weights"
+    (the weights file or Keras' cached download is there)."""
+    cfg = resolve_sources(cfg, runs)
+    check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
+    device = setup_devices(cfg.train, runs.compile_cache, cfg.cache.compile_mb)
+    if "name" in fail_fast:
+        runs.check_name_free(cfg.output.name)
+    if "weights" in fail_fast:
+        check_weights_available(cfg.model)
+    index = scan_dataset(cfg, runs, splits)
+    return Session(cfg, runs, index, make_plan(cfg, index), device, chief=chief)
+
+
+def open_resumed(cfg: Config, runs: RunsRoot, paths: RunDir) -> Session:
+    """A session for a run read back from its directory ``paths`` (its config ``cfg``, its data.json's files)."""
+    index = load_index(paths)
+    device = setup_devices(cfg.train, runs.compile_cache, cfg.cache.compile_mb)
+    return Session(cfg, runs, index, make_plan(cfg, index), device, paths)
