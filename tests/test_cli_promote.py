@@ -112,7 +112,7 @@ def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     # be what the saved model scores when it is run on the held-out images
     from vgg_cli.data.scan import VAL, index_from_manifest
     from vgg_cli.evaluation.frozen import content_hashes
-    from vgg_cli.promotion.decide import evaluate
+    from vgg_cli.promotion.decide import HeldOut, evaluate
     from vgg_cli.runs.rundir import RunDir
 
     run = Path(result["run"])
@@ -121,11 +121,11 @@ def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     index = index_from_manifest(json.loads((run / "data.json").read_text()))
     files, labels = index.split(VAL)
     truth = [index.classes[i] for i in labels]
-    scored = evaluate(RunDir(run), files, truth)  # the whole model on the images
+    scored = evaluate(RunDir(run), HeldOut(files, truth))  # the whole model on the images
     assert p["evaluated_on"]["images"] == scored["images"] == len(files) > 0
     assert p["new_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-6)
     # promotion's comparisons answer from the feature cache through the trainable rest: the same score
-    assert evaluate(RunDir(run), files, truth, shas=content_hashes(index, files)) == scored
+    assert evaluate(RunDir(run), HeldOut(files, truth, content_hashes(index, files))) == scored
 
 
 def test_promote_refuses_unfinished_runs(tmp_path):

@@ -118,12 +118,12 @@ def test_resume_refuses_overrides_that_change_what_trains_before_loading_anythin
 
 
 def test_a_planted_bug_exits_70_with_its_traceback(tmp_path, monkeypatch):
-    from vgg_cli.promotion import decide
+    from vgg_cli.promotion import production
 
     def broken(runs):
         raise RuntimeError("planted bug")
 
-    monkeypatch.setattr(decide, "list_runs", broken)
+    monkeypatch.setattr(production, "list_runs", broken)
     from click.testing import CliRunner
 
     from vgg_cli.cli.main import main

@@ -1,7 +1,8 @@
 """Runs written by an older vgg still work with today's code, end to end, through the CLI.
 
-The module fixture extracts the package as it was at OLD_COMMIT (the last commit before the package was split into
-sub-packages) with ``git archive``, and runs that old code (``python -m vgg_cli`` with PYTHONPATH on the extracted
+The module fixture extracts the package as it was at each of OLD_COMMITS (the last commit before the package was
+split into sub-packages; the last before the train job was opened once, with a session, a job package and the task
+seam) with ``git archive``, and runs that old code (``python -m vgg_cli`` with PYTHONPATH on the extracted
 folder) to write one runs folder: a finished run and a run stopped by SIGINT after its first epoch. Today's code
 (PYTHONPATH on this checkout) then resumes the stopped run, predicts, evaluates, exports, lists the runs and runs
 the nightly ``--if-changed`` job on that folder, so a change to how summary.json, state.json, data.json,
@@ -25,7 +26,9 @@ from tests.conftest import make_colour_dataset, run_cli
 
 pytestmark = pytest.mark.slow
 
-OLD_COMMIT = "e541985"
+# commit -> what its runs lack: e541985 is the flat package, before calibration (no temperature layer, no
+# statistics); 2e99dd1 the last commit before issue 35 (calibrated runs, the fcntl lock, promotion/finish.py)
+OLD_COMMITS = {"e541985": "uncalibrated", "2e99dd1": "calibrated"}
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["blue", "green", "red"]  # make_colour_dataset's classes, sorted as a run's classes.json has them
 EPOCHS = 3
@@ -41,27 +44,27 @@ def _env(pythonpath: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(pythonpath), "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _extract_old_package(dest: Path) -> Path:
-    """``git -C REPO archive OLD_COMMIT vgg_cli | tar -x -C dest``; a clone without that commit fails the test."""
+def _extract_old_package(dest: Path, commit: str) -> Path:
+    """``git -C REPO archive COMMIT vgg_cli | tar -x -C dest``; a clone without that commit fails the test."""
     try:
-        found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLD_COMMIT}^{{commit}}"],
+        found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
                                capture_output=True, text=True)
     except FileNotFoundError:
         pytest.fail("git is not installed: it is needed to extract the old vgg_cli from commit "
-                    f"{OLD_COMMIT}", pytrace=False)
+                    f"{commit}", pytrace=False)
     if found.returncode != 0:
         said = (found.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.fail(f"commit {OLD_COMMIT} (vgg_cli before the package reorganisation) is not in the git history "
+        pytest.fail(f"commit {commit} is not in the git history "
                     f"of {REPO} (git: {said}): this test needs a full clone (git fetch --unshallow)", pytrace=False)
     dest.mkdir(parents=True)
-    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", OLD_COMMIT, "vgg_cli"], stdout=subprocess.PIPE,
+    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit, "vgg_cli"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     tar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, capture_output=True)
     archive.stdout.close()
     archive_err = archive.stderr.read().decode(errors="replace")
     archive.wait(timeout=60)
     assert archive.returncode == 0 and tar.returncode == 0, (archive_err, tar.stderr)
-    assert (dest / "vgg_cli" / "cli.py").is_file(), "the extracted package is not the old, flat vgg_cli"
+    assert (dest / "vgg_cli" / "__main__.py").is_file(), f"the extracted package is not vgg_cli at {commit}"
     return dest
 
 
@@ -73,11 +76,11 @@ def _json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def old_runs(tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=sorted(OLD_COMMITS))
+def old_runs(request, tmp_path_factory) -> dict:
     """One runs folder written by the old code: ``done`` (finished) and ``stopped`` (SIGINT after epoch 1)."""
     tmp = tmp_path_factory.mktemp("old_runs")
-    old = _extract_old_package(tmp / "old")
+    old = _extract_old_package(tmp / "old", request.param)
     env = _env(old)
     where = subprocess.run([sys.executable, "-c", "import vgg_cli; print(vgg_cli.__file__)"], cwd=tmp, env=env,
                            capture_output=True, text=True, timeout=60)
@@ -120,7 +123,8 @@ def old_runs(tmp_path_factory) -> dict:
     # the old code made `done` production and latest; the stopped run moved neither
     assert (runs / "production").resolve() == done.resolve() and (runs / "latest").resolve() == done.resolve()
     return {"tmp": tmp, "runs": runs, "done": done, "stopped": stopped, "stopped_after": summary["epochs_run"],
-            "data": data, "holdout": holdout, "env": _env(REPO), "old": old}
+            "data": data, "holdout": holdout, "env": _env(REPO), "old": old,
+            "calibrated": OLD_COMMITS[request.param] == "calibrated"}
 
 
 def vgg(old_runs: dict, *args: str) -> subprocess.CompletedProcess:
@@ -156,10 +160,12 @@ def test_predict_evaluate_and_export_an_old_finished_run(old_runs):
     report = json.loads((done / "evaluation" / "holdout" / "report.json").read_text())
     assert isinstance(report["accuracy"], float) and 0.0 <= report["accuracy"] <= 1.0, report["accuracy"]
     assert report["images"] == 3 * len(CLASSES), report.get("images")
-    # an old model has no temperature and no out-of-distribution statistics: nothing is calibrated or rejected
-    assert report["calibration"]["temperature"] == 1.0
-    assert report["calibration"]["before"] == report["calibration"]["after"]
-    assert report["unknown"]["method"] is None and report["unknown"]["accepted"] == 1.0
+    if not old_runs["calibrated"]:  # no temperature, no out-of-distribution statistics: nothing calibrated, rejected
+        assert report["calibration"]["temperature"] == 1.0
+        assert report["calibration"]["before"] == report["calibration"]["after"]
+        assert report["unknown"]["method"] is None and report["unknown"]["accepted"] == 1.0
+    else:  # the statistics the old code fitted answer today too
+        assert report["unknown"]["method"] == "mahalanobis" and 0.0 <= report["unknown"]["accepted"] <= 1.0
 
     # export the old finished run (TFLite needs nothing beyond TensorFlow; it is checked in its interpreter)
     r = vgg(old_runs, "export", "--run", str(done), "--format", "tflite")
@@ -170,8 +176,9 @@ def test_predict_evaluate_and_export_an_old_finished_run(old_runs):
 
 
 def test_an_old_run_predicts_exactly_as_before(old_runs):
-    """Today's code gives the old code's labels and probabilities, bit for bit, and answers no image unknown
-    unless --min-probability says so (the old run has no temperature layer and no statistics)."""
+    """Today's code gives the old code's labels and probabilities, bit for bit; an uncalibrated old run (no
+    temperature layer, no statistics) answers no image unknown unless --min-probability says so, a calibrated one
+    the same unknowns as the old code."""
     def predict(package, *args: str) -> list[dict]:
         r = subprocess.run([sys.executable, "-m", "vgg_cli", "predict", "--run", str(old_runs["done"]),
                             str(old_runs["holdout"]), "--format", "json", "--top-k", "3", *args],
@@ -187,6 +194,14 @@ def test_an_old_run_predicts_exactly_as_before(old_runs):
 
     old_rows, new_rows = predict(old_runs["old"]), today()
     assert len(old_rows) == len(new_rows) == 3 * len(CLASSES)
+    if old_runs["calibrated"]:  # the same rows, field for field (the engine may differ: floats to 1e-5)
+        for o, n in zip(old_rows, new_rows):
+            assert {k: n[k] for k in o if k not in ("probability", "top_k", "ood_score")} == \
+                {k: o[k] for k in o if k not in ("probability", "top_k", "ood_score")}
+            assert n["probability"] == pytest.approx(o["probability"], abs=1e-5)
+            assert n["ood_score"] == pytest.approx(o["ood_score"], rel=2e-4)
+        assert (old_runs["done"] / "model" / "best.ood.npz").exists()
+        return
     for o, n in zip(old_rows, new_rows):
         assert {k: n[k] for k in ("path", "label", "probability", "top_k")} == o  # the same floats, bit for bit
         assert n["unknown"] is False and n["ood_score"] is None and n["predicted"] == o["label"]

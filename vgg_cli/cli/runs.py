@@ -70,7 +70,7 @@ def _label_issues(runs, run: str) -> dict:
 def runs_command(runs, as_json: bool) -> int:
     """List the runs in --runs-dir, oldest first (in the order they were made). P marks production now, L latest;
     "production" says whether a run is production now, was before (replaced, or rolled back) or never was."""
-    from vgg_cli.promotion.decide import list_runs
+    from vgg_cli.promotion.production import list_runs
 
     rows = list_runs(runs)
     if as_json:
@@ -97,7 +97,7 @@ def runs_command(runs, as_json: bool) -> int:
 @runs_dir_option
 def promote(run: str, runs) -> int:
     """Point <runs-dir>/production at RUN (a run name or folder), without evaluation. `vgg rollback` undoes it."""
-    from vgg_cli.promotion.decide import promote_run
+    from vgg_cli.promotion.production import promote_run
 
     setup_logging(False)
     with runs.lock("vgg promote"):
@@ -109,7 +109,7 @@ def promote(run: str, runs) -> int:
 @runs_dir_option
 def rollback(runs) -> int:
     """Point <runs-dir>/production back at the run it replaced last."""
-    from vgg_cli.promotion.decide import rollback as do_rollback
+    from vgg_cli.promotion.production import rollback as do_rollback
 
     setup_logging(False)
     with runs.lock("vgg rollback"):

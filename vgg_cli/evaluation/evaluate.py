@@ -30,12 +30,13 @@ log = logging.getLogger("vgg")
 
 
 def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: int = 32, gradcam: bool | str = False,
-             run=None, result: Scored | None = None, tta: str = "none", options=None) -> dict:
+             run=None, result: Scored | None = None, tta: str = "none", options=None, runs=None) -> dict:
     """Predict with ``model`` (loaded from ``model_file``), score, and write report.json, per_class.csv,
     confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv, the galleries (misclassified.png,
     correct.png; Grad-CAM overlays with ``gradcam``) and report.html (with ``run``'s summary, a ``RunDir``) into
     ``out_dir``. ``result``: the scores when the caller has them already; ``options``: ``predict.Options``
-    (default: calibrated, the run's out-of-distribution statistics). Returns the report."""
+    (default: calibrated, the run's out-of-distribution statistics); ``runs``: the runs folder, when the caller has
+    it (the label-issue search reads its feature cache). Returns the report."""
     from vgg_cli.model.load import image_size_of, resize_of
 
     options = options or answering(model, model_file)
@@ -76,7 +77,7 @@ def evaluate(model, model_file: Path, data: EvalSet, out_dir: Path, batch_size: 
 
     report["files"].update(galleries(model, result, out_dir, gradcam, batch_size))
     if data.run_dir is not None and Path(out_dir).resolve() == RunDir(data.run_dir).evaluation("val").resolve():
-        report["label_issues"] = _label_issues(model, data.run_dir, result, batch_size)
+        report["label_issues"] = _label_issues(model, data.run_dir, result, batch_size, runs)
     report["files"]["report_html"] = str(names.report_html)
     write_json(files["report"], report)
     write_evaluation_report(report, out_dir, run)
@@ -98,11 +99,11 @@ def _calibration(report: dict, model, result: Scored, options, data: EvalSet, fi
     reliability.write_pictures(report, files)
 
 
-def _label_issues(model, run_dir: Path, result: Scored, batch_size: int) -> dict | None:
+def _label_issues(model, run_dir: Path, result: Scored, batch_size: int, runs=None) -> dict | None:
     """A run's own validation evaluation also ranks its suspected label errors (label_issues.csv in the run)."""
 
     try:
-        found = find_run_label_issues(run_dir, model, result, batch_size)
+        found = find_run_label_issues(run_dir, model, result, batch_size, runs)
     except VggError as e:
         log.warning("suspected label errors not ranked: %s", e)
         return None

@@ -32,10 +32,11 @@ COLUMNS = ["rank", "path", "split", "given_class", "suggested_class", "given_cla
            "suggested_class_probability", "probabilities_from"]
 
 
-def _features(model, cfg, run: RunDir, paths: list[str], shas: list[str], batch_size: int) -> tuple[np.ndarray, int]:
+def _features(model, cfg, run: RunDir, paths: list[str], shas: list[str], batch_size: int,
+              runs=None) -> tuple[np.ndarray, int]:
     """The frozen backbone's output of each image (flat; averaged over space when larger than FLAT_MAX), read from
     the feature cache when it has it; (features, how many were read from the cache)."""
-    frozen = open_frozen(model, cfg, run)
+    frozen = open_frozen(model, cfg, run, runs)
     shape = frozen.store.shape
     width = int(np.prod(shape)) if np.prod(shape) <= FLAT_MAX else shape[-1]
     out = np.zeros((len(paths), width), dtype=np.float32)
@@ -65,7 +66,7 @@ def _validation_part(model, run: RunDir, scored, batch_size: int) -> tuple[list[
     return _rows(found, labels, probs, paths, "val", classes, "the model (validation image)"), len(labels)
 
 
-def _kfold_part(model, cfg, run: RunDir, batch_size: int) -> tuple[list[dict], dict, str] | None:
+def _kfold_part(model, cfg, run: RunDir, batch_size: int, runs=None) -> tuple[list[dict], dict, str] | None:
     """Every image of the run (training and validation) by k-fold on the frozen blocks' features: (rows, images
     examined per split, how), or None when there are no frozen features to use."""
 
@@ -80,7 +81,7 @@ def _kfold_part(model, cfg, run: RunDir, batch_size: int) -> tuple[list[dict], d
     paths = [str(index.root_of(e) / e.path) for e in entries]
     labels = np.array([e.label for e in entries])
     try:
-        features, cached = _features(model, cfg, run, paths, [e.sha1 for e in entries], batch_size)
+        features, cached = _features(model, cfg, run, paths, [e.sha1 for e in entries], batch_size, runs)
     except (VggError, ValueError, OSError) as e:
         log.warning("label issues: the frozen features could not be made (%s); only the validation split", e)
         return None
@@ -93,7 +94,7 @@ def _kfold_part(model, cfg, run: RunDir, batch_size: int) -> tuple[list[dict], d
     return rows, examined, f"{how}, every image out of fold ({cached} of {len(entries)} read from the feature cache)"
 
 
-def find_run_label_issues(run_dir: Path, model=None, scored=None, batch_size: int = 32) -> dict:
+def find_run_label_issues(run_dir: Path, model=None, scored=None, batch_size: int = 32, runs=None) -> dict:
     """Rank a run's suspected label errors; write label_issues.csv (and its gallery). The frozen blocks' features
     when there are any (every image, one calibration), else the model on the validation split (``scored``: its
     ``Scored`` when the caller has it)."""
@@ -101,7 +102,7 @@ def find_run_label_issues(run_dir: Path, model=None, scored=None, batch_size: in
 
     run = RunDir(Path(run_dir))
     model = model if model is not None else load_model(run.model_file())
-    kfold = _kfold_part(model, load_run_config(run.config), run, batch_size)
+    kfold = _kfold_part(model, load_run_config(run.config), run, batch_size, runs)
     if kfold is not None:
         rows, examined, how = kfold
     else:

@@ -34,7 +34,8 @@ from vgg_cli.evaluation.frozen import cached_validation
 from vgg_cli.evaluation.scoring import answering, folder_set, validation_set
 from vgg_cli.fsio import read_json
 from vgg_cli.platform.device import peak_rss_mib
-from vgg_cli.promotion.decide import apply_decision, judge, prune
+from vgg_cli.promotion.decide import judge
+from vgg_cli.promotion.production import apply_decision, prune
 from vgg_cli.reporting.report import write_run_report
 from vgg_cli.runs.rundir import EvaluationDir, RunDir
 from vgg_cli.runs.summary import Summary
@@ -118,7 +119,8 @@ def evaluate_validation(cfg, paths: RunDir, calibrated=None, runs=None) -> dict 
         result = cached_validation(model, paths, data, cfg.train.batch_size, answering(model, paths.best), cfg, runs)
         if result is None and calibrated is not None:  # scored on the images: an uncut model
             model = load_model(paths.best)
-        report = evaluate(model, paths.best, data, paths.evaluation("val"), cfg.train.batch_size, result=result)
+        report = evaluate(model, paths.best, data, paths.evaluation("val"), cfg.train.batch_size, result=result,
+                          runs=runs)
     except DataError as e:  # its validation images became unreadable since the scan
         log.warning("the validation split could not be evaluated (%s); promotion judges without it", e)
         return None

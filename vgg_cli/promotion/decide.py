@@ -1,7 +1,7 @@
-"""Champion/challenger: which run is in production, promoting, rolling back, listing and pruning runs.
+"""Champion/challenger: the promotion decision for a trained run (``judge``), without side effects; carrying it
+out is ``vgg_cli.promotion.production``.
 
-``runs/production`` is a relative symlink to the run ``vgg predict`` uses by default; its history (newest last)
-lets ``vgg rollback`` go back (both kept by ``vgg_cli.runs.root.RunsRoot``). After a training run, the new
+After a training run, the new
 model and the production model are evaluated on the same held-out images (the new run's validation split; its
 split is sticky, so earlier runs never trained on those images) and the new one is promoted only if it is at
 least as accurate, clears ``promote.min_accuracy`` and, unless ``promote.on_drift=hold`` and its new images drifted,
@@ -14,90 +14,61 @@ With no production model to compare against, the new model's accuracy is its bes
 from __future__ import annotations
 
 import logging
-import shutil
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vgg_cli.data.drift import describe
 from vgg_cli.data.scan import TRAIN, VAL
-from vgg_cli.errors import DataError, NoInputError, UsageError, VggError
+from vgg_cli.errors import DataError, VggError
 from vgg_cli.evaluation.frozen import cached_scores, content_hashes
 from vgg_cli.evaluation.scoring import EvalSet, score
 from vgg_cli.runs.root import RunsRoot
 from vgg_cli.runs.rundir import RunDir
-from vgg_cli.runs.summary import Summary
 
 log = logging.getLogger("vgg")
 
 
-def _finished(run: Path) -> Summary:
-    summary = RunDir(run).summary_or_none()
-    if summary is None:
-        raise NoInputError(f"run {str(run)!r} has no summary.json: it did not finish (resume it with "
-                           f"`vgg train --resume {run}`)") from None
-    if not summary.trained_to_end:
-        raise UsageError(f"run {run.name!r} is {summary.status.value if summary.status else 'unfinished'}, not "
-                         f"finished; resume it first")
-    return summary
+@dataclass(frozen=True)
+class HeldOut:
+    """The images a decision is made on, and how to score them: their files and true class names, their content
+    hashes (to answer from a run's feature cache; None: the whole model on the images), the batch size and the
+    runs folder whose caches are read (None: each run's own folder)."""
+    files: list[str]
+    truth: list[str]
+    shas: list[str | None] | None = None
+    batch_size: int = 32
+    runs: RunsRoot | None = None
+
+    def of_classes(self, classes: set[str]) -> HeldOut:
+        """The images whose true class is one of ``classes``."""
+        keep = [i for i, t in enumerate(self.truth) if t in classes]
+        return replace(self, files=[self.files[i] for i in keep], truth=[self.truth[i] for i in keep],
+                       shas=None if self.shas is None else [self.shas[i] for i in keep])
 
 
-def promote_run(runs: RunsRoot, run: Path) -> None:
-    """`vgg promote RUN`: a person's decision, no evaluation."""
-    _finished(run)
-    if run.parent.resolve() != runs.path.resolve():
-        raise UsageError(f"run {str(run)!r} is not in {str(runs.path)!r}; production must point inside it")
-    runs.complete_pending()  # a promote or rollback killed half-way is finished first, never done twice
-    current = runs.production()
-    if current is not None and current.name == run.name:
-        log.info("%s is already in production", run.name)
-        return
-    runs.set_production(run.name, "promote")
-    log.info("production: %s -> %s", current.name if current else "(none)", run.name)
-
-
-def rollback(runs: RunsRoot) -> str:
-    """Point production back at the run it replaced last; returns that run's name. A rollback killed half-way is
-    completed, not repeated: retrying it goes back once in all."""
-    pending = runs.complete_pending()
-    if pending is not None and pending.get("how") == "rollback":
-        log.info("production rolled back: %s -> %s (completing the interrupted rollback)", pending.get("from"),
-                 pending["to"])
-        return pending["to"]
-    entries = runs.history()
-    current = runs.production()
-    if current is None or len(entries) < 2:
-        raise NoInputError(f"nothing to roll back to in {str(runs.path)!r}: production has no earlier run")
-    entries.pop()  # the current production
-    previous = entries.pop()
-    if not (runs.path / previous["run"]).is_dir():
-        raise NoInputError(f"the previous production run {previous['run']!r} no longer exists in {str(runs.path)!r}")
-    runs.set_production(previous["run"], "rollback", entries)
-    log.info("production rolled back: %s -> %s", current.name, previous["run"])
-    return previous["run"]
-
-
-def evaluate(run: RunDir, files: list[str], truth: list[str], batch_size: int = 32,
-             shas: list[str | None] | None = None) -> dict:
+def evaluate(run: RunDir, images: HeldOut) -> dict:
     """Top-1 accuracy of a run's model on images, matching labels by class name: ``vgg evaluate``'s scoring.
-    Images that cannot be read are left out (all of them unreadable scores 0). ``shas``: the images' content
-    hashes, to answer from the feature cache (``_score``)."""
+    Images that cannot be read are left out (all of them unreadable scores 0)."""
     try:
-        result = _score(run, files, truth, batch_size, shas)
+        result = _score(run, images)
     except DataError:  # none readable
-        return {"accuracy": 0.0, "images": 0, "unreadable": len(files)}
+        return {"accuracy": 0.0, "images": 0, "unreadable": len(images.files)}
     return {"accuracy": result.accuracy, "images": len(result.truth), "unreadable": len(result.unreadable)}
 
 
-def _score(run: RunDir, files: list[str], truth: list[str], batch_size: int, shas: list[str | None] | None):
+def _score(run: RunDir, images: HeldOut):
     """``scoring.Scored`` of the run's model on the images: from the feature cache of the run's frozen blocks
     through its trainable rest when it has them (``vgg_cli.evaluation.frozen.cached_scores``: the same answers to
     float rounding; images the cache lacks go through the frozen blocks), else the whole model on the images."""
     from vgg_cli.model.load import load_model
 
-    data = EvalSet(files, truth, "held-out images")
+    data = EvalSet(images.files, images.truth, "held-out images")
     model = load_model(run.model_file())  # a damaged model is its caller's to report, not a score of 0
-    cached = cached_scores(model, run, data, shas, batch_size) if shas is not None else None
-    return cached if cached is not None else score(model, data, batch_size)
+    cached = None
+    if images.shas is not None:
+        cached = cached_scores(model, run, data, images.shas, images.batch_size, runs=images.runs)
+    return cached if cached is not None else score(model, data, images.batch_size)
 
 
 def min_accuracy_for(setting, truth: list[str]) -> tuple[float, bool, str]:
@@ -147,7 +118,8 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
     held_out = bool(files)
     if not held_out:  # no held-out images: judge on the training images (said so in the record)
         files, labels = index.split(TRAIN)
-    truth, shas = [index.classes[i] for i in labels], content_hashes(index, files)
+    truth = [index.classes[i] for i in labels]
+    images = HeldOut(files, truth, content_hashes(index, files), batch_size, runs)
     prod, class_change, unusable = _comparable_production(runs or RunsRoot.of_run(paths), index.classes)
     if unusable is not None:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name,
@@ -160,7 +132,7 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
         new = {"accuracy": float(best["val_accuracy"]), "images": len(files)}
         source = f"validation of epoch {best['epoch']}"
     else:
-        new = evaluate(paths, files, truth, batch_size, shas)
+        new = evaluate(paths, images)
         source = "model/best.keras on the images"
     threshold, strictly, rule = min_accuracy_for(rules.min_accuracy, truth)
     record: dict = {"promoted": False, "evaluated_on": {"images": new["images"], "held_out": held_out,
@@ -180,19 +152,18 @@ def judge(rules, batch_size: int, paths: RunDir, index, best: dict | None = None
         log.warning("classes changed from production %s (added %s, removed %s)", prod.name,
                     class_change["added"] or "none", class_change["removed"] or "none")
         if not rules.allow_class_change:
-            reasons += _against_production_shared(record, prod, paths, files, truth, batch_size, shas)
+            reasons += _against_production_shared(record, prod, paths, images)
     elif compare:
-        reasons += _against_production(record, prod, new, files, truth, batch_size, shas)
+        reasons += _against_production(record, prod, new, images)
     reasons += _drift_reasons(record, rules.on_drift, drift, paths.name)
     record["promoted"] = not reasons
     record["reason"] = "; ".join(reasons) if reasons else _why_promoted(record, prod, new["accuracy"], rule)
     return record
 
 
-def _against_production(record: dict, prod: Path, new: dict, files: list[str], truth: list[str],
-                        batch_size: int, shas: list) -> list[str]:
+def _against_production(record: dict, prod: Path, new: dict, images: HeldOut) -> list[str]:
     """Score production on the same images into ``record``; the reason against the new model, if any."""
-    old = _evaluate_production(prod, files, truth, batch_size, shas)
+    old = _evaluate_production(prod, images)
     if old is None:
         record["production_unreadable"] = "its model could not be loaded"
         return []
@@ -218,11 +189,10 @@ def _drift_reasons(record: dict, on_drift: str, drift: dict | None, run_name: st
     return []
 
 
-def _class_scores(run: RunDir, files: list[str], truth: list[str], batch_size: int,
-                  shas: list) -> dict[str, list[int]]:
+def _class_scores(run: RunDir, images: HeldOut) -> dict[str, list[int]]:
     """class name -> [correct, images] of a run's model on images (top-1 over all its classes; unreadable left
     out)."""
-    result = _score(run, files, truth, batch_size, shas)
+    result = _score(run, images)
     out: dict[str, list[int]] = {}
     for t, r in zip(result.truth, result.ranked):
         row = out.setdefault(result.classes[t], [0, 0])
@@ -231,8 +201,7 @@ def _class_scores(run: RunDir, files: list[str], truth: list[str], batch_size: i
     return out
 
 
-def _against_production_shared(record: dict, prod: Path, paths: RunDir, files: list[str], truth: list[str],
-                               batch_size: int, shas: list) -> list[str]:
+def _against_production_shared(record: dict, prod: Path, paths: RunDir, images: HeldOut) -> list[str]:
     """After a class change: the new model and production on the validation images of the classes both know (each
     answering with all its own classes; the truth matched to each model's classes by name); the new classes' own
     accuracy is recorded. The reason against the new model, if any."""
@@ -242,23 +211,22 @@ def _against_production_shared(record: dict, prod: Path, paths: RunDir, files: l
     except VggError as e:
         record["production_unreadable"] = str(e)
         return []
-    shared = sorted(prod_classes & set(truth))
+    shared = sorted(prod_classes & set(images.truth))
     change["shared"] = shared
-    pairs = [(f, t, h) for f, t, h in zip(files, truth, shas) if t in prod_classes]
+    known = images.of_classes(prod_classes)
     text = (f"classes changed from production {prod.name} (added {change['added'] or 'none'}, removed "
             f"{change['removed'] or 'none'})")
-    if not pairs:
+    if not known.files:
         return [f"{text} and no validation image is of a class both know, so there is nothing to compare; set "
                 f"promote.allow_class_change=true to promote it without a comparison"]
     try:
-        ours = _class_scores(paths, files, truth, batch_size, shas)
+        ours = _class_scores(paths, images)
     except DataError:  # none readable
         ours = {}
     change["new_classes_accuracy"] = {c: round(ours[c][0] / ours[c][1], 6) for c in change["added"] if c in ours}
     correct, n = (sum(ours.get(c, [0, 0])[i] for c in shared) for i in (0, 1))
     new_shared = correct / n if n else 0.0
-    shared_files, shared_truth, shared_shas = (list(column) for column in zip(*pairs))
-    old = _evaluate_production(prod, shared_files, shared_truth, batch_size, shared_shas)
+    old = _evaluate_production(prod, known)
     if old is None:
         record["production_unreadable"] = "its model could not be loaded"
         return []
@@ -289,69 +257,11 @@ def _why_promoted(record: dict, prod: Path | None, accuracy: float, rule: str) -
     return f"{why}; accuracy {accuracy:.4f} clears {rule}"
 
 
-def _evaluate_production(prod: Path, files: list[str], truth: list[str], batch_size: int,
-                         shas: list | None) -> dict | None:
+def _evaluate_production(prod: Path, images: HeldOut) -> dict | None:
     try:
-        return evaluate(RunDir(prod), files, truth, batch_size, shas)
+        return evaluate(RunDir(prod), images)
     except VggError as e:
         log.warning("production run %s cannot be compared (%s); judging the new model on its own", prod.name, e)
         return None
 
 
-def apply_decision(runs: RunsRoot, run_name: str, record: dict) -> None:
-    """Carry out a decision record; safe to repeat (a run killed half-way through finishing redoes it): a run
-    that production already points at is not recorded twice."""
-    runs.complete_pending()
-    prod = runs.production()
-    if record["promoted"]:
-        if prod is None or prod.name != run_name:
-            runs.set_production(run_name, "auto")
-        log.info("promoted to production: %s (%s)", run_name, record["reason"])
-    else:
-        log.warning("not promoted: %s; production stays %s", record["reason"], prod.name if prod else "(none)")
-
-
-def list_runs(runs: RunsRoot) -> list[dict]:
-    """One row per run for `vgg runs`: a run without a summary is "unfinished", one with a damaged summary
-    "damaged" (never a crash)."""
-    prod = runs.production()
-    latest = runs.latest()
-    out = []
-    for run in sorted(runs.runs(), key=RunDir.order):  # oldest first, by the recorded run order (not the name)
-        try:
-            s, status = run.read_summary(), None
-        except NoInputError:
-            s, status = Summary(), "unfinished"
-        except DataError:
-            s, status = Summary(), "damaged"
-        out.append({"run": run.name, "started": s.started, "status": status or (s.status.value if s.status else None),
-                    "images": s.images_total, "classes": len(s.classes) or None, "monitor": s.monitor,
-                    "best": s.best_value, "promoted": s.promoted,
-                    "production": prod is not None and run.root.resolve() == prod,
-                    "latest": latest is not None and latest.root == run.root.resolve()})
-    return out
-
-
-def prune(runs: RunsRoot, keep: int, current: str) -> list[str]:
-    """Delete the oldest runs beyond ``keep``; never production, the run it replaced last, latest or current."""
-    entries = runs.history()
-    protected = {current}
-    production, latest = runs.production(), runs.latest()
-    if production is not None:
-        protected.add(production.name)
-    if len(entries) >= 2:
-        protected.add(entries[-2]["run"])
-    if latest is not None:
-        protected.add(latest.name)
-    names = [r.name for r in sorted(runs.runs(), key=RunDir.order)]
-    removed = []
-    for name in names:  # oldest first, until at most `keep` runs are left (protected ones count, and stay)
-        if len(names) - len(removed) <= keep:
-            break
-        if name in protected:
-            continue
-        shutil.rmtree(runs.path / name, ignore_errors=True)
-        removed.append(name)
-    if removed:
-        log.info("output.keep=%d: removed old runs %s", keep, ", ".join(removed))
-    return removed
