@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TRAIN_ARGS
-from vgg_cli.platform.backend import choose
 from vgg_cli.errors import UnavailableError
+from vgg_cli.platform.backend import choose
 
 
 def fake(*names):

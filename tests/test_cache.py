@@ -109,8 +109,8 @@ def _validation_scores_from_the_cache(paths, cfg, tol: dict) -> None:
     from dataclasses import replace
 
     from vgg_cli.data.scan import index_from_manifest
-    from vgg_cli.evaluation.scoring import answering, score, validation_set
     from vgg_cli.evaluation.frozen import cached_scores, content_hashes
+    from vgg_cli.evaluation.scoring import answering, score, validation_set
     from vgg_cli.model.load import load_model
 
     data = validation_set(paths.root)
@@ -253,11 +253,10 @@ def test_image_cache_setting_is_reported(tmp_path, data):
 
 
 def test_prefetch_batches_overlaps_and_keeps_order():
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from vgg_cli.data.pipeline import prefetch_batches
-
-    import threading
 
     next_batch_started = {x: threading.Event() for x in range(4, 8)}
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from vgg_cli.evaluation import calibration as cal
+from vgg_cli.evaluation import calibration_math as cal
 from vgg_cli.inference import ood
 
 # ------------------------------------------------------------------------------------------------ metrics by hand

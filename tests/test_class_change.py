@@ -33,9 +33,9 @@ def test_warm_start_keeps_known_rows_by_name_and_starts_new_ones(trained_run):
 
     from vgg_cli.config.schema import load_config
     from vgg_cli.model.build import build_model
-    from vgg_cli.task.head import LOGITS
     from vgg_cli.model.load import load_model
     from vgg_cli.model.weights import copy_head
+    from vgg_cli.task.head import LOGITS
 
     champion = trained_run["run_dir"]
     cfg = load_config(None, TRAIN_ARGS)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import SIZE, epoch_done, make_colour_dataset, run_cli, start, tree_hashes, vgg, wait_for
-from vgg_cli.training.checkpoints import TrainState, save_model, sync
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.training.checkpoints import TrainState, save_model, sync
 
 FAST = [f"data.image_size={SIZE}", "model.weights=none", "model.head.dense=[16]", "model.head.dropout=0.0",
         "train.batch_size=8", "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import run_cli
 from vgg_cli.config.schema import default_dict, load_config
 from vgg_cli.errors import ConfigError, NoInputError
-from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,3 +298,33 @@ def test_renamed_and_removed_keys_keep_old_configs_and_runs_working(tmp_path, mo
     run_config.parent.mkdir()
     run_config.write_text(f"data:\n  train_dir: {data}\nmodel:\n  arch: vgg16\ntrain:\n  lr: 0.003\n", encoding="utf-8")
     assert load_run_config(run_config).train.optimizer.learning_rate == 0.003
+
+
+def test_the_config_digest_leaves_out_what_its_fields_declare(tmp_path):
+    """--if-changed's digest: the sections marked NOT_IN_DIGEST (output, cache) and each key marked Since(old) at its
+    old value are left out (declared on the fields in config/schema.py), so runs from before a key keep their
+    digest; the same key at another value is a different job."""
+    import hashlib
+    import json
+
+    from vgg_cli.config.digest import config_digest, digest_tree
+    from vgg_cli.config.fields import Since
+
+    data = tmp_path / "data"
+    data.mkdir()
+    base = load_config(None, [f"data.train_dir={data}"])
+    tree = base.to_dict()
+    since = {(section, key): m.old for section in tree if isinstance(tree[section], dict)
+             for key in tree[section] for m in type(getattr(base, section)).model_fields[key].metadata
+             if isinstance(m, Since)}
+    assert set(since) == {("data", "test_dir"), ("data", "resize"), ("train", "backend"),
+                          ("calibration", "temperature"), ("calibration", "ood"), ("calibration", "acceptance")}
+    # what an older vgg hashed: the tree without output, cache, the later keys and the (then empty) calibration
+    older = {s: {k: v for k, v in keys.items() if (s, k) not in since} for s, keys in tree.items()
+             if s not in ("output", "cache", "calibration")}
+    assert digest_tree(base) == older
+    assert config_digest(base) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
+    same = load_config(None, [f"data.train_dir={data}", f"output.dir={tmp_path / 'elsewhere'}", "cache.ram_mb=7"])
+    assert config_digest(same) == config_digest(base)
+    for change in ("data.resize=crop", "train.backend=jax", "calibration.ood=off", "train.epochs=2"):
+        assert config_digest(load_config(None, [f"data.train_dir={data}", change])) != config_digest(base), change

@@ -130,7 +130,7 @@ def test_an_unchanged_night_reads_no_image_and_finds_the_same_duplicates(tmp_pat
 
 
 def test_confident_learning_finds_flipped_labels_and_out_of_fold_probabilities_are_honest():
-    from vgg_cli.evaluation.label_issues import confident_learning, out_of_fold
+    from vgg_cli.evaluation.confident_learning import confident_learning, out_of_fold
 
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(3), 60)
@@ -149,7 +149,7 @@ def test_confident_learning_finds_flipped_labels_and_out_of_fold_probabilities_a
 def test_the_wide_logistic_regression_descends_on_dual_coefficients_to_the_same_weights():
     """More features than images (block-5 features of a few hundred images): the descent on the Gram matrix gives
     the weights of the descent on the features themselves."""
-    from vgg_cli.evaluation.label_issues import _fit_softmax
+    from vgg_cli.evaluation.confident_learning import _fit_softmax
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 40)

@@ -14,8 +14,8 @@ import keras
 import pytest
 
 from vgg_cli.config.schema import load_config
-from vgg_cli.platform.device import Gpu, select_precision, setup_devices
 from vgg_cli.errors import ConfigError
+from vgg_cli.platform.device import Gpu, select_precision, setup_devices
 
 A100 = Gpu("NVIDIA A100", (8, 0))
 V100 = Gpu("Tesla V100", (7, 0))

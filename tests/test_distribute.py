@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import SIZE, make_colour_dataset
-from vgg_cli.platform.distribute import Split, cluster_of, keras_cluster_of, pad_batch, select_distribution
 from vgg_cli.errors import ConfigError
+from vgg_cli.platform.distribute import Split, cluster_of, keras_cluster_of, pad_batch, select_distribution
 
 # A new process whose TensorFlow sees the CPU as two logical devices (set before TF's runtime starts).
 TWO_CPUS = ("import sys, tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "

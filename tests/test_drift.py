@@ -14,7 +14,6 @@ import pytest
 
 from tests.conftest import COLOURS, TRAIN_ARGS, colour_image, make_colour_dataset, run_cli
 
-
 # ------------------------------------------------------------------------------------------------ the tests
 
 def test_mmd_flags_a_shift_and_not_the_same_distribution():

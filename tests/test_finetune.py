@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SIZE, epoch_done, make_colour_dataset, run_cli, start, wait_for
-from vgg_cli.training.checkpoints import Monitor, RunRecorder, TrainState
 from vgg_cli.model.build import conv_layers_by_block
 from vgg_cli.model.load import load_model
 from vgg_cli.model.optim import PhaseSchedule, SmoothedSparseCrossentropy
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.training.checkpoints import Monitor, RunRecorder, TrainState
 
 BASE = [f"data.image_size={SIZE}", "model.head.dense=[16]", "model.head.dropout=0.0", "train.batch_size=8",
         "train.optimizer.learning_rate=0.003", "train.early_stopping_patience=0", "output.tensorboard=false",

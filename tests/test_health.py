@@ -70,8 +70,8 @@ def test_divergence_keeps_the_last_good_epoch(tmp_path, data):
     assert state["epoch"] == 2 and [p.name for p in (run / "model" / "checkpoints").iterdir()] == ["epoch-0002.keras"]
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
-    from vgg_cli.training.health import non_finite_weights
     from vgg_cli.model.load import load_model
+    from vgg_cli.training.health import non_finite_weights
 
     best = load_model(run / "model" / "best.keras")  # the last good epochs' model, finite and usable
     assert non_finite_weights(best) == []
@@ -122,8 +122,8 @@ def test_auto_rate_follows_what_trains_and_a_learning_model_is_promoted(tmp_path
 
 
 def test_baseline_and_min_accuracy_rules():
-    from vgg_cli.training.health import Baseline
     from vgg_cli.promotion.decide import min_accuracy_for
+    from vgg_cli.training.health import Baseline
 
     b = Baseline.of([0, 1, 2] * 4, [0, 0, 1, 2], 3)
     assert b.prior_loss == pytest.approx(math.log(3)) and b.chance_accuracy == 0.5

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TRAIN_ARGS, fake_run as make_fake_run, run_cli
+from tests.conftest import TRAIN_ARGS, run_cli
+from tests.conftest import fake_run as make_fake_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -76,7 +76,31 @@ def test_summary_parse_names_the_field_of_the_wrong_type():
         Summary.parse({**FINISHED, "best": [1]}, "x/summary.json")
     with pytest.raises(DataError, match="unknown status 'exploded'"):
         Summary.parse({**FINISHED, "status": "exploded"})
-    assert Summary(dict(FINISHED)).to_json()["schema"] == 2
+    assert Summary.parse(dict(FINISHED)).to_json()["schema"] == 3
+
+
+def test_the_summary_is_a_type_with_no_free_keys_and_every_older_file_reads():
+    from vgg_cli.runs.summary import SCHEMA, RunStatus, Summary
+
+    # a schema-1 file (no "schema"), a schema-2 one with its optional fields, and keys this vgg does not know
+    v1 = {**FINISHED, "counts": {"a": {"train": 4}}, "timings": {"epochs_s": 1.5}}
+    v2 = {**v1, "schema": 2, "drift": {"tested": False}, "calibration": {"temperature": 1.2}, "input": None,
+          "retired_key": [1, 2]}
+    for old, schema in ((v1, 1), (v2, 2)):
+        s = Summary.parse(old)
+        assert s.schema == schema and s.status is RunStatus.FINISHED and s.classes == ["a", "b"]
+        assert s.best_value == 0.75 and s.images_total == 12 and s.timings == {"epochs_s": 1.5}
+        back = s.to_json()
+        assert back["schema"] == SCHEMA == 3 and back["status"] == "finished"
+        assert {k: v for k, v in back.items() if k != "schema"} == {
+            **{k: None for k in back if k not in ("schema",)}, "health": {}, "resumed": [], **{
+                k: v for k, v in old.items() if k != "schema"}}  # every field written, the unknown kept
+        assert Summary.parse(back) == Summary.parse({**old, "schema": SCHEMA})  # written and read back: the same
+    s = Summary.parse(v2)
+    assert s.unknown == {"retired_key": [1, 2]} and s.calibration == {"temperature": 1.2}
+    with pytest.raises(AttributeError):
+        s.a_free_key = 1  # a writer sets a declared field or nothing
+    assert Summary().empty and not s.empty
 
 
 def test_without_posix_locks_reading_works_and_locking_is_one_line(tmp_path):

@@ -12,8 +12,6 @@ from typing import Iterator
 
 import click
 
-OVERRIDES_HELP = "KEY=VALUE overrides, e.g. data.train_dir=~/photos train.epochs=3 (values parsed as YAML)."
-
 
 def load_frameworks(backend: str = "auto") -> None:
     """Import Keras once, on the backend ``vgg_cli.platform.backend`` chooses (KERAS_BACKEND wins, else ``backend``, a

@@ -130,7 +130,8 @@ def _warn_if_latest_has_other_classes(runs) -> None:
     latest, production = runs.latest(), runs.production()
     if latest is None or production is None or latest.root == production:
         return
-    change = ((latest.summary_or_none() or {}).get("promotion") or {}).get("class_change")
+    summary = latest.summary_or_none()
+    change = ((summary.promotion if summary else None) or {}).get("class_change")
     if change:
         click.echo(f"note: answering with production {production.name}; the latest run {latest.name} has other "
                    f"classes (added {change.get('added') or 'none'}, removed {change.get('removed') or 'none'}) and "

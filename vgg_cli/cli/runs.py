@@ -30,7 +30,7 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
     --labels RUN: confident learning on out-of-sample probabilities (the run's validation images; its training
     images too when it trained head-only), most suspect first; with DATA_DIR, the dataset is checked as well."""
     from vgg_cli.config.schema import load_config
-    from vgg_cli.data.check import check_dataset, format_report
+    from vgg_cli.data.audit import check_dataset, format_report
     from vgg_cli.runs.root import RunsRoot
 
     if data_dir and "=" in data_dir and not os.path.isdir(data_dir):

@@ -94,8 +94,8 @@ def _train_json(result, code: int) -> dict:
     s = result.summary
     return {"status": result.status.value, "exit_code": code, "run": str(result.run_dir.resolve()),
             "promoted": result.promoted, "promotion": s.promotion if result.status == Outcome.TRAINED else None,
-            "run_status": s.status.value if s.status else None, "epochs_run": s.get("epochs_run"),
-            "monitor": s.monitor, "best": s.best, "images": s.get("images"), "classes": s.get("classes"),
+            "run_status": s.status.value if s.status else None, "epochs_run": s.epochs_run,
+            "monitor": s.monitor, "best": s.best, "images": s.images or None, "classes": s.classes or None,
             "fingerprint": s.fingerprint, "health": s.health_status}
 
 

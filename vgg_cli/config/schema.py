@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vgg_cli.config.fields import AUTO, NOT_IN_DIGEST, Since, a_path, path_text, positive_rate, whole_number
 from vgg_cli.config.rules import check_outputs_outside_data
 from vgg_cli.config.sources import (
     _merge,
@@ -44,7 +45,6 @@ def _conv_blocks(v: list[int]) -> list[int]:
 
 
 BlockList = Annotated[list[int], AfterValidator(_conv_blocks)]  # conv block numbers, sorted, each once
-AUTO = "auto"
 # train.optimizer.learning_rate: auto (see auto_learning_rate; measured on the digit scans, README)
 AUTO_RATE_HEAD_ONLY = 1e-3  # every conv block frozen: only the new head trains (keras.io guide, fastai's frozen epochs)
 AUTO_RATE_BACKBONE = 1e-4  # any conv block trains too: 1e-3 collapses a from-scratch VGG16 and wrecks ImageNet features
@@ -54,16 +54,6 @@ _NUMBER_TYPES = (int, float, int | None, float | None)
 MAX_EPOCHS = 10_000  # train.epochs, finetune.epochs, schedule step and warm-up, early-stopping patience
 MAX_UNITS, MAX_DENSE = 16_384, 10  # model.head.dense: units of one layer (VGG16's own head has 4096), layers
 MAX_NAME = 200  # output.name: bytes (UTF-8) of the run folder's name; file systems allow 255
-
-
-def _whole(lo: int, hi: int) -> AfterValidator:
-    """An integer (or null, for an ``int | None`` key) lo..hi, as default.yaml documents; the error says the range."""
-    def check(v: int | None) -> int | None:
-        if v is not None and not lo <= v <= hi:
-            side = f"greater than or equal to {lo}" if v < lo else f"less than or equal to {hi}"
-            raise ValueError(f"should be {side} (a whole number {lo}..{hi})")
-        return v
-    return AfterValidator(check)
 
 
 class _Section(BaseModel):
@@ -78,43 +68,13 @@ class _Section(BaseModel):
         return v
 
 
-def _path(v: str | None, empty: str = "") -> str | None:
-    """A path key's text, ~ expanded; NUL cannot be in a path (the OS would refuse it later, with a traceback), and
-    with ``empty`` (the fix to say) neither can nothing."""
-    if v is not None and "\0" in v:
-        raise ValueError("a path cannot contain the NUL character (\\0); remove it")
-    if empty and v is not None and not v.strip():
-        raise ValueError(empty)
-    return None if v is None else os.path.expanduser(str(v))
-
-
-def _a_path(empty: str = "") -> AfterValidator:
-    return AfterValidator(lambda v: _path(v, empty))
-
-
-def _positive_rate(v: Any) -> Any:
-    """A learning rate: ``auto`` or a finite number > 0 (YAML reads 1e-3 without a dot as text: accept it)."""
-    if v == AUTO:
-        return v
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            raise ValueError("must be a number > 0 or auto") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError("must be a number > 0 or auto")
-    if not 0 < v < 1e300:  # not float(v) first: a huge int has no float; NaN and inf fail this too
-        raise ValueError("must be a finite number > 0 (e.g. 0.001) or auto")
-    return float(v)
-
-
 class DataConfig(_Section):
-    train_dir: Annotated[str, _a_path("must name the dataset folder (one subfolder per class), e.g. ~/photos")]
-    val_dir: Annotated[str | None, _a_path()]
-    test_dir: Annotated[str | None, _a_path()]
+    train_dir: Annotated[str, a_path("must name the dataset folder (one subfolder per class), e.g. ~/photos")]
+    val_dir: Annotated[str | None, a_path()]
+    test_dir: Annotated[str | None, a_path(), Since(None)]
     val_split: float = Field(ge=0.0, le=0.9)
-    image_size: Annotated[int, _whole(32, 1024)]
-    resize: Literal["squash", "crop", "pad"]
+    image_size: Annotated[int, whole_number(32, 1024)]
+    resize: Annotated[Literal["squash", "crop", "pad"], Since("squash")]
     classes: list[str] | None
     duplicates: Literal["keep", "drop"]
 
@@ -161,7 +121,7 @@ class ModelConfig(_Section):
             empty = " (empty, as from an unset shell variable, is not none: write none for random weights)"
             raise ValueError(f"must be imagenet, none, production, latest, or a path to a weights file, .keras "
                              f"model or run directory{empty if v == '' else ''}")
-        return v if v in ("imagenet", "none", "production", "latest") else _path(v)
+        return v if v in ("imagenet", "none", "production", "latest") else path_text(v)
 
 
 class OptimizerConfig(_Section):
@@ -173,30 +133,30 @@ class OptimizerConfig(_Section):
     @field_validator("learning_rate", mode="before")
     @classmethod
     def _rate(cls, v: Any) -> Any:
-        return _positive_rate(v)
+        return positive_rate(v)
 
 
 class ScheduleConfig(_Section):
     name: Literal["constant", "cosine", "step"]
     warmup_epochs: float = Field(ge=0.0, le=MAX_EPOCHS)
-    step_epochs: Annotated[int, _whole(1, MAX_EPOCHS)]
+    step_epochs: Annotated[int, whole_number(1, MAX_EPOCHS)]
     step_factor: float = Field(gt=0.0, le=1.0)
 
 
 class TrainConfig(_Section):
-    epochs: Annotated[int, _whole(1, MAX_EPOCHS)]
-    batch_size: Annotated[int, _whole(1, 65_536)]
+    epochs: Annotated[int, whole_number(1, MAX_EPOCHS)]
+    batch_size: Annotated[int, whole_number(1, 65_536)]
     optimizer: OptimizerConfig
     schedule: ScheduleConfig
     label_smoothing: float = Field(ge=0.0, lt=1.0)
     class_weight: Literal["balanced"] | dict[str, float] | None
     monitor: Literal["val_accuracy", "val_loss"]
-    early_stopping_patience: Annotated[int, _whole(0, MAX_EPOCHS)]
-    seed: Annotated[int, _whole(0, 2**32 - 1)]  # NumPy's seed range
+    early_stopping_patience: Annotated[int, whole_number(0, MAX_EPOCHS)]
+    seed: Annotated[int, whole_number(0, 2**32 - 1)]  # NumPy's seed range
     mixed_precision: Literal["auto", "on", "off"]
     gpus: list[int] | None
     distribute: Literal["auto", "none", "mirrored", "multi_worker"]
-    backend: Literal["auto", "tensorflow", "jax", "torch"]
+    backend: Annotated[Literal["auto", "tensorflow", "jax", "torch"], Since("auto")]
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -226,7 +186,7 @@ class TrainConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    epochs: Annotated[int, _whole(0, MAX_EPOCHS)]
+    epochs: Annotated[int, whole_number(0, MAX_EPOCHS)]
     unfreeze_blocks: BlockList
     learning_rate: float
 
@@ -235,7 +195,7 @@ class FinetuneConfig(_Section):
     def _rate(cls, v: Any) -> Any:
         if v == AUTO:
             raise ValueError("must be a finite number > 0 (auto applies to train.optimizer.learning_rate only)")
-        return _positive_rate(v)
+        return positive_rate(v)
 
 
 class AugmentConfig(_Section):
@@ -260,10 +220,10 @@ class AugmentConfig(_Section):
 class CacheConfig(_Section):
     features: Literal["auto", "off"]
     images: Literal["auto", "off"]
-    ram_mb: Annotated[int, _whole(0, 2**24)]  # 16 TiB
-    dir: Annotated[str | None, _a_path()]
-    disk_mb: Annotated[int, _whole(1, 2**30)]  # 1 PiB
-    compile_mb: Annotated[int, _whole(1, 2**20)]  # 1 TiB
+    ram_mb: Annotated[int, whole_number(0, 2**24)]  # 16 TiB
+    dir: Annotated[str | None, a_path()]
+    disk_mb: Annotated[int, whole_number(1, 2**30)]  # 1 PiB
+    compile_mb: Annotated[int, whole_number(1, 2**20)]  # 1 TiB
 
     @field_validator("features", "images", mode="before")
     @classmethod
@@ -272,10 +232,10 @@ class CacheConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: Annotated[str, _a_path("must name a folder (e.g. runs); '' would write runs into the current folder")]
+    dir: Annotated[str, a_path("must name a folder (e.g. runs); '' would write runs into the current folder")]
     name: str | None
     tensorboard: bool
-    keep: Annotated[int | None, _whole(1, 100_000)]
+    keep: Annotated[int | None, whole_number(1, 100_000)]
     report: bool
 
     @field_validator("name")
@@ -306,9 +266,9 @@ class PromoteConfig(_Section):
 
 
 class CalibrationConfig(_Section):
-    temperature: bool
-    ood: Literal["mahalanobis", "energy", "max_logit", "off"]
-    acceptance: Annotated[float, Field(ge=0.5, le=1.0)]
+    temperature: Annotated[bool, Since(True)]
+    ood: Annotated[Literal["mahalanobis", "energy", "max_logit", "off"], Since("mahalanobis")]
+    acceptance: Annotated[float, Field(ge=0.5, le=1.0), Since(0.95)]
 
 
 class Config(_Section):
@@ -317,8 +277,8 @@ class Config(_Section):
     train: TrainConfig
     finetune: FinetuneConfig
     augment: AugmentConfig
-    cache: CacheConfig
-    output: OutputConfig
+    cache: Annotated[CacheConfig, NOT_IN_DIGEST]
+    output: Annotated[OutputConfig, NOT_IN_DIGEST]
     promote: PromoteConfig
     calibration: CalibrationConfig
 

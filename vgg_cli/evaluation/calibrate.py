@@ -3,7 +3,7 @@
 1. ``model/best.keras`` predicts its validation split (the images promotion judges) once, keeping logits and,
    for the Mahalanobis score, the head's penultimate features: from the run's cached frozen-block features
    through the trainable rest when it had a frozen prefix (``vgg_cli.evaluation.frozen``), else on the images;
-2. temperature scaling is fitted there (``vgg_cli.evaluation.calibration.calibrate``: kept only when a cross-fit
+2. temperature scaling is fitted there (``vgg_cli.evaluation.calibration_math.calibrate``: kept only when a cross-fit
    over halves of the split says it lowers the NLL of images it was not fitted on);
 3. the out-of-distribution statistics: class means and shared covariance of the features of (up to
    ``MAX_FIT_IMAGES``) training images, and the threshold that accepts ``calibration.acceptance`` of the
@@ -24,7 +24,7 @@ import numpy as np
 
 from vgg_cli.data.scan import TRAIN
 from vgg_cli.errors import DataError, NoInputError
-from vgg_cli.evaluation.calibration import calibrate
+from vgg_cli.evaluation.calibration_math import calibrate
 from vgg_cli.evaluation.frozen import content_hashes, head_outputs, open_frozen
 from vgg_cli.evaluation.scoring import validation_set
 from vgg_cli.fsio import place_copy, write_with

@@ -92,7 +92,8 @@ def _calibration(report: dict, model, result: Scored, options, data: EvalSet, fi
         return
     own = None
     if data.run_dir is not None:
-        own = (RunDir(data.run_dir).summary_or_none() or {}).get("calibration") or {}
+        summary = RunDir(data.run_dir).summary_or_none()
+        own = (summary.calibration if summary else None) or {}
     report["calibrated"] = options.calibrated
     report["calibration"] = reliability.calibration_block(result, temperature_of(model), own)
     report["unknown"] = reliability.unknown_block(result, options.ood, options.min_probability)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_cli.evaluation.calibration import metrics, reliability
+from vgg_cli.evaluation.calibration_math import metrics, reliability
 from vgg_cli.reporting.plots import coverage_plot, reliability_diagram
 from vgg_cli.task.head import softmax
 

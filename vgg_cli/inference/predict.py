@@ -122,13 +122,6 @@ def tta_views(batch: np.ndarray, mode: str) -> list[np.ndarray]:
     return views
 
 
-def predict_probabilities(model, batch: np.ndarray, tta: str = "none") -> np.ndarray:
-    """Class probabilities of a uint8 batch, averaged over the ``tta`` variants (a model call per variant, so memory
-    stays that of one batch)."""
-    views = tta_views(batch, tta)
-    return np.mean([np.asarray(model.predict_on_batch(np.ascontiguousarray(v))) for v in views], axis=0)
-
-
 def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str = "none",
                   options: Options | None = None) -> list[Prediction]:
     """Top-k labels of ``files``, decoded at the model's image size and in its resize mode (what it was trained

@@ -52,7 +52,7 @@ def finish(session, summary: Summary) -> dict | None:
     promotion = summary.promotion
     if not session.device.is_chief or not (promotion is None or promotion.get("pending")):
         return None  # a multi-worker job's other workers: the chief finishes
-    summary["calibration"], calibrated = calibrate(cfg, paths, session.index, session.runs)
+    summary.calibration, calibrated = calibrate(cfg, paths, session.index, session.runs)
     paths.write_summary(summary)
     evaluation = evaluate_validation(cfg, paths, calibrated, session.runs) if cfg.output.report else None
     if cfg.data.test_dir is not None:
@@ -82,7 +82,7 @@ def apply(session, summary: Summary) -> Summary:
             write_run_report(paths, _saved_evaluation(paths), (_saved_evaluation(paths, "test"),))
         apply_decision(session.runs, paths.root.name, promotion)
         promotion["applied"] = True
-        summary["timings"] = {**(summary.get("timings") or {}), "peak_rss_mib": peak_rss_mib()}
+        summary.timings = {**summary.timings, "peak_rss_mib": peak_rss_mib()}
         paths.write_summary(summary)
     if cfg.output.keep is not None:
         prune(session.runs, cfg.output.keep, paths.root.name)

@@ -130,7 +130,7 @@ def setup_tiles(summary: Summary, config: dict, evaluation: dict | None) -> list
     size = data.get("image_size", (evaluation or {}).get("image_size"))
     out.append(tile("image_size", "image size", f"{size} px" if size else "-",
                     f"{size}\u00d7{size} input" if size else "", raw=size if size else ""))
-    phases = [p for p in (summary.get("phases") or []) if isinstance(p, dict)]
+    phases = [p for p in (summary.phases or []) if isinstance(p, dict)]
     if isinstance(model.get("freeze_blocks"), list):
         frozen = model["freeze_blocks"]
         sub = "; ".join(f"then {_blocks(p['frozen_blocks'])} when fine-tuning" for p in phases[1:]
@@ -153,13 +153,13 @@ def _optimizer(config: dict) -> str:
 def where_tiles(summary: Summary, config: dict, evaluation: dict | None) -> list[str]:
     """Where it ran and for how long, and the data it read."""
     data, out = _section(config, "data"), []
-    device, timings = summary.get("device") or {}, summary.get("timings") or {}
+    device, timings = summary.device or {}, summary.timings
     if device:
         out.append(tile("device", "device", f"{device.get('backend', '-')} \u00b7 {device.get('precision', '-')}",
                         device.get("note", "")))
     if timings:
         sub = (f"{_duration(timings.get('epochs_s'))} of epochs, {timings.get('images_per_sec', '-')} img/s"
-               + (" (this session)" if summary.get("resumed") else ""))
+               + (" (this session)" if summary.resumed else ""))
         out.append(tile("time", "time", _duration(timings.get("this_session_total_s")), sub,
                         raw=timings.get("this_session_total_s", "")))
     if data.get("train_dir"):
@@ -174,7 +174,7 @@ def headline(run, summary: Summary, evaluation: dict | None) -> str:
     config = run_config(run) if run is not None else {}
     status = summary.status.value if summary.status else "unfinished"
     badges = [health_badge(summary.health), f'<span class="badge grey status">{esc(status)}</span>',
-              promotion_badge(summary.promotion)] if summary.data else []
+              promotion_badge(summary.promotion)] if not summary.empty else []
     tiles = accuracy_tiles(summary, evaluation) + setup_tiles(summary, config, evaluation) + \
         where_tiles(summary, config, evaluation)
     out = (f"<div class=badges>{''.join(badges)}</div>" if badges else "") + \
@@ -188,12 +188,12 @@ def headline(run, summary: Summary, evaluation: dict | None) -> str:
 
 def run_section(run, summary: Summary) -> str:
     """The run in detail: what it trained on, with what, where, how long, and what became of it."""
-    images, best, device = summary.images, summary.best or {}, summary.get("device") or {}
+    images, best, device = summary.images, summary.best or {}, summary.device or {}
     rows = [["run", run.name], ["status", summary.status.value if summary.status else "unfinished"],
-            ["started", f"{summary.started}, finished {summary.get('finished') or '-'}"],
+            ["started", f"{summary.started}, finished {summary.finished or '-'}"],
             ["images", f"{images.get('train', 0)} train, {images.get('val', 0)} validation, "
-                       f"{images.get('skipped', 0)} skipped"], ["weights", summary.get("weights")],
-            ["best epoch", f"{best.get('epoch', '-')} of {summary.get('epochs_run', '-')}: {summary.monitor or ''} "
+                       f"{images.get('skipped', 0)} skipped"], ["weights", summary.weights],
+            ["best epoch", f"{best.get('epoch', '-')} of {summary.epochs_run if summary.epochs_run is not None else '-'}: {summary.monitor or ''} "
                            f"{_num(summary.best_value)}" if best else "-"],
             ["device", f"{device.get('backend', '-')}, {device.get('precision', '-')}, "
                        f"{device.get('note', '')}; {device.get('distribute_note', '')}"]]

@@ -1,25 +1,24 @@
 """summary.json, the record every later command reads (runs, promote, report, resume, --if-changed): its statuses,
-its schema version, and one typed reader and writer. Training fills it (``vgg_cli.training.summary``), finishing
-adds the promotion (``vgg_cli.promotion.finish``); everything else reads it through ``Summary``.
+its schema version, and ``Summary``, a type with one field per key (no free keys: a writer sets a declared field).
 
-Schema versions: 1 = every summary written before the field existed (vgg up to HEAD e541985; read as is);
-2 = the same fields plus ``"schema": 2``. Fields added since, optional in schema 2 (older summaries lack them and
-read as before): ``"drift"`` (tonight's new images against the previous run's training images,
-``vgg_cli.data.drift``; None when missing) and, in ``promotion.class_change``, the comparison on the classes both
-models know (``shared``, ``compared_on``, ``new_classes_accuracy``). A reader tolerates fields it does not know and fields that are missing;
-a field of the wrong type is a one-line ``DataError`` naming the file, never a crash further on.
+Schema versions: 1 = every summary written before the field existed (vgg up to HEAD e541985); 2 = the same fields
+plus ``"schema": 2`` (up to HEAD 2e99dd1), with optional fields added on the way (``drift``, ``calibration``,
+``input``, ``phases``, ...); 3 = every field below, always written (null where a run has no value). Every
+version reads: a missing field is its default, a key this vgg does not know is kept as it was and written back
+(``unknown``), never read. A field of the wrong type is a one-line ``DataError`` naming the file, never a crash
+further on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from vgg_cli.errors import DataError
 
-SCHEMA = 2
+SCHEMA = 3
 
 
 class RunStatus(str, Enum):
@@ -42,36 +41,60 @@ class Outcome(str, Enum):
     WORKER_DONE = "worker_done"  # a multi-worker job's other worker finished; the chief wrote the run
 
 
-# summary.json's promotion while it is undecided: training writes it, vgg_cli.promotion.finish decides and applies it
+# summary.json's promotion while it is undecided: training writes it, vgg_cli.job.finish decides and applies it
 PENDING = {"pending": True, "promoted": False, "applied": False}
 
-# field -> the JSON types it may have (None allowed everywhere: older runs lack fields)
-_TYPES: dict[str, tuple[type, ...]] = {
-    "status": (str,), "monitor": (str,), "best": (dict,), "final": (dict,), "health": (dict,), "classes": (list,),
-    "images": (dict,), "promotion": (dict,), "fingerprint": (str,), "config_digest": (str,), "started": (str,),
-    "finished": (str,), "epochs_run": (int,), "epochs_planned": (int,), "timings": (dict,), "device": (dict,),
-    "weights": (str,), "resumed": (list,), "run": (str,), "schema": (int,), "drift": (dict,),
-}
+
+def _field(types: tuple[type, ...], doc: str, default: Any = None, factory=None):
+    """A summary.json key: the JSON types it may have (null always allowed), what it says, its default."""
+    meta = {"types": types, "doc": doc}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 
-def _stored(key: str, doc: str) -> property:
-    """A field read as stored (its type was checked by ``Summary.parse``); None when missing."""
-    return property(lambda self: self.data.get(key), doc=doc)
-
-
-@dataclass
+@dataclass(slots=True)
 class Summary:
-    """One run's summary.json. ``data`` is the JSON object itself (what is written back); the properties are the
-    typed view every reader uses."""
-    data: dict[str, Any] = field(default_factory=dict)
+    """One run's summary.json, field by field. Training fills the training fields (``vgg_cli.training.summarise``),
+    finishing adds ``calibration`` and ``promotion`` (``vgg_cli.job.finish``)."""
+    status: RunStatus | None = _field((str,), "how far the run got (RunStatus)")
+    stopped_by: str | None = _field((str,), "the signal that interrupted it")
+    epochs_run: int | None = _field((int,), "epochs trained, over every session")
+    epochs_planned: int | None = _field((int,), "epochs of every phase")
+    monitor: str | None = _field((str,), "the metric that picks the best epoch")
+    best: dict | None = _field((dict,), "the best epoch's metrics row")
+    final: dict | None = _field((dict,), "the last epoch's metrics row")
+    health: dict = _field((dict,), "the health checks' record (vgg_cli.training.health)", factory=dict)
+    classes: list = _field((list,), "class names in index order", factory=list)
+    counts: dict | None = _field((dict,), "images per class and split")
+    images: dict = _field((dict,), '{"train", "val", "skipped"} counts', factory=dict)
+    fingerprint: str | None = _field((str,), "the dataset's fingerprint (--if-changed)")
+    config_digest: str | None = _field((str,), "what makes two trainings the same job (--if-changed)")
+    weights: str | None = _field((str,), "where the starting weights came from")
+    params: dict | None = _field((dict,), "{total, trainable} parameter counts")
+    started: str | None = _field((str,), "when the run started (ISO time)")
+    finished: str | None = _field((str,), "when its last session ended (ISO time)")
+    resumed: list = _field((list,), "each resume: when, after which epoch", factory=list)
+    timings: dict = _field((dict,), "seconds of each part, images per second, peak memory", factory=dict)
+    device: dict | None = _field((dict,), "backend, devices, precision, distribution")
+    versions: dict | None = _field((dict,), "versions of vgg and its frameworks")
+    drift: dict | None = _field((dict,), "tonight's new images against the previous run's (None: not tested)")
+    input: dict | None = _field((dict,), "what fed training: cached features or images, and why")
+    phases: list | None = _field((list,), "each phase: frozen blocks, rate, epochs, input")
+    class_weight: dict | None = _field((dict,), "train.class_weight resolved, per class name")
+    run: str | None = _field((str,), "the run directory's name")
+    set_aside: list | None = _field((list,), "unfinished runs this night set aside")
+    calibration: dict | None = _field((dict,), "temperature and out-of-distribution statistics")
+    promotion: dict | None = _field((dict,), "the promotion decision and whether it was applied")
+    schema: int = _field((int,), "this file's schema version (1: none written)", default=1)
+    unknown: dict = field(default_factory=dict, repr=False)  # keys this vgg does not know: written back as read
 
     @classmethod
     def parse(cls, value: Any, path: Path | str = "summary.json") -> Summary:
-        """Check the types of the fields vgg reads; a damaged file is a one-line error naming it."""
+        """Read one summary.json object; a damaged file is a one-line error naming it."""
         if not isinstance(value, dict):
             raise DataError(f"{path} is not a JSON object; the run is damaged")
-        for key, types in _TYPES.items():
-            v = value.get(key)
+        known = {f.name: f for f in fields(cls) if f.name != "unknown"}
+        for key, f in known.items():
+            v, types = value.get(key), f.metadata["types"]
             if v is not None and (not isinstance(v, types) or isinstance(v, bool) and bool not in types):
                 raise DataError(f"{path}: {key!r} is {type(v).__name__} {str(v)[:40]!r}, not "
                                 f"{' or '.join(t.__name__ for t in types)}; the run is damaged")
@@ -79,22 +102,25 @@ class Summary:
         if status is not None and status not in {s.value for s in RunStatus}:
             raise DataError(f"{path}: unknown status {str(status)[:40]!r}; the run is damaged (or written by a "
                             f"newer vgg)")
-        return cls(value)
+        given = {k: v for k, v in value.items() if k in known and v is not None}
+        if status is not None:
+            given["status"] = RunStatus(status)
+        return cls(**given, unknown={k: v for k, v in value.items() if k not in known})
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.data, "schema": SCHEMA}
+        out = {**self.unknown}
+        for f in fields(self):
+            if f.name != "unknown":
+                out[f.name] = getattr(self, f.name)
+        out["status"] = self.status.value if self.status is not None else None
+        out["schema"] = SCHEMA
+        return out
 
-    # ------------------------------------------------------------------------------------------ typed view
-    monitor = _stored("monitor", "the metric that picks the best epoch")
-    best = _stored("best", "the best epoch's metrics row")
-    fingerprint = _stored("fingerprint", "the dataset's fingerprint (--if-changed)")
-    config_digest = _stored("config_digest", "what makes two trainings the same job (--if-changed)")
-    started = _stored("started", "when the run started (ISO time)")
-
+    # ------------------------------------------------------------------------------------------ derived views
     @property
-    def status(self) -> RunStatus | None:
-        s = self.data.get("status")
-        return RunStatus(s) if s is not None else None
+    def empty(self) -> bool:
+        """No summary was read (a run that has not written one): every field at its default."""
+        return self == Summary()
 
     @property
     def trained_to_end(self) -> bool:
@@ -108,26 +134,9 @@ class Summary:
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.data.get("classes") or [])
-
-    @property
-    def images(self) -> dict[str, int]:
-        """{"train", "val", "skipped"} counts; empty when unknown."""
-        return {k: int(v) for k, v in (self.data.get("images") or {}).items() if isinstance(v, (int, float))}
-
-    @property
     def images_total(self) -> int | None:
         images = self.images
         return images.get("train", 0) + images.get("val", 0) if images else None
-
-    @property
-    def promotion(self) -> dict | None:
-        return self.data.get("promotion")
-
-    @promotion.setter
-    def promotion(self, record: dict | None) -> None:
-        self.data["promotion"] = record
 
     @property
     def promoted(self) -> bool:
@@ -142,33 +151,9 @@ class Summary:
         return p is None or bool(p.get("pending")) or p.get("applied") is False
 
     @property
-    def health(self) -> dict:
-        return dict(self.data.get("health") or {})
-
-    @property
     def health_status(self) -> str | None:
         return self.health.get("status")
 
     @property
-    def drift(self) -> dict | None:
-        """Tonight's new images against the previous run's training images: {"tested", "flagged", "p", ...};
-        None in runs from before the check."""
-        return self.data.get("drift")
-
-    @property
     def drift_flagged(self) -> bool:
         return bool((self.drift or {}).get("flagged"))
-
-    @property
-    def schema(self) -> int:
-        return int(self.data.get("schema") or 1)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """A field the typed view does not cover (timings, device, counts...), as stored."""
-        return self.data.get(key, default)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.data[key] = value

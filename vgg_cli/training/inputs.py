@@ -19,7 +19,7 @@ from vgg_cli.platform.distribute import local_predictor
 
 
 @dataclass
-class InputPlan:
+class PhaseInputs:
     """What feeds training: a source of per-image arrays and the model that trains on them (a view of the saved
     model, sharing its layers and optimizer, that outputs logits: the loss is computed from them)."""
     source: object
@@ -32,7 +32,7 @@ class InputPlan:
     cache_entries: frozenset = frozenset()
 
 
-def input_plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int, ...]) -> InputPlan:
+def input_plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int, ...]) -> PhaseInputs:
     """Cached frozen-prefix features when the session's feature cut for ``frozen_blocks`` (this phase's) says so
     (``Session.cut``: the leading blocks frozen, augmentation and the cache on); else images (with the RAM image
     cache when enabled). ``session``: a ``vgg_cli.training.session.Session``."""
@@ -61,7 +61,7 @@ def input_plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int
                 "seconds": round(time.perf_counter() - t0, 2),
                 "description": f"cached features: frozen blocks 1-{blocks} ran once per image, training runs "
                                f"after {after}; {source.describe()}"}
-        return InputPlan(source, rest, info, ids[:n_train], ids[n_train:], labels, store.dir.parent,
+        return PhaseInputs(source, rest, info, ids[:n_train], ids[n_train:], labels, store.dir.parent,
                          frozenset(store.path(s) for s in source.unique))
     source = ImageSource(files, cfg.data.image_size, ram if cfg.cache.images == "auto" else 0,
                          resize=cfg.data.resize)
@@ -69,4 +69,4 @@ def input_plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int
             "description": f"whole network every epoch ({cut.why_not}); {source.describe()}"}
     fit_model = logits_view(model)
     compile_model(fit_model, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
-    return InputPlan(source, fit_model, info, ids[:n_train], ids[n_train:], labels)
+    return PhaseInputs(source, fit_model, info, ids[:n_train], ids[n_train:], labels)

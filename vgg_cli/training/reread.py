@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from vgg_cli.config.digest import config_digest
 from vgg_cli.config.schema import Config, validate
 from vgg_cli.config.sources import parse_override
 from vgg_cli.data.scan import DatasetIndex, index_from_manifest
@@ -15,7 +16,6 @@ from vgg_cli.fsio import write_json
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import Summary
 from vgg_cli.training import RESUME_OVERRIDES
-from vgg_cli.training.summary import config_digest
 
 log = logging.getLogger("vgg")
 

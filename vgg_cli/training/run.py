@@ -13,11 +13,12 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
 
+from vgg_cli.config.digest import config_digest
 from vgg_cli.config.schema import Config, load_run_config
 from vgg_cli.data.scan import require_dir
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
@@ -33,7 +34,7 @@ from vgg_cli.training.health import diverged_error
 from vgg_cli.training.prepare import feature_drift, night_drift, previous_splits, resolve_sources
 from vgg_cli.training.reread import moved, readable_summary, run_info_of
 from vgg_cli.training.session import Session, open_resumed, open_session
-from vgg_cli.training.summary import build_summary, config_digest, now, phase_summary, plot_curves
+from vgg_cli.training.summarise import build_summary, now, phase_summary, plot_curves
 
 log = logging.getLogger("vgg")
 
@@ -115,7 +116,7 @@ def _worker_run(cfg: Config, runs: RunsRoot, early, t_start: float, role: tuple[
         log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
                  worker, workers, scratch)
         result = _new_run(local, RunsRoot(scratch), early, t_start, False, splits=previous, chief=False)
-        return TrainResult(Outcome.WORKER_DONE, runs.path, Summary({**result.summary.data, "promotion": None}))
+        return TrainResult(Outcome.WORKER_DONE, runs.path, replace(result.summary, promotion=None))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -296,20 +297,20 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
             outcome = fit(session, model, state)
     finalize(paths, state, model)  # best.keras and last.keras from light checkpoints, once per session
     log.debug("training finished; writing the summary")
-    summary = Summary(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
-    summary["input"] = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
-    summary["drift"] = feature_drift(cfg, session.runs, index, summary.drift, summary["input"])  # + the frozen features
-    summary["phases"] = phase_summary(plan, state, outcome.inputs)
+    summary = Summary.parse(build_summary(cfg, index, model, device, state, run_info, outcome, t_start))
+    summary.input = next(iter(outcome.inputs.values()), None)  # what fed the first phase this session trained
+    summary.drift = feature_drift(cfg, session.runs, index, summary.drift, summary.input)  # + the frozen features
+    summary.phases = phase_summary(plan, state, outcome.inputs)
     weights = plan.class_weight
-    summary["class_weight"] = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
-    summary["run"] = paths.root.name
+    summary.class_weight = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
+    summary.run = paths.root.name
     if run_info.get("set_aside"):  # the night's summary names what it set aside
-        summary["set_aside"] = run_info["set_aside"]
+        summary.set_aside = run_info["set_aside"]
     if outcome.diverged is not None:
-        summary["promotion"] = {"promoted": False, "applied": True,
+        summary.promotion = {"promoted": False, "applied": True,
                                 "reason": f"training diverged: {outcome.diverged.what}"}
     elif not outcome.stopped_by and device.is_chief:
-        summary["promotion"] = dict(PENDING)  # finish() decides; a kill from here on is finished by --resume
+        summary.promotion = dict(PENDING)  # finish() decides; a kill from here on is finished by --resume
     paths.write_summary(summary)
     plot_curves(paths, state, summary.monitor)
     if outcome.stopped_by:
@@ -319,8 +320,8 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
         raise diverged_error(paths, summary.health, phase.learning_rate, phase.auto_rate, phase.number)
     best = state.best
     if best is not None:
-        log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary["monitor"], best[summary["monitor"]],
-                 best["epoch"], summary["epochs_run"], paths.best)
+        log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary.monitor, best[summary.monitor],
+                 best["epoch"], summary.epochs_run, paths.best)
     return TrainResult(Outcome.TRAINED, paths.root, summary, ToFinish(session, best))
 
 

@@ -3,8 +3,6 @@ its per-phase record) and curves.png. The file's schema and its reader are ``vgg
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import platform
@@ -105,19 +103,3 @@ def build_summary(cfg: Config, index: DatasetIndex, model: keras.Model, device, 
         "drift": run_info.get("drift"),  # tonight's new images against the previous run's (None: not asked)
     }
 
-
-def config_digest(cfg: Config) -> str:
-    """What makes two trainings the same job: the resolved config without the sections that do not change the
-    result (output, cache)."""
-    d = cfg.to_dict()
-    d.pop("output", None)
-    d.pop("cache", None)
-    # Keys that came later, at the value that means what runs before them did: those runs keep their digest.
-    for section, key, old in (("train", "backend", "auto"), ("data", "resize", "squash"), ("data", "test_dir", None),
-                              ("calibration", "temperature", True), ("calibration", "ood", "mahalanobis"),
-                              ("calibration", "acceptance", 0.95)):
-        if key in d.get(section, {}) and d[section][key] == old:
-            d[section].pop(key)
-    if d.get("calibration") == {}:  # (the section came later: at its defaults, earlier runs keep their digest)
-        d.pop("calibration")
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
