@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SIZE, make_colour_dataset, run_cli
-from vgg_cli.evaluation.scoring import scores
+from vgg_cli.task import SINGLE_LABEL
+
+scores = SINGLE_LABEL.scores
 
 
 def test_scores_match_a_hand_computation():

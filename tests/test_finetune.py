@@ -15,7 +15,8 @@ from PIL import Image
 from tests.conftest import SIZE, epoch_done, make_colour_dataset, run_cli, start, wait_for
 from vgg_cli.model.build import conv_layers_by_block
 from vgg_cli.model.load import load_model
-from vgg_cli.model.optim import PhaseSchedule, SmoothedSparseCrossentropy
+from vgg_cli.model.optim import PhaseSchedule
+from vgg_cli.model.task_parts import SmoothedSparseCrossentropy
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.training.checkpoints import Monitor, RunRecorder, TrainState
 

@@ -19,12 +19,13 @@ from vgg_cli.errors import VggError
 from vgg_cli.evaluation import reliability
 from vgg_cli.evaluation.gallery import galleries
 from vgg_cli.evaluation.reliability import text_lines
-from vgg_cli.evaluation.scoring import TOP_K, EvalSet, Scored, answering, score
+from vgg_cli.evaluation.scoring import EvalSet, Scored, answering, score
 from vgg_cli.evaluation.suspects import find_run_label_issues
 from vgg_cli.fsio import write_json, write_text
 from vgg_cli.reporting.plots import confusion_matrix
 from vgg_cli.reporting.report import write_evaluation_report
 from vgg_cli.runs.rundir import EvaluationDir, RunDir
+from vgg_cli.task.single_label import TOP_K
 
 log = logging.getLogger("vgg")
 

@@ -25,7 +25,6 @@ from vgg_cli.errors import VggError
 from vgg_cli.evaluation.scoring import scored_from
 from vgg_cli.inference.predict import Options, Prediction, answer_rows, load_or_reason
 from vgg_cli.runs.root import RunsRoot
-from vgg_cli.task.head import softmax
 
 log = logging.getLogger("vgg")
 
@@ -127,7 +126,8 @@ def predictions(frozen: Frozen, model, files: list[str], shas: list[str], batch_
     if rows:
         z = logits.astype(np.float32)
         t = np.float32(temperature_of(model) if options.calibrated else 1.0)
-        out = {"probabilities": softmax((z / t).astype(np.float32)).astype(np.float32), "logits": z}
+        out = {"probabilities": options.task.probabilities((z / t).astype(np.float32)).astype(np.float32),
+               "logits": z}
         if feats is not None:
             out["features"] = feats.astype(np.float32)
         by_file = dict(zip(rows, answer_rows([files[i] for i in rows], out, classes, len(classes), options)))
@@ -154,10 +154,11 @@ def cached_scores(model, run, data, shas: list[str | None], batch_size: int, opt
         return None
     if frozen is None:
         return None
-    got, cached = predictions(frozen, model, data.files, shas, batch_size, options or Options())
+    options = options or Options()
+    got, cached = predictions(frozen, model, data.files, shas, batch_size, options)
     log.debug("%s: %d of %d images answered from the feature cache", run.name, cached, len(data.files))
     return scored_from(class_names_of(model), got, data, f"the feature cache of frozen blocks 1-{frozen.blocks} "
-                       f"({cached} of {len(data.files)} images) and the trainable rest")
+                       f"({cached} of {len(data.files)} images) and the trainable rest", options.task)
 
 
 def cached_validation(model, run, data, batch_size: int, options, cfg=None, runs=None):

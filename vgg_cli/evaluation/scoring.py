@@ -8,15 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from vgg_cli.data.scan import VAL, index_from_manifest, scan_labelled
 from vgg_cli.errors import DataError, NoInputError, VggError
 from vgg_cli.inference.ood import stats_for
 from vgg_cli.inference.predict import Options, predict_files
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.task import SINGLE_LABEL, Task
 
-TOP_K = 5
 
 @dataclass
 class EvalSet:
@@ -71,43 +69,6 @@ def folder_set(folder: str, classes: list[str], image_size: int) -> EvalSet:
     return EvalSet([f for f, _ in files], [c for _, c in files], f"folder {root}", missing, skipped)
 
 
-def scores(truth: list[int], ranked: list[list[int]], num_classes: int) -> dict:
-    """Accuracy, top-k accuracy, confusion matrix and per-class precision/recall/F1 from true class indices and
-    each image's classes ranked by probability. Precision of a class never predicted is 0 (as in scikit-learn's
-    default); recall and F1 of a class without images are None and left out of the averages."""
-    n = len(truth)
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for t, r in zip(truth, ranked):
-        matrix[t, r[0]] += 1
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    correct = np.diag(matrix)
-    per_class = []
-    for c in range(num_classes):
-        precision = float(correct[c] / predicted[c]) if predicted[c] else 0.0
-        recall = float(correct[c] / support[c]) if support[c] else None
-        if recall is None:
-            f1 = None
-        else:
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        per_class.append({"precision": precision, "recall": recall, "f1": f1, "support": int(support[c]),
-                          "predicted": int(predicted[c])})
-    present = [p for p in per_class if p["support"] > 0]
-    weights = np.asarray([p["support"] for p in present], dtype=np.float64)
-
-    def avg(key: str, weighted: bool) -> float:
-        values = np.asarray([p[key] for p in present], dtype=np.float64)
-        return float(np.average(values, weights=weights) if weighted else values.mean())
-
-    out = {"images": n, "accuracy": float(correct.sum() / n) if n else 0.0, "confusion": matrix,
-           "per_class": per_class,
-           "macro": {k: avg(k, False) for k in ("precision", "recall", "f1")} if present else None,
-           "weighted": {k: avg(k, True) for k in ("precision", "recall", "f1")} if present else None}
-    if num_classes > TOP_K:
-        out[f"top{TOP_K}_accuracy"] = float(sum(t in r[:TOP_K] for t, r in zip(truth, ranked)) / n) if n else 0.0
-    return out
-
-
 @dataclass
 class Scored:
     """A model's predictions on an EvalSet, matched to the truth by class name, and their scores."""
@@ -130,12 +91,14 @@ def score(model, data: EvalSet, batch_size: int = 32, tta: str = "none", options
     from vgg_cli.model.load import class_names_of
 
     classes = class_names_of(model)
-    return scored_from(classes, predict_files(model, data.files, len(classes), batch_size, tta, options), data)
+    results = predict_files(model, data.files, len(classes), batch_size, tta, options)
+    return scored_from(classes, results, data, task=(options or Options()).task)
 
 
-def scored_from(classes: list[str], results: list, data: EvalSet,
-                outputs_from: str = "the model on the images") -> Scored:
-    """``Scored`` of a prediction of each of ``data``'s files (``predict.Prediction``, in order)."""
+def scored_from(classes: list[str], results: list, data: EvalSet, outputs_from: str = "the model on the images",
+                task: Task = SINGLE_LABEL) -> Scored:
+    """``Scored`` of a prediction of each of ``data``'s files (``predict.Prediction``, in order): the ``task``'s
+    scores."""
     index_of = {c: i for i, c in enumerate(classes)}
     scored = [(r, t) for r, t in zip(results, data.truth) if r.error is None]
     unreadable = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]
@@ -144,7 +107,8 @@ def scored_from(classes: list[str], results: list, data: EvalSet,
                         f"(e.g. {unreadable[0]['path']}: {unreadable[0]['reason']})")
     truth = [index_of[t] for _, t in scored]
     ranked = [[index_of[label] for label, _ in r.top] for r, _ in scored]
-    return Scored(classes, scored, truth, ranked, unreadable, scores(truth, ranked, len(classes)), outputs_from)
+    return Scored(classes, scored, truth, ranked, unreadable, task.scores(truth, ranked, len(classes)),
+                  outputs_from)
 
 
 def answering(model, model_file: Path, calibrated: bool = True, min_probability: float | None = None):

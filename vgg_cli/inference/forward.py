@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_cli.task.head import softmax
+from vgg_cli.task import SINGLE_LABEL
 
 
 class Forward:
     """``Forward(model, features, calibrated)(batch, views)``: arrays of a uint8 batch, each averaged over the
     test-time-augmentation ``views`` (``predict.tta_views``): ``probabilities`` (the model's own output; with
-    ``calibrated=False`` softmax of the logits, temperature 1), ``logits`` and (``features``) ``features``, the
-    input of ``head_logits``. One model call per view."""
+    ``calibrated=False`` the task's ``activation`` of the logits, temperature 1), ``logits`` and (``features``)
+    ``features``, the input of ``head_logits``. One model call per view."""
 
-    def __init__(self, model, features: bool = False, calibrated: bool = True):
+    def __init__(self, model, features: bool = False, calibrated: bool = True, activation=SINGLE_LABEL.probabilities):
         import keras
 
         from vgg_cli.model.build import head_tensors
 
-        self.model, self.calibrated, self.features = model, calibrated, features
+        self.model, self.calibrated, self.features, self.activation = model, calibrated, features, activation
         try:
             inputs, logits = head_tensors(model)
         except ValueError:  # not a vgg model: its output only
@@ -36,7 +36,7 @@ class Forward:
         if self.calibrated:
             probs = [g[0] for g in got]
         else:
-            probs = [softmax(z).astype(np.float32) for z in logits]
+            probs = [self.activation(z).astype(np.float32) for z in logits]
         out = {"probabilities": np.mean(probs, axis=0), "logits": np.mean(logits, axis=0)}
         if self.features:
             out["features"] = np.mean([g[2].astype(np.float32) for g in got], axis=0)

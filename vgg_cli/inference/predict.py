@@ -20,6 +20,7 @@ from vgg_cli.inference.forward import Forward
 from vgg_cli.inference.numpy_engine import NumpyModel
 from vgg_cli.progress import Progress
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.task import SINGLE_LABEL, Task
 
 UNKNOWN = "unknown"  # the answer for an image beyond the run's out-of-distribution threshold or too unsure
 
@@ -54,11 +55,13 @@ class Prediction:
 class Options:
     """How predictions are answered: ``calibrated`` probabilities (the model's temperature; False: temperature
     1), ``ood`` (an ``OODStats``: score every image, ``unknown`` beyond its threshold), ``min_probability``
-    (``unknown`` below it), ``keep``: "logits" and/or "features" kept on each Prediction."""
+    (``unknown`` below it), ``keep``: "logits" and/or "features" kept on each Prediction; ``task``: what an answer
+    is (``vgg_cli.task``: the activation on logits, the ranking of a row)."""
     calibrated: bool = True
     ood: object | None = None
     min_probability: float | None = None
     keep: tuple[str, ...] = ()
+    task: Task = SINGLE_LABEL
 
     @property
     def needs_features(self) -> bool:
@@ -130,7 +133,7 @@ def predict_files(model, files: list[str], top_k: int, batch_size: int, tta: str
     ``unknown`` (``Options``)."""
 
     options = options or Options()
-    forward, classes, size, resize = _engine(model, options.needs_features, options.calibrated)
+    forward, classes, size, resize = _engine(model, options.needs_features, options.calibrated, options.task)
     k = max(1, min(top_k, len(classes)))
     results: list[Prediction] = []
     few = len(files) <= batch_size  # one batch: no bar to flicker on a terminal
@@ -156,10 +159,10 @@ def answer_rows(paths: list[str], out: dict, classes: list[str], top_k: int, opt
     ood = options.ood
     scores = ood.score(out.get("logits"), out.get("features")) if ood is not None else None
     answers = []
+    ranked = options.task.ranked(out["probabilities"], top_k)
     for n, path in enumerate(paths):
         p = out["probabilities"][n]
-        order = np.argsort(-p, kind="stable")[:top_k]
-        r = Prediction(path, [(classes[j], float(p[j])) for j in order],
+        r = Prediction(path, [(classes[j], float(p[j])) for j in ranked[n]],
                        ood_score=None if scores is None else float(scores[n]))
         for name in options.keep:
             setattr(r, name, out.get(name, [None] * len(paths))[n])
@@ -167,7 +170,7 @@ def answer_rows(paths: list[str], out: dict, classes: list[str], top_k: int, opt
     return answers
 
 
-def _engine(model, features: bool, calibrated: bool) -> tuple:
+def _engine(model, features: bool, calibrated: bool, task: Task = SINGLE_LABEL) -> tuple:
     """(forward: views -> arrays, class names, image size, resize mode) of a Keras model or a
     ``numpy_engine.NumpyModel``."""
 
@@ -176,7 +179,8 @@ def _engine(model, features: bool, calibrated: bool) -> tuple:
                 model.resize)
     from vgg_cli.model.load import class_names_of, image_size_of, resize_of
 
-    return (Forward(model, features=features, calibrated=calibrated), class_names_of(model), image_size_of(model),
+    return (Forward(model, features=features, calibrated=calibrated, activation=task.probabilities),
+            class_names_of(model), image_size_of(model),
             resize_of(model))
 
 

@@ -14,9 +14,11 @@ from typing import Sequence
 import keras
 from keras import layers
 
-from vgg_cli.model.layers import LabelNames, TemperatureSoftmax, VGGPreprocess
+from vgg_cli.model.layers import LabelNames, VGGPreprocess
+from vgg_cli.model.task_parts import parts_of
 from vgg_cli.model.weights import load_backbone_weights
 from vgg_cli.platform import keras_fixes
+from vgg_cli.task import SINGLE_LABEL, Task
 from vgg_cli.task.head import LOGITS
 
 ARCHS = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}
@@ -72,8 +74,9 @@ def augmentation_layers(aug_cfg) -> list[layers.Layer]:
 
 
 def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_weights: bool = True,
-                augment=None, resize: str = "squash") -> tuple[keras.Model, str]:
-    """[augmentation] + VGG preprocessing + backbone (+ weights, freezing) + head.
+                augment=None, resize: str = "squash", task: Task = SINGLE_LABEL) -> tuple[keras.Model, str]:
+    """[augmentation] + VGG preprocessing + backbone (+ weights, freezing) + head, ending in the ``task``'s output
+    layer (``vgg_cli.model.task_parts``).
     ``resize`` (``data.resize``) is recorded in the preprocessing layer: how this model's images are made square.
     Returns the model and where its backbone weights came from."""
     backbone = build_backbone(model_cfg.arch, image_size)
@@ -96,7 +99,7 @@ def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_wei
     if rate > 0:
         x = layers.Dropout(rate, name="head_dropout")(x)
     x = layers.Dense(len(class_names), name=LOGITS)(x)
-    x = TemperatureSoftmax(dtype="float32", name="probabilities")(x)  # temperature 1 until calibrated
+    x = parts_of(task).output_layer("probabilities")(x)
     outputs = LabelNames(class_names, dtype="float32", name="labels")(x)
     return keras.Model(inputs, outputs, name=f"{model_cfg.arch}_classifier"), source
 

@@ -10,12 +10,14 @@ import keras
 
 from vgg_cli.errors import NoInputError
 from vgg_cli.model import layers as _layers
+from vgg_cli.model import metrics as _metrics
 from vgg_cli.model import optim as _optim
+from vgg_cli.model import task_parts as _task_parts
 from vgg_cli.platform import keras_fixes
 
 # A saved model holds these; loading one needs their Keras registration, which importing the modules does.
 REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _layers.TemperatureSoftmax, _optim.PhaseSchedule,
-              _optim.SmoothedSparseCrossentropy, _optim.Accuracy, _optim.TopKAccuracy)
+              _task_parts.SmoothedSparseCrossentropy, _metrics.Accuracy, _metrics.TopKAccuracy)
 
 
 def load_model(path: str | os.PathLike, compile: bool = False, what: str = "model file") -> keras.Model:

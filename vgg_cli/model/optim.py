@@ -1,6 +1,6 @@
-"""How a model trains: loss (with label smoothing), metrics, optimizer, learning-rate schedule, and the `auto`
-learning rate; ``compile_model`` puts them together. The schedule, loss and metrics are registered with Keras, so
-checkpoints that carry them load back."""
+"""How a model trains: optimizer and learning-rate schedule; ``compile_model`` puts them together with the task's
+loss and metrics (``vgg_cli.model.task_parts``). The schedule is registered with Keras, so checkpoints that carry
+it load back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from vgg_cli.model.metrics import Accuracy, TopKAccuracy  # registered: checkpoints compile with them
+from vgg_cli.model.task_parts import parts_of
+from vgg_cli.task import SINGLE_LABEL, Task
 
 
 @keras.saving.register_keras_serializable(package="vgg_cli")
@@ -53,25 +54,6 @@ def learning_rate_for(schedule_cfg, rate: float, epochs: int, steps_per_epoch: i
                          schedule_cfg.step_epochs * steps_per_epoch, schedule_cfg.step_factor)
 
 
-@keras.saving.register_keras_serializable(package="vgg_cli")
-class SmoothedSparseCrossentropy(keras.losses.Loss):
-    """Sparse categorical cross-entropy with label smoothing (Keras' sparse loss has no ``label_smoothing``)."""
-
-    def __init__(self, num_classes: int, label_smoothing: float, from_logits: bool = False,
-                 name: str = "smoothed_sparse_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.num_classes, self.label_smoothing, self.from_logits = int(num_classes), float(label_smoothing), from_logits
-
-    def call(self, y_true, y_pred):
-        onehot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.num_classes, dtype=y_pred.dtype)
-        return keras.losses.categorical_crossentropy(onehot, y_pred, from_logits=self.from_logits,
-                                                     label_smoothing=self.label_smoothing)
-
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "label_smoothing": self.label_smoothing,
-                "from_logits": self.from_logits}
-
-
 def make_optimizer(opt_cfg, learning_rate=None):
     """The optimizer ``opt_cfg`` names; ``learning_rate`` (a float or a schedule) replaces its rate."""
     lr = opt_cfg.learning_rate if learning_rate is None else learning_rate
@@ -88,17 +70,12 @@ def make_optimizer(opt_cfg, learning_rate=None):
 
 
 def compile_model(model: keras.Model, train_cfg, num_classes: int, optimizer=None, from_logits: bool = False,
-                  learning_rate=None) -> None:
-    """Loss and metrics; a new optimizer from the config (at ``learning_rate``, a float or schedule, when given),
-    or ``optimizer`` (to train a view of a model with the optimizer, and so the state, of the whole).
-    ``from_logits``: the model outputs logits (``logits_view``)."""
-    metrics: list = [Accuracy(name="accuracy")]  # weighted only to skip a JAX distribution's padding
-    if num_classes > 5:
-        metrics.append(TopKAccuracy(k=5, name="top5_accuracy"))
-    if train_cfg.label_smoothing > 0:
-        loss = SmoothedSparseCrossentropy(num_classes, train_cfg.label_smoothing, from_logits=from_logits)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+                  learning_rate=None, task: Task = SINGLE_LABEL) -> None:
+    """The task's loss and metrics (``vgg_cli.model.task_parts``); a new optimizer from the config (at
+    ``learning_rate``, a float or schedule, when given), or ``optimizer`` (to train a view of a model with the
+    optimizer, and so the state, of the whole). ``from_logits``: the model outputs logits (``logits_view``)."""
+    parts = parts_of(task)
     if optimizer is None:
         optimizer = make_optimizer(train_cfg.optimizer, learning_rate)
-    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=metrics)
+    model.compile(optimizer=optimizer, loss=parts.loss(num_classes, train_cfg.label_smoothing, from_logits),
+                  weighted_metrics=parts.metrics(num_classes))

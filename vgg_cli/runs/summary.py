@@ -84,6 +84,7 @@ class Summary:
     set_aside: list | None = _field((list,), "unfinished runs this night set aside")
     calibration: dict | None = _field((dict,), "temperature and out-of-distribution statistics")
     promotion: dict | None = _field((dict,), "the promotion decision and whether it was applied")
+    task: str | None = _field((str,), "what an image's answer is (vgg_cli.task; None: single_label, before the key)")
     schema: int = _field((int,), "this file's schema version (1: none written)", default=1)
     unknown: dict = field(default_factory=dict, repr=False)  # keys this vgg does not know: written back as read
 

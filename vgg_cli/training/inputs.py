@@ -53,7 +53,8 @@ def input_plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int
         # every process of a distributed job needs every feature, and may find a different part of it cached
         source.fill(local_predictor(prefix), files, cfg.data.image_size, cfg.train.batch_size, stop_check,
                     resize=cfg.data.resize)
-        compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
+        compile_model(rest, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True,
+                      task=session.plan.task)
         after = f"block{blocks}_pool" + (" (the whole backbone: head-only training)" if blocks == 5 else "")
         info = {"path": "features", "frozen_prefix_blocks": blocks, "cache_dir": str(store.dir),
                 "computed": source.computed, "reused": source.reused, "in_ram": source.ram_items,
@@ -68,5 +69,6 @@ def input_plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int
     info = {"path": "images", "why": cut.why_not, "in_ram": source.ram_items,
             "description": f"whole network every epoch ({cut.why_not}); {source.describe()}"}
     fit_model = logits_view(model)
-    compile_model(fit_model, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True)
+    compile_model(fit_model, cfg.train, len(index.classes), optimizer=model.optimizer, from_logits=True,
+                  task=session.plan.task)
     return PhaseInputs(source, fit_model, info, ids[:n_train], ids[n_train:], labels)

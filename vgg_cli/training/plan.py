@@ -17,6 +17,7 @@ from vgg_cli.data.scan import TRAIN, DatasetIndex
 from vgg_cli.errors import ConfigError
 from vgg_cli.model.build import apply_freeze, backbone_of
 from vgg_cli.model.optim import compile_model, learning_rate_for
+from vgg_cli.task import SINGLE_LABEL, Task
 from vgg_cli.training.checkpoints import TrainState
 
 
@@ -56,6 +57,7 @@ class TrainingPlan:
     n_train: int  # training images
     n_classes: int
     class_weight: dict[int, float] | None  # {label: weight}, train.class_weight resolved
+    task: Task = SINGLE_LABEL  # what an image's answer is (``vgg_cli.task``)
 
     @property
     def epochs(self) -> int:
@@ -87,7 +89,7 @@ def set_up_phase(model: keras.Model, cfg: Config, plan: TrainingPlan, phase: Pha
     apply_freeze(backbone_of(model), phase.frozen_blocks)
     rate = learning_rate_for(cfg.train.schedule, phase.learning_rate, phase.epochs,
                              steps_per_epoch(plan.n_train, cfg.train.batch_size))
-    compile_model(model, cfg.train, plan.n_classes, learning_rate=rate)
+    compile_model(model, cfg.train, plan.n_classes, learning_rate=rate, task=plan.task)
 
 
 def class_weights(cfg: Config, index: DatasetIndex) -> dict[int, float] | None:

@@ -304,6 +304,7 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
     weights = plan.class_weight
     summary.class_weight = None if weights is None else {index.classes[i]: w for i, w in weights.items()}
     summary.run = paths.root.name
+    summary.task = plan.task.name
     if run_info.get("set_aside"):  # the night's summary names what it set aside
         summary.set_aside = run_info["set_aside"]
     if outcome.diverged is not None:

@@ -52,12 +52,12 @@ class Session:
         keras.utils.set_random_seed(cfg.train.seed)
         with self.device.scope():  # a distribution strategy's variables are made in its scope
             model, source = build_model(cfg.model, cfg.data.image_size, self.index.classes, augment=cfg.augment,
-                                        resize=cfg.data.resize)
+                                        resize=cfg.data.resize, task=self.plan.task)
             if learning_rate is None:
                 set_up_phase(model, cfg, self.plan, phase)
             else:
                 apply_freeze(backbone_of(model), phase.frozen_blocks)
-                compile_model(model, cfg.train, self.plan.n_classes, learning_rate=learning_rate)
+                compile_model(model, cfg.train, self.plan.n_classes, learning_rate=learning_rate, task=self.plan.task)
         return model, source
 
     def cut(self, frozen_blocks: Sequence[int]) -> FeatureCut:
