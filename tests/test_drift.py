@@ -152,6 +152,7 @@ def test_a_held_night_stays_held_the_next_night(night1):
     """With a production run, tonight is compared with production's training images, not with a held latest run's
     (which trained on the drifted images)."""
     from vgg_cli.runs.root import RunsRoot
+    from vgg_cli.runs.root import RunsRoot
     from vgg_cli.training.prepare import scan_dataset
 
     data, runs = night1
@@ -160,7 +161,8 @@ def test_a_held_night_stays_held_the_next_night(night1):
     held = runs / "night2"  # trained on the drifted images, kept out of production: latest
     held.mkdir()
     (held / "config.yaml").write_text("data: {}\n")
-    (held / "data.json").write_text(json.dumps(scan_dataset(_config(data, runs)).manifest()))
+    cfg = _config(data, runs)
+    (held / "data.json").write_text(json.dumps(scan_dataset(cfg, RunsRoot.of(cfg)).manifest()))
     (runs / "latest").unlink()
     os.symlink("night2", runs / "latest")
     again = _drift(data, runs)

@@ -34,9 +34,7 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
               help="numpy: a forward pass without TensorFlow (starts ~4x faster; for a few images); keras: the "
                    "model in Keras; auto: numpy for a few images when it reproduces the model (see README).")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
-def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, runs, top_k: int, fmt: str,
-            batch_size: int, tta: str, cam_dir: str | None, cam_class: str | None, cam_layer: str | None,
-            min_probability: float | None, uncalibrated: bool, engine: str, verbose: bool) -> int:
+def predict(runs, verbose: bool, fmt: str, **asked) -> int:
     """Label images with a trained model.
 
     Folders are walked recursively. An unreadable file gets its own row with the error while the others are
@@ -44,84 +42,42 @@ def predict(inputs: tuple[str, ...], run: str | None, model_file: str | None, ru
     statistics; beyond the run's threshold (or below --min-probability) the answer is unknown (exit code 0):
     see docs/calibration.md.
     """
-    if run is not None and model_file is not None:
-        raise click.UsageError("give either --run or --model, not both")
-    from vgg_cli.inference.predict import NOT_FOUND, expand_inputs, resolve_model_file
-
-    files = expand_inputs(inputs)
-    if not files:
-        from vgg_cli.errors import NoInputError
-
-        raise NoInputError(f"no image files found in {', '.join(inputs)}; pass image files or folders of images")
-    path = resolve_model_file(run, model_file, runs)
-    if run is None and model_file is None:
-        _warn_if_latest_has_other_classes(runs)
-    import time
-
-    t0 = time.perf_counter()
-    fast, why = _numpy_engine(engine, path, len(files), tta, cam_dir, verbose)
-    loaded = time.perf_counter() - t0  # the NumPy engine's model is loaded when it is chosen
-    with model_work(verbose, frameworks=fast is None):
-        from vgg_cli.inference.ood import stats_for
-        from vgg_cli.inference.predict import Options, format_results, predict_files
-
-        t1 = time.perf_counter() - loaded
-        model = fast if fast is not None else _load_keras(path)
-        t2 = time.perf_counter()
-        options = Options(calibrated=not uncalibrated, ood=stats_for(model, path, fast and fast.digest),
-                          min_probability=min_probability)
-        results = predict_files(model, files, top_k, batch_size, tta, options)
-        t3 = time.perf_counter()
-        cams = _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size)
-        if tta != "none":  # the heatmap explains the one image: its probability is that image's, not the average
-            for entry in cams.values():
-                entry["probability_is"] = f"of the image alone (without --tta {tta}, which averages copies)"
-    click.echo(f"model: {path}", err=True)  # which run answered (production moves under cron)
-    click.echo(format_results(results, fmt, top_k, cams), nl=False)
-    if cams:
-        click.echo(f"gradcam: {len(cams)} overlay(s) and heatmap(s) in {cam_dir} "
-                   f"(layer {next(iter(cams.values()))['layer']})", err=True)
-    if verbose:
-        click.echo(f"timings: import {t1 - t0:.2f}s, model load {t2 - t1:.2f}s ({path}), predict {t3 - t2:.2f}s for "
-                   f"{len(files)} file(s) ({len(files) / (t3 - t2):.1f} img/s, decoding overlapped with inference)",
-                   err=True)
-    failed = [r for r in results if r.error is not None]
-    if failed:
-        click.echo(f"error: {len(failed)} of {len(results)} input(s) could not be read (see their rows)", err=True)
-        if len(failed) == len(results) and all(r.error == NOT_FOUND for r in failed):
-            return EXIT_NOINPUT
-        return EXIT_DATA
-    return 0
-
-
-def _load_keras(path):
-    from vgg_cli.model.load import load_model
-
-    return load_model(path)
-
-
-def _numpy_engine(engine: str, path, images: int, tta: str, cam_dir: str | None, verbose: bool):
-    """(the NumPy model, or None: Keras answers; why), decided before TensorFlow is imported. ``--engine numpy``
-    on a model or option it cannot serve is a usage error (one line)."""
     from vgg_cli.cli.common import setup_logging
-    from vgg_cli.inference.numpy_engine import Declined, choose
+    from vgg_cli.errors import UsageError
+    from vgg_cli.inference.predict import NOT_FOUND, format_results
+    from vgg_cli.inference.request import Request, open_request
 
+    request = Request(**asked)
+    if request.run is not None and request.model_file is not None:
+        raise click.UsageError("give either --run or --model, not both")
+    if request.cam_dir is None and (request.cam_class or request.cam_layer):
+        raise click.UsageError("--cam-class and --cam-layer go with --gradcam DIR")
     setup_logging(verbose)
-    if cam_dir is not None:
-        if engine == "numpy":
-            raise click.UsageError("--engine numpy cannot compute --gradcam (it needs gradients): use --engine "
-                                   "auto or keras")
-        fast, why = None, "--gradcam needs Keras"
-    else:
-        views = {"none": 1, "flip": 2, "shift": 5, "flip+shift": 6}[tta]
-        try:
-            fast, why = choose(engine, path, images, views)
-        except Declined as e:
-            raise click.UsageError(f"--engine numpy cannot run {path}: {e}; use --engine auto or keras") from None
-    import logging
-
-    logging.getLogger("vgg").debug("engine: %s (%s)", "keras" if fast is None else "numpy", why)
-    return fast, why
+    try:
+        opened = open_request(request, runs)
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
+    if request.run is None and request.model_file is None:
+        _warn_if_latest_has_other_classes(runs)
+    with model_work(verbose, frameworks=opened.needs_keras):
+        answered = opened.answer()
+    click.echo(f"model: {opened.path}", err=True)  # which run answered (production moves under cron)
+    click.echo(format_results(answered.results, fmt, request.top_k, answered.cams), nl=False)
+    if answered.cams:
+        click.echo(f"gradcam: {len(answered.cams)} overlay(s) and heatmap(s) in {request.cam_dir} "
+                   f"(layer {next(iter(answered.cams.values()))['layer']})", err=True)
+    if verbose:
+        t, n = answered.timings, len(opened.files)
+        click.echo(f"timings: import {t['import']:.2f}s, model load {t['load']:.2f}s ({opened.path}), predict "
+                   f"{t['predict']:.2f}s for {n} file(s) ({n / t['predict']:.1f} img/s, decoding overlapped with "
+                   f"inference)", err=True)
+    failed = answered.failed
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(answered.results)} input(s) could not be read (see their rows)",
+                   err=True)
+        return EXIT_NOINPUT if len(failed) == len(answered.results) and all(r.error == NOT_FOUND
+                                                                            for r in failed) else EXIT_DATA
+    return 0
 
 
 def _warn_if_latest_has_other_classes(runs) -> None:
@@ -136,18 +92,6 @@ def _warn_if_latest_has_other_classes(runs) -> None:
         click.echo(f"note: answering with production {production.name}; the latest run {latest.name} has other "
                    f"classes (added {change.get('added') or 'none'}, removed {change.get('removed') or 'none'}) and "
                    f"was not promoted: pass --run {latest.name} to use it", err=True)
-
-
-def _gradcams(model, results, cam_dir, cam_class, cam_layer, batch_size) -> dict:
-    if cam_dir is None:
-        if cam_class or cam_layer:
-            raise click.UsageError("--cam-class and --cam-layer go with --gradcam DIR")
-        return {}
-    from pathlib import Path
-
-    from vgg_cli.inference.gradcam import cam_files
-
-    return cam_files(model, results, Path(os.path.expanduser(cam_dir)), cam_class, cam_layer, batch_size)
 
 
 def _model_of(run: str | None, model_file: str | None, runs):
