@@ -286,37 +286,37 @@ def test_imports_inside_functions_defer_a_framework_or_say_why():
     assert undeferred_imports() == []
 
 
+def _planted(tmp_path: Path, where: str, text: str) -> Path:
+    """A copy of the package with ``text`` appended to the module file ``where`` (relative to the package)."""
+    copy = tmp_path / "vgg_cli"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / where).open("a", encoding="utf-8") as f:
+        f.write("\n" + text)
+    return copy
+
+
 @pytest.mark.parametrize("where, line", [
     ("fsio.py", "def later():\n    import importlib\n    return importlib.import_module(\"vgg_cli.cli.main\")\n"),
     ("fsio.py", "def later():\n    return __import__(\"vgg_cli.cli.main\")\n"),
     ("fsio.py", "def later(name):\n    import importlib\n    return importlib.import_module(name)\n"),
 ])
 def test_a_planted_dynamic_import_is_found(tmp_path, where, line):
-    copy = tmp_path / "vgg_cli"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    with (copy / where).open("a", encoding="utf-8") as f:
-        f.write("\n" + line)
-    found = violations(copy)
+    found = violations(_planted(tmp_path, where, line))
     assert found and all(v.startswith("fsio") for v in found), found
 
 
 def test_a_planted_circle_inside_a_package_is_found(tmp_path):
-    copy = tmp_path / "vgg_cli"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert cycles(copy) == []
-    with (copy / "data" / "images.py").open("a", encoding="utf-8") as f:  # data.scan imports data.images
-        f.write("\ndef later():\n    from vgg_cli.data.scan import scan\n    return scan\n")
+    assert cycles() == []
+    copy = _planted(tmp_path, "data/images.py",  # data.scan imports data.images
+                    "def later():\n    from vgg_cli.data.scan import scan\n    return scan\n")
     found = cycles(copy)
     assert len(found) == 1 and "data.images" in found[0] and "data.scan" in found[0], found
     assert violations(copy) == []  # the one-way rule between packages alone does not see it
 
 
 def test_a_planted_undeferred_import_is_found(tmp_path):
-    copy = tmp_path / "vgg_cli"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    with (copy / "data" / "scan.py").open("a", encoding="utf-8") as f:
-        f.write("\ndef later():\n    import json\n    from vgg_cli.fsio import write_json\n"
-                "    import keras  # a framework: deferring it is the point\n    return json, write_json, keras\n")
+    copy = _planted(tmp_path, "data/scan.py", "def later():\n    import json\n    from vgg_cli.fsio import write_json\n"
+                    "    import keras  # a framework: deferring it is the point\n    return json, write_json, keras\n")
     found = undeferred_imports(copy)
     assert sorted((v.split(":")[0], v.split(" ")[2]) for v in found) == [("data.scan", "json"),
                                                                          ("data.scan", "vgg_cli.fsio")], found
@@ -332,12 +332,8 @@ def test_a_planted_undeferred_import_is_found(tmp_path):
     "from vgg_cli.export import formats\n",
 ])
 def test_a_planted_upward_or_relative_import_is_found(tmp_path, line):
-    copy = tmp_path / "vgg_cli"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert violations(copy) == []
-    with (copy / "training" / "fit.py").open("a", encoding="utf-8") as f:
-        f.write("\n" + line)
-    found = violations(copy)
+    assert violations() == []
+    found = violations(_planted(tmp_path, "training/fit.py", line))
     assert found and all(v.startswith("training.fit") for v in found), found
 
 

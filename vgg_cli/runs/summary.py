@@ -45,47 +45,52 @@ class Outcome(str, Enum):
 PENDING = {"pending": True, "promoted": False, "applied": False}
 
 
-def _field(types: tuple[type, ...], doc: str, default: Any = None, factory=None):
-    """A summary.json key: the JSON types it may have (null always allowed), what it says, its default."""
-    meta = {"types": types, "doc": doc}
-    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+# the JSON type a field holds, by the first name of its annotation (null is allowed everywhere)
+_JSON = {"RunStatus": (str,), "str": (str,), "int": (int,), "dict": (dict,), "list": (list,)}
 
 
 @dataclass(slots=True)
 class Summary:
     """One run's summary.json, field by field. Training fills the training fields (``vgg_cli.training.summarise``),
     finishing adds ``calibration`` and ``promotion`` (``vgg_cli.job.finish``)."""
-    status: RunStatus | None = _field((str,), "how far the run got (RunStatus)")
-    stopped_by: str | None = _field((str,), "the signal that interrupted it")
-    epochs_run: int | None = _field((int,), "epochs trained, over every session")
-    epochs_planned: int | None = _field((int,), "epochs of every phase")
-    monitor: str | None = _field((str,), "the metric that picks the best epoch")
-    best: dict | None = _field((dict,), "the best epoch's metrics row")
-    final: dict | None = _field((dict,), "the last epoch's metrics row")
-    health: dict = _field((dict,), "the health checks' record (vgg_cli.training.health)", factory=dict)
-    classes: list = _field((list,), "class names in index order", factory=list)
-    counts: dict | None = _field((dict,), "images per class and split")
-    images: dict = _field((dict,), '{"train", "val", "skipped"} counts', factory=dict)
-    fingerprint: str | None = _field((str,), "the dataset's fingerprint (--if-changed)")
-    config_digest: str | None = _field((str,), "what makes two trainings the same job (--if-changed)")
-    weights: str | None = _field((str,), "where the starting weights came from")
-    params: dict | None = _field((dict,), "{total, trainable} parameter counts")
-    started: str | None = _field((str,), "when the run started (ISO time)")
-    finished: str | None = _field((str,), "when its last session ended (ISO time)")
-    resumed: list = _field((list,), "each resume: when, after which epoch", factory=list)
-    timings: dict = _field((dict,), "seconds of each part, images per second, peak memory", factory=dict)
-    device: dict | None = _field((dict,), "backend, devices, precision, distribution")
-    versions: dict | None = _field((dict,), "versions of vgg and its frameworks")
-    drift: dict | None = _field((dict,), "tonight's new images against the previous run's (None: not tested)")
-    input: dict | None = _field((dict,), "what fed training: cached features or images, and why")
-    phases: list | None = _field((list,), "each phase: frozen blocks, rate, epochs, input")
-    class_weight: dict | None = _field((dict,), "train.class_weight resolved, per class name")
-    run: str | None = _field((str,), "the run directory's name")
-    set_aside: list | None = _field((list,), "unfinished runs this night set aside")
-    calibration: dict | None = _field((dict,), "temperature and out-of-distribution statistics")
-    promotion: dict | None = _field((dict,), "the promotion decision and whether it was applied")
-    task: str | None = _field((str,), "what an image's answer is (vgg_cli.task; None: single_label, before the key)")
-    schema: int = _field((int,), "this file's schema version (1: none written)", default=1)
+    # how far the run got
+    status: RunStatus | None = None  # finished, early_stopped, interrupted, diverged
+    stopped_by: str | None = None  # the signal that interrupted it
+    epochs_run: int | None = None  # epochs trained, over every session
+    epochs_planned: int | None = None  # epochs of every phase
+    monitor: str | None = None  # the metric that picks the best epoch
+    # its numbers
+    best: dict | None = None  # the best epoch's metrics row
+    final: dict | None = None  # the last epoch's metrics row
+    health: dict = field(default_factory=dict)  # the health checks' record (vgg_cli.training.health)
+    params: dict | None = None  # {total, trainable} parameter counts
+    # the data it trained on
+    classes: list = field(default_factory=list)  # class names in index order
+    counts: dict | None = None  # images per class and split
+    images: dict = field(default_factory=dict)  # {"train", "val", "skipped"} counts
+    fingerprint: str | None = None  # the dataset's fingerprint (--if-changed)
+    # how it was set up
+    config_digest: str | None = None  # what makes two trainings the same job (--if-changed)
+    weights: str | None = None  # where the starting weights came from
+    task: str | None = None  # what an image's answer is (vgg_cli.task; None: single_label, before the key)
+    device: dict | None = None  # backend, devices, precision, distribution
+    versions: dict | None = None  # versions of vgg and its frameworks
+    # when
+    started: str | None = None  # when the run started (ISO time)
+    finished: str | None = None  # when its last session ended (ISO time)
+    resumed: list = field(default_factory=list)  # each resume: when, after which epoch
+    timings: dict = field(default_factory=dict)  # seconds of each part, images per second, peak memory
+    # what fed it, and the night around it
+    input: dict | None = None  # what fed training: cached features or images, and why
+    phases: list | None = None  # each phase: frozen blocks, rate, epochs, input
+    class_weight: dict | None = None  # train.class_weight resolved, per class name
+    drift: dict | None = None  # tonight's new images against the previous run's (None: not tested)
+    set_aside: list | None = None  # unfinished runs this night set aside
+    run: str | None = None  # the run directory's name
+    # its end
+    calibration: dict | None = None  # temperature and out-of-distribution statistics
+    promotion: dict | None = None  # the promotion decision and whether it was applied
+    schema: int = 1  # this file's schema version (1: none written)
     unknown: dict = field(default_factory=dict, repr=False)  # keys this vgg does not know: written back as read
 
     @classmethod
@@ -95,7 +100,7 @@ class Summary:
             raise DataError(f"{path} is not a JSON object; the run is damaged")
         known = {f.name: f for f in fields(cls) if f.name != "unknown"}
         for key, f in known.items():
-            v, types = value.get(key), f.metadata["types"]
+            v, types = value.get(key), _JSON[str(f.type).split(" ")[0]]
             if v is not None and (not isinstance(v, types) or isinstance(v, bool) and bool not in types):
                 raise DataError(f"{path}: {key!r} is {type(v).__name__} {str(v)[:40]!r}, not "
                                 f"{' or '.join(t.__name__ for t in types)}; the run is damaged")
