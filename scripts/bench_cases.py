@@ -11,7 +11,6 @@ from pathlib import Path
 
 from bench_common import CHECK, ENV, measure, read_run, steady
 
-
 CALIBRATE = r'''
 import sys, glob, keras, numpy as np
 from vgg_cli.model.build import build_backbone
@@ -45,7 +44,7 @@ def backbone_weights(work: Path, data: Path, size: int) -> tuple[str, str]:
     features are brought to unit scale on the bench images, saved once. --check: ``none``."""
     if CHECK["on"]:
         return "none", "none (random, --check)"
-    from vgg_cli.cli.common import load_frameworks
+    from vgg_cli.platform.backend import load_frameworks
 
     load_frameworks()  # quietly
     from vgg_cli.model.weights import keras_cache_file

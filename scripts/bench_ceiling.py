@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from bench_cases import NO_FINISH
 from bench_common import CHECK, make_dataset, measure, measure_scripts, read_run, steady
 

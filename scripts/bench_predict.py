@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from bench_common import CHECK, measure, measure_scripts
 
 TIMINGS = re.compile(r"timings: import ([\d.]+)s, model load ([\d.]+)s .*, predict ([\d.]+)s")

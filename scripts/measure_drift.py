@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from measure_data_trust import digits  # noqa: E402  (the digit scans, made once per work folder)
+
 ARGS = ["data.image_size=32", "model.weights=none", "model.freeze_blocks=[1,2,3,4,5]", "model.head.dense=[64]",
         "model.head.dropout=0.0", "train.epochs=12", "train.batch_size=32", "train.seed=0",
         "train.early_stopping_patience=0", "train.optimizer.learning_rate=0.003", "output.report=false",

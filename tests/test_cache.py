@@ -285,7 +285,7 @@ class _ArraySource:
 
 
 def test_train_batches_follow_the_epoch_order_and_never_span_epochs():
-    from vgg_cli.cli.common import load_frameworks
+    from vgg_cli.platform.backend import load_frameworks
 
     load_frameworks()
     from vgg_cli.data.pipeline import epoch_order, eval_batches, train_batches

@@ -152,7 +152,6 @@ def test_a_held_night_stays_held_the_next_night(night1):
     """With a production run, tonight is compared with production's training images, not with a held latest run's
     (which trained on the drifted images)."""
     from vgg_cli.runs.root import RunsRoot
-    from vgg_cli.runs.root import RunsRoot
     from vgg_cli.training.prepare import scan_dataset
 
     data, runs = night1

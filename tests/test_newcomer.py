@@ -91,7 +91,7 @@ def test_ultralytics_habits_get_the_vgg_key_to_write(given, write):
 def test_tensorflow_retracing_paragraphs_are_dropped_and_other_warnings_kept():
     import logging
 
-    from vgg_cli.cli.common import _quiet_retracing, load_frameworks
+    from vgg_cli.platform.backend import _quiet_retracing, load_frameworks
 
     load_frameworks()
     tf_log = logging.getLogger("tensorflow")

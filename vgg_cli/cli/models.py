@@ -126,9 +126,7 @@ def _model_of(run: str | None, model_file: str | None, runs):
               help="Count a top probability below this as unknown too (the accepted share and its accuracy).")
 @click.option("--uncalibrated", is_flag=True, help="Raw probabilities (temperature 1) in the scores and galleries.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs, out_dir: str | None,
-             batch_size: int, tta: str, gradcam: bool, cam_layer: str | None, min_probability: float | None,
-             uncalibrated: bool, as_json: bool) -> int:
+def evaluate(run: str | None, model_file: str | None, runs, as_json: bool, **asked) -> int:
     """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
     subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
     one is reported).
@@ -140,48 +138,25 @@ def evaluate(data_dir: str | None, run: str | None, model_file: str | None, runs
     confusion_matrix.csv/.png, confusion_matrix_normalised.png, misclassified.csv (with each file's top
     predictions), reliability.png and coverage.png.
     """
-    from pathlib import Path
+    from vgg_cli.errors import NoInputError
+    from vgg_cli.evaluation.evaluate import format_report
+    from vgg_cli.evaluation.request import EvalRequest, evaluate_request
 
-    if model_file is not None and run is None and data_dir is None:
+    request = EvalRequest(**asked)
+    if model_file is not None and run is None and request.data_dir is None:
         raise click.UsageError("--model FILE needs DATA_DIR (only a run directory knows its validation split)")
+    if request.cam_layer and not request.gradcam:
+        raise click.UsageError("--cam-layer goes with --gradcam")
     path, run_dir = _model_of(run, model_file, runs)
-    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
-        from vgg_cli.errors import NoInputError
-
-        raise NoInputError(f"DATA_DIR {data_dir!r} is not a folder; pass a folder with one subfolder per class")
-    name = "val" if data_dir is None else (Path(os.path.expanduser(data_dir)).resolve().name or "data")
-    from vgg_cli.runs.rundir import RunDir
-
-    out = Path(out_dir) if out_dir else (RunDir(run_dir).evaluation(name) if run_dir else Path("evaluation") / name)
+    if request.data_dir is not None and not os.path.isdir(os.path.expanduser(request.data_dir)):
+        raise NoInputError(f"DATA_DIR {request.data_dir!r} is not a folder; pass a folder with one subfolder per "
+                           f"class")
     with model_work():
-        from vgg_cli.evaluation import evaluate as ev
-        from vgg_cli.evaluation import scoring
-        from vgg_cli.model.load import class_names_of, image_size_of, load_model
-
-        model = load_model(path)
-        if data_dir is None:
-            data = scoring.validation_set(run_dir)
-        else:
-            data = scoring.folder_set(os.path.expanduser(data_dir), class_names_of(model), image_size_of(model))
-        if data.missing_classes:
-            click.echo(f"warning: no images of class(es) {data.missing_classes} in the {data.source}", err=True)
-        for s in data.skipped:
-            click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
-        if cam_layer and not gradcam:
-            raise click.UsageError("--cam-layer goes with --gradcam")
-        options = scoring.answering(model, path, not uncalibrated, min_probability)
-        result = None
-        if data_dir is None and tta == "none" and not gradcam:  # from the run's feature cache (same answers)
-            from vgg_cli.evaluation.frozen import cached_validation
-
-            result = cached_validation(model, RunDir(run_dir), data, batch_size, options)
-        report = ev.evaluate(model, path, data, out, batch_size,
-                             cam_layer or gradcam, RunDir(run_dir) if run_dir else None, tta=tta, options=options,
-                             result=result)
+        report = evaluate_request(request, path, run_dir, lambda text: click.echo(f"warning: {text}", err=True))
     if as_json:
         echo_json(report)
     else:
-        click.echo(ev.format_report(report), nl=False)
+        click.echo(format_report(report), nl=False)
     return 0
 
 

@@ -50,12 +50,10 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
         if resume is not None:
             _check_resume_overrides(overrides)
         setup_logging(verbose)
-        from vgg_cli.job.lifecycle import open_job
+        from vgg_cli.job.lifecycle import open_job, run
 
         job = open_job(cfg, resume, if_changed, overrides, command)
-        with job.lock(), model_work(verbose, job.backend):
-            from vgg_cli.job.lifecycle import run
-
+        with model_work(verbose, frameworks=False):  # (the job loads Keras once it holds the lock)
             result = run(job)
     except VggError as e:
         if as_json:

@@ -27,7 +27,7 @@ from vgg_cli.data.scan import check_layout, require_dir
 from vgg_cli.errors import InterruptedRun, VggError, signal_name
 from vgg_cli.fsio import read_json
 from vgg_cli.job.finish import apply, decide, finish
-from vgg_cli.platform.backend import choose
+from vgg_cli.platform.backend import choose, load_frameworks
 from vgg_cli.platform.distribute import process_role
 from vgg_cli.runs.root import RunsRoot
 from vgg_cli.runs.rundir import EvaluationDir, RunDir
@@ -75,15 +75,17 @@ def open_job(cfg: Config, resume: str | None = None, if_changed: bool = False, o
 
 
 def run(job: TrainJob):
-    """Train (or resume) and finish: a ``vgg_cli.training.run.TrainResult``. Call it holding ``job.lock()``, with
-    the framework loaded on ``job.backend``."""
-    from vgg_cli.training.run import resume_training, run_training
+    """Take the runs folder's lock (before the framework loads, so a second run on the same output.dir exits 75 at
+    once), load Keras on ``job.backend``, train (or resume) and finish: a ``vgg_cli.training.run.TrainResult``."""
+    with job.lock():
+        load_frameworks(job.backend)
+        from vgg_cli.training.run import resume_training, run_training
 
-    if job.resume is not None:
-        result = resume_training(job.resume, job.runs, job.role, job.overrides)
-    else:
-        result = run_training(job.cfg, job.runs, role=job.role, if_changed=job.if_changed)
-    return complete(result)
+        if job.resume is not None:
+            result = resume_training(job.resume, job.runs, job.role, job.overrides)
+        else:
+            result = run_training(job.cfg, job.runs, role=job.role, if_changed=job.if_changed)
+        return complete(result)
 
 
 def complete(result):

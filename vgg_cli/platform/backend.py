@@ -10,6 +10,7 @@ lr-find) or ``auto``:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from importlib import metadata
@@ -59,3 +60,43 @@ def apply(setting: str = "auto") -> str:
     name, why = choose(setting)
     os.environ["KERAS_BACKEND"] = name
     return why
+
+
+def load_frameworks(backend: str = "auto") -> None:
+    """Import Keras once, on the backend ``vgg_cli.platform.backend`` chooses (KERAS_BACKEND wins, else ``backend``, a
+    train.backend value), keeping TensorFlow's native start-up chatter out of the terminal and cron logs.
+    TensorFlow 2.21 prints some of it even at TF_CPP_MIN_LOG_LEVEL=3, so fd 2 is closed off during the import;
+    set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see it."""
+    logging.getLogger("tensorflow").addFilter(_quiet_retracing)  # (once: the same filter is not added twice)
+    if "keras" in sys.modules:
+        return
+    why = apply(backend)
+    logging.getLogger("vgg").debug("Keras backend: %s (%s)", os.environ["KERAS_BACKEND"], why)
+    if os.environ["KERAS_BACKEND"] != "tensorflow":
+        import keras  # noqa: F401
+        return
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
+        import keras  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # the C++ runtime writes INFO lines to fd 2 before its log level applies
+    try:
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # CUDA probing logs here on machines without a GPU
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _quiet_retracing(record: logging.LogRecord) -> bool:
+    """TensorFlow's "N out of the last M calls ... triggered tf.function retracing" paragraphs (predict on batches
+    of a new size: TTA, Grad-CAM) say nothing a user can act on: they are dropped."""
+    return "retracing" not in record.getMessage()
