@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from vgg_cli.evaluation import calibration_math as cal
 from vgg_cli.inference import ood
+from vgg_cli.task import calibration as cal
 
 # ------------------------------------------------------------------------------------------------ metrics by hand
 

@@ -3,7 +3,7 @@
 1. ``model/best.keras`` predicts its validation split (the images promotion judges) once, keeping logits and,
    for the Mahalanobis score, the head's penultimate features: from the run's cached frozen-block features
    through the trainable rest when it had a frozen prefix (``vgg_cli.evaluation.frozen``), else on the images;
-2. temperature scaling is fitted there (``vgg_cli.evaluation.calibration_math.calibrate``: kept only when a cross-fit
+2. temperature scaling is fitted there (``vgg_cli.task.calibration.calibrate``: kept only when a cross-fit
    over halves of the split says it lowers the NLL of images it was not fitted on);
 3. the out-of-distribution statistics: class means and shared covariance of the features of (up to
    ``MAX_FIT_IMAGES``) training images, and the threshold that accepts ``calibration.acceptance`` of the
@@ -24,7 +24,6 @@ import numpy as np
 
 from vgg_cli.data.scan import TRAIN
 from vgg_cli.errors import DataError, NoInputError
-from vgg_cli.evaluation.calibration_math import calibrate
 from vgg_cli.evaluation.frozen import content_hashes, head_outputs, open_frozen
 from vgg_cli.evaluation.scoring import validation_set
 from vgg_cli.fsio import place_copy, write_with
@@ -32,6 +31,7 @@ from vgg_cli.inference.numpy_engine import Declined, load_numpy_model
 from vgg_cli.inference.ood import MAX_FEATURES, OODStats, fit_gaussian, threshold_for, weights_digest
 from vgg_cli.inference.predict import Options, predict_files
 from vgg_cli.runs.rundir import RunDir, ood_stats_path
+from vgg_cli.task import SINGLE_LABEL, Task
 
 log = logging.getLogger("vgg")
 MAX_FIT_IMAGES = 1000  # training images whose features fit the Mahalanobis statistics (evenly over classes)
@@ -107,7 +107,7 @@ def _method(requested: str, model) -> str:
     return requested
 
 
-def calibrate_run(cfg, paths: RunDir, index, runs=None) -> tuple[dict, object | None]:
+def calibrate_run(cfg, paths: RunDir, index, runs=None, task: Task = SINGLE_LABEL) -> tuple[dict, object | None]:
     """Steps 1-4 above: (summary.json's "calibration" record, ``{"fitted": False, ...}`` with the reason when there
     is nothing to fit on; the model as ``best.keras`` now holds it, or None when none was loaded). The model may
     have been cut after its frozen blocks (``vgg_cli.evaluation.frozen``): its whole graph is not for ``Forward``."""
@@ -130,7 +130,7 @@ def calibrate_run(cfg, paths: RunDir, index, runs=None) -> tuple[dict, object | 
         return {"temperature": 1.0, "fitted": False, "reason": "no readable validation image", "ood": None}, None
     truth = np.asarray([index.classes.index(data.truth[i]) for i in ok])
 
-    record = calibrate(logits, truth) if settings.temperature else {
+    record = task.calibrate(logits, truth) if settings.temperature else {
         "temperature": 1.0, "fitted": False, "reason": "calibration.temperature is false"}
     if record["temperature"] != 1.0 and not set_temperature(model, record["temperature"]):
         record.update(temperature=1.0, reason="the model has no temperature layer (saved by an older vgg): left "

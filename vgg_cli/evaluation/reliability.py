@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_cli.evaluation.calibration_math import metrics, reliability
 from vgg_cli.reporting.plots import coverage_plot, reliability_diagram
-from vgg_cli.task.head import softmax
 
 
 def coverage_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 50) -> list[dict]:
@@ -33,10 +31,11 @@ def calibration_block(result, temperature: float, own_split: dict | None) -> dic
     the record's cross-fit."""
     z = np.stack([r.logits for r, _ in result.scored]).astype(np.float64)
     y = np.asarray(result.truth)
-    before, after = softmax(z), softmax(z, temperature)
-    out = {"temperature": temperature, "before": metrics(before, y), "after": metrics(after, y),
-           "fitted_on_these_images": own_split is not None,
-           "reliability": {"before": reliability(before, y), "after": reliability(after, y)}}
+    task = result.task
+    before, after = task.probabilities(z), task.probabilities(z, temperature)
+    out = {"temperature": temperature, "before": task.calibration_metrics(before, y),
+           "after": task.calibration_metrics(after, y), "fitted_on_these_images": own_split is not None,
+           "reliability": {"before": task.reliability(before, y), "after": task.reliability(after, y)}}
     if own_split is not None:
         out["cross_fit"] = own_split.get("cross_fit")
         out["why"] = own_split.get("reason")

@@ -79,6 +79,7 @@ class Scored:
     unreadable: list[dict]  # {"path", "reason"}
     scores: dict  # see ``scores``
     outputs_from: str = "the model on the images"  # or the run's feature cache (``frozen.cached_scores``)
+    task: Task = SINGLE_LABEL  # what the answers are (its scores, calibration)
 
     @property
     def accuracy(self) -> float:
@@ -108,7 +109,7 @@ def scored_from(classes: list[str], results: list, data: EvalSet, outputs_from: 
     truth = [index_of[t] for _, t in scored]
     ranked = [[index_of[label] for label, _ in r.top] for r, _ in scored]
     return Scored(classes, scored, truth, ranked, unreadable, task.scores(truth, ranked, len(classes)),
-                  outputs_from)
+                  outputs_from, task)
 
 
 def answering(model, model_file: Path, calibrated: bool = True, min_probability: float | None = None):

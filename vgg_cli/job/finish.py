@@ -39,6 +39,7 @@ from vgg_cli.promotion.production import apply_decision, prune
 from vgg_cli.reporting.report import write_run_report
 from vgg_cli.runs.rundir import EvaluationDir, RunDir
 from vgg_cli.runs.summary import Summary
+from vgg_cli.task import SINGLE_LABEL, Task
 
 log = logging.getLogger("vgg")
 
@@ -52,7 +53,7 @@ def finish(session, summary: Summary) -> dict | None:
     promotion = summary.promotion
     if not session.device.is_chief or not (promotion is None or promotion.get("pending")):
         return None  # a multi-worker job's other workers: the chief finishes
-    summary.calibration, calibrated = calibrate(cfg, paths, session.index, session.runs)
+    summary.calibration, calibrated = calibrate(cfg, paths, session.index, session.runs, session.plan.task)
     paths.write_summary(summary)
     evaluation = evaluate_validation(cfg, paths, calibrated, session.runs) if cfg.output.report else None
     if cfg.data.test_dir is not None:
@@ -89,7 +90,7 @@ def apply(session, summary: Summary) -> Summary:
     return summary
 
 
-def calibrate(cfg, paths: RunDir, index, runs=None) -> tuple[dict, object | None]:
+def calibrate(cfg, paths: RunDir, index, runs=None, task: Task = SINGLE_LABEL) -> tuple[dict, object | None]:
     """Temperature and out-of-distribution statistics (``vgg_cli.evaluation.calibrate``) before the evaluation,
     so it and everything after answer calibrated; an unreadable validation split is said, not fatal. Returns
     (summary.json's "calibration", the calibrated best model when one was loaded, for the evaluation)."""
@@ -97,7 +98,7 @@ def calibrate(cfg, paths: RunDir, index, runs=None) -> tuple[dict, object | None
     if not cfg.calibration.temperature and cfg.calibration.ood == "off":
         return {"temperature": 1.0, "fitted": False, "reason": "calibration is off", "ood": None}, None
     try:
-        return calibrate_run(cfg, paths, index, runs)
+        return calibrate_run(cfg, paths, index, runs, task)
     except DataError as e:
         log.warning("the run is not calibrated (%s)", e)
         return {"temperature": 1.0, "fitted": False, "reason": str(e), "ood": None}, None

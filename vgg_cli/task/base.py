@@ -29,3 +29,16 @@ class Task(ABC):
     @abstractmethod
     def scores(self, truth: list[int], ranked: list[list[int]], num_classes: int) -> dict:
         """The evaluation table's numbers of answers ``ranked`` against ``truth``: ``promotion_metric`` among them."""
+
+    @abstractmethod
+    def calibrate(self, logits: np.ndarray, truth: np.ndarray) -> dict:
+        """The calibration to store in the model, fitted on a validation split's logits, and why (summary.json
+        "calibration": at least ``temperature``, ``fitted`` and ``reason``)."""
+
+    @abstractmethod
+    def calibration_metrics(self, probabilities: np.ndarray, truth: np.ndarray) -> dict:
+        """How well probabilities are calibrated against the truth (report.json's "calibration" before/after)."""
+
+    @abstractmethod
+    def reliability(self, probabilities: np.ndarray, truth: np.ndarray) -> list[dict]:
+        """The reliability diagram's bins (confidence against accuracy)."""

@@ -1,12 +1,13 @@
 """One label per image: the output is a softmax over N classes, the answer the classes ranked by probability, the
-scores accuracy, top-5 (more than 5 classes), per-class precision/recall/F1 and the confusion matrix; champion and
-challenger are compared on accuracy."""
+scores accuracy, top-5 (more than 5 classes), per-class precision/recall/F1 and the confusion matrix, calibration
+one temperature on the logits (``vgg_cli.task.calibration``); champion and challenger are compared on accuracy."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from vgg_cli.task.base import Task
+from vgg_cli.task.calibration import calibrate, metrics, reliability
 from vgg_cli.task.head import softmax
 
 TOP_K = 5  # top-k accuracy is reported with more classes than this
@@ -18,6 +19,15 @@ class SingleLabel(Task):
 
     def probabilities(self, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         return softmax(logits, temperature)
+
+    def calibrate(self, logits: np.ndarray, truth: np.ndarray) -> dict:
+        return calibrate(logits, truth)  # temperature scaling, kept when a cross-fit says it helps
+
+    def calibration_metrics(self, probabilities: np.ndarray, truth: np.ndarray) -> dict:
+        return metrics(probabilities, truth)
+
+    def reliability(self, probabilities: np.ndarray, truth: np.ndarray) -> list[dict]:
+        return reliability(probabilities, truth)
 
     def ranked(self, probabilities: np.ndarray, k: int) -> list[list[int]]:
         order = np.argsort(-np.asarray(probabilities), axis=-1, kind="stable")[:, :k]

@@ -1,4 +1,5 @@
-"""Calibration in NumPy: the metrics (ECE, MCE, NLL, Brier), temperature scaling and its honest figure.
+"""Calibration of one label per image, in NumPy: the metrics (ECE, MCE, NLL, Brier), temperature scaling of the
+softmax and its honest figure (``SingleLabel.calibrate``, ``SingleLabel.calibration_metrics``).
 
 Definitions (as in Guo et al. 2017, "On Calibration of Modern Neural Networks"):
 
