@@ -18,10 +18,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
-from vgg_cli.config.schema import Config
-from vgg_cli.config.sources import yaml_load
+from vgg_cli.config.schema import Config, load_run_config
 from vgg_cli.data.layout import apply_layout
 from vgg_cli.data.scan import check_layout, require_dir
 from vgg_cli.errors import InterruptedRun, VggError, signal_name
@@ -47,6 +44,7 @@ class TrainJob:
     if_changed: bool = False
     overrides: tuple[str, ...] = ()  # --resume's KEY=VALUE (``vgg_cli.training.RESUME_OVERRIDES``)
     command: str = "vgg train"
+    run_cfg: Config | None = None  # the resumed run's own config.yaml, read once (None: unreadable, or no resume)
 
     @property
     def chief(self) -> bool:
@@ -61,17 +59,19 @@ def open_job(cfg: Config, resume: str | None = None, if_changed: bool = False, o
              command: str = "vgg train") -> TrainJob:
     """Decide the job before the framework loads: a mistyped dataset path or an unknown run to resume makes no runs
     folder and loads nothing."""
-    runs = RunsRoot.of(cfg)
-    run_dir = None
+    runs, run_dir, run_cfg = RunsRoot.of(cfg), None, None
+    settings = cfg.train
     if resume is not None:  # the newest unfinished run (bare --resume), else a folder or a run name in output.dir
         run_dir = runs.find_resumable() if resume == "" else runs.resolve(resume)
         runs = RunsRoot.of_run(run_dir)  # a run continues in the folder it sits in
+        run_cfg = _run_config(run_dir)
+        settings = run_cfg.train if run_cfg is not None else cfg.train.model_copy(
+            update={"backend": "auto", "distribute": "auto"})
     else:
         check_dataset_layout(cfg)
-    backend, distribute = _run_settings(run_dir) if run_dir is not None else (cfg.train.backend, cfg.train.distribute)
     moves = tuple(o for o in overrides if not o.startswith("output.dir="))
-    return TrainJob(cfg, runs, run_dir, backend, process_role(distribute, choose(backend)[0]), if_changed, moves,
-                    command)
+    role = process_role(settings.distribute, choose(settings.backend)[0])
+    return TrainJob(cfg, runs, run_dir, settings.backend, role, if_changed, moves, command, run_cfg)
 
 
 def run(job: TrainJob):
@@ -82,7 +82,7 @@ def run(job: TrainJob):
         from vgg_cli.training.run import resume_training, run_training
 
         if job.resume is not None:
-            result = resume_training(job.resume, job.runs, job.role, job.overrides)
+            result = resume_training(job.resume, job.runs, job.role, job.overrides, job.run_cfg)
         else:
             result = run_training(job.cfg, job.runs, role=job.role, if_changed=job.if_changed)
         return complete(result)
@@ -124,14 +124,14 @@ def check_dataset_layout(cfg: Config) -> None:
     check_layout(laid.data)
 
 
-def _run_settings(run_dir: Path) -> tuple[str, str]:
-    """(train.backend, train.distribute) a run to resume was started with (its config.yaml; auto when it predates
-    the keys or cannot be read: a damaged config.yaml is reported by the resume itself)."""
+def _run_config(run_dir: Path) -> Config | None:
+    """The config a run to resume was started with (its config.yaml over today's defaults: keys added since are
+    at their defaults, backend and distribute ``auto``), or None when it cannot be read: the resume then says why,
+    in one line, with the run's other checks."""
     try:
-        train = yaml_load(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))["train"]
-        return str(train.get("backend", "auto")), str(train.get("distribute", "auto"))
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return "auto", "auto"
+        return load_run_config(RunDir(Path(run_dir)).config)
+    except VggError:
+        return None
 
 
 WORST = 3  # classes shown as the worst, by recall

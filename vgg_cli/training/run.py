@@ -201,17 +201,18 @@ def _unfinished_same_job(cfg: Config, runs: RunsRoot) -> RunDir | None:
 
 
 def resume_training(run_dir: Path, runs: RunsRoot, role: tuple[int, int] | None = None,
-                    overrides: tuple[str, ...] = ()) -> TrainResult:
+                    overrides: tuple[str, ...] = (), run_cfg: Config | None = None) -> TrainResult:
     """Continue an unfinished run from its last committed epoch, with its own config and file list, in its place
     now (a run directory copied elsewhere writes there; ``runs``: the folder it sits in, built once by the
     caller). ``role``: as for ``run_training``; a multi-process job is not resumed. ``overrides``: KEY=VALUE of
-    the keys that only say where things go (``vgg_cli.training.RESUME_OVERRIDES``)."""
+    the keys that only say where things go (``vgg_cli.training.RESUME_OVERRIDES``); ``run_cfg``: the run's
+    config.yaml when the caller read it already."""
     t_start = time.perf_counter()
     paths = RunDir(Path(run_dir))
     if not paths.config.is_file() or not paths.data.is_file():
         raise NoInputError(f"{str(run_dir)!r} is not a vgg run directory (no config.yaml/data.json); "
                            f"pass a run directory to --resume")
-    cfg = moved(load_run_config(paths.config), paths.root, overrides)
+    cfg = moved(run_cfg or load_run_config(paths.config), paths.root, overrides)
     if role is not None:
         raise ConfigError("--resume is not supported for a multi-process job (TF_CONFIG or KERAS_DISTRIBUTION_* "
                           f"with train.distribute={cfg.train.distribute}); start the job again (a run with "
