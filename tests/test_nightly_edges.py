@@ -379,3 +379,34 @@ def test_check_table_columns_line_up(tmp_path):
     table = [line for line in out.splitlines() if line.startswith("  ")]
     assert len(table) == 3 and len({len(line) for line in table}) == 1, out  # the header as wide as the rows
     assert [line.index("train") + 5 for line in table[:1]] == [len(table[1]) - 7]
+
+
+def test_a_second_signal_swallowed_by_a_gc_callback_prints_no_traceback(monkeypatch):
+    """The second Ctrl-C's KeyboardInterrupt can land inside a garbage-collector callback (JAX registers one; Keras
+    imports JAX when it is installed), where Python ignores it and prints "Exception ignored ... Traceback". While
+    a run is stopping anyway (the first signal), that one is dropped; any other unraisable still reaches the hook
+    that was there before."""
+    import gc
+
+    from vgg_cli.training.callbacks import StopOnSignal
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_type))
+
+    def interrupted(phase, info):
+        raise KeyboardInterrupt
+
+    def broken(phase, info):
+        raise RuntimeError("a real bug in a callback")
+
+    stopper = StopOnSignal()
+    with stopper:
+        stopper.signal_name = "SIGINT"  # the first signal arrived: the run stops at the next batch boundary
+        for callback in (interrupted, broken):
+            gc.callbacks.append(callback)
+            try:
+                gc.collect()
+            finally:
+                gc.callbacks.remove(callback)
+    assert KeyboardInterrupt not in reported and RuntimeError in reported, reported
+    assert sys.unraisablehook is not stopper._unraisable  # put back

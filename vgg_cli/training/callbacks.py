@@ -33,12 +33,25 @@ class StopOnSignal(keras.callbacks.Callback):
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = self._previous_hook
         return False
+
+    def _unraisable(self, unraisable) -> None:
+        """A second signal's KeyboardInterrupt that landed in code whose exceptions Python ignores (a garbage
+        collector callback: JAX registers one, and Keras imports JAX when it is installed) is not printed as a
+        traceback: the first signal already stops the run at the next batch boundary. Anything else is reported
+        as usual."""
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and self.signal_name is not None:
+            log.debug("a second %s arrived inside %r; stopping at the next batch boundary", self.signal_name,
+                      unraisable.object)
+            return
+        self._previous_hook(unraisable)
 
     def _handle(self, signum, frame):
         if self.signal_name is not None:  # asked twice: stop now
