@@ -116,7 +116,7 @@ def select_distribution(mode: str, backend: str, n_gpus: int, n_cpu_devices: int
 def process_role(mode: str, backend: str) -> tuple[int, int] | None:
     """(processes, this process's index) when ``train.distribute`` = ``mode`` on ``backend`` makes this process one
     of a multi-process job, else None. Read from the environment before Keras is imported, and decided once per
-    command (``vgg_cli.cli.train``), so a non-chief process stays away from the chief's run directory and lock."""
+    command (``vgg_cli.job.lifecycle.open_job``), so a non-chief process stays away from the chief's run directory and lock."""
     if mode not in ("auto", "multi_worker"):
         return None
     cluster = env_cluster(backend)

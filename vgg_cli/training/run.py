@@ -1,10 +1,12 @@
-"""A training run: scan -> model -> fit -> run directory; and resuming one.
+"""The prepare and fit stages of a training run (a session opened once, ``vgg_cli.training.session``: scan ->
+model -> fit -> run directory), and resuming one.
 
 The config is read, never changed. Nothing is written until the dataset scan and the model build have
 succeeded, so a bad dataset or weights path leaves no half-made run behind. One run at a time per runs
-directory: the caller (``vgg_cli.cli.train``) holds the runs folder's lock (``RunsRoot.lock``) around all of
-this, except in a multi-worker job's other workers, which never write there. Every epoch is committed as described in ``vgg_cli.training.checkpoints``, so a run killed at
-any moment can be resumed with ``vgg train --resume``. SIGINT/SIGTERM stop at the next batch boundary.
+directory: the job (``vgg_cli.job.lifecycle.run``) holds the runs folder's lock (``RunsRoot.lock``) around all of
+this, except in a multi-worker job's other workers, which never write there. Every epoch is committed as described
+in ``vgg_cli.training.checkpoints``, so a run killed at any moment can be resumed with ``vgg train --resume``.
+SIGINT/SIGTERM stop at the next batch boundary.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def run_training(cfg: Config, runs: RunsRoot, *, role: tuple[int, int] | None = 
                 set_aside = runs.set_aside(unfinished, str(e))
                 log.warning("set aside unfinished run %s, which cannot be resumed (%s); training a new run",
                             unfinished.name, set_aside["reason"])
-        return _new_run(cfg, runs, early, t_start, if_changed, set_aside=set_aside)
+        return _new_run(cfg, runs, early, t_start, if_changed=if_changed, set_aside=set_aside)
     finally:
         log.removeHandler(early)
         keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
@@ -115,7 +117,7 @@ def _worker_run(cfg: Config, runs: RunsRoot, early, t_start: float, role: tuple[
         local = cfg.model_copy(update={"output": output, "cache": cache})
         log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
                  worker, workers, scratch)
-        result = _new_run(local, RunsRoot(scratch), early, t_start, False, splits=previous, chief=False)
+        result = _new_run(local, RunsRoot(scratch), early, t_start, splits=previous, chief=False)
         return TrainResult(Outcome.WORKER_DONE, runs.path, replace(result.summary, promotion=None))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -127,8 +129,8 @@ def _latest_summary(runs: RunsRoot) -> tuple[Path, Summary] | None:
     return None if summary is None else (latest.root, summary)
 
 
-def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, if_changed: bool, splits: dict | None = None,
-             chief: bool = True, set_aside: dict | None = None) -> TrainResult:
+def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: bool = False,
+             splits: dict | None = None, chief: bool = True, set_aside: dict | None = None) -> TrainResult:
     started = now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
