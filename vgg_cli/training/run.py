@@ -25,7 +25,7 @@ from vgg_cli.config.schema import Config, load_run_config
 from vgg_cli.data.scan import require_dir
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.fsio import write_json, write_text
-from vgg_cli.model.weights import check_weights_available, copy_head
+from vgg_cli.model.weights import copy_head
 from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import PENDING, Outcome, RunStatus, Summary
@@ -33,9 +33,9 @@ from vgg_cli.training.callbacks import EarlyLog, attach_log_file, detach_log_fil
 from vgg_cli.training.checkpoints import TrainState, finalize, load_checkpoint, read_state, sync
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
-from vgg_cli.training.prepare import feature_drift, night_drift, previous_splits, resolve_sources
+from vgg_cli.training.prepare import feature_drift, night_drift
 from vgg_cli.training.reread import moved, readable_summary, run_info_of
-from vgg_cli.training.session import Session, open_resumed, open_session
+from vgg_cli.training.session import Session, check_can_train, open_resumed, open_session
 from vgg_cli.training.summarise import build_summary, now, phase_summary, plot_curves
 
 log = logging.getLogger("vgg")
@@ -108,8 +108,6 @@ def _worker_run(cfg: Config, runs: RunsRoot, early, t_start: float, role: tuple[
     output.dir only for what must match the chief (the sticky split of runs/latest, a warm-start run)."""
 
     workers, worker = role
-    cfg = resolve_sources(cfg, runs)
-    previous = previous_splits(cfg, runs)
     scratch = Path(tempfile.mkdtemp(prefix=f"vgg-worker{worker}-"))
     try:
         output = cfg.output.model_copy(update={"dir": str(scratch), "name": "worker", "keep": None})
@@ -117,7 +115,7 @@ def _worker_run(cfg: Config, runs: RunsRoot, early, t_start: float, role: tuple[
         local = cfg.model_copy(update={"output": output, "cache": cache})
         log.info("worker %d of %d: training with the chief (which writes the run directory); scratch folder %s",
                  worker, workers, scratch)
-        result = _new_run(local, RunsRoot(scratch), early, t_start, splits=previous, chief=False)
+        result = _new_run(local, RunsRoot(scratch), early, t_start, chief=False, reads=runs)
         return TrainResult(Outcome.WORKER_DONE, runs.path, replace(result.summary, promotion=None))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -130,13 +128,13 @@ def _latest_summary(runs: RunsRoot) -> tuple[Path, Summary] | None:
 
 
 def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: bool = False,
-             splits: dict | None = None, chief: bool = True, set_aside: dict | None = None) -> TrainResult:
+             chief: bool = True, set_aside: dict | None = None, reads: RunsRoot | None = None) -> TrainResult:
     started = now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
     dataset_name = Path(cfg.data.train_dir).name  # (the dataset's own name, not the train/ of a split layout)
     # a skipped night needs neither a free name nor weights: checked after the scan, when it is not skipped
-    session = open_session(cfg, runs, splits, chief, fail_fast=() if if_changed else ("name", "weights"))
+    session = open_session(cfg, runs, chief, fail_fast=() if if_changed else ("name", "weights"), reads=reads)
     cfg, index, device = session.cfg, session.index, session.device
     if device.distribute == "multi_worker" and device.is_chief != chief:
         raise ConfigError(f"the job's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) changed while vgg started "
@@ -148,8 +146,7 @@ def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: 
             return TrainResult(Outcome.NOTHING_TO_DO, latest[0], latest[1])
         log.info("dataset or config changed since the latest run: training" if latest else
                  "no earlier finished run: training")
-        runs.check_name_free(cfg.output.name)
-        check_weights_available(cfg.model)
+        check_can_train(cfg, runs)
     t_scanned = time.perf_counter()
     drift = night_drift(cfg, runs, index) if chief else None  # after --if-changed: an unchanged night reads no image
 

@@ -25,7 +25,7 @@ from vgg_cli.platform.device import DeviceInfo, setup_devices
 from vgg_cli.runs.root import RunsRoot
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.training.plan import Phase, TrainingPlan, make_plan, set_up_phase
-from vgg_cli.training.prepare import resolve_sources, scan_dataset
+from vgg_cli.training.prepare import previous_splits, resolve_sources, scan_dataset
 from vgg_cli.training.reread import load_index
 
 
@@ -69,21 +69,29 @@ class Session:
         return feature_store(self.runs, self.cfg, prefix_model, blocks)
 
 
-def open_session(cfg: Config, runs: RunsRoot, splits: dict | None = None, chief: bool = True,
-                 fail_fast: tuple[str, ...] = ("name", "weights")) -> Session:
+def open_session(cfg: Config, runs: RunsRoot, chief: bool = True, fail_fast: tuple[str, ...] = ("name", "weights"),
+                 reads: RunsRoot | None = None) -> Session:
     """A session for a new run (or lr-find, or a worker): the warm start and the dataset layout resolved, the devices
-    set up, the dataset scanned (keeping the sticky split of runs/latest, or ``splits``) and the plan made.
-    ``fail_fast``: what is checked before the scan, which can be long: "name" (output.name is free), "weights"
-    (the weights file or Keras' cached download is there)."""
-    cfg = resolve_sources(cfg, runs)
+    set up, the dataset scanned (keeping the sticky split of runs/latest) and the plan made. ``fail_fast``: what is
+    checked before the scan, which can be long (``check_can_train``). ``reads``: where the warm start and the sticky
+    split are read from, when not ``runs`` (a multi-worker job's other workers write to a scratch folder, but
+    must split and start as the chief does)."""
+    reads = reads or runs
+    cfg = resolve_sources(cfg, reads)
     check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
     device = setup_devices(cfg.train, runs.compile_cache, cfg.cache.compile_mb)
-    if "name" in fail_fast:
-        runs.check_name_free(cfg.output.name)
-    if "weights" in fail_fast:
-        check_weights_available(cfg.model)
-    index = scan_dataset(cfg, runs, splits)
+    check_can_train(cfg, runs, fail_fast)
+    index = scan_dataset(cfg, runs, None if reads is runs else previous_splits(cfg, reads))
     return Session(cfg, runs, index, make_plan(cfg, index), device, chief=chief)
+
+
+def check_can_train(cfg: Config, runs: RunsRoot, checks: tuple[str, ...] = ("name", "weights")) -> None:
+    """What a new run needs before anything slow: "name" (output.name is free in ``runs``), "weights" (the weights
+    file or Keras' cached download is there)."""
+    if "name" in checks:
+        runs.check_name_free(cfg.output.name)
+    if "weights" in checks:
+        check_weights_available(cfg.model)
 
 
 def open_resumed(cfg: Config, runs: RunsRoot, paths: RunDir) -> Session:
