@@ -50,8 +50,7 @@ def finish(session, summary: Summary) -> dict | None:
     or when the promotion was decided before a kill: the decision is not made again)."""
     cfg, paths = session.cfg, session.paths
     session.runs.point_latest(paths)
-    promotion = summary.promotion
-    if not session.device.is_chief or not (promotion is None or promotion.get("pending")):
+    if not session.device.is_chief or not summary.undecided:
         return None  # a multi-worker job's other workers: the chief finishes
     summary.calibration, calibrated = calibrate(cfg, paths, session.index, session.runs, session.plan.task)
     paths.write_summary(summary)
@@ -64,8 +63,7 @@ def finish(session, summary: Summary) -> dict | None:
 def decide(session, summary: Summary, best: dict | None, evaluation: dict | None) -> None:
     """Step 3's decision, while the promotion is pending (no side effects beyond summary.json's ``applied:
     false``): ``vgg_cli.promotion.decide.judge``, reusing the validation evaluation's accuracy."""
-    promotion = summary.promotion
-    if not session.device.is_chief or not (promotion is None or promotion.get("pending")):
+    if not session.device.is_chief or not summary.undecided:
         return
     cfg = session.cfg
     summary.promotion = {**judge(cfg.promote, cfg.train.batch_size, session.paths, session.index, best, evaluation,

@@ -149,12 +149,16 @@ class Summary:
         return bool((self.promotion or {}).get("promoted"))
 
     @property
+    def undecided(self) -> bool:
+        """Its promotion is not decided yet (pending, or no record at all)."""
+        return self.promotion is None or bool(self.promotion.get("pending"))
+
+    @property
     def needs_finishing(self) -> bool:
         """Trained all its epochs but was stopped before its promotion was decided and carried out."""
         if not self.trained_to_end:
             return False
-        p = self.promotion
-        return p is None or bool(p.get("pending")) or p.get("applied") is False
+        return self.undecided or self.promotion.get("applied") is False
 
     @property
     def health_status(self) -> str | None:
