@@ -69,14 +69,13 @@ class Opened:
         framework loaded when ``needs_keras``."""
         r, t0 = self.request, time.perf_counter()
         model = self.fast if self.fast is not None else _load_keras(self.path)
-        t1 = time.perf_counter() + self.numpy_load
+        t1 = time.perf_counter()
         options = Options(calibrated=not r.uncalibrated, ood=stats_for(model, self.path, self.fast and self.fast.digest),
                           min_probability=r.min_probability)
         results = predict_files(model, self.files, r.top_k, r.batch_size, r.tta, options)
         t2 = time.perf_counter()
-        t2 += self.numpy_load
-        return Answered(results, _gradcams(model, results, r), {"import": t0 - self.opened_at, "load": t1 - t0,
-                                                                "predict": t2 - t1})
+        return Answered(results, _gradcams(model, results, r), {"import": t0 - self.opened_at,
+                                                                "load": t1 - t0 + self.numpy_load, "predict": t2 - t1})
 
 
 def open_request(request: Request, runs) -> Opened:
