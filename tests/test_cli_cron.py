@@ -72,16 +72,18 @@ def data(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.4, 1.2])
-def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
+@pytest.mark.parametrize(("after", "delay"), [(2, 0.0), (2, 0.4), (2, 1.2), (40, 0.0)])
+def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, after, delay):
     # An epoch on cached features, with its light checkpoint (the head's variables; epoch 1 writes the whole VGG16,
-    # ~57 MB) written and committed, takes 0.06-0.4 s: 40 of them outlast the kill (at most 1.2 s after epoch 2),
-    # which lands in an epoch or its commit.
+    # ~57 MB) written and committed, takes 0.03-0.4 s: 40 of them usually outlast the kill (at most 1.2 s after
+    # epoch 2), which then lands in an epoch or its commit. On a fast machine it can land after the last epoch's
+    # commit, before the summary (CI saw it at 1.2 s): that is a moment too, and the resume only finishes; the last
+    # case kills there on purpose (after the last epoch's commit: best/last.keras, the summary and promotion left).
     epochs = 40
     runs = tmp_path / "runs"
     proc = start(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=night", *NO_REPORT,
                   f"train.epochs={epochs}"])
-    wait_for(proc, epoch_done(2, epochs))  # epoch 2 committed; the kill lands in its bookkeeping or a later epoch
+    wait_for(proc, epoch_done(after, epochs))  # committed; the kill lands in its bookkeeping or later
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -89,7 +91,7 @@ def test_sigkill_at_any_moment_then_resume_finishes(tmp_path, data, delay):
     assert not (run / "summary.json").exists() and not (runs / "latest").exists()
     # state.json is the commit point; metrics.csv follows it and may lag one epoch if the kill landed in between
     before = json.loads((run / "state.json").read_text())["epoch"]
-    assert 2 <= before < epochs and len(rows(run)) in (before - 1, before)
+    assert after <= before <= epochs and len(rows(run)) in (before - 1, before)
     code, out, err = run_cli(["train", "--resume", f"output.dir={runs}"])  # in this process: no second import
     assert code == 0, err
     assert out.strip() == str(run.resolve())
