@@ -24,7 +24,8 @@ def test_plain_lines_are_throttled_and_carry_count_and_rate():
 
     now, seen = [0.0], Lines()
     log = logging.getLogger("vgg")
-    level, log.level = log.level, logging.INFO
+    level = log.level
+    log.setLevel(logging.INFO)  # setLevel, not .level =: it clears the logger's isEnabledFor cache
     log.addHandler(seen)
     try:
         with Progress(100, "computing features", tty=False, clock=lambda: now[0]) as p:
@@ -33,7 +34,7 @@ def test_plain_lines_are_throttled_and_carry_count_and_rate():
                 p.update(10)
     finally:
         log.removeHandler(seen)
-        log.level = level
+        log.setLevel(level)
     lines = [r.getMessage() for r in seen.records]
     # 10 updates of 10 images, a quarter of the interval apart: a line after the 4th and the 8th, none at 100/100
     # (the caller's "features computed in" line says that); 40 images in 15 s = 2.7 img/s
