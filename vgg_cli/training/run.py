@@ -30,12 +30,12 @@ from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import PENDING, Outcome, RunStatus, Summary
 from vgg_cli.training.callbacks import EarlyLog, attach_log_file, detach_log_file
-from vgg_cli.training.checkpoints import TrainState, finalize, load_checkpoint, read_state, sync
+from vgg_cli.training.checkpoints import TrainState, finalize, read_state
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
 from vgg_cli.training.prepare import feature_drift, night_drift
 from vgg_cli.training.reread import moved, readable_summary, run_info_of
-from vgg_cli.training.session import Session, check_can_train, open_resumed, open_session
+from vgg_cli.training.session import Session, check_can_train, open_session
 from vgg_cli.training.summarise import build_summary, now, phase_summary, plot_curves
 
 log = logging.getLogger("vgg")
@@ -150,8 +150,7 @@ def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: 
     t_scanned = time.perf_counter()
     drift = night_drift(cfg, runs, index) if chief else None  # after --if-changed: an unchanged night reads no image
 
-    _log_device(device, cfg)
-    model, weights_source = session.build()
+    model, state, weights_source = session.start(None)
     if requested_weights in (PRODUCTION, LATEST):
         weights_source = f"{requested_weights}: {weights_source}" + copy_head(model, Path(cfg.model.weights))
     log.info("backbone %s, weights: %s, frozen blocks: %s; %s", cfg.model.arch, weights_source,
@@ -169,7 +168,7 @@ def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: 
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
                     "resumed": [], "drift": drift, **({"set_aside": [set_aside]} if set_aside else {})}
         write_json(paths.info, run_info)
-        return _fit_and_summarise(session.with_run(paths), model, session.plan.new_state(), run_info, t_start)
+        return _fit_and_summarise(session.with_run(paths), model, state, run_info, t_start)
     finally:
         detach_log_file(handler)
 
@@ -228,64 +227,28 @@ def _resume(cfg: Config, runs: RunsRoot, paths: RunDir, t_start: float, early: E
     try:
         summary = readable_summary(paths)
         status = summary.status if summary else None
-        if summary is not None and summary.needs_finishing:
-            log.info("run %s trained all its epochs but was stopped before its promotion was carried out: "
-                     "finishing it", paths.root.name)
-            state = read_state(paths)
-            return TrainResult(Outcome.TRAINED, paths.root, summary,
-                               ToFinish(open_resumed(cfg, runs, paths), state.best if state else None))
+        finishing = summary is not None and summary.needs_finishing
         if status == RunStatus.DIVERGED:
             d = summary.health.get("diverged") or {}
             raise TrainingDiverged(f"run {paths.root.name} diverged ({d.get('what', 'non-finite numbers')}) and is "
                                    f"not resumed: it would diverge again; start a new run with a lower "
                                    f"train.optimizer.learning_rate (or auto)")
-        if status not in (None, RunStatus.INTERRUPTED):
+        if status not in (None, RunStatus.INTERRUPTED) and not finishing:
             log.info("run %s already finished (%s): nothing to resume", paths.root.name, status.value)
             return TrainResult(Outcome.NOTHING_TO_DO, paths.root, summary)
-        session = open_resumed(cfg, runs, paths)
+        session = open_session(cfg, runs, run=paths)
         state = read_state(paths)
+        if finishing:
+            log.info("run %s trained all its epochs but was stopped before its promotion was carried out: "
+                     "finishing it", paths.root.name)
+            return TrainResult(Outcome.TRAINED, paths.root, summary, ToFinish(session, state.best if state else None))
         run_info = run_info_of(cfg, paths)
-        _log_device(session.device, cfg)
-        model, state = _model_to_resume(session, state)
+        model, state, _ = session.start(state)
         run_info["resumed"].append({"at": now(), "after_epoch": state.epoch})
         write_json(paths.info, run_info)
         return _fit_and_summarise(session, model, state, run_info, t_start)
     finally:
         detach_log_file(handler)
-
-
-def _model_to_resume(session: Session, state: TrainState | None):
-    """(model, state) to continue from: the committed checkpoint, or a new model when no epoch was completed."""
-    cfg, paths, device = session.cfg, session.paths, session.device
-    if state is None:
-        log.info("resuming %s from the start: no epoch was completed", paths.root.name)
-        return session.build()[0], session.plan.new_state()
-    sync(paths, state)  # repair anything a crash between commit and sync left behind
-    log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch, state.epochs,
-             state.best_epoch)
-    keras.utils.set_random_seed(cfg.train.seed + state.epoch)
-    with device.scope():
-        model, state.base = load_checkpoint(state.checkpoint_path(paths))
-    return model, state
-
-
-def _log_device(device, cfg: Config) -> None:
-    log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
-    if device.compile_cache is not None:
-        c = device.compile_cache
-        log.info("compile cache %s (%s)", c.dir, f"at most {c.max_mb} MiB" if c.max_mb else "not bounded by vgg")
-    if device.distribute != "none":
-        per = cfg.train.batch_size / device.replicas
-        log.info("distribution: %s with %s, %d replicas (%s); global batch %d, about %.3g per replica; learning "
-                 "rate as configured", device.distribute, device.engine, device.replicas, device.distribute_note,
-                 cfg.train.batch_size, per)
-        if device.backend == "jax":
-            log.info("a batch whose size is not a multiple of %d is padded with weight-0 copies (JAX shards "
-                     "evenly); its loss and gradient are the unpadded batch's", device.replicas)
-        if cfg.train.batch_size < device.replicas:
-            raise ConfigError(f"train.batch_size {cfg.train.batch_size} is smaller than the {device.replicas} "
-                              f"replicas of train.distribute={device.distribute}; it is the global batch, split "
-                              f"across replicas: set it to at least {device.replicas}")
 
 
 def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, run_info: dict,

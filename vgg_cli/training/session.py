@@ -1,15 +1,17 @@
 """One training session, opened once: everything a command about one run works with.
 
 ``open_session`` makes it for a new run, a multi-worker job's other worker and ``vgg lr-find`` (config -> warm
-start and layout resolved, devices, dataset scan, plan); ``open_resumed`` for a run read back from its directory.
-Later stages take the ``Session``, never ``(cfg, paths, index, ...)`` again, and ask it for what they would
-otherwise re-derive: the runs folder (built once per command, by the caller), the model built, frozen and compiled
-for a phase (``build``), and the feature cache (``cut`` and ``store``: the same decision every reader of the run
-takes from ``vgg_cli.data.features``).
+start and layout resolved, dataset scan) and for a run read back from its directory to resume (its config, its
+data.json's files); both then set up the devices and make the plan the same way. Later stages take the
+``Session``, never ``(cfg, paths, index, ...)`` again, and ask it for what they would otherwise re-derive: the runs
+folder (built once per command, by the caller), the model to train (``start``: a new one, or the committed
+checkpoint), the model built, frozen and compiled for a phase (``build``), and the feature cache (``cut`` and
+``store``: the same decision every reader of the run takes from ``vgg_cli.data.features``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -18,15 +20,19 @@ import keras
 from vgg_cli.config.schema import Config
 from vgg_cli.data.features import FeatureCut, FeatureStore, feature_cut, feature_store
 from vgg_cli.data.scan import DatasetIndex, check_layout
+from vgg_cli.errors import ConfigError
 from vgg_cli.model.build import apply_freeze, backbone_of, build_model
 from vgg_cli.model.optim import compile_model
 from vgg_cli.model.weights import check_weights_available
 from vgg_cli.platform.device import DeviceInfo, setup_devices
 from vgg_cli.runs.root import RunsRoot
 from vgg_cli.runs.rundir import RunDir
+from vgg_cli.training.checkpoints import TrainState, load_checkpoint, sync
 from vgg_cli.training.plan import Phase, TrainingPlan, make_plan, set_up_phase
 from vgg_cli.training.prepare import previous_splits, resolve_sources, scan_dataset
 from vgg_cli.training.reread import load_index
+
+log = logging.getLogger("vgg")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,23 @@ class Session:
                 compile_model(model, cfg.train, self.plan.n_classes, learning_rate=learning_rate, task=self.plan.task)
         return model, source
 
+    def start(self, state: TrainState | None) -> tuple[keras.Model, TrainState, str | None]:
+        """(model, state, where a new model's weights came from) to train: a new model from the first epoch when
+        ``state`` is None (nothing committed), else the committed checkpoint of ``state`` (None for the source)."""
+        paths = self.paths
+        if state is None:
+            if paths is not None:
+                log.info("resuming %s from the start: no epoch was completed", paths.root.name)
+            model, source = self.build()
+            return model, self.plan.new_state(), source
+        sync(paths, state)  # repair anything a crash between commit and sync left behind
+        log.info("resuming %s after epoch %d of %d (best: epoch %s)", paths.root.name, state.epoch, state.epochs,
+                 state.best_epoch)
+        keras.utils.set_random_seed(self.cfg.train.seed + state.epoch)
+        with self.device.scope():
+            model, state.base = load_checkpoint(state.checkpoint_path(paths))
+        return model, state, None
+
     def cut(self, frozen_blocks: Sequence[int]) -> FeatureCut:
         """Whether a phase with ``frozen_blocks`` frozen feeds on cached features, and where the model is cut."""
         return feature_cut(self.cfg, frozen_blocks)
@@ -70,19 +93,25 @@ class Session:
 
 
 def open_session(cfg: Config, runs: RunsRoot, chief: bool = True, fail_fast: tuple[str, ...] = ("name", "weights"),
-                 reads: RunsRoot | None = None) -> Session:
-    """A session for a new run (or lr-find, or a worker): the warm start and the dataset layout resolved, the devices
-    set up, the dataset scanned (keeping the sticky split of runs/latest) and the plan made. ``fail_fast``: what is
-    checked before the scan, which can be long (``check_can_train``). ``reads``: where the warm start and the sticky
-    split are read from, when not ``runs`` (a multi-worker job's other workers write to a scratch folder, but
-    must split and start as the chief does)."""
-    reads = reads or runs
-    cfg = resolve_sources(cfg, reads)
-    check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
+                 reads: RunsRoot | None = None, run: RunDir | None = None) -> Session:
+    """A session. For a new run (or lr-find, or a worker): the warm start and the dataset layout resolved, the
+    dataset scanned (keeping the sticky split of runs/latest); for ``run``, a run read back from its directory to
+    resume: its config ``cfg`` and its data.json's files. Then, alike: the devices set up and said, and the plan
+    made. ``fail_fast``: what a new run checks before the scan, which can be long (``check_can_train``).
+    ``reads``: where the warm start and the sticky split are read from, when not ``runs`` (a multi-worker job's
+    other workers write to a scratch folder, but must split and start as the chief does)."""
+    if run is None:
+        reads = reads or runs
+        cfg = resolve_sources(cfg, reads)
+        check_layout(cfg.data)  # a wrong layout is reported before anything slow or networked
     device = setup_devices(cfg.train, runs.compile_cache, cfg.cache.compile_mb)
-    check_can_train(cfg, runs, fail_fast)
-    index = scan_dataset(cfg, runs, None if reads is runs else previous_splits(cfg, reads))
-    return Session(cfg, runs, index, make_plan(cfg, index), device, chief=chief)
+    if run is None:
+        check_can_train(cfg, runs, fail_fast)
+        index = scan_dataset(cfg, runs, None if reads is runs else previous_splits(cfg, reads))
+    else:
+        index = load_index(run)
+    _say_device(device, cfg)
+    return Session(cfg, runs, index, make_plan(cfg, index), device, run, chief)
 
 
 def check_can_train(cfg: Config, runs: RunsRoot, checks: tuple[str, ...] = ("name", "weights")) -> None:
@@ -94,8 +123,23 @@ def check_can_train(cfg: Config, runs: RunsRoot, checks: tuple[str, ...] = ("nam
         check_weights_available(cfg.model)
 
 
-def open_resumed(cfg: Config, runs: RunsRoot, paths: RunDir) -> Session:
-    """A session for a run read back from its directory ``paths`` (its config ``cfg``, its data.json's files)."""
-    index = load_index(paths)
-    device = setup_devices(cfg.train, runs.compile_cache, cfg.cache.compile_mb)
-    return Session(cfg, runs, index, make_plan(cfg, index), device, paths)
+def _say_device(device: DeviceInfo, cfg: Config) -> None:
+    """Log the backend, precision, compile cache and distribution; a global batch smaller than the replicas is a
+    config error."""
+    log.info("backend %s, precision %s (%s)", device.backend, device.precision, device.note)
+    if device.compile_cache is not None:
+        c = device.compile_cache
+        log.info("compile cache %s (%s)", c.dir, f"at most {c.max_mb} MiB" if c.max_mb else "not bounded by vgg")
+    if device.distribute == "none":
+        return
+    per = cfg.train.batch_size / device.replicas
+    log.info("distribution: %s with %s, %d replicas (%s); global batch %d, about %.3g per replica; learning "
+             "rate as configured", device.distribute, device.engine, device.replicas, device.distribute_note,
+             cfg.train.batch_size, per)
+    if device.backend == "jax":
+        log.info("a batch whose size is not a multiple of %d is padded with weight-0 copies (JAX shards "
+                 "evenly); its loss and gradient are the unpadded batch's", device.replicas)
+    if cfg.train.batch_size < device.replicas:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is smaller than the {device.replicas} "
+                          f"replicas of train.distribute={device.distribute}; it is the global batch, split "
+                          f"across replicas: set it to at least {device.replicas}")
