@@ -72,6 +72,13 @@ def test_a_damaged_or_mismatched_delta_is_one_line(tmp_path):
     cut.write_bytes(delta.read_bytes()[:100])
     with pytest.raises(NoInputError, match="could not be loaded.*cannot be resumed"):
         load_checkpoint(cut)
+    garbled = tmp_path / f"epoch-0004{snapshots.DELTA_SUFFIX}"  # whole, but 2% of its bytes garbled from a quarter in
+    data = bytearray(delta.read_bytes())
+    start = len(data) // 4
+    data[start:start + len(data) // 50] = bytes(len(data) // 50)
+    garbled.write_bytes(bytes(data))
+    with pytest.raises(NoInputError, match="could not be loaded.*cannot be resumed"):
+        load_checkpoint(garbled)
     other = keras.Sequential([keras.Input((64,)), keras.layers.Dense(4)])  # a base the delta does not fit
     other.compile(optimizer="adam", loss="mse")
     other.fit(np.zeros((2, 64)), np.zeros((2, 4)), verbose=0)

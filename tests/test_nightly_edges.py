@@ -211,6 +211,32 @@ def test_an_unresumable_run_is_set_aside_and_a_new_run_trains(tmp_path, colour_d
 
 
 @pytest.mark.slow
+def test_a_garbled_light_checkpoint_is_damaged_input_and_the_night_sets_the_run_aside(tmp_path, colour_data):
+    """A delta whose bytes are garbled (a bad CRC inside, the zip still whole) is damaged input, not a bug: --resume
+    says so in one line (66) and the night sets the run aside and trains, instead of exiting 70 every night."""
+    runs = tmp_path / "runs"
+    args = _train(colour_data, runs, "output.name=cut", "train.epochs=4")
+    r = vgg_at("replace", "*/state.json", 3, "KILL", *args)  # killed before epoch 3's commit: 1-2 committed
+    assert r.returncode == -9, r.stderr[-2000:]
+    state = json.loads((runs / "cut" / "state.json").read_text())
+    delta = runs / "cut" / state["checkpoint"]
+    assert state["epoch"] == 2 and delta.name.endswith(".delta.npz")
+    data = bytearray(delta.read_bytes())
+    start, n = len(data) // 4, max(1, len(data) // 50)
+    data[start:start + n] = bytes((b + 77) % 256 for b in data[start:start + n])
+    delta.unlink()
+    delta.write_bytes(bytes(data))
+    code, out, err = run_cli(["train", "--resume", str(runs / "cut")])
+    assert code == 66 and "Traceback" not in err and err.count("error:") == 1, err[-3000:]
+    assert "could not be loaded" in err and "start a new run" in err.strip().splitlines()[-1]
+    code, out, err = run_cli(["train", "--if-changed", "--json", *_train(colour_data, runs, "train.epochs=4")[1:]])
+    assert code in (0, 3), err[-3000:]
+    assert "set aside unfinished run cut, which cannot be resumed" in err
+    assert json.loads((runs / "cut" / "set_aside.json").read_text())["run"] == "cut"
+    assert json.loads(out)["status"] == "trained"
+
+
+@pytest.mark.slow
 def test_latest_follows_the_run_order_not_the_clock(tmp_path, colour_data):
     runs = tmp_path / "runs"
     assert run_cli(_train(colour_data, runs, "output.name=one"))[0] in (0, 3)

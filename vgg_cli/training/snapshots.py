@@ -17,10 +17,12 @@ atomically before ``state.json`` names it, and a base is kept while a kept check
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -123,17 +125,27 @@ def write_delta(model, base: Base, path: Path) -> None:
     write_bytes(path, delta_bytes(model, base))
 
 
-def read_manifest(path: Path) -> dict:
-    """A delta's manifest (its base's file name and which variables it stores); one line when it is damaged."""
+DAMAGED = (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, EOFError)  # what damaged npz bytes raise
+
+
+@contextlib.contextmanager
+def _opened(path: Path):
+    """A delta's arrays; damaged bytes (a bad CRC, a cut file) met while reading any of them are one line."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            manifest = json.loads(z["__manifest__"].tobytes().decode())
+            yield z
+    except DAMAGED as e:
+        raise NoInputError(f"checkpoint {str(path)!r} could not be loaded ({type(e).__name__}: {e}); the run cannot be "
+                           f"resumed from it: start a new run") from None
+
+
+def read_manifest(path: Path) -> dict:
+    """A delta's manifest (its base's file name and which variables it stores); one line when it is damaged."""
+    with _opened(path) as z:
+        manifest = json.loads(z["__manifest__"].tobytes().decode())
         if manifest.get("format") != FORMAT or not isinstance(manifest.get("base"), str):
             raise ValueError(f"format {manifest.get('format')!r}")
         return manifest
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise NoInputError(f"checkpoint {str(path)!r} could not be loaded ({type(e).__name__}: {e}); the run "
-                           f"cannot be resumed from it: start a new run") from None
 
 
 def base_of(path: Path) -> Path:
@@ -143,7 +155,7 @@ def base_of(path: Path) -> Path:
 def apply_delta(model, path: Path) -> None:
     """Assign a delta's stored values to ``model``, loaded from its base (variables checked by path and shape)."""
     manifest = read_manifest(path)
-    with np.load(path, allow_pickle=False) as z:
+    with _opened(path) as z:
         for kind, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
             entries = manifest[kind]
             if len(entries) != len(variables):
@@ -166,7 +178,7 @@ def holds(model, path: Path, base: Base | None) -> bool:
     again): every stored variable equal, every other one hashing as ``base``'s, which must be the delta's base."""
     if base is None or base.path.name != read_manifest(path)["base"] or not base.fits(model):
         return False
-    with np.load(path, allow_pickle=False) as z:
+    with _opened(path) as z:
         for kind, variables, digests in (("model", model.variables, base.model_digests),
                                          ("optimizer", model.optimizer.variables, base.optimizer_digests)):
             changing = base.changing(kind, variables)
