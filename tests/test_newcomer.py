@@ -19,14 +19,46 @@ def test_a_folder_as_the_first_train_argument_is_the_dataset(tmp_path):
     assert code == 0 and f"train_dir: {photos}" in out
 
 
-def test_a_folder_that_does_not_exist_gets_the_key_to_write(tmp_path):
+def test_a_folder_that_does_not_exist_is_not_found(tmp_path):
+    # a mistyped dataset folder is "does not exist" (66), not a lesson on KEY=VALUE; a bare config key keeps it
     code, _, err = run_cli(["train", "no/such/photos", f"output.dir={tmp_path / 'runs'}"])
-    assert code == 78
-    assert err.strip().splitlines() == ["error: override 'no/such/photos' is not key=value; for a dataset folder "
-                                        "write data.train_dir=no/such/photos (or pass an existing folder first: "
-                                        "vgg train DIR ...)"]
-    code, _, err = run_cli(["train", "epochs3"])
-    assert code == 78 and "write e.g. train.epochs=3" in err
+    assert code == 66, err
+    assert err.strip().splitlines() == ["error: data.train_dir 'no/such/photos' does not exist; set "
+                                        "data.train_dir=FOLDER to a folder with one subfolder per class"]
+    for bare, key in (("train.epochs", "train.epochs"), ("epochs", "train.epochs"), ("imgsz", "data.image_size")):
+        code, _, err = run_cli(["train", bare])
+        assert code == 78 and f"is not key=value; write e.g. {key}=VALUE" in err, err
+
+
+def test_a_path_with_a_line_break_stays_one_path(tmp_path):
+    """A shell's $'...' path with a newline (or YAML's special characters) reaches data.train_dir as it is: not
+    folded into a space, not parsed as YAML."""
+    import yaml
+
+    for name in ("we ird\nname", "a: b #c", "[x]"):
+        folder = tmp_path / name / "data"
+        folder.mkdir(parents=True)
+        for args in (["config", "show", str(folder)], ["config", "show", f"data.train_dir={folder}"]):
+            if name != "we ird\nname" and "=" in args[-1]:
+                continue  # typed as KEY=VALUE, YAML's own rules apply (quote it); only the line break is literal
+            code, out, err = run_cli(args)
+            assert code == 0, err
+            assert yaml.safe_load(out)["data"]["train_dir"] == str(folder)
+
+
+def test_another_tools_command_line_is_answered_in_one_error(tmp_path):
+    """`model=vgg16 data=DIR epochs=3 imgsz=64` (Ultralytics): every foreign key in one line, with the command
+    to copy; `--epochs 3` names the KEY=VALUE to write."""
+    code, _, err = run_cli(["train", "model=vgg16", f"data={tmp_path}", "epochs=3", "imgsz=64"])
+    assert code == 78 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: 4 overrides are wrong: (1) ")
+    assert f"all together: model.arch=vgg16 data.train_dir={tmp_path} train.epochs=3 data.image_size=64" in err
+    code, _, err = run_cli(["train", "--epochs", "3"])
+    assert code == 64 and "write train.epochs=3" in err, err
+    code, _, err = run_cli(["train", "--lr=0.01"])
+    assert code == 64 and "write train.optimizer.learning_rate=0.01" in err, err
+    code, _, err = run_cli(["config", "show", "model.freeze_blocks=1,2,3"])
+    assert code == 78 and "write 'model.freeze_blocks=[1,2,3]'" in err, err
 
 
 def test_export_without_a_format_is_one_line(tmp_path):

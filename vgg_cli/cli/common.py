@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import sys
@@ -74,9 +75,29 @@ def model_work(verbose: bool = False, backend: str = "auto", frameworks: bool = 
         yield
 
 
-def echo_json(obj: dict) -> None:
-    import json
+def dataset_argument(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """`vgg train DIR ...` (the yolo/fastai habit): a first argument that is not KEY=VALUE is data.train_dir, so a
+    mistyped folder is "does not exist" (66), not a lesson on KEY=VALUE; only a bare config key (``train.epochs``,
+    ``epochs``) keeps that lesson. The path is passed as it is: spaces, line breaks and YAML's special characters
+    included."""
+    if not overrides or "=" in overrides[0]:
+        return overrides
+    from vgg_cli.config.habits import HABITS  # deferred: the config's defaults only when a command runs
+    from vgg_cli.config.sources import default_dict
+    from vgg_cli.config.yamltext import yaml_load
 
+    first = overrides[0]
+    if not os.path.isdir(os.path.expanduser(first)) and (first in HABITS or first.split(".")[0] in default_dict()):
+        return overrides
+    try:
+        plain = yaml_load(first) == first and "\n" not in first and "\r" not in first
+    except Exception:  # noqa: BLE001 - any text YAML does not give back as it is gets quoted
+        plain = False
+    value = first if plain else json.dumps(first)
+    return (f"data.train_dir={value}", *overrides[1:])
+
+
+def echo_json(obj: dict) -> None:
     emit(json.dumps(obj, ensure_ascii=False, default=str))
 
 

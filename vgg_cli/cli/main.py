@@ -128,7 +128,8 @@ def _dispatch(argv: list[str] | None) -> int:
         return 0
     except click.UsageError as e:
         where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else "; see 'vgg --help'"
-        click.echo(f"error: {e.format_message().rstrip('.')}{where}", err=True)
+        hint = _option_hint(e, argv if argv is not None else sys.argv[1:])
+        click.echo(f"error: {e.format_message().rstrip('.')}{hint}{where}", err=True)
         return EXIT_USAGE
     except click.Abort as e:  # Click turns Ctrl-C outside our own handling into Abort
         return _interrupted(e.__context__) if isinstance(e.__context__, KeyboardInterrupt) else _aborted()
@@ -138,6 +139,30 @@ def _dispatch(argv: list[str] | None) -> int:
     except KeyboardInterrupt as e:
         return _interrupted(e)
     return rv if isinstance(rv, int) else 0
+
+
+def _option_hint(e: click.UsageError, argv: list[str]) -> str:
+    """" (settings are KEY=VALUE: write train.epochs=3)" for `--epochs 3`, an option that is a config key's (or
+    another tool's) name; else ""."""
+    if not isinstance(e, click.NoSuchOption) or not e.option_name.startswith("--") or e.ctx is None:
+        return ""
+    if not any(p.name == "overrides" for p in e.ctx.command.params):  # only the commands that take KEY=VALUE
+        return ""
+    from vgg_cli.config.habits import HABITS  # deferred: only on this error
+    from vgg_cli.config.sources import leaf_keys
+
+    name, _, given = e.option_name[2:].partition("=")
+    name = name.replace("-", "_")
+    keys = [HABITS[name][0]] if name in HABITS else [k for k in leaf_keys() if k.split(".")[-1] == name]
+    if len(keys) != 1:
+        return ""
+    glued = [a.partition("=")[2] for a in argv if a.startswith(e.option_name + "=")]
+    if glued:
+        given = glued[0]
+    elif e.option_name in argv:
+        after = argv[argv.index(e.option_name) + 1:]
+        given = after[0] if after and not after[0].startswith("-") else ""
+    return f" (settings are KEY=VALUE: write {keys[0]}={given or 'VALUE'})"
 
 
 def _aborted() -> int:

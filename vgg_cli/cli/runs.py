@@ -6,7 +6,7 @@ import os
 
 import click
 
-from vgg_cli.cli.common import config_option, echo_json, runs_dir_option, setup_logging
+from vgg_cli.cli.common import config_option, dataset_argument, echo_json, runs_dir_option, setup_logging
 from vgg_cli.errors import EXIT_DATA
 
 
@@ -137,12 +137,13 @@ def config_defaults() -> int:
 
 @config_group.command("show", short_help="Print the resolved configuration as YAML.")
 @config_option
-@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.argument("overrides", nargs=-1, metavar="[DIR] [KEY=VALUE]...")
 def config_show(config_path: str | None, overrides: tuple[str, ...]) -> int:
-    """Print the resolved configuration (defaults <- --config file <- KEY=VALUE) as YAML."""
+    """Print the resolved configuration (defaults <- --config file <- KEY=VALUE) as YAML; a first argument that is
+    not KEY=VALUE is the dataset folder, as for `vgg train`."""
     from vgg_cli.config.schema import load_config
 
-    click.echo(load_config(config_path, overrides).to_yaml(), nl=False)
+    click.echo(load_config(config_path, dataset_argument(overrides)).to_yaml(), nl=False)
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from vgg_cli.cli.common import config_option, echo_json, emit, model_work, setup_logging
+from vgg_cli.cli.common import config_option, dataset_argument, echo_json, emit, model_work, setup_logging
 from vgg_cli.errors import EXIT_NOT_PROMOTED, VggError
 from vgg_cli.runs.summary import Outcome
 
@@ -40,7 +40,7 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     from vgg_cli.config.schema import load_config
 
     command = "vgg train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "vgg train"
-    overrides = _dataset_argument(overrides)
+    overrides = dataset_argument(overrides)
     if resume and "=" in resume and not os.path.isdir(os.path.expanduser(resume)):
         overrides, resume = (resume, *overrides), ""  # `--resume output.dir=X`: a bare --resume, then an override
     try:
@@ -70,7 +70,7 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     else:
         if results:
             emit(results_table(results), err=True)
-        emit(str(result.run_dir))
+        emit(str(result.run_dir.resolve()))  # absolute, whether output.dir was given relative or not
     return code  # the "not promoted: ..." reason was logged by the decision itself
 
 
@@ -97,13 +97,6 @@ def _train_json(result, code: int) -> dict:
             "fingerprint": s.fingerprint, "health": s.health_status}
 
 
-def _dataset_argument(overrides: tuple[str, ...]) -> tuple[str, ...]:
-    """`vgg train DIR ...` (the yolo/fastai habit): an existing folder as the first argument is data.train_dir."""
-    if overrides and "=" not in overrides[0] and os.path.isdir(os.path.expanduser(overrides[0])):
-        return (f"data.train_dir={overrides[0]}", *overrides[1:])
-    return overrides
-
-
 def _check_resume_overrides(overrides: tuple[str, ...]) -> None:
     from vgg_cli.training import RESUME_OVERRIDES
 
@@ -115,7 +108,7 @@ def _check_resume_overrides(overrides: tuple[str, ...]) -> None:
 
 @click.command("lr-find", short_help="Learning-rate range test: plot and a suggested rate.")
 @config_option
-@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.argument("overrides", nargs=-1, metavar="[DIR] [KEY=VALUE]...")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10, max=10000),
               help="Training steps (batches) at most.")
 @click.option("--start", default=1e-7, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -140,7 +133,7 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
 
     if start >= end:
         raise click.UsageError(f"--start {start:g} must be below --end {end:g}")
-    cfg = load_config(config_path, overrides)
+    cfg = load_config(config_path, dataset_argument(overrides))
     check_dataset_layout(cfg)
     runs = RunsRoot.of(cfg)
     with model_work(verbose, cfg.train.backend):

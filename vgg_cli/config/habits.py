@@ -25,12 +25,35 @@ HABITS: dict[str, tuple[str, str | None]] = {
 }
 
 
+def habit_fix(dotted: str, value: Any) -> str | None:
+    """The vgg override that does what another tool's ``dotted=value`` does, when it carries over as given."""
+    if "." in dotted or dotted not in HABITS:
+        return None
+    key, how = HABITS[dotted]
+    fits = isinstance(value, (str, int, float)) and len(str(value)) <= 80 and (
+        how is None or (dotted == "model" and value in ("vgg16", "vgg19")))
+    return f"{key}={value}" if fits else None
+
+
 def habit_hint(dotted: str, value: Any) -> str:
     """ (did you mean ...? ...: write KEY=VALUE)" for a top-level key in HABITS, else ""."""
     if "." in dotted or dotted not in HABITS:
         return ""
     key, how = HABITS[dotted]
-    shown = value if isinstance(value, (str, int, float)) and len(str(value)) <= 80 else "..."
-    fits = how is None or (dotted == "model" and shown in ("vgg16", "vgg19"))
-    write = f"{key}={shown}" if fits else f"{key}=... ({how})"
+    write = habit_fix(dotted, value) or f"{key}=... ({how or 'its value'})"
     return f" (did you mean {key!r}? {dotted!r} is another tool's name, Ultralytics' or a Keras script's: write {write})"
+
+
+def together(given: list[tuple[str, str | None, Any]]) -> str:
+    """"; all together: ..." when every override of another tool's names carries over as given (the whole
+    corrected list, to copy), else "". ``given``: (the override's text, its key or None when it did not parse,
+    its value) for each override, in order."""
+    fixed = []
+    for text, key, value in given:
+        if key is None:
+            return ""
+        fix = habit_fix(key, value) if key in HABITS else text
+        if fix is None:
+            return ""
+        fixed.append(fix)
+    return "; all together: " + " ".join(fixed) if fixed != [text for text, _, _ in given] else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from vgg_cli.config.sources import cut, shown
+from vgg_cli.config.yamltext import cut, shown
 from vgg_cli.errors import ConfigError
 
 

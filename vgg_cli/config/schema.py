@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,16 +20,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from vgg_cli.config.fields import AUTO, NOT_IN_DIGEST, Since, a_path, path_text, positive_rate, whole_number
 from vgg_cli.config.rules import check_outputs_outside_data
-from vgg_cli.config.sources import (
-    _merge,
-    _read_yaml,
-    default_dict,
-    key_and_value,
-    resolve_dict,
-    shown,
-    upgrade_keys,
-    yaml_load,
-)
+from vgg_cli.config.sources import _merge, _read_yaml, default_dict, key_and_value, resolve_dict, upgrade_keys
+from vgg_cli.config.yamltext import shown, yaml_load
 from vgg_cli.errors import ConfigError, DataError
 
 __all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "load_config", "load_run_config",
@@ -298,9 +291,16 @@ def _format_validation(err: ValidationError, tree: dict[str, Any], sources: dict
     msg = errors[0]["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    example = "..."
+    if errors[0]["type"] == "list_type" and isinstance(value, (str, int, float)):  # 1,2,3 or a lone 512
+        example = f"[{value}]" if re.fullmatch(r"[\w.+-]+(\s*,\s*[\w.+-]+)*", str(value)) else "[...]"
+        msg += " (a list is written in brackets, quoted for the shell)"
+        example = f"'{key}={example}'"
+        return (f"config key {key!r} = {shown(value)} from {sources.get(key, 'the defaults')} is invalid: {msg}; "
+                f"write {example}{more}")
     value = "null (empty)" if value is None else "'' (empty)" if value == "" else shown(value)
     return (f"config key {key!r} = {value} from {sources.get(key, 'the defaults')} is invalid: {msg}; set a valid "
-            f"value with {key}=... or in your --config file{more}")
+            f"value with {key}={example} or in your --config file{more}")
 
 
 def load_config(config_path: str | os.PathLike | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:

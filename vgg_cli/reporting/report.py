@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from vgg_cli.config.sources import yaml_load
+from vgg_cli.config.yamltext import yaml_load
 from vgg_cli.errors import VggError
 from vgg_cli.fsio import write_text
 from vgg_cli.reporting.calibration_section import calibration_section
