@@ -21,6 +21,8 @@ Cases (the issue's targets are checked and printed with each row):
   k  every training path (whole network; blocks 4-5 on cached block-3 activations; head only with flip
      augmentation) against a minimal Keras model.fit of the same model on the same images preloaded as arrays,
      at each --ceiling size (scripts/bench_ceiling.py)           target: vgg >= 0.9x the ceiling (steady img/s)
+  n  a cron night with nothing to do (`vgg train --if-changed`, unchanged data and config) against a bare
+     `import tensorflow` (scripts/bench_nightly.py)              target: the night <= 0.25x the import (wall)
 
 The recipe is written below as close to https://keras.io/guides/transfer_learning/ as a folder dataset allows:
 image_dataset_from_directory -> .cache().prefetch(10) -> frozen VGG16 (training=False) -> GlobalAveragePooling2D ->
@@ -48,11 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import CHECK, cpu_name, load_note, make_dataset, measured_note, platform_note, publish  # noqa: E402,E501
 
 PREDICT_IMAGES = 500
-CASE_LETTERS = "abcdmk"
+CASE_LETTERS = "abcdmkn"
 
 
-def format_tables(train_rows, predict_rows, mem_rows, header: str, ceiling_rows=()) -> str:
+def format_tables(train_rows, predict_rows, mem_rows, header: str, ceiling_rows=(), nightly_rows=()) -> str:
     from bench_ceiling import format_ceiling
+    from bench_nightly import format_nightly
 
     lines = [header, ""]
     if train_rows:
@@ -84,6 +87,7 @@ def format_tables(train_rows, predict_rows, mem_rows, header: str, ceiling_rows=
                          f"{r['in_ram']} |")
         lines.append("")
         lines += [f"- memory: {r['target']}" for r in mem_rows if "target" in r]
+    lines += format_nightly(list(nightly_rows))
     return "\n".join(lines)
 
 
@@ -97,7 +101,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--one-image-size", type=int, default=224,
                     help="case d: the input size of the model `vgg predict one.jpg` is timed on (default 224; a "
                          "1-epoch model is trained at it when it is not --image-size)")
-    ap.add_argument("--cases", default=",".join(CASE_LETTERS), help="comma-separated subset of a,b,c,d,m,k")
+    ap.add_argument("--cases", default=",".join(CASE_LETTERS), help="comma-separated subset of a,b,c,d,m,k,n")
     ap.add_argument("--scale", type=int, default=4, help="dataset size factor for the memory case (default 4)")
     ap.add_argument("--ram-mb", type=int, default=16, help="cache.ram_mb for the memory case (default 16)")
     ap.add_argument("--ceiling", default=DEFAULT_SPEC, metavar="SIZE:IMAGES:EPOCHS,...",
@@ -141,7 +145,11 @@ def run_cases(args, work: Path, data: Path) -> dict:
     the independent groups (a-c then d; k then m) side by side."""
     import bench_cases
 
-    out: dict = {"train": [], "ceiling": [], "predict": [], "memory": [], "weights": ""}
+    out: dict = {"train": [], "ceiling": [], "predict": [], "memory": [], "nightly": [], "weights": ""}
+    if "n" in args.case_list:
+        from bench_nightly import nightly_case
+
+        out["nightly"] = nightly_case(data, work, args.repeats)
     weights = None
     if any(c in args.case_list for c in "abcdm"):
         weights, out["weights"] = bench_cases.backbone_weights(work, data, args.image_size)
@@ -228,7 +236,7 @@ def main() -> int:
               f"batch 32; backbone weights: {rows['weights'] or 'none (case k: random, model.weights=none)'}; "
               f"total bench time {(time.perf_counter() - t0) / 60:.1f} min ({measured_note()}); {load_note()}; "
               f"command: {' '.join(['python', 'scripts/bench.py', *sys.argv[1:]])}")
-    publish(format_tables(rows["train"], rows["predict"], rows["memory"], header, rows["ceiling"]),
+    publish(format_tables(rows["train"], rows["predict"], rows["memory"], header, rows["ceiling"], rows["nightly"]),
             work / "bench.md" if args.markdown else None)
     return 0
 

@@ -26,7 +26,7 @@ IMAGES, SCALE = 8, 2  # training images; the memory case's larger dataset has SC
 BENCH = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--check", "--images", str(IMAGES), "--image-size", "32"]
 RUNS = {  # test -> (bench arguments, environment)
     "test_bench_runs_and_prints_every_table": (
-        ["--predict-images", "4", "--one-image-size", "32", "--cases", "a,d,m,k", "--scale", str(SCALE), "--repeats", "1",
+        ["--predict-images", "4", "--one-image-size", "32", "--cases", "a,d,m,k,n", "--scale", str(SCALE), "--repeats", "1",
          "--ceiling", f"32:{IMAGES}:2"], {}),
     "test_bench_gpu_mode_runs_end_to_end_on_a_cpu": (
         ["--gpu", "--batch", "8", "--epochs", "2", "--workers", "1", "--no-torch-compile"], {"JAX_PLATFORMS": "cpu"}),
@@ -107,6 +107,10 @@ def test_bench_runs_and_prints_every_table(benches):
     for n in (IMAGES, IMAGES * SCALE):
         assert positive(cells(out, f"| vgg train, {n} images, cache.ram_mb=16 |")[0][2])  # peak RSS
     assert "- memory: " in out and "command: python scripts/bench.py" in out
+    # case n: the unchanged night and the TensorFlow import, with the ratio and its target
+    for row in ("| vgg train --if-changed (nothing changed) |", "| python -c 'import tensorflow' |"):
+        assert positive(cells(out, row)[0][1]), row
+    assert "x a TensorFlow import (target <= 0.25x)" in out
     md = (bench.work / "bench.md").read_text()
     assert md.startswith("vgg bench, ") and "| case | program | wall s |" in md and "| path | px | program |" in md
     # vgg's own run used the feature cache and trained 10 epochs

@@ -210,6 +210,43 @@ def test_an_unresumable_run_is_set_aside_and_a_new_run_trains(tmp_path, colour_d
     assert json.loads((new[0] / "summary.json").read_text())["set_aside"][0]["run"] == "cut"
 
 
+NO_FRAMEWORK = """import sys
+from vgg_cli.cli.main import main
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'jax', 'torch'}), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_night_with_nothing_to_do_loads_no_framework(tmp_path, colour_data):
+    """The --if-changed decision needs no framework: an unchanged night answers "nothing to do" before Keras (and
+    TensorFlow) load; a changed one trains, its dataset scanned once (one "dataset ..." line, in train.log too)."""
+    import shutil
+
+    runs, data = tmp_path / "runs", tmp_path / "photos"
+    shutil.copytree(colour_data, data)
+    code, out, err = run_cli(["train", "--if-changed", *_train(data, runs)[1:]])
+    assert code in (0, 3), err[-3000:]
+    first = out.strip()
+    r = subprocess.run([sys.executable, "-c", NO_FRAMEWORK, "train", "--if-changed", *_train(data, runs)[1:]],
+                       capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == first and "nothing to do: the dataset and the config are unchanged" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "[]"  # not even Keras
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (250, 10, 10)).save(next(p for p in data.iterdir() if p.is_dir()) / "tonight.png")
+    code, out, err = run_cli(["train", "--if-changed", *_train(data, runs)[1:]])
+    assert code in (0, 3), err[-3000:]
+    assert out.strip() != first
+    said = [line for line in err.splitlines() if line.startswith("dataset ") and " classes, " in line]
+    assert len(said) == 1 and said[0] in (Path(out.strip()) / "train.log").read_text()
+
+
 @pytest.mark.slow
 def test_a_garbled_light_checkpoint_is_damaged_input_and_the_night_sets_the_run_aside(tmp_path, colour_data):
     """A delta whose bytes are garbled (a bad CRC inside, the zip still whole) is damaged input, not a bug: --resume

@@ -78,13 +78,20 @@ def run(job: TrainJob):
     """Take the runs folder's lock (before the framework loads, so a second run on the same output.dir exits 75 at
     once), load Keras on ``job.backend``, train (or resume) and finish: a ``vgg_cli.training.run.TrainResult``."""
     with job.lock():
+        index = None
+        if job.if_changed and job.role is None:  # a night with nothing to do loads no framework
+            from vgg_cli.training.nightly import nothing_to_do  # deferred: a scan, only for --if-changed
+
+            skip, index = nothing_to_do(job.cfg, job.runs)
+            if skip is not None:
+                return skip
         load_frameworks(job.backend)
         from vgg_cli.training.run import resume_training, run_training
 
         if job.resume is not None:
             result = resume_training(job.resume, job.runs, job.role, job.overrides, job.run_cfg)
         else:
-            result = run_training(job.cfg, job.runs, role=job.role, if_changed=job.if_changed)
+            result = run_training(job.cfg, job.runs, role=job.role, if_changed=job.if_changed, index=index)
         return complete(result)
 
 

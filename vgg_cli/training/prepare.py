@@ -72,11 +72,13 @@ def log_scan(index: DatasetIndex) -> None:
         log.warning("class folder %r left out: %s", c["class"], c["reason"])
 
 
-def scan_dataset(cfg: Config, runs: RunsRoot, splits: dict[str, str] | None = None) -> DatasetIndex:
-    """Scan data.train_dir (and val_dir), keeping runs/latest's split (or ``splits``), and log what was found."""
+def scan_dataset(cfg: Config, runs: RunsRoot, splits: dict[str, str] | None = None, say: bool = True) -> DatasetIndex:
+    """Scan data.train_dir (and val_dir), keeping runs/latest's split (or ``splits``), and log what was found (unless
+    ``say`` is False: the caller says it later, ``log_scan``)."""
     index = scan(cfg.data, previous_splits=previous_splits(cfg, runs) if splits is None else splits,
                  cache_dir=runs.cache)
-    log_scan(index)
+    if say:
+        log_scan(index)
     return index
 
 

@@ -15,14 +15,14 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import keras
 
 from vgg_cli.config.digest import config_digest
 from vgg_cli.config.schema import Config, load_run_config
-from vgg_cli.data.scan import require_dir
+from vgg_cli.data.scan import DatasetIndex, require_dir
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.fsio import write_json, write_text
 from vgg_cli.model.weights import copy_head
@@ -33,48 +33,21 @@ from vgg_cli.training.callbacks import EarlyLog, attach_log_file, detach_log_fil
 from vgg_cli.training.checkpoints import TrainState, finalize, read_state
 from vgg_cli.training.fit import FitOutcome, fit
 from vgg_cli.training.health import diverged_error
+from vgg_cli.training.nightly import latest_summary, unchanged, unfinished_same_job
 from vgg_cli.training.prepare import feature_drift, night_drift
 from vgg_cli.training.reread import moved, readable_summary, run_info_of
+from vgg_cli.training.result import ToFinish, TrainResult
 from vgg_cli.training.session import Session, check_can_train, open_session
 from vgg_cli.training.summarise import build_summary, now, phase_summary, plot_curves
 
 log = logging.getLogger("vgg")
 
-# --if-changed resumes an unfinished run at most this many times, so a run that keeps crashing cannot block
-# every later night.
-MAX_AUTO_RESUMES = 3
-
-
-@dataclass
-class ToFinish:
-    """What the end of a trained run (``vgg_cli.job``: calibration, evaluation, the promotion decision, latest,
-    pruning) needs: the session that trained it and its best epoch."""
-    session: Session
-    best: dict | None  # the best epoch's metrics row
-
-
-@dataclass
-class TrainResult:
-    """What training did. A trained run's promotion is still pending (``to_finish``): the caller finishes it,
-    under the same lock (``vgg_cli.job``), so training never imports promotion or prediction."""
-    status: Outcome
-    run_dir: Path
-    summary: Summary
-    to_finish: ToFinish | None = None
-
-    @property
-    def promoted(self) -> bool | None:
-        """None when no promotion decision was made (nothing trained)."""
-        if self.summary.promotion is None or self.status != Outcome.TRAINED:
-            return None
-        return self.summary.promoted
-
-
 def run_training(cfg: Config, runs: RunsRoot, *, role: tuple[int, int] | None = None,
-                 if_changed: bool = False) -> TrainResult:
+                 if_changed: bool = False, index: DatasetIndex | None = None) -> TrainResult:
     """Train a new run in ``runs`` (the runs folder of ``cfg``, built once by the caller), or, with ``if_changed``,
     do nothing when data and config match the latest run. ``role``: (processes, this process) of a multi-process
-    job (``vgg_cli.platform.distribute.process_role``), else None."""
+    job (``vgg_cli.platform.distribute.process_role``), else None. ``index``: the dataset, when the caller scanned
+    it already (``vgg_cli.training.nightly.nothing_to_do``)."""
     t_start = time.perf_counter()
     early = EarlyLog()
     log.addHandler(early)
@@ -86,7 +59,7 @@ def run_training(cfg: Config, runs: RunsRoot, *, role: tuple[int, int] | None = 
                 raise ConfigError("--if-changed is not supported with train.distribute=multi_worker (the workers "
                                   "would have to agree on skipping); run the multi-worker job without it")
             return _worker_run(cfg, runs, early, t_start, role)
-        unfinished = _unfinished_same_job(cfg, runs) if if_changed else None
+        unfinished = unfinished_same_job(cfg, runs) if if_changed else None
         set_aside = None
         if unfinished is not None:
             try:
@@ -96,7 +69,8 @@ def run_training(cfg: Config, runs: RunsRoot, *, role: tuple[int, int] | None = 
                 set_aside = runs.set_aside(unfinished, str(e))
                 log.warning("set aside unfinished run %s, which cannot be resumed (%s); training a new run",
                             unfinished.name, set_aside["reason"])
-        return _new_run(cfg, runs, early, t_start, if_changed=if_changed, set_aside=set_aside)
+        return _new_run(cfg, runs, early, t_start, if_changed=if_changed, set_aside=set_aside,
+                        index=None if set_aside else index)
     finally:
         log.removeHandler(early)
         keras.mixed_precision.set_global_policy(previous_policy)  # a run's precision does not leak into the caller
@@ -121,30 +95,25 @@ def _worker_run(cfg: Config, runs: RunsRoot, early, t_start: float, role: tuple[
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _latest_summary(runs: RunsRoot) -> tuple[Path, Summary] | None:
-    latest = runs.latest()
-    summary = latest.summary_or_none() if latest is not None else None
-    return None if summary is None else (latest.root, summary)
-
-
 def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: bool = False,
-             chief: bool = True, set_aside: dict | None = None, reads: RunsRoot | None = None) -> TrainResult:
+             chief: bool = True, set_aside: dict | None = None, reads: RunsRoot | None = None,
+             index: DatasetIndex | None = None) -> TrainResult:
     started = now()
     requested_weights = cfg.model.weights
     digest = config_digest(cfg)  # of the config as asked (weights: production), so a new production is no change
     dataset_name = Path(cfg.data.train_dir).name  # (the dataset's own name, not the train/ of a split layout)
     # a skipped night needs neither a free name nor weights: checked after the scan, when it is not skipped
-    session = open_session(cfg, runs, chief, fail_fast=() if if_changed else ("name", "weights"), reads=reads)
+    session = open_session(cfg, runs, chief, fail_fast=() if if_changed else ("name", "weights"), reads=reads,
+                           index=index)
     cfg, index, device = session.cfg, session.index, session.device
     if device.distribute == "multi_worker" and device.is_chief != chief:
         raise ConfigError(f"the job's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) changed while vgg started "
                           f"(process {device.worker}); start the job again")
     if if_changed:
-        latest = _latest_summary(runs)
-        if latest and latest[1].fingerprint == index.fingerprint and latest[1].config_digest == digest:
-            log.info("nothing to do: the dataset and the config are unchanged since run %s", latest[0].name)
-            return TrainResult(Outcome.NOTHING_TO_DO, latest[0], latest[1])
-        log.info("dataset or config changed since the latest run: training" if latest else
+        same = unchanged(runs, index, digest)
+        if same is not None:
+            return same
+        log.info("dataset or config changed since the latest run: training" if latest_summary(runs) else
                  "no earlier finished run: training")
         check_can_train(cfg, runs)
     t_scanned = time.perf_counter()
@@ -171,31 +140,6 @@ def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: 
         return _fit_and_summarise(session.with_run(paths), model, state, run_info, t_start)
     finally:
         detach_log_file(handler)
-
-
-def _unfinished_same_job(cfg: Config, runs: RunsRoot) -> RunDir | None:
-    """Cron mode (--if-changed): the newest run that did not finish, if it is newer than runs/latest and was
-    started with this same config. It is finished before anything new is trained."""
-    try:
-        candidate = runs.find_resumable()
-    except NoInputError:
-        return None
-    latest = runs.latest()
-    if latest is not None and latest.order() > RunDir(candidate).order():
-        return None
-    run = RunDir(candidate)
-    info = run.info_or_none()
-    if info is None:
-        return None
-    if len(info.get("resumed", [])) >= MAX_AUTO_RESUMES:
-        log.warning("not resuming unfinished run %s again: it was resumed %d times without finishing; training a "
-                    "new run (resume it by hand with --resume to retry)", candidate.name, len(info["resumed"]))
-        return None
-    if info.get("config_digest") != config_digest(cfg):
-        log.info("not resuming unfinished run %s: it was started with a different config", candidate.name)
-        return None
-    log.info("an earlier run of this job did not finish (%s): resuming it", candidate.name)
-    return run
 
 
 def resume_training(run_dir: Path, runs: RunsRoot, role: tuple[int, int] | None = None,

@@ -29,7 +29,7 @@ from vgg_cli.runs.root import RunsRoot
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.training.checkpoints import TrainState, load_checkpoint, sync
 from vgg_cli.training.plan import Phase, TrainingPlan, make_plan, set_up_phase
-from vgg_cli.training.prepare import previous_splits, resolve_sources, scan_dataset
+from vgg_cli.training.prepare import log_scan, previous_splits, resolve_sources, scan_dataset
 from vgg_cli.training.reread import load_index
 
 log = logging.getLogger("vgg")
@@ -93,13 +93,14 @@ class Session:
 
 
 def open_session(cfg: Config, runs: RunsRoot, chief: bool = True, fail_fast: tuple[str, ...] = ("name", "weights"),
-                 reads: RunsRoot | None = None, run: RunDir | None = None) -> Session:
+                 reads: RunsRoot | None = None, run: RunDir | None = None, index: DatasetIndex | None = None) -> Session:
     """A session. For a new run (or lr-find, or a worker): the warm start and the dataset layout resolved, the
     dataset scanned (keeping the sticky split of runs/latest); for ``run``, a run read back from its directory to
     resume: its config ``cfg`` and its data.json's files. Then, alike: the devices set up and said, and the plan
     made. ``fail_fast``: what a new run checks before the scan, which can be long (``check_can_train``).
     ``reads``: where the warm start and the sticky split are read from, when not ``runs`` (a multi-worker job's
-    other workers write to a scratch folder, but must split and start as the chief does)."""
+    other workers write to a scratch folder, but must split and start as the chief does). ``index``: the dataset
+    of a new run, when the caller scanned it already."""
     if run is None:
         reads = reads or runs
         cfg = resolve_sources(cfg, reads)
@@ -107,7 +108,10 @@ def open_session(cfg: Config, runs: RunsRoot, chief: bool = True, fail_fast: tup
     device = setup_devices(cfg.train, runs.compile_cache, cfg.cache.compile_mb)
     if run is None:
         check_can_train(cfg, runs, fail_fast)
-        index = scan_dataset(cfg, runs, None if reads is runs else previous_splits(cfg, reads))
+        if index is None:
+            index = scan_dataset(cfg, runs, None if reads is runs else previous_splits(cfg, reads))
+        else:
+            log_scan(index)
     else:
         index = load_index(run)
     _say_device(device, cfg)
