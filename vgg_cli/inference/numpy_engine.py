@@ -35,11 +35,19 @@ ACTIVATIONS = {"linear", "relu", "softmax"}
 BACKBONES = {"vgg16": 13, "vgg19": 16}  # conv layers
 
 
-# ``--engine auto`` uses this engine up to this many 224 px image-views (an image at S px counts (S/224)^2, each
-# --tta copy once). Measured on 2 cores (docs/speed.md, "One image"): NumPy costs ~0.35-0.6 s more per 224 px
-# image than Keras' ~0.27 s, but skips the 7-9 s of importing TensorFlow and loading the model; whole `vgg predict`
-# processes, NumPy over Keras: 0.81x the wall at 16 images, 1.10x at 32.
+# ``--engine auto`` uses this engine up to this much work, counted in 224 px image-views (each --tta copy is a view).
+# Measured on 2 cores (docs/speed.md, "One image"; issue 36): NumPy costs ~0.35-0.6 s more per 224 px image than
+# Keras' ~0.27 s, but skips the 7-9 s of importing TensorFlow and loading the model; whole `vgg predict`
+# processes, NumPy over Keras: 0.81x the wall at 16 images, 1.10x at 32. A small image is not cheaper in
+# proportion: at 64 px NumPy still took 0.39 s an image (60.9 s for 153, Keras 18.7 s), so an image-view at S px
+# counts FIXED + (1 - FIXED) * (S/224)^2 of a 224 px one (fitted to both sizes: 64 px counts 0.68).
 AUTO_MAX_224PX = 16
+FIXED = 0.65
+
+
+def work_of(images: int, views: int, size: int) -> float:
+    """An answer's work for this engine, in 224 px image-views."""
+    return images * views * (FIXED + (1 - FIXED) * (size / 224) ** 2)
 
 
 class Declined(Exception):
@@ -128,10 +136,10 @@ def choose(engine: str, path: str | Path, images: int, views: int) -> tuple[Nump
         return None, "--engine keras"
     if engine == "auto":
         size = peek_image_size(path)
-        work = images * views * (size / 224) ** 2 if size else float("inf")
+        work = work_of(images, views, size) if size else float("inf")
         if work > AUTO_MAX_224PX:
-            return None, (f"{images} image(s) x {views} view(s) at {size} px: more than {AUTO_MAX_224PX} 224 px "
-                          f"images, Keras is faster")
+            return None, (f"{images} image(s) x {views} view(s) at {size} px: the work of more than "
+                          f"{AUTO_MAX_224PX} 224 px images, Keras is faster")
     try:
         return load_numpy_model(path), f"--engine {engine}"
     except Declined as e:
