@@ -91,7 +91,7 @@ def test_jax_backend_trains_predicts_and_evaluates_without_tensorflow(tmp_path, 
     p = vgg_without_tf(["predict", str(colour_holdout), "--run", str(run), "--format", "json", "--tta", "flip"])
     assert p.returncode == 0, p.stderr[-3000:]
     preds = [json.loads(line) for line in p.stdout.splitlines()]
-    assert len(preds) == 12 and sum(r["label"] == Path(r["path"]).parent.name for r in preds) >= 11
+    assert len(preds) == 12 and sum(r["answer"] == Path(r["path"]).parent.name for r in preds) >= 11
     p = vgg_without_tf(["evaluate", str(colour_holdout), "--run", str(run), "--json", "--gradcam"])
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.loads(p.stdout)

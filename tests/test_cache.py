@@ -79,7 +79,7 @@ def _rest_answers_as_the_whole_model(run: Path, tol: dict) -> None:
     """Logits and head features of every image from the feature cache through the rest of the network are the
     whole model's on the images; an entry missing from the cache goes through the frozen blocks instead."""
     from vgg_cli.config.schema import load_run_config
-    from vgg_cli.data.scan import index_from_manifest
+    from vgg_cli.data.index import index_from_manifest
     from vgg_cli.evaluation.calibrate import outputs
     from vgg_cli.evaluation.frozen import head_outputs, open_frozen
     from vgg_cli.model.load import load_model
@@ -108,7 +108,7 @@ def _validation_scores_from_the_cache(paths, cfg, tol: dict) -> None:
     neither cached nor readable is reported as ``score`` reports it."""
     from dataclasses import replace
 
-    from vgg_cli.data.scan import index_from_manifest
+    from vgg_cli.data.index import index_from_manifest
     from vgg_cli.evaluation.frozen import cached_scores, content_hashes
     from vgg_cli.evaluation.scoring import answering, score, validation_set
     from vgg_cli.model.load import load_model

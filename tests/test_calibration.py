@@ -167,7 +167,7 @@ def test_unknown_for_images_unlike_the_training_images(trained_run, colour_holdo
     code, out, err = run_cli(["predict", "--run", run, str(strange), "--format", "json"])
     assert code == 0, err
     rows = _json_lines(out)
-    assert len(rows) == 3 and all(r["unknown"] and r["label"] == "unknown" for r in rows), rows
+    assert len(rows) == 3 and all(r["unknown"] and r["answer"] == "unknown" for r in rows), rows
     assert all(r["unknown_reason"] == "ood_score" and r["predicted"] in ("blue", "green", "red") for r in rows)
     code, out, err = run_cli(["predict", "--run", run, str(colour_holdout), "--format", "json"])
     rows = _json_lines(out)

@@ -78,7 +78,7 @@ def test_worse_model_is_kept_but_not_promoted_exit_3(champion, data):
     img = runs.parent / "x.png"
     colour_image(COLOURS["red"], np.random.default_rng(0)).save(img)
     code, out, _ = run_cli(["predict", str(img), "--runs-dir", str(runs), "--format", "json"])
-    assert code == 0 and json.loads(out)["label"] == "red"
+    assert code == 0 and json.loads(out)["answer"] == "red"
 
 
 @pytest.mark.slow
@@ -110,7 +110,7 @@ def test_min_accuracy_gate_applies_even_without_production(tmp_path, data):
     assert not (runs / "production").exists()
     # with nothing to compare against, the new model's accuracy is its best epoch's validation accuracy; it must
     # be what the saved model scores when it is run on the held-out images
-    from vgg_cli.data.scan import VAL, index_from_manifest
+    from vgg_cli.data.index import VAL, index_from_manifest
     from vgg_cli.evaluation.frozen import content_hashes
     from vgg_cli.promotion.decide import HeldOut, evaluate
     from vgg_cli.runs.rundir import RunDir

@@ -157,12 +157,12 @@ def test_predict_json_lines_for_jq(trained_run, colour_holdout):
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 12
     for r in rows:
-        assert set(r) == {"path", "label", "probability", "top_k", "predicted", "unknown", "unknown_reason",
-                          "ood_score"}
+        assert set(r) == {"path", "answer", "probability", "top_k", "predicted", "unknown", "unknown_reason",
+                          "ood_score"}  # "label" names a ranked class only (top_k, CSV label_i); "answer" the answer
         probs = [t["probability"] for t in r["top_k"]]
         assert len(probs) == 2 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
         assert r["predicted"] == r["top_k"][0]["label"] and r["predicted"] in CLASSES
-        assert r["label"] == ("unknown" if r["unknown"] else r["predicted"])
+        assert r["answer"] == ("unknown" if r["unknown"] else r["predicted"])
     assert sum(r["predicted"] == truth(r["path"]) for r in rows) >= 11
     # top-k larger than the class count is capped at the class count
     code, out, _ = run_cli(["predict", str(colour_holdout / "red"), "--run", str(trained_run["run_dir"]),
@@ -182,20 +182,39 @@ def test_predict_csv(trained_run, colour_holdout):
     assert len(rows) == 4 and sum(r["label_1"] == "blue" for r in rows) >= 3
 
 
-def test_unreadable_file_gets_its_own_row_and_exit_65(trained_run, tmp_path):
+def test_unreadable_files_get_their_own_rows_and_the_rule_is_the_same_for_predict_and_evaluate(trained_run, tmp_path):
+    """A folder answered but for a few files: 0, each named on stderr and in its row; --strict: 65; none read: 65
+    (66 when none exists). evaluate keeps the same rule (docs/reports.md)."""
     folder = tmp_path / "mixed"
     folder.mkdir()
     colour_image(COLOURS["red"], np.random.default_rng(1)).save(folder / "a_red.png")
     (folder / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     colour_image(COLOURS["green"], np.random.default_rng(2)).save(folder / "c_green.png")
     missing = tmp_path / "missing.png"
-    code, out, err = run_cli(["predict", str(folder), str(missing), "--runs-dir", str(trained_run["runs"]),
-                              "--format", "json"])
-    assert code == 65
+    args = ["predict", str(folder), str(missing), "--runs-dir", str(trained_run["runs"]), "--format", "json"]
+    code, out, err = run_cli(args)
+    assert code == 0, err
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.splitlines())}
-    assert rows["a_red.png"]["label"] == "red" and rows["c_green.png"]["label"] == "green"
+    assert rows["a_red.png"]["answer"] == "red" and rows["c_green.png"]["answer"] == "green"
     assert "error" in rows["b_broken.jpg"] and rows["missing.png"]["error"] == "not found"
-    assert err.strip().splitlines()[-1] == "error: 2 of 4 input(s) could not be read (see their rows)"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("warning: 2 of 4 input(s) could not be read (") and "b_broken.jpg" in last, err
+    assert "missing.png" in last and last.endswith("the others were answered (exit 0; --strict makes it 65)")
+    code, out, err = run_cli([*args, "--strict"])
+    assert code == 65 and len(out.splitlines()) == 4 and "(--strict: exit 65)" in err
+    code, _, err = run_cli(["predict", str(folder / "b_broken.jpg"), "--runs-dir", str(trained_run["runs"])])
+    assert code == 65 and "none of the 1 input(s) could be read" in err
+    code, _, err = run_cli(["predict", str(missing), "--runs-dir", str(trained_run["runs"])])
+    assert code == 66
+    labelled = tmp_path / "labelled"
+    for name in ("red", "green"):
+        (labelled / name).mkdir(parents=True)
+        colour_image(COLOURS[name], np.random.default_rng(3)).save(labelled / name / "one.png")
+    (labelled / "red" / "broken.png").write_bytes(b"\x89PNG not really")
+    ev = ["evaluate", "--runs-dir", str(trained_run["runs"]), str(labelled), "--out", str(tmp_path / "ev")]
+    code, _, err = run_cli(ev)
+    assert code == 0 and "1 of 3 input(s) could not be read" in err.strip().splitlines()[-1], err
+    assert run_cli([*ev, "--strict"])[0] == 65
 
 
 def test_predict_from_a_copied_run_directory_and_a_model_file(trained_run, colour_holdout, tmp_path):

@@ -92,7 +92,7 @@ def test_old_assignments_across_the_split_leave_leaked_images_out_of_the_judged_
     assert index.duplicates["leaked"] == ["red/red_000-big.png"] and index.duplicates["across_splits"] == 1
     judged = index.judged_split()[0]
     assert len(judged) == len(index.split("val")[0]) - 1 and not any(p.endswith("red_000-big.png") for p in judged)
-    from vgg_cli.data.scan import index_from_manifest
+    from vgg_cli.data.index import index_from_manifest
 
     back = index_from_manifest(json.loads(json.dumps(index.manifest())))
     assert back.judged_split() == index.judged_split() and back.fingerprint == index.fingerprint

@@ -14,7 +14,6 @@ import keras
 import pytest
 
 from vgg_cli.config.schema import load_config
-from vgg_cli.errors import ConfigError
 from vgg_cli.platform.device import Gpu, select_precision, setup_devices
 
 A100 = Gpu("NVIDIA A100", (8, 0))

@@ -74,14 +74,14 @@ def _predict_cams(patch_run: dict, out: Path, *extra: str) -> list[dict]:
 
 def test_heatmap_peaks_on_the_patch_that_decides_the_class(patch_run, tmp_path):
     rows = _predict_cams(patch_run, tmp_path / "cams", "--cam-layer", "block3_conv3")
-    correct = [r for r in rows if r["label"] == Path(r["path"]).parent.name]
-    assert len(correct) >= 16, [r["label"] for r in rows]  # the model learned the task
+    correct = [r for r in rows if r["answer"] == Path(r["path"]).parent.name]
+    assert len(correct) >= 16, [r["answer"] for r in rows]  # the model learned the task
     hits = 0
     for r in correct:
         cam = r["gradcam"]
         heatmap = np.load(cam["heatmap"])
         assert heatmap.shape == (16, 16) and heatmap.dtype == np.float32 and heatmap.max() == 1.0
-        assert heatmap.min() >= 0.0 and cam["class"] == r["label"] and cam["layer"] == "block3_conv3"
+        assert heatmap.min() >= 0.0 and cam["class"] == r["answer"] and cam["layer"] == "block3_conv3"
         hits += _peak_on_patch(heatmap, patch_run["boxes"][r["path"]], 64)
         assert Image.open(cam["overlay"]).size == (64, 64)
     assert hits >= 0.8 * len(correct), f"peak on the patch for {hits} of {len(correct)} correctly classified images"

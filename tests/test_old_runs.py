@@ -152,7 +152,7 @@ def test_predict_evaluate_and_export_an_old_finished_run(old_runs):
     assert r.returncode == 0, r.stderr
     rows = _json_lines(r.stdout)
     assert len(rows) == 4 and Path(rows[0]["path"]).name == image.name, r.stdout
-    assert all(row["label"] in CLASSES and 0.0 <= row["probability"] <= 1.0 for row in rows), rows
+    assert all(row["answer"] in CLASSES and 0.0 <= row["probability"] <= 1.0 for row in rows), rows
 
     # evaluate the old finished run on a folder
     r = vgg(old_runs, "evaluate", "--run", str(done), str(old_runs["holdout"]))
@@ -192,7 +192,9 @@ def test_an_old_run_predicts_exactly_as_before(old_runs):
         assert r.returncode == 0, r.stderr
         return _json_lines(r.stdout)
 
-    old_rows, new_rows = predict(old_runs["old"]), today()
+    # the old code named the answer "label" (issue 36: now "answer"; "label" is a ranked class's only)
+    old_rows = [{("answer" if k == "label" else k): v for k, v in row.items()} for row in predict(old_runs["old"])]
+    new_rows = today()
     assert len(old_rows) == len(new_rows) == 3 * len(CLASSES)
     if old_runs["calibrated"]:  # the same rows, field for field (the engine may differ: floats to 1e-5)
         for o, n in zip(old_rows, new_rows):
@@ -203,15 +205,15 @@ def test_an_old_run_predicts_exactly_as_before(old_runs):
         assert (old_runs["done"] / "model" / "best.ood.npz").exists()
         return
     for o, n in zip(old_rows, new_rows):
-        assert {k: n[k] for k in ("path", "label", "probability", "top_k")} == o  # the same floats, bit for bit
-        assert n["unknown"] is False and n["ood_score"] is None and n["predicted"] == o["label"]
+        assert {k: n[k] for k in ("path", "answer", "probability", "top_k")} == o  # the same floats, bit for bit
+        assert n["unknown"] is False and n["ood_score"] is None and n["predicted"] == o["answer"]
     assert not (old_runs["done"] / "model" / "best.ood.npz").exists()
     # --uncalibrated is the same model's softmax; --min-probability still answers unknown
     raw = today("--uncalibrated")
-    assert [r["label"] for r in raw] == [o["label"] for o in old_rows]
+    assert [r["answer"] for r in raw] == [o["answer"] for o in old_rows]
     assert [r["probability"] for r in raw] == pytest.approx([o["probability"] for o in old_rows], abs=1e-6)
     strict = today("--min-probability", "1.0")
-    assert all(r["label"] == "unknown" and r["unknown_reason"] == "min_probability" for r in strict)
+    assert all(r["answer"] == "unknown" and r["unknown_reason"] == "min_probability" for r in strict)
 
 
 def test_resume_an_old_interrupted_run_then_list_and_retrain_if_changed(old_runs):

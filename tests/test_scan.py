@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.conftest import make_colour_dataset, tree_hashes
 from vgg_cli.config.schema import load_config
-from vgg_cli.data.scan import TRAIN, VAL, previous_splits_from, scan
+from vgg_cli.data.index import TRAIN, VAL
+from vgg_cli.data.scan import previous_splits_from, scan
 from vgg_cli.errors import DataError, NoInputError
 
 

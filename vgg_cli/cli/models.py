@@ -33,12 +33,14 @@ from vgg_cli.errors import EXIT_DATA, EXIT_NOINPUT
 @click.option("--engine", type=click.Choice(["auto", "numpy", "keras"]), default="auto", show_default=True,
               help="numpy: a forward pass without TensorFlow (starts ~4x faster; for a few images); keras: the "
                    "model in Keras; auto: numpy for a few images when it reproduces the model (see README).")
+@click.option("--strict", is_flag=True, help=f"Exit {EXIT_DATA} when any input cannot be read (default: 0 while "
+              "any was answered; the others are named on stderr and in their rows).")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (import, model load, prediction) to stderr.")
-def predict(runs, verbose: bool, fmt: str, **asked) -> int:
+def predict(runs, verbose: bool, fmt: str, strict: bool, **asked) -> int:
     """Label images with a trained model.
 
     Folders are walked recursively. An unreadable file gets its own row with the error while the others are
-    predicted; the exit code is then 65. Every image gets an out-of-distribution score when the run has its
+    predicted; it is named on stderr and the exit code stays 0 (65 with --strict, or when no input could be read). Every image gets an out-of-distribution score when the run has its
     statistics; beyond the run's threshold (or below --min-probability) the answer is unknown (exit code 0):
     see docs/calibration.md.
     """
@@ -71,12 +73,26 @@ def predict(runs, verbose: bool, fmt: str, **asked) -> int:
         click.echo(f"timings: import {t['import']:.2f}s, model load {t['load']:.2f}s ({opened.path}), predict "
                    f"{t['predict']:.2f}s for {n} file(s) ({n / t['predict']:.1f} img/s, decoding overlapped with "
                    f"inference)", err=True)
-    failed = answered.failed
-    if failed:
-        click.echo(f"error: {len(failed)} of {len(answered.results)} input(s) could not be read (see their rows)",
-                   err=True)
-        return EXIT_NOINPUT if len(failed) == len(answered.results) and all(r.error == NOT_FOUND
-                                                                            for r in failed) else EXIT_DATA
+    return _unread_rule([r.path for r in answered.failed], len(answered.results), strict,
+                        all(r.error == NOT_FOUND for r in answered.failed))
+
+
+def _unread_rule(failed: list[str], total: int, strict: bool, all_missing: bool = False) -> int:
+    """The rule of predict and evaluate for inputs that could not be read (docs/reports.md): each is named (its
+    row, and here); the exit code is 0 while any input was answered, 65 when none was (66 when none exists) or
+    when --strict asks that every input be read."""
+    if not failed:
+        return 0
+    names = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+    if len(failed) == total:
+        click.echo(f"error: none of the {total} input(s) could be read ({names})", err=True)
+        return EXIT_NOINPUT if all_missing else EXIT_DATA
+    if strict:
+        click.echo(f"error: {len(failed)} of {total} input(s) could not be read ({names}); the others were "
+                   f"answered (--strict: exit {EXIT_DATA})", err=True)
+        return EXIT_DATA
+    click.echo(f"warning: {len(failed)} of {total} input(s) could not be read ({names}); the others were answered "
+               f"(exit 0; --strict makes it {EXIT_DATA})", err=True)
     return 0
 
 
@@ -126,7 +142,9 @@ def _model_of(run: str | None, model_file: str | None, runs):
               help="Count a top probability below this as unknown too (the accepted share and its accuracy).")
 @click.option("--uncalibrated", is_flag=True, help="Raw probabilities (temperature 1) in the scores and galleries.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def evaluate(run: str | None, model_file: str | None, runs, as_json: bool, **asked) -> int:
+@click.option("--strict", is_flag=True, help=f"Exit {EXIT_DATA} when any image cannot be read (default: 0; they are "
+              "named on stderr and listed in report.json).")
+def evaluate(run: str | None, model_file: str | None, runs, as_json: bool, strict: bool, **asked) -> int:
     """Evaluate a trained model on its run's validation split (default) or on DATA_DIR, a folder with one
     subfolder per class (matched to the model's classes by name; an unknown class folder is an error, a missing
     one is reported).
@@ -140,7 +158,7 @@ def evaluate(run: str | None, model_file: str | None, runs, as_json: bool, **ask
     """
     from vgg_cli.errors import NoInputError
     from vgg_cli.evaluation.evaluate import format_report
-    from vgg_cli.evaluation.request import EvalRequest, evaluate_request
+    from vgg_cli.evaluation.request import EvalRequest, check_before_loading, evaluate_request
 
     request = EvalRequest(**asked)
     if model_file is not None and run is None and request.data_dir is None:
@@ -151,13 +169,15 @@ def evaluate(run: str | None, model_file: str | None, runs, as_json: bool, **ask
     if request.data_dir is not None and not os.path.isdir(os.path.expanduser(request.data_dir)):
         raise NoInputError(f"DATA_DIR {request.data_dir!r} is not a folder; pass a folder with one subfolder per "
                            f"class")
+    check_before_loading(request, path)
     with model_work():
         report = evaluate_request(request, path, run_dir, lambda text: click.echo(f"warning: {text}", err=True))
     if as_json:
         echo_json(report)
     else:
         click.echo(format_report(report), nl=False)
-    return 0
+    skipped = [s["path"] for s in report["skipped"]]
+    return _unread_rule(skipped, len(skipped) + report["images"], strict)
 
 
 @click.command(short_help="Export a trained model: SavedModel, TFLite or ONNX.")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vgg_cli.data.index import TRAIN, VAL, DatasetIndex
 from vgg_cli.data.layout import apply_layout
-from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, scan
+from vgg_cli.data.scan import scan
 
 IMBALANCE_WARN = 10.0  # largest class / smallest class
 MAX_LISTED = 50  # duplicate groups listed one per line (all are in --json and data.json)

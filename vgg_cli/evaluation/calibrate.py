@@ -22,7 +22,7 @@ import logging
 
 import numpy as np
 
-from vgg_cli.data.scan import TRAIN
+from vgg_cli.data.index import TRAIN
 from vgg_cli.errors import DataError, NoInputError
 from vgg_cli.evaluation.frozen import content_hashes, head_outputs, open_frozen
 from vgg_cli.evaluation.scoring import validation_set

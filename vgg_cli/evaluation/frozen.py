@@ -20,7 +20,7 @@ import numpy as np
 from vgg_cli.config.schema import load_run_config
 from vgg_cli.data.features import feature_cut, feature_store
 from vgg_cli.data.images import BadImage, load_image
-from vgg_cli.data.scan import index_from_manifest
+from vgg_cli.data.index import index_from_manifest
 from vgg_cli.errors import VggError
 from vgg_cli.evaluation.scoring import scored_from
 from vgg_cli.inference.predict import Options, Prediction, answer_rows, load_or_reason

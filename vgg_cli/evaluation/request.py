@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vgg_cli.data.scan import class_folders_with_files
 from vgg_cli.evaluation.evaluate import evaluate
 from vgg_cli.evaluation.frozen import cached_validation
-from vgg_cli.evaluation.scoring import EvalSet, answering, folder_set, validation_set
+from vgg_cli.evaluation.scoring import EvalSet, answering, check_known_classes, folder_set, validation_set
+from vgg_cli.inference.numpy_engine import peek_class_names
 from vgg_cli.runs.rundir import RunDir
 
 
@@ -35,6 +37,15 @@ def output_folder(request: EvalRequest, run_dir: Path | None) -> Path:
         return Path(request.out_dir)
     name = "val" if request.data_dir is None else (Path(os.path.expanduser(request.data_dir)).resolve().name or "data")
     return RunDir(run_dir).evaluation(name) if run_dir else Path("evaluation") / name
+
+
+def check_before_loading(request: EvalRequest, model_file: Path) -> None:
+    """What can be refused before any framework loads: a DATA_DIR class folder the model does not know (the class
+    names read from the model file's config)."""
+    classes = peek_class_names(model_file)
+    if request.data_dir is not None and classes is not None:
+        folder = os.path.expanduser(request.data_dir)
+        check_known_classes(Path(folder).resolve(), class_folders_with_files(folder), classes)
 
 
 def evaluate_request(request: EvalRequest, model_file: Path, run_dir: Path | None,

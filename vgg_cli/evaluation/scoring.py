@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgg_cli.data.scan import VAL, index_from_manifest, scan_labelled
+from vgg_cli.data.index import VAL, index_from_manifest
+from vgg_cli.data.scan import scan_labelled
 from vgg_cli.errors import DataError, NoInputError, VggError
 from vgg_cli.inference.ood import stats_for
 from vgg_cli.inference.predict import Options, predict_files
@@ -52,15 +53,20 @@ def validation_set(run_dir: Path) -> EvalSet:
                    run_dir=Path(run_dir))
 
 
-def folder_set(folder: str, classes: list[str], image_size: int) -> EvalSet:
-    """Every image of a folder with one subfolder per class; class folders matched to ``classes`` by name."""
-
-    root, per_class, skipped = scan_labelled(folder, image_size)
-    unknown = sorted(c for c, files in per_class.items() if c not in classes and files)
+def check_known_classes(root, folders: list[str], classes: list[str]) -> None:
+    """An evaluation folder's class folders (with images) must all be classes of the model."""
+    unknown = sorted(c for c in folders if c not in classes)
     if unknown:
         raise DataError(f"evaluation folder {str(root)!r} has class folder(s) {unknown} that the model does not "
                         f"know (its classes: {classes}); evaluate on a folder whose subfolders are among those "
                         f"classes, or move the others out")
+
+
+def folder_set(folder: str, classes: list[str], image_size: int) -> EvalSet:
+    """Every image of a folder with one subfolder per class; class folders matched to ``classes`` by name."""
+
+    root, per_class, skipped = scan_labelled(folder, image_size)
+    check_known_classes(root, [c for c, files in per_class.items() if files], classes)
     files = [(f, c) for c in classes for f in per_class.get(c, [])]
     if not files:
         raise DataError(f"evaluation folder {str(root)!r} has no usable images in class folders named like the "

@@ -15,7 +15,7 @@ import numpy as np
 
 from vgg_cli.config.schema import load_run_config
 from vgg_cli.data.features import feature_cut
-from vgg_cli.data.scan import TRAIN, VAL, index_from_manifest
+from vgg_cli.data.index import TRAIN, VAL, index_from_manifest
 from vgg_cli.errors import VggError
 from vgg_cli.evaluation.confident_learning import FOLDS, find_suspects, out_of_fold
 from vgg_cli.evaluation.frozen import open_frozen

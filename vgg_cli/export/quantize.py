@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_cli.data.images import BadImage, load_image
-from vgg_cli.data.scan import index_from_manifest
+from vgg_cli.data.index import index_from_manifest
 from vgg_cli.errors import EXIT_NOT_PROMOTED, NoInputError, UnavailableError, UsageError, VggError
 from vgg_cli.export.formats import (
     RUNTIMES,

@@ -158,6 +158,18 @@ def peek_image_size(path: str | Path) -> int | None:
         return None
 
 
+def peek_class_names(path: str | Path) -> list[str] | None:
+    """The class names in a ``.keras`` file's config (its ``LabelNames`` layer), without reading its weights or
+    loading a framework; None when unreadable or absent."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            layers = json.loads(z.read("config.json"))["config"]["layers"]
+        names = next(layer["config"]["class_names"] for layer in layers if layer.get("class_name") == "LabelNames")
+        return [str(c) for c in names]
+    except (OSError, KeyError, ValueError, TypeError, StopIteration, zipfile.BadZipFile):
+        return None
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ class Prediction:
     def to_dict(self) -> dict:
         d: dict = {"path": self.path}
         if self.error is None:
-            d["label"], d["probability"] = self.answer, self.top[0][1]
+            d["answer"], d["probability"] = self.answer, self.top[0][1]  # a class of top_k, or "unknown"
             d["top_k"] = [{"label": lab, "probability": p} for lab, p in self.top]
             d.update(predicted=self.top[0][0], unknown=self.unknown is not None, unknown_reason=self.unknown,
                      ood_score=self.ood_score)
@@ -189,8 +190,8 @@ def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict |
     path, label_i/probability_i (the ranked classes), error, then answer (the class, or unknown), unknown
     (its reason, empty for a class) and ood_score (empty when the run has none)."""
     if fmt == "json":
-        return "".join(json.dumps({**r.to_dict(), **({"gradcam": cams[r.path]} if cams and r.path in cams else {})},
-                                  ensure_ascii=False) + "\n" for r in results)
+        return "".join(_json_line({**r.to_dict(), **({"gradcam": cams[r.path]} if cams and r.path in cams else {})})
+                       for r in results)
     if fmt == "csv":
         k = max((len(r.top) for r in results), default=1)
         head = (["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")] +
@@ -217,6 +218,13 @@ def format_results(results: list[Prediction], fmt: str, top_k: int, cams: dict |
             guess = f"{UNKNOWN} ({why}; best guess {guess})"
         lines.append(f"{shown:<{width}}  {guess}{score}")
     return "\n".join(lines) + "\n"
+
+
+def _json_line(row: dict) -> str:
+    """One JSON line, UTF-8 text: a file name that is not UTF-8 keeps each such byte as Python's surrogateescape
+    writes it, ``\\udcXX`` (``os.fsencode(row["path"])`` gives the name's bytes back), never U+FFFD."""
+    text = json.dumps(row, ensure_ascii=False)
+    return re.sub("[\udc80-\udcff]", lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 def _score(x: float | None) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vgg_cli.data.drift import describe
-from vgg_cli.data.scan import TRAIN, VAL
+from vgg_cli.data.index import TRAIN, VAL
 from vgg_cli.errors import DataError, VggError
 from vgg_cli.evaluation.frozen import cached_scores, content_hashes
 from vgg_cli.evaluation.scoring import EvalSet, score

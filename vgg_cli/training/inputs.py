@@ -11,8 +11,8 @@ import keras
 import numpy as np
 
 from vgg_cli.data.features import FeatureSource
+from vgg_cli.data.index import TRAIN, VAL
 from vgg_cli.data.pipeline import ImageSource
-from vgg_cli.data.scan import TRAIN, VAL
 from vgg_cli.model.build import logits_view, split_frozen_prefix
 from vgg_cli.model.optim import compile_model
 from vgg_cli.platform.distribute import local_predictor

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vgg_cli.config.digest import config_digest
 from vgg_cli.config.schema import Config
-from vgg_cli.data.scan import DatasetIndex
+from vgg_cli.data.index import DatasetIndex
 from vgg_cli.errors import NoInputError
 from vgg_cli.runs.root import RunsRoot
 from vgg_cli.runs.rundir import RunDir

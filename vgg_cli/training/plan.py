@@ -13,7 +13,7 @@ import keras
 
 from vgg_cli.config.schema import AUTO, Config, auto_learning_rate
 from vgg_cli.data.features import final_frozen_blocks
-from vgg_cli.data.scan import TRAIN, DatasetIndex
+from vgg_cli.data.index import TRAIN, DatasetIndex
 from vgg_cli.errors import ConfigError
 from vgg_cli.model.build import apply_freeze, backbone_of
 from vgg_cli.model.optim import compile_model, learning_rate_for

@@ -14,8 +14,9 @@ from vgg_cli.config.schema import Config
 from vgg_cli.data import drift as drift_module
 from vgg_cli.data.drift import describe
 from vgg_cli.data.images import BadImage, load_image
+from vgg_cli.data.index import TRAIN, VAL, DatasetIndex
 from vgg_cli.data.layout import apply_layout
-from vgg_cli.data.scan import TRAIN, VAL, DatasetIndex, previous_splits_from, require_dir, scan
+from vgg_cli.data.scan import previous_splits_from, require_dir, scan
 from vgg_cli.errors import NoInputError, VggError
 from vgg_cli.runs.root import LATEST, PRODUCTION, RunsRoot
 from vgg_cli.runs.rundir import RunDir

@@ -10,7 +10,7 @@ from pathlib import Path
 from vgg_cli.config.digest import config_digest
 from vgg_cli.config.schema import Config, validate
 from vgg_cli.config.sources import parse_override
-from vgg_cli.data.scan import DatasetIndex, index_from_manifest
+from vgg_cli.data.index import DatasetIndex, index_from_manifest
 from vgg_cli.errors import ConfigError, DataError, NoInputError, VggError
 from vgg_cli.fsio import write_json
 from vgg_cli.runs.rundir import RunDir

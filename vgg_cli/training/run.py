@@ -22,7 +22,8 @@ import keras
 
 from vgg_cli.config.digest import config_digest
 from vgg_cli.config.schema import Config, load_run_config
-from vgg_cli.data.scan import DatasetIndex, require_dir
+from vgg_cli.data.index import DatasetIndex
+from vgg_cli.data.scan import require_dir
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
 from vgg_cli.fsio import write_json, write_text
 from vgg_cli.model.weights import copy_head

@@ -19,7 +19,8 @@ import keras
 
 from vgg_cli.config.schema import Config
 from vgg_cli.data.features import FeatureCut, FeatureStore, feature_cut, feature_store
-from vgg_cli.data.scan import DatasetIndex, check_layout
+from vgg_cli.data.index import DatasetIndex
+from vgg_cli.data.scan import check_layout
 from vgg_cli.errors import ConfigError
 from vgg_cli.model.build import apply_freeze, backbone_of, build_model
 from vgg_cli.model.optim import compile_model

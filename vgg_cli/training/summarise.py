@@ -14,7 +14,7 @@ import keras
 
 from vgg_cli import __version__
 from vgg_cli.config.schema import Config
-from vgg_cli.data.scan import DatasetIndex
+from vgg_cli.data.index import DatasetIndex
 from vgg_cli.reporting.plots import training_curves
 from vgg_cli.runs.rundir import RunDir
 from vgg_cli.runs.summary import RunStatus
