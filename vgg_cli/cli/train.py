@@ -79,7 +79,8 @@ def results_table(results: dict) -> str:
     lines = []
     for name, r in results["results"].items():
         top5 = f"  top-5 {r['top5_accuracy']:.4f}" if r.get("top5_accuracy") is not None else ""
-        worst = ", ".join(f"{c['class']} (recall {c['recall']:.2f}, {c['support']} images)" for c in r["worst_classes"])
+        worst = ", ".join(f"{c['class']} (recall {c['recall']:.2f}, {c['support']} images)"
+                          for c in r["worst_classes"]) or "none (every class at recall 1.00)"
         lines.append(f"{'validation' if name == 'val' else name:<10}  {r['images']:>5} images  accuracy "
                      f"{r['accuracy']:.4f}{top5}  worst: {worst}")
     if results.get("report"):

@@ -153,8 +153,8 @@ def results(run_dir: Path) -> dict:
             r = read_json(EvaluationDir(run.evaluation(name)).report)
         except VggError:
             continue
-        worst = sorted((c for c in r.get("per_class", []) if c.get("recall") is not None),
-                       key=lambda c: (c["recall"], -c["support"]))[:WORST]
+        worst = sorted((c for c in r.get("per_class", []) if c.get("recall") is not None and c["recall"] < 1.0),
+                       key=lambda c: (c["recall"], -c["support"]))[:WORST]  # a class at recall 1 is not "worst"
         out[name] = {"accuracy": r["accuracy"], "top5_accuracy": r.get("top5_accuracy"), "images": r["images"],
                      "worst_classes": [{k: c[k] for k in ("class", "recall", "precision", "support")}
                                        for c in worst]}
