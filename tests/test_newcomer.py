@@ -132,3 +132,17 @@ def test_tensorflow_retracing_paragraphs_are_dropped_and_other_warnings_kept():
                               "triggered tf.function retracing. Tracing is expensive", None, None)
     kept = logging.LogRecord("tensorflow", logging.WARNING, "x", 1, "something else", None, None)
     assert not tf_log.filter(noise) and tf_log.filter(kept)
+
+
+def test_summary_marks_trainable_what_trains():
+    """The default freeze trains the head only: the backbone as a whole and the calibration layer say N."""
+    code, out, err = run_cli(["summary", "model.weights=none", "data.image_size=32"])
+    assert code == 0, err
+    rows = {line.split("│")[1].strip(): line.split("│")[-2].strip() for line in out.splitlines()
+            if line.startswith("│") and line.count("│") >= 5 and line.split("│")[1].strip()}
+    assert rows["vgg16 (Functional)"] == "N" and rows["probabilities"] == "N"
+    assert rows["head_logits (Dense)"] == "Y"
+    code, out, err = run_cli(["summary", "model.weights=none", "data.image_size=32", "model.freeze_blocks=[1,2,3]"])
+    rows = {line.split("│")[1].strip(): line.split("│")[-2].strip() for line in out.splitlines()
+            if line.startswith("│") and line.count("│") >= 5 and line.split("│")[1].strip()}
+    assert code == 0 and rows["vgg16 (Functional)"] == "Y"  # blocks 4-5 train

@@ -40,9 +40,12 @@ def conv_layers_by_block(backbone: keras.Model) -> dict[int, list[layers.Layer]]
 def apply_freeze(backbone: keras.Model, freeze_blocks: Sequence[int]) -> None:
     """Conv layers of the blocks in ``freeze_blocks`` are frozen; all others are trainable."""
     backbone.trainable = True
-    for block, convs in conv_layers_by_block(backbone).items():
+    blocks = conv_layers_by_block(backbone)
+    for block, convs in blocks.items():
         for layer in convs:
             layer.trainable = block not in freeze_blocks
+    if all(block in freeze_blocks for block in blocks):
+        backbone.trainable = False  # says so as a whole (vgg summary, Keras' own summary): nothing in it trains
 
 
 def build_backbone(arch: str, image_size: int) -> keras.Model:

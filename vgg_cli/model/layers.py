@@ -67,6 +67,10 @@ class TemperatureSoftmax(layers.Layer):
     fitted on the validation split into the finished run's model files, so prediction, evaluation and every export
     give calibrated probabilities. A model saved before this layer existed has a plain softmax (temperature 1)."""
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trainable", False)  # its one weight is set by calibration, never by training
+        super().__init__(**kwargs)
+
     def build(self, input_shape):
         self.temperature = self.add_weight(name="temperature", shape=(), initializer="ones", trainable=False,
                                            dtype="float32")
