@@ -6,11 +6,12 @@ Two rules (README, "Training health"):
   running mean stays non-finite once one step was) or a non-finite epoch metric or trainable weight (checked at
   every epoch's end, before the epoch is committed). Training stops at once; the run keeps its last good epoch,
   is marked ``diverged`` and is never promoted (``vgg train`` exits 4).
-* **Not learning**: for ``STALL_EPOCHS`` epochs in a row the training loss stayed at or above
-  ``STALL_LOSS_FRACTION`` of the loss of always answering the class shares (ln K for K balanced classes), or the
-  accuracy (validation when there is a validation split) did not beat always guessing the most common class. One
-  warning says what to change; training goes on (it may still recover) and ``promote.min_accuracy: auto``
-  keeps a model that stays at chance out of production.
+* **Not learning**: for ``STALL_EPOCHS`` epochs in a row neither sign of learning showed: the loss (validation
+  when there is a validation split: dropout keeps the training loss high in a model that learns) fell below
+  ``STALL_LOSS_FRACTION`` of the loss of always answering the class shares (ln K for K balanced classes), nor did
+  the accuracy (validation when there is one) clearly beat always guessing the most common class (by
+  ``CLEAR_MARGIN`` of the way from that guess to 1). One warning says what to change; training goes on (it may
+  still recover) and ``promote.min_accuracy: auto`` keeps a model that stays at chance out of production.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = logging.getLogger("vgg")
 BATCH_CHECK_S = 1.0
 STALL_EPOCHS = 3
 STALL_LOSS_FRACTION = 0.9
+CLEAR_MARGIN = 0.1  # an accuracy "clearly" above guessing: chance + 10% of the way from chance to 1
 
 
 class Diverged(Exception):
@@ -56,6 +58,11 @@ class Baseline:
     @property
     def stall_loss(self) -> float:
         return self.floor_loss + STALL_LOSS_FRACTION * (self.prior_loss - self.floor_loss)
+
+    @property
+    def learning_accuracy(self) -> float:
+        """An accuracy above this clearly beats always guessing the most common class."""
+        return self.chance_accuracy + CLEAR_MARGIN * (1 - self.chance_accuracy)
 
     @classmethod
     def of(cls, train_labels, eval_labels, n_classes: int, label_smoothing: float = 0.0) -> "Baseline":
@@ -130,7 +137,7 @@ class HealthCheck(keras.callbacks.Callback):
         super().__init__()
         self.baseline, self.record, self.rate, self.auto_rate = baseline, record, rate, auto_rate
         self.phase, self.head_only = phase, head_only
-        self.acc_key = "val_accuracy" if has_val else "accuracy"
+        self.acc_key, self.loss_key = ("val_accuracy", "val_loss") if has_val else ("accuracy", "loss")
         self._checked = 0.0
         self._epoch = 0
         self._run = 0  # stalled epochs in a row
@@ -169,12 +176,14 @@ class HealthCheck(keras.callbacks.Callback):
         self._check_learning(epoch + 1, logs)
 
     def _check_learning(self, epoch: int, logs: dict, quiet: bool = False) -> None:
-        loss, acc = logs.get("loss"), logs.get(self.acc_key)
-        stuck_loss = loss is not None and loss >= self.baseline.stall_loss
+        loss_key = self.loss_key if logs.get(self.loss_key) is not None else "loss"
+        loss, acc = logs.get(loss_key), logs.get(self.acc_key)
         # (when every scored image is of one class, guessing is perfect and accuracy says nothing)
-        at_chance = acc is not None and self.baseline.chance_accuracy < 1.0 and acc <= self.baseline.chance_accuracy
-        if not (stuck_loss or at_chance):
-            self._run = 0
+        acc = acc if self.baseline.chance_accuracy < 1.0 else None
+        learns = [loss < self.baseline.stall_loss] if loss is not None else []
+        learns += [acc > self.baseline.learning_accuracy] if acc is not None else []
+        if not learns or any(learns):
+            self._run = 0  # the loss fell or the accuracy clearly beats guessing: it learns
             if self.record.status == "stalled":
                 self.record.status, self.record.recovered_epoch = "recovered", epoch
                 if not quiet:
@@ -188,17 +197,22 @@ class HealthCheck(keras.callbacks.Callback):
         if self._run < STALL_EPOCHS or self.record.warning is not None:
             return
         self.record.status = "stalled"
-        shown_acc = "-" if acc is None else f"{float(acc):.3f}"
-        why = ([f"the training loss {loss:.4g} is above {self.baseline.stall_loss:.3f} (guessing the class shares "
-                f"scores {self.baseline.describe_loss()})"] if stuck_loss else []) + \
-              ([f"{self.acc_key} {shown_acc} is at or below {self.baseline.chance_accuracy:.3f} (always guessing "
-                f"the most common class)"] if at_chance else [])
         self.record.warning = (
             f"the model is not learning: {self._run} epochs in a row (up to epoch {epoch}) stayed at the level of "
-            f"guessing; at epoch {epoch} {' and '.join(why)}; "
+            f"guessing; at epoch {epoch} {self._why(loss_key, loss, acc)}; "
             f"{rate_advice(self.rate, self.auto_rate, self.phase, self.head_only)}")
         if not quiet:
             log.warning("warning: %s", self.record.warning)
+
+    def _why(self, loss_key: str, loss, acc) -> str:
+        b = self.baseline
+        name = "the training loss" if loss_key == "loss" else loss_key
+        why = [] if loss is None else [f"{name} {loss:.4g} is above {b.stall_loss:.3f} (guessing the class shares "
+                                       f"scores {b.describe_loss()})"]
+        if acc is not None:
+            why.append(f"{self.acc_key} {float(acc):.3f} is not clearly above {b.chance_accuracy:.3f} (always "
+                       f"guessing the most common class; clearly: above {b.learning_accuracy:.3f})")
+        return " and ".join(why)
 
 
 def diverged_error(paths: RunDir, health: dict, rate: float, auto_rate: bool, phase: int = 1) -> TrainingDiverged:

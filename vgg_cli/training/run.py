@@ -231,6 +231,8 @@ def _fit_and_summarise(session: Session, model: keras.Model, state: TrainState, 
     if best is not None:
         log.info("done: best %s %.4f at epoch %d of %d; model in %s", summary.monitor, best[summary.monitor],
                  best["epoch"], summary.epochs_run, paths.best)
+    if summary.health_status == "stalled":  # said at the end too, where a reader of the last lines looks
+        log.warning("health: stalled: %s", (summary.health or {}).get("warning") or "see docs/health.md")
     return TrainResult(Outcome.TRAINED, paths.root, summary, ToFinish(session, best))
 
 
