@@ -91,3 +91,21 @@ def test_int8_onnx_without_onnxruntime_is_one_line(trained_run, tmp_path, monkey
     code, _, err = export(trained_run["run_dir"], "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
     assert code == 69 and "--int8 --format onnx needs onnxruntime" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("args", [("--format", "tflite", "--int8"), ("--format", "onnx")])
+def test_exports_print_no_native_chatter(trained_run, tmp_path, args):
+    """In a fresh process (the lines come from native code on fd 2): no TFLite converter settings, no XNNPACK
+    delegate notice, no tf2onnx FutureWarning; only vgg's own lines."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, "-m", "vgg_cli", "export", "--run", str(trained_run["run_dir"]), *args,
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=900, cwd=root,
+                       env={**env, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for noise in ("fully_quantize", "inference_type", "XNNPACK", "FutureWarning", "absl::", "oneDNN", "cuInit"):
+        assert noise not in r.stderr, (noise, r.stderr[-3000:])

@@ -5,6 +5,7 @@ prints its results."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -43,6 +44,19 @@ def test_check_reads_split_folders_as_splits(tmp_path, val):
     code, out, err = run_cli(["check", str(data), f"output.dir={tmp_path / 'runs'}"])
     assert "layout: split folders: train" in out and "train" not in [line.split()[0] for line in out.splitlines()
                                                                         if line.startswith("  ")][1:]
+    assert code == 0 and r["test"]["images"] == 9 and r["test"]["errors"] == []
+
+
+def test_check_reads_the_test_folder_too(tmp_path):
+    """A corrupt file (or a class training lacks) in test/ is an error of `vgg check`, named: not exit 0."""
+    data = split_dataset(tmp_path / "DATA")
+    (data / "test" / "red" / "broken.png").write_bytes(b"\x89PNG not really")
+    (data / "test" / "purple").mkdir()
+    shutil.copy(next((data / "test" / "red").glob("*_000.png")), data / "test" / "purple" / "p.png")
+    code, out, err = run_cli(["check", str(data), f"output.dir={tmp_path / 'runs'}"])
+    assert code == 65, out + err
+    assert "unreadable (test): red/broken.png: " in out
+    assert "1 unreadable file(s) in the test folder" in out and "test class folder(s) ['purple']" in out
 
 
 @pytest.mark.parametrize("make, message", [

@@ -6,7 +6,14 @@ import os
 
 import click
 
-from vgg_cli.cli.common import config_option, dataset_argument, echo_json, runs_dir_option, setup_logging
+from vgg_cli.cli.common import (
+    config_option,
+    dataset_argument,
+    echo_json,
+    load_frameworks,
+    runs_dir_option,
+    setup_logging,
+)
 from vgg_cli.errors import EXIT_DATA
 
 
@@ -37,7 +44,10 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
         overrides, data_dir = (data_dir, *overrides), None
     cfg = load_config(config_path, (*overrides, *([f"data.train_dir={data_dir}"] if data_dir else [])))
     result = check_dataset(cfg, RunsRoot.of(cfg).cache, min_side) if data_dir or not labels_run else None
-    labels = _label_issues(RunsRoot.of(cfg), labels_run) if labels_run else None
+    labels = None
+    if labels_run:
+        load_frameworks()  # quietly: no TensorFlow start-up lines before the report
+        labels = _label_issues(RunsRoot.of(cfg), labels_run)
     if as_json:
         echo_json({**(result or {}), **({"label_issues": labels} if labels else {})})
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vgg_cli.data.index import TRAIN, VAL, DatasetIndex
 from vgg_cli.data.layout import apply_layout
-from vgg_cli.data.scan import scan
+from vgg_cli.data.scan import scan, scan_labelled
 
 IMBALANCE_WARN = 10.0  # largest class / smallest class
 MAX_LISTED = 50  # duplicate groups listed one per line (all are in --json and data.json)
@@ -17,8 +17,24 @@ def check_dataset(cfg, cache_dir: Path | None, min_side: int) -> dict:
     """The doctor's report on ``cfg.data``, in the layout it has (class folders, or split folders)."""
     cfg, layout = apply_layout(cfg)
     index = scan(cfg.data, cache_dir=cache_dir)
-    return {"layout": layout.kind, "layout_description": layout.describe(), "test_dir": layout.test_dir,
-            **report(index, min_side)}
+    out = {"layout": layout.kind, "layout_description": layout.describe(), "test_dir": layout.test_dir,
+           **report(index, min_side)}
+    test_dir = cfg.data.test_dir or layout.test_dir
+    if test_dir:  # the test split is checked too: a corrupt file there would only show up at the run's end
+        out["test"] = _test_split(test_dir, index.classes, cfg.data.image_size)
+        out["errors"] += out["test"]["errors"]
+    return out
+
+
+def _test_split(folder: str, classes: list[str], image_size: int) -> dict:
+    """The test folder's usable images, unreadable files and classes the training data lacks."""
+    root, per_class, skipped = scan_labelled(folder, image_size)
+    unknown = sorted(c for c, files in per_class.items() if files and c not in classes)
+    errors = [f"{len(skipped)} unreadable file(s) in the test folder {str(root)!r}"] if skipped else []
+    if unknown:
+        errors.append(f"test class folder(s) {unknown} are not training classes")
+    return {"dir": str(root), "images": sum(len(f) for f in per_class.values()), "skipped": skipped,
+            "unknown_classes": unknown, "errors": errors}
 
 
 def report(index: DatasetIndex, min_side: int) -> dict:
@@ -72,6 +88,10 @@ def format_report(r: dict) -> str:
         lines.append(f"  {c:<{width}}  {r['counts'][c][TRAIN]:>6}  {r['counts'][c][VAL]:>5}")
     for s in r["skipped"]:
         lines.append(f"{'not walked' if s['path'].endswith('/') else 'unreadable'}: {s['path']}: {s['reason']}")
+    test = r.get("test")
+    if test:
+        lines.append(f"test folder {test['dir']}: {test['images']} usable images")
+        lines += [f"unreadable (test): {s['path']}: {s['reason']}" for s in test["skipped"]]
     for c in r["excluded_classes"]:
         lines.append(f"left out: class {c['class']!r}: {c['reason']}")
     for group in r["duplicates_across_classes"][:MAX_LISTED]:

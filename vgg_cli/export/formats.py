@@ -30,6 +30,7 @@ import numpy as np
 from vgg_cli.errors import UnavailableError, VggError
 from vgg_cli.export.scored import SCORE_TOLERANCE, check_scores, describe, expected_scores, with_score
 from vgg_cli.fsio import atomic_tree, write_text
+from vgg_cli.platform.backend import native_quiet
 
 log = logging.getLogger("vgg")
 
@@ -149,7 +150,8 @@ def _write_saved_model(model, path: Path, classes: list[str], size: int, resize:
 
 def _write_tflite(model, path: Path) -> None:
     _need_tensorflow("tflite")
-    model.export(str(path), format="litert", verbose=False)
+    with native_quiet("the TFLite converter"):
+        model.export(str(path), format="litert", verbose=False)
 
 
 def _write_onnx(model, path: Path, classes: list[str], resize: str = "squash", ood=None) -> None:
@@ -159,8 +161,8 @@ def _write_onnx(model, path: Path, classes: list[str], resize: str = "squash", o
         raise UnavailableError("--format onnx needs the onnx and tf2onnx packages: pip install 'vgg-cli[export]' "
                                "(in a checkout: pip install '.[export]')") \
             from None
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # tf2onnx prints its progress
-        model.export(str(path), format="onnx", verbose=False)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), native_quiet("tf2onnx"):
+        model.export(str(path), format="onnx", verbose=False)  # (tf2onnx prints its progress, and a FutureWarning)
     proto = onnx.load(str(path))
     _rename_input(proto, "images")  # the SavedModel signature's name, and the one the report gives
     del proto.metadata_props[:]
@@ -229,10 +231,11 @@ def _tflite_interpreter(path: Path):
 
 
 def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-    interpreter = _tflite_interpreter(path)
-    inp = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(inp["index"], list(images.shape))
-    interpreter.allocate_tensors()
+    with native_quiet("the TFLite interpreter"):  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = _tflite_interpreter(path)
+        inp = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(inp["index"], list(images.shape))
+        interpreter.allocate_tensors()
     interpreter.set_tensor(inp["index"], images.astype(inp["dtype"]))
     interpreter.invoke()
     return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))

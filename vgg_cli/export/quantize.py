@@ -38,6 +38,7 @@ from vgg_cli.export.formats import (
     write_labels,
 )
 from vgg_cli.fsio import atomic_tree
+from vgg_cli.platform.backend import native_quiet
 from vgg_cli.progress import Progress
 from vgg_cli.runs.rundir import RunDir
 
@@ -106,7 +107,8 @@ def write_tflite_int8(served, path: Path, calibration: np.ndarray) -> None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        Path(path).write_bytes(converter.convert())
+        with native_quiet("the TFLite converter"):  # "fully_quantize: 0, inference_type: 6, ..."
+            Path(path).write_bytes(converter.convert())
 
 
 def write_onnx_int8(float_onnx: Path, path: Path, calibration: np.ndarray) -> None:
@@ -143,8 +145,9 @@ def predictor(fmt: str, path: Path):
     """A function images -> probabilities over one loaded runtime session (loaded once, then reused), one image
     per call inside it: the shape the INT8 models were calibrated for."""
     if fmt == "tflite":
-        interpreter = _tflite_interpreter(path)
-        interpreter.allocate_tensors()
+        with native_quiet("the TFLite interpreter"):
+            interpreter = _tflite_interpreter(path)
+            interpreter.allocate_tensors()
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
         def one(image):

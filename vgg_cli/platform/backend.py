@@ -10,9 +10,12 @@ lr-find) or ``auto``:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import tempfile
+import warnings
 from importlib import metadata
 
 from vgg_cli.errors import UnavailableError
@@ -94,6 +97,36 @@ def load_frameworks(backend: str = "auto") -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def native_quiet(what: str = "TensorFlow"):
+    """fd 2 off during a block of native code that writes to it past every log level (TensorFlow Lite's converter:
+    "fully_quantize: 0, inference_type: 6, ..."; its interpreter: "Created TensorFlow Lite XNNPACK delegate"),
+    and Python's FutureWarnings of the libraries called there. What the block wrote comes back on stderr when it
+    fails; TF_CPP_MIN_LOG_LEVEL=0 (or 1) shows it always. Keep the block narrow: vgg's own log lines inside it
+    would be held back too."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
+        yield
+        return
+    sys.stderr.flush()
+    saved, held = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    except BaseException:
+        os.dup2(saved, 2)
+        held.seek(0)
+        text = held.read().decode("utf-8", "replace").strip()
+        if text:
+            sys.stderr.write(f"({what} wrote, before the error below:)\n{text[-4000:]}\n")
+        raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        held.close()
 
 
 def _quiet_retracing(record: logging.LogRecord) -> bool:
