@@ -66,6 +66,8 @@ def test_check_reads_the_test_folder_too(tmp_path):
                 make_colour_dataset(d / "valid", 2)), "has 2 val folders"),
     (lambda d: make_colour_dataset(d, 2, classes=["red"]), "has 1 class folder"),
     (lambda d: [(d / f"{i}.png").write_bytes(b"x") for i in range(3)] and d, "has no class subfolders"),
+    (lambda d: (make_colour_dataset(d, 2, classes=["red"]), (d / "blue").mkdir(), (d / "blue" / "notes.txt").touch()),
+     "class folder(s) ['blue'] hold no image files"),  # the empty class is named, not the good one
 ])
 def test_bad_layouts_are_one_line_before_the_framework_loads(tmp_path, make, message):
     data = tmp_path / "DATA"

@@ -198,6 +198,16 @@ def check_layout(data_cfg) -> None:
     if len(wanted) < 2:
         raise DataError(f"data.train_dir {str(root)!r} has 1 class folder ({wanted[0]}); at least 2 are needed, "
                         f"one per class")
+    empty = [c for c in wanted if not _has_image_name(root / c)]
+    if len(wanted) - len(empty) < 2:
+        raise DataError(f"data.train_dir {str(root)!r}: class folder(s) {empty} hold no image files (extensions: "
+                        f"{' '.join(IMAGE_EXTENSIONS)}), which leaves {len(wanted) - len(empty)} class(es) with "
+                        f"images; at least 2 are needed: add images to {empty[0]!r}")
+
+
+def _has_image_name(folder: Path) -> bool:
+    """Whether a file with an image extension sits anywhere below ``folder`` (names only: nothing opened)."""
+    return any(is_image_name(f) for _, _, files in os.walk(folder, followlinks=True) for f in files)
 
 
 def _wanted_classes(data_cfg, root: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -233,8 +243,10 @@ def _scan(data_cfg, root: Path, previous_splits: dict[str, str] | None, cache: S
                             f"(extensions: {' '.join(IMAGE_EXTENSIONS)}); add images or remove it from data.classes")
         excluded.append({"class": name, "reason": "no usable images"})
     if len(classes) < 2:
+        unusable = [c for c in wanted if c not in classes]
         raise DataError(f"data.train_dir {str(root)!r} has {len(classes)} class folder(s) with usable images "
-                        f"({classes}); at least 2 are needed (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+                        f"({classes}); at least 2 are needed: {unusable} hold none (extensions: "
+                        f"{' '.join(IMAGE_EXTENSIONS)}; unreadable files are listed by vgg check)")
     label_of = {c: i for i, c in enumerate(classes)}
 
     if data_cfg.val_dir is not None:
