@@ -204,6 +204,7 @@ def test_offline_imagenet_is_one_actionable_line(tmp_path, colour_data):
         assert needed in lines[-1]
     assert "Traceback" not in r.stderr
     assert r.stdout == ""  # Keras' "Downloading data from ..." must not pollute `run=$(vgg train ...)`
+    assert not runs.exists()  # nothing was written: no output.dir left holding an empty .lock
     assert not runs.exists() or [p.name for p in runs.iterdir() if not p.name.startswith(".")] == []  # no run
 
 

@@ -157,3 +157,26 @@ def test_predict_says_when_the_latest_run_has_other_classes_than_production(tmp_
     image.write_bytes(b"not an image")
     code, out, err = run_cli(["predict", str(image), "--runs-dir", str(runs)])
     assert "latest run new has other classes (added ['c']" in err and f"--run {new.name}" in err, err
+
+
+def test_a_command_that_wrote_nothing_leaves_no_lock_behind(tmp_path):
+    """The ImageNet download failing (or any error before a run is made) left an empty output.dir with a .lock in
+    it; now the folder is gone when the command made it, and the .lock when nothing else was written. A folder
+    with runs keeps its lock file (a later command takes it)."""
+    from vgg_cli.runs.root import RunsRoot
+
+    fresh = RunsRoot(tmp_path / "new" / "runs")
+    with fresh.lock("test"):
+        assert (fresh.path / ".lock").exists() and (fresh.path / ".lock.holder").exists()
+    assert not fresh.path.exists() and (tmp_path / "new").is_dir()
+    made = RunsRoot(tmp_path / "made")
+    made.path.mkdir()
+    with made.lock("test"):
+        pass
+    assert made.path.is_dir() and os.listdir(made.path) == []
+    used = RunsRoot(tmp_path / "used")
+    with used.lock("test"):
+        (used.path / "run1").mkdir()
+    assert sorted(os.listdir(used.path)) == [".lock", "run1"]
+    with used.lock("test"):  # and it is taken again as before
+        pass

@@ -234,10 +234,9 @@ class RunsRoot:
         the lock means the previous holder died, which is logged. Yields that stale holder's description, or None.
         """
         lock_file, holder_file = self.path / LOCK_FILE, self.path / HOLDER_FILE
+        created = not self.path.exists()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            os_lock = _os_lock()(str(lock_file), timeout=0)
-            os_lock.acquire()
+            os_lock = self._take(lock_file)
         except filelock.Timeout:
             raise LockedError(f"another vgg run holds the lock on {str(self.path)!r} ({_holder(holder_file)}); wait "
                               f"for it to finish, or use another output.dir") from None
@@ -256,7 +255,35 @@ class RunsRoot:
             finally:
                 holder_file.unlink(missing_ok=True)
         finally:
+            left = _only_the_lock(self.path)  # a command that failed before writing anything leaves nothing
+            if left:
+                lock_file.unlink(missing_ok=True)  # while still held: a later command makes its own
             os_lock.release()
+            if left and created:
+                with contextlib.suppress(OSError):  # not empty: another command started in it meanwhile
+                    self.path.rmdir()
+
+    def _take(self, lock_file: Path):
+        """The OS lock on ``lock_file``, taken without waiting (the folder made first; made again when a failed
+        command removed it between the two)."""
+        def take():
+            self.path.mkdir(parents=True, exist_ok=True)
+            os_lock = _os_lock()(str(lock_file), timeout=0)
+            os_lock.acquire()
+            return os_lock
+
+        try:
+            return take()
+        except FileNotFoundError:
+            return take()
+
+
+def _only_the_lock(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but the lock's own files."""
+    try:
+        return set(os.listdir(folder)) <= {LOCK_FILE, HOLDER_FILE}
+    except OSError:
+        return False
 
 
 def _os_lock():
