@@ -148,7 +148,7 @@ def _unfinished_copy(finished_run: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("damage, code, needle", [
     ("data.json", 65, "run manifest .* is damaged \\(not valid JSON"),
     ("config.yaml-empty", 65, "is empty or lacks its data/model sections"),
-    ("checkpoint", 66, "checkpoint .* could not be loaded .* the run cannot be resumed from it"),
+    ("checkpoint", 66, "checkpoint .* is not a whole .keras file .* the run cannot be resumed from it"),
     ("lambda", 66, "holds code \\(a Lambda layer\\) that Keras' safe mode refuses"),
     ("state.json", 65, "state.json is unreadable"),
 ])

@@ -27,6 +27,10 @@ def load_model(path: str | os.PathLike, compile: bool = False, what: str = "mode
     p = Path(path)
     if not p.is_file():
         raise NoInputError(f"{what} {str(p)!r} not found; pass a .keras file from a vgg run")
+    if not zipfile.is_zipfile(p):  # (Keras says "File not found" of a file that is there but not a whole zip)
+        raise NoInputError(f"{what} {str(p)!r} is not a whole .keras file ({p.stat().st_size} bytes, not a complete "
+                           f"zip archive: cut short by a full disk or a copy that did not finish?); copy it again "
+                           f"or use another run")
     try:
         with keras_fixes.host_initializers():  # every weight comes from the file
             return keras.saving.load_model(p, compile=compile, safe_mode=True)
