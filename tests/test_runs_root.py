@@ -180,3 +180,13 @@ def test_a_command_that_wrote_nothing_leaves_no_lock_behind(tmp_path):
     assert sorted(os.listdir(used.path)) == [".lock", "run1"]
     with used.lock("test"):  # and it is taken again as before
         pass
+
+
+def test_output_dir_that_is_a_file_is_named_as_such(tmp_path, colour_data):
+    """Not "free space or fix permissions": the file in the way is named."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "runs"):
+        code, _, err = run_cli(["train", str(colour_data), f"output.dir={out}", "model.weights=none"])
+        assert code == 74 and err.count("\n") == 1, err
+        assert f"'{afile}' is a file, not a folder" in err and "free space" not in err

@@ -119,9 +119,21 @@ def _tmp_prefix(name: str) -> str:
 
 
 def io_error(path: Path, e: OSError) -> ArtifactIOError:
+    file_in_the_way = _file_in_the_way(Path(path)) if e.errno in (errno.EEXIST, errno.ENOTDIR) else None
+    if file_in_the_way is not None:
+        return ArtifactIOError(f"could not write {str(path)!r}: {str(file_in_the_way)!r} is a file, not a folder; "
+                               f"point the setting (output.dir, cache.dir, --out) at a folder, or move that file away")
     why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     return ArtifactIOError(f"could not write {str(path)!r}: {why}; free space or fix permissions and run again "
                            f"(the previous version of the file is intact)")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest folder of ``path``'s that is a file (so nothing can be made below it), or None."""
+    for parent in path.parents:
+        if parent.exists():
+            return parent if not parent.is_dir() else None
+    return None
 
 
 def as_os_error(e: BaseException) -> OSError | None:
