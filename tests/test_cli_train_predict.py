@@ -326,3 +326,28 @@ def test_reuse_a_run_as_backbone_weights_with_mixed_precision_and_top5(trained_r
     code, _, err = run_cli(["train", f"data.train_dir={data}", f"output.dir={runs}", "output.name=reuse",
                             "model.weights=none", "data.image_size=32", "train.epochs=1"])
     assert code == 78 and "already exists" in err
+
+
+def test_a_latin1_file_name_round_trips_through_json(trained_run, tmp_path):
+    """A file name that is not UTF-8 comes out of --format json as \\udcXX escapes (valid UTF-8 text), so
+    os.fsencode(row["path"]) is the file's name: the row maps back to its file (it was U+FFFD)."""
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")
+    colour_image(COLOURS["red"], np.random.default_rng(5)).save(folder / name)
+    code, out, err = run_cli(["predict", str(folder), "--runs-dir", str(trained_run["runs"]), "--format", "json"])
+    assert code == 0, err
+    out.encode("utf-8")  # the line is UTF-8 text
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert os.fsencode(row["path"]) == os.fsencode(str(folder)) + b"/caf\xe9.png" and row["answer"] == "red"
+    assert "\\udce9" in out and "\ufffd" not in out
+
+
+def test_the_run_directory_on_stdout_is_absolute(tmp_path, colour_data, monkeypatch):
+    """After a fresh train with a relative output.dir, as after --resume and --if-changed."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["train", str(colour_data), "output.dir=rel-runs", *TRAIN_ARGS, "train.epochs=1",
+                              "output.report=false", "promote.min_accuracy=0"])
+    assert code == 0, err
+    printed = Path(out.strip().splitlines()[-1])
+    assert printed.is_absolute() and printed.parent == (tmp_path / "rel-runs").resolve()

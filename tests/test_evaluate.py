@@ -113,6 +113,16 @@ def test_evaluate_errors(trained_run, tmp_path):
     assert code == 64 and "--model FILE needs DATA_DIR" in err
     code, _, err = run_cli(["evaluate", str(tmp_path / "nowhere"), "--run", str(trained_run["run_dir"])])
     assert code == 66 and "is not a folder" in err
+    # the unknown class is refused before any framework loads (it took 13.6 s: a TensorFlow import and the model)
+    import subprocess
+    import sys
+
+    from tests.test_nightly_edges import ENV, NO_FRAMEWORK, ROOT
+
+    r = subprocess.run([sys.executable, "-c", NO_FRAMEWORK, "evaluate", str(folder), "--run",
+                        str(trained_run["run_dir"])], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 65 and "['purple'] that the model does not know" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "[]", r.stderr  # not even Keras
 
 
 @pytest.mark.slow
