@@ -328,3 +328,22 @@ def test_the_config_digest_leaves_out_what_its_fields_declare(tmp_path):
     assert config_digest(same) == config_digest(base)
     for change in ("data.resize=crop", "train.backend=jax", "calibration.ood=off", "train.epochs=2"):
         assert config_digest(load_config(None, [f"data.train_dir={data}", change])) != config_digest(base), change
+
+
+def test_a_key_added_later_reads_as_before_in_an_old_run(tmp_path):
+    """model.head.norm (2026-12-07, default batch): a run's config.yaml written before it exists reads as none, the
+    head those runs have; at none it leaves the config digest as it was, so those runs stay the same job."""
+    import yaml
+
+    from vgg_cli.config.digest import config_digest, digest_tree
+    from vgg_cli.config.schema import load_config, load_run_config, old_values
+
+    assert old_values()["model.head.norm"] == "none" and load_config().model.head.norm == "batch"
+    tree = load_config().to_dict()
+    del tree["model"]["head"]["norm"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree))
+    old = load_run_config(tmp_path / "config.yaml")
+    assert old.model.head.norm == "none"
+    assert "norm" not in digest_tree(old)["model"]["head"]
+    assert config_digest(old) != config_digest(load_config())  # the new head is another job
+    assert config_digest(old) == config_digest(load_config(overrides=["model.head.norm=none"]))

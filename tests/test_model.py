@@ -46,10 +46,12 @@ def test_freeze_flags_per_block(arch, freeze):
         assert all(layer.trainable == (block not in freeze) for layer in convs), block
     head = [l for l in model.layers if l.name.startswith("head_")]
     assert head and all(l.trainable for l in head)
-    # the trainable weights are exactly the unfrozen convs (kernel+bias) plus the head's dense layers
+    # the trainable weights are exactly the unfrozen convs (kernel+bias) plus the head's dense layers and its
+    # BatchNormalization's scale and offset (model.head.norm: batch, the default)
     n_dense = sum(1 for l in head if isinstance(l, keras.layers.Dense))
+    n_norm = sum(1 for l in head if isinstance(l, keras.layers.BatchNormalization))
     unfrozen = sum(len(by_block[b]) for b in range(1, 6) if b not in freeze)
-    assert len(model.trainable_weights) == 2 * unfrozen + 2 * n_dense
+    assert n_norm == 1 and len(model.trainable_weights) == 2 * unfrozen + 2 * n_dense + 2 * n_norm
 
 
 def test_preprocessing_inside_model_matches_keras():

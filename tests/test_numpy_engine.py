@@ -20,8 +20,10 @@ from tests.conftest import vgg
 CLASSES = ["a", "b", "c"]
 
 
-def _save(path: Path, arch: str, pooling: str, dense: list[int], augment: bool, temperature: float) -> Path:
-    """A vgg model with random weights at 32 px, its temperature set, saved to ``path``."""
+def _save(path: Path, arch: str, pooling: str, dense: list[int], augment: bool, temperature: float,
+          norm: str = "none") -> Path:
+    """A vgg model with random weights at 32 px, its temperature set (and a head BatchNormalization's statistics
+    drawn), saved to ``path``."""
     import keras
 
     from vgg_cli.model.build import build_model
@@ -29,18 +31,24 @@ def _save(path: Path, arch: str, pooling: str, dense: list[int], augment: bool, 
 
     keras.utils.set_random_seed(len(dense) + len(pooling))
     cfg = NS(arch=arch, weights="none", freeze_blocks=[1, 2, 3, 4, 5],
-             head=NS(pooling=pooling, dense=dense, dropout=0.25 if dense else 0.0))
+             head=NS(pooling=pooling, norm=norm, dense=dense, dropout=0.25 if dense else 0.0))
     aug = NS(active=True, flip="horizontal", rotation=0.1, zoom=0.1, translation=0, contrast=0.1,
              brightness=0) if augment else None
     model, _ = build_model(cfg, 32, CLASSES, load_weights=True, augment=aug)
+    if norm == "batch":  # trained-looking statistics, not the initial identity
+        layer, rng = model.get_layer("head_norm"), np.random.default_rng(3)
+        gamma, beta, mean, var = (w.shape for w in layer.get_weights())
+        layer.set_weights([rng.uniform(0.5, 2, gamma), rng.normal(0, 0.5, beta), rng.normal(0, 1, mean),
+                           rng.uniform(0.1, 3, var)])
     assert set_temperature(model, temperature)
     model.save(path)
     return path
 
 
-@pytest.mark.parametrize("arch, pooling, dense, augment", [("vgg16", "avg", [16], True), ("vgg16", "flatten", [], False),
-                                                           ("vgg19", "max", [8, 8], False)])
-def test_the_numpy_forward_pass_is_keras(tmp_path, arch, pooling, dense, augment):
+@pytest.mark.parametrize("arch, pooling, dense, augment, norm", [
+    ("vgg16", "avg", [16], True, "batch"), ("vgg16", "flatten", [], False, "batch"),
+    ("vgg19", "max", [8, 8], False, "none"), ("vgg16", "avg", [16], False, "none")])
+def test_the_numpy_forward_pass_is_keras(tmp_path, arch, pooling, dense, augment, norm):
     import keras
 
     from vgg_cli.inference.forward import Forward
@@ -48,8 +56,9 @@ def test_the_numpy_forward_pass_is_keras(tmp_path, arch, pooling, dense, augment
     from vgg_cli.inference.ood import weights_digest
     from vgg_cli.model.load import load_model
 
-    path = _save(tmp_path / "m.keras", arch, pooling, dense, augment, temperature=2.5)
+    path = _save(tmp_path / "m.keras", arch, pooling, dense, augment, temperature=2.5, norm=norm)
     model, fast = load_model(path), load_numpy_model(path)
+    assert (fast.norm is not None) == (norm == "batch")
     assert (fast.image_size, fast.class_names, fast.temperature, fast.pooling) == (32, CLASSES, 2.5, pooling)
     assert fast.digest == weights_digest(model)
     batch = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)

@@ -23,17 +23,26 @@ def digest_tree(cfg: Config) -> dict[str, Any]:
     """The config as the digest sees it."""
     tree = cfg.to_dict()
     for name in list(tree):
-        section = type(getattr(cfg, name))
         if NOT_IN_DIGEST in _markers(Config, name):
             tree.pop(name)
             continue
-        for key in list(tree[name]):
-            since = [m for m in _markers(section, key) if isinstance(m, Since)]
-            if since and tree[name][key] == since[0].old:
-                tree[name].pop(key)
+        _drop_old(getattr(cfg, name), tree[name])
         if not tree[name]:
             tree.pop(name)
     return tree
+
+
+def _drop_old(section: BaseModel, tree: dict[str, Any]) -> None:
+    """Leave out of ``tree`` (``section`` as a dict) the keys at their ``Since`` old value, in nested sections too
+    (``model.head.norm``); a nested section keeps its place even when emptied."""
+    for key in list(tree):
+        value = getattr(section, key)
+        if isinstance(value, BaseModel):
+            _drop_old(value, tree[key])
+            continue
+        since = [m for m in _markers(type(section), key) if isinstance(m, Since)]
+        if since and tree[key] == since[0].old:
+            tree.pop(key)
 
 
 def config_digest(cfg: Config) -> str:

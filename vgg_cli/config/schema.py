@@ -86,6 +86,7 @@ class DataConfig(_Section):
 
 class HeadConfig(_Section):
     pooling: Literal["flatten", "avg", "max"]
+    norm: Annotated[Literal["batch", "none"], Since("none")]
     dense: list[int]
     dropout: float = Field(ge=0.0, le=0.95)
 
@@ -342,11 +343,34 @@ def _check_across_sections(cfg: Config, sources: dict[str, str]) -> None:
 
 
 def load_run_config(path: Path) -> Config:
-    """A run directory's config.yaml over today's defaults (keys added since it was written get their defaults)."""
+    """A run directory's config.yaml over today's defaults: a key added since it was written gets the value that
+    means what runs did before it (its ``Since`` old value: ``model.head.norm: none``), any other its default."""
     tree, sources, name = copy.deepcopy(default_dict()), {}, f"run config {shown(str(path))}"
     run = upgrade_keys(_read_yaml(path), name)
     if not run.get("data") or not run.get("model"):
         raise DataError(f"{name} is empty or lacks its data/model sections (the run directory is "
                         f"damaged); it cannot be resumed or retrained: start a new run")
+    for dotted, old in old_values().items():
+        *sections, key = dotted.split(".")
+        node = run
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key not in node:
+            node[key] = old
     _merge(tree, run, name, sources)
     return validate(tree, sources)
+
+
+def old_values(model: type[BaseModel] | None = None, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: the value that means what runs before it did} of every key marked ``Since``: what a run's
+    config.yaml written before the key existed means by leaving it out."""
+    model, out = model or Config, {}
+    for key, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.update(old_values(kind, f"{prefix}{key}."))
+        for marker in field.metadata:
+            if isinstance(marker, Since):
+                out[f"{prefix}{key}"] = marker.old
+    return out
+

@@ -62,6 +62,7 @@ class NumpyModel:
     resize: str
     convs: list = field(repr=False, default_factory=list)  # [(kernel (3,3,Cin,Cout), bias) or "pool"]
     pooling: str = "flatten"
+    norm: tuple | None = field(repr=False, default=None)  # the head's BatchNormalization: (scale, shift)
     dense: list = field(repr=False, default_factory=list)  # [(kernel, bias, activation)], head_logits last
     temperature: float = 1.0  # TemperatureSoftmax's (a model saved before calibration is declined)
     digest: str = ""  # of the head_logits weights, as vgg_cli.inference.ood.weights_digest
@@ -91,6 +92,8 @@ class NumpyModel:
             x = x.reshape(-1)
         else:
             x = x.mean(axis=(0, 1), dtype=np.float32) if self.pooling == "avg" else x.max(axis=(0, 1))
+        if self.norm is not None:
+            x = x * self.norm[0] + self.norm[1]
         for kernel, bias, activation in self.dense[:-1]:
             x = _activate(x @ kernel + bias, activation)
         kernel, bias, activation = self.dense[-1]
@@ -269,6 +272,8 @@ def _apply(model: NumpyModel, layer: dict, group) -> str | None:
         if kind == "Flatten" or not cfg.get("keepdims", False):
             model.pooling = POOLS[kind]
             return "pool"
+    elif kind == "BatchNormalization" and model.pooling and model.norm is None and not model.dense:
+        return _batch_norm(model, cfg, group)
     elif kind == "Dense":
         return _dense(model, cfg, group)
     elif kind == "TemperatureSoftmax" and model.dense:
@@ -281,6 +286,17 @@ def _apply(model: NumpyModel, layer: dict, group) -> str | None:
         model.class_names = [str(c) for c in cfg["class_names"]]
         return None
     raise Declined(f"layer {cfg.get('name')} ({kind}) is not one this engine reproduces")
+
+
+def _batch_norm(model: NumpyModel, cfg: dict, group) -> str:
+    """The head's BatchNormalization in inference: x * gamma / sqrt(variance + epsilon) + (beta - mean * that)."""
+    if not (cfg.get("center", True) and cfg.get("scale", True)) or cfg.get("axis", -1) not in (-1, 1, [-1], [1]):
+        raise Declined(f"layer {cfg['name']}: center {cfg.get('center')}, scale {cfg.get('scale')}, axis "
+                       f"{cfg.get('axis')}")
+    gamma, beta, mean, variance = _vars(group, 4)
+    scale = (gamma / np.sqrt(variance + np.float32(cfg.get("epsilon", 1e-3)))).astype(np.float32)
+    model.norm = (scale, (beta - mean * scale).astype(np.float32))
+    return "norm"
 
 
 def _dense(model: NumpyModel, cfg: dict, group) -> str:

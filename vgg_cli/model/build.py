@@ -76,6 +76,11 @@ def augmentation_layers(aug_cfg) -> list[layers.Layer]:
     return out
 
 
+# The head's BatchNormalization: its moving statistics follow the features within an epoch or two (Keras' 0.99
+# needs ~500 steps, more than a small dataset's whole run at batch 32).
+HEAD_NORM_MOMENTUM = 0.9
+
+
 def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_weights: bool = True,
                 augment=None, resize: str = "squash", task: Task = SINGLE_LABEL) -> tuple[keras.Model, str]:
     """[augmentation] + VGG preprocessing + backbone (+ weights, freezing) + head, ending in the ``task``'s output
@@ -94,9 +99,11 @@ def build_model(model_cfg, image_size: int, class_names: Sequence[str], load_wei
     x = backbone(x, training=False)
     pool = {"flatten": layers.Flatten, "avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
     x = pool[model_cfg.head.pooling](name=f"head_{model_cfg.head.pooling}_pool")(x)
+    if model_cfg.head.norm == "batch":  # features of any scale (a random backbone's: a big offset, a small spread)
+        x = layers.BatchNormalization(momentum=HEAD_NORM_MOMENTUM, name="head_norm")(x)
     rate = model_cfg.head.dropout
     for i, units in enumerate(model_cfg.head.dense, start=1):
-        if rate > 0:
+        if rate > 0 and (i > 1 or model_cfg.head.norm == "none"):  # not on the features: on what the head learnt
             x = layers.Dropout(rate, name=f"head_dropout{i}")(x)
         x = layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
     if rate > 0:
