@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SIZE, make_colour_dataset, run_cli
+from tests.conftest import make_colour_dataset, run_cli
 from vgg_cli.task import SINGLE_LABEL
 
 scores = SINGLE_LABEL.scores
@@ -123,34 +123,3 @@ def test_evaluate_errors(trained_run, tmp_path):
                         str(trained_run["run_dir"])], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
     assert r.returncode == 65 and "['purple'] that the model does not know" in r.stderr
     assert r.stderr.strip().splitlines()[-1] == "[]", r.stderr  # not even Keras
-
-
-@pytest.mark.slow
-def test_lr_find_suggests_a_rate_and_draws_the_curve(tmp_path):
-    data = make_colour_dataset(tmp_path / "photos", per_class=12, seed=3)
-    out_dir = tmp_path / "lr"
-    code, out, err = run_cli(["lr-find", f"data.train_dir={data}", f"data.image_size={SIZE}", "model.weights=none",
-                              "model.head.dropout=0.0", "train.batch_size=8", f"output.dir={tmp_path / 'runs'}",
-                              "--steps", "60", "--start", "1e-6", "--end", "10", "--out", str(out_dir), "--json"])
-    assert code == 0, err
-    result = json.loads(out)
-    rows = list(csv.DictReader((out_dir / "lr_find.csv").open()))
-    assert len(rows) == result["steps"] >= 10
-    rates = [float(r["learning_rate"]) for r in rows]
-    assert rates[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(rates, rates[1:]))
-    assert result["suggested_learning_rate"] is not None and 1e-6 < result["suggested_learning_rate"] < 10
-    assert result["input"] == "features"  # every block frozen: the range test ran on cached features
-    _png(out_dir / "lr_find.png")
-    assert not (tmp_path / "runs" / "latest").exists()  # nothing was added to the runs
-
-
-def test_lr_find_suggestion_is_the_steepest_fall():
-    from vgg_cli.training.lrfind import range_rates, smooth, suggest
-
-    rates = range_rates(1e-6, 1.0, 100)
-    x = np.log10(rates)
-    loss = 2.0 - 1.5 / (1 + np.exp(-(x + 3) * 3)) + np.where(x > -1, (x + 1) ** 2 * 5, 0)  # falls fastest at 1e-3
-    steepest, at_min = suggest(rates, list(loss))
-    assert steepest == pytest.approx(1e-3, rel=0.25)
-    assert at_min == pytest.approx(rates[int(np.argmin(loss))] / 10)
-    assert smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])  # bias-corrected from the first step

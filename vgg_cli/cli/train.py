@@ -144,11 +144,8 @@ def lr_find(config_path: str | None, overrides: tuple[str, ...], steps: int, sta
     if as_json:
         echo_json(result)
         return 0
-    rate = result["suggested_learning_rate"]
-    click.echo(f"suggested learning rate: {rate:.2g} (steepest fall of the loss)" if rate is not None else
-               "suggested learning rate: none (the loss never fell; try a lower --start or check the data)")
-    if result["min_loss_rate_div10"] is not None:
-        click.echo(f"rate at the lowest loss / 10: {result['min_loss_rate_div10']:.2g}")
+    for line in result["advice"]:  # the suggestion (or why there is none, and what to do), the checks on it
+        click.echo(line)
     click.echo(f"{result['steps']} steps, stopped: {result['stopped']}")
     click.echo(f"plot: {result['files']['plot']}  (also lr_find.csv, lr_find.json)")
     return 0

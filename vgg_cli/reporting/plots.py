@@ -105,12 +105,20 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, nor
 
 
 def lr_range(rates: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggested: float | None,
-             path: Path) -> None:
-    """Loss against learning rate (log scale) from a range test, with the suggested rate."""
+             path: Path, falls: tuple[float, float] | None = None, fall_label: str = "loss falls",
+             guess_loss: float | None = None) -> None:
+    """Loss against learning rate (log scale) from a range test, with the suggested rate; shaded, ``falls``: the
+    rates where the fall the suggestion came from runs (``fall_label``); dotted, ``guess_loss``: what guessing the
+    class shares scores."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(rates, losses, color=TRAIN_COLOUR, alpha=0.3, linewidth=1, label="loss per step")
     ax.plot(rates, smoothed, color=TRAIN_COLOUR, linewidth=2, label="smoothed loss")
+    if guess_loss is not None:
+        ax.axhline(guess_loss, color=MARK_COLOUR, linestyle=":", label=f"guessing the class shares ({guess_loss:.3g})")
+    if falls is not None:
+        ax.axvspan(falls[0], falls[1], color=MARK_COLOUR, alpha=0.12,
+                   label=f"{fall_label} ({falls[0]:.2g} to {falls[1]:.2g})")
     if suggested is not None:
         ax.axvline(suggested, color=VAL_COLOUR, linestyle="--", label=f"suggested rate {suggested:.2g}")
     ax.set_xscale("log")
