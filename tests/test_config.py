@@ -319,9 +319,13 @@ def test_the_config_digest_leaves_out_what_its_fields_declare(tmp_path):
              if isinstance(m, Since)}
     assert set(since) == {("data", "test_dir"), ("data", "resize"), ("train", "backend"),
                           ("calibration", "temperature"), ("calibration", "ood"), ("calibration", "acceptance")}
+    from vgg_cli.config.schema import old_values
+
+    assert set(old_values()) == {".".join(k) for k in since} | {"model.head.norm"}  # a nested one too
     # what an older vgg hashed: the tree without output, cache, the later keys and the (then empty) calibration
     older = {s: {k: v for k, v in keys.items() if (s, k) not in since} for s, keys in tree.items()
              if s not in ("output", "cache", "calibration")}
+    older["model"]["head"] = {k: v for k, v in older["model"]["head"].items() if k != "norm"}  # at none, its old
     assert digest_tree(base) == older
     assert config_digest(base) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
     same = load_config(None, [f"data.train_dir={data}", f"output.dir={tmp_path / 'elsewhere'}", "cache.ram_mb=7"])
@@ -331,19 +335,19 @@ def test_the_config_digest_leaves_out_what_its_fields_declare(tmp_path):
 
 
 def test_a_key_added_later_reads_as_before_in_an_old_run(tmp_path):
-    """model.head.norm (2026-12-07, default batch): a run's config.yaml written before it exists reads as none, the
-    head those runs have; at none it leaves the config digest as it was, so those runs stay the same job."""
+    """model.head.norm (2026-12-07): a run's config.yaml written before it exists reads as none, the head those runs
+    have, whatever today's default; at none it leaves the config digest as it was, so those runs stay the same job."""
     import yaml
 
     from vgg_cli.config.digest import config_digest, digest_tree
     from vgg_cli.config.schema import load_config, load_run_config, old_values
 
-    assert old_values()["model.head.norm"] == "none" and load_config().model.head.norm == "batch"
-    tree = load_config().to_dict()
+    assert old_values()["model.head.norm"] == "none"
+    tree = load_config(overrides=["model.head.norm=batch"]).to_dict()
     del tree["model"]["head"]["norm"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree))
     old = load_run_config(tmp_path / "config.yaml")
     assert old.model.head.norm == "none"
     assert "norm" not in digest_tree(old)["model"]["head"]
-    assert config_digest(old) != config_digest(load_config())  # the new head is another job
+    assert config_digest(old) != config_digest(load_config(overrides=["model.head.norm=batch"]))  # another job
     assert config_digest(old) == config_digest(load_config(overrides=["model.head.norm=none"]))

@@ -47,11 +47,12 @@ def test_freeze_flags_per_block(arch, freeze):
     head = [l for l in model.layers if l.name.startswith("head_")]
     assert head and all(l.trainable for l in head)
     # the trainable weights are exactly the unfrozen convs (kernel+bias) plus the head's dense layers and its
-    # BatchNormalization's scale and offset (model.head.norm: batch, the default)
+    # BatchNormalization's scale and offset (with model.head.norm: batch)
     n_dense = sum(1 for l in head if isinstance(l, keras.layers.Dense))
     n_norm = sum(1 for l in head if isinstance(l, keras.layers.BatchNormalization))
     unfrozen = sum(len(by_block[b]) for b in range(1, 6) if b not in freeze)
-    assert n_norm == 1 and len(model.trainable_weights) == 2 * unfrozen + 2 * n_dense + 2 * n_norm
+    assert n_norm == (model_cfg().head.norm == "batch")
+    assert len(model.trainable_weights) == 2 * unfrozen + 2 * n_dense + 2 * n_norm
 
 
 def test_preprocessing_inside_model_matches_keras():
