@@ -42,7 +42,7 @@ def check(data_dir: str | None, config_path: str | None, overrides: tuple[str, .
 
     if data_dir and "=" in data_dir and not os.path.isdir(data_dir):
         overrides, data_dir = (data_dir, *overrides), None
-    cfg = load_config(config_path, (*overrides, *([f"data.train_dir={data_dir}"] if data_dir else [])))
+    cfg = load_config(config_path, (*overrides, *(dataset_argument((data_dir,)) if data_dir else ())))
     result = check_dataset(cfg, RunsRoot.of(cfg).cache, min_side) if data_dir or not labels_run else None
     labels = None
     if labels_run:
