@@ -312,7 +312,7 @@ def test_the_config_digest_leaves_out_what_its_fields_declare(tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    base = load_config(None, [f"data.train_dir={data}"])
+    base = load_config(None, [f"data.train_dir={data}", "model.head.norm=none"])  # none: what runs did before it
     tree = base.to_dict()
     since = {(section, key): m.old for section in tree if isinstance(tree[section], dict)
              for key in tree[section] for m in type(getattr(base, section)).model_fields[key].metadata
@@ -328,10 +328,13 @@ def test_the_config_digest_leaves_out_what_its_fields_declare(tmp_path):
     older["model"]["head"] = {k: v for k, v in older["model"]["head"].items() if k != "norm"}  # at none, its old
     assert digest_tree(base) == older
     assert config_digest(base) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
-    same = load_config(None, [f"data.train_dir={data}", f"output.dir={tmp_path / 'elsewhere'}", "cache.ram_mb=7"])
+    same = load_config(None, [f"data.train_dir={data}", "model.head.norm=none", f"output.dir={tmp_path / 'elsewhere'}",
+                              "cache.ram_mb=7"])
     assert config_digest(same) == config_digest(base)
-    for change in ("data.resize=crop", "train.backend=jax", "calibration.ood=off", "train.epochs=2"):
-        assert config_digest(load_config(None, [f"data.train_dir={data}", change])) != config_digest(base), change
+    for change in ("model.head.norm=standard", "data.resize=crop", "train.backend=jax", "calibration.ood=off",
+                   "train.epochs=2"):
+        changed = load_config(None, [f"data.train_dir={data}", "model.head.norm=none", change])
+        assert config_digest(changed) != config_digest(base), change
 
 
 def test_a_key_added_later_reads_as_before_in_an_old_run(tmp_path):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -50,7 +51,8 @@ def patch_run(tmp_path_factory) -> dict:
                               "data.image_size=64", "model.weights=none", "model.head.dense=[]",
                               "model.head.dropout=0", "model.head.pooling=avg", "train.epochs=80",
                               "train.batch_size=16", "train.optimizer.learning_rate=0.01",
-                              "train.early_stopping_patience=0", "output.tensorboard=false", "promote.min_accuracy=0"])
+                              "train.early_stopping_patience=0", "output.tensorboard=false", "promote.min_accuracy=0",
+                              "model.head.norm=none"])
     assert code == 0, err
     return {"run": Path(out.strip()), "holdout": base / "holdout", "boxes": boxes, "big": big}
 
@@ -82,6 +84,7 @@ def test_heatmap_peaks_on_the_patch_that_decides_the_class(patch_run, tmp_path):
         heatmap = np.load(cam["heatmap"])
         assert heatmap.shape == (16, 16) and heatmap.dtype == np.float32 and heatmap.max() == 1.0
         assert heatmap.min() >= 0.0 and cam["class"] == r["answer"] and cam["layer"] == "block3_conv3"
+        assert cam["positive_evidence"] is True
         hits += _peak_on_patch(heatmap, patch_run["boxes"][r["path"]], 64)
         assert Image.open(cam["overlay"]).size == (64, 64)
     assert hits >= 0.8 * len(correct), f"peak on the patch for {hits} of {len(correct)} correctly classified images"
@@ -133,3 +136,29 @@ def test_same_heatmaps_on_jax_and_torch(patch_run, tmp_path, backend):
         o = other[r["path"]]["gradcam"]
         assert o["class"] == r["gradcam"]["class"]
         np.testing.assert_allclose(np.load(o["heatmap"]), np.load(r["gradcam"]["heatmap"]), atol=1e-3)
+
+
+def test_an_empty_map_is_said(tmp_path):
+    """A head whose every channel lowers the answered class's score: its map has no positive part, and predict says
+    so (stderr, and positive_evidence false in the JSON) instead of writing a blank overlay silently."""
+    import keras
+
+    from vgg_cli.model.build import build_model
+
+    cfg = SimpleNamespace(arch="vgg16", weights="none", freeze_blocks=[1, 2, 3, 4, 5],
+                          head=SimpleNamespace(pooling="avg", norm="none", dense=[], dropout=0.0))
+    model, _ = build_model(cfg, 32, ["a", "b"])
+    logits = model.get_layer("head_logits")
+    kernel, _ = logits.get_weights()
+    logits.set_weights([-np.abs(kernel) - 0.01, np.array([50.0, 0.0], np.float32)])  # "a" wins, every channel against it
+    model.save(tmp_path / "m.keras")
+    keras.backend.clear_session()
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+    code, out, err = run_cli(["predict", str(image), "--model", str(tmp_path / "m.keras"), "--format", "json",
+                              "--gradcam", str(tmp_path / "cams")])
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["answer"] == "a" and row["gradcam"]["positive_evidence"] is False
+    assert np.load(row["gradcam"]["heatmap"]).max() == 0.0
+    assert "gradcam: 1 map(s) are empty: no region of the image raises its class's score" in err

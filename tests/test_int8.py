@@ -9,9 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import TRAIN_ARGS, run_cli
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tflite_run(tmp_path_factory, colour_data) -> Path:
+    """The shared run's settings with the head of before (model.head.norm=none). With the default standardised head
+    on a random backbone, TFLite's INT8 loses 0.29 of the 7 validation images and the export is refused (the ONNX
+    INT8 export keeps the accuracy, test_onnx_int8_keeps_the_class_names): the head reads variations ~1% of the
+    features' offset, finer than the INT8 activations of the conv blocks resolve. Real (ImageNet) features spread
+    wider; TFLite INT8 on them is issue 40's."""
+    runs = tmp_path_factory.mktemp("int8") / "runs"
+    code, out, err = run_cli(["train", f"data.train_dir={colour_data}", f"output.dir={runs}", *TRAIN_ARGS,
+                              "model.head.norm=none"])
+    assert code == 0, err
+    return Path(out.strip().splitlines()[-1])
+
+
+def test_tflite_int8_of_the_standardised_head_on_a_random_backbone_is_refused(trained_run, tmp_path):
+    """What the fixture above says, kept measured: the refusal, its one line and nothing written."""
+    out = tmp_path / "m.tflite"
+    code, _, err = export(trained_run["run_dir"], "--format", "tflite", "--out", str(out))
+    assert code == 3 and "the INT8 tflite export scores" in err and "nothing was written" in err, err
+    assert not out.exists()
 
 
 def export(run: Path, *args: str) -> tuple[int, dict | None, str]:
@@ -19,13 +41,13 @@ def export(run: Path, *args: str) -> tuple[int, dict | None, str]:
     return code, (json.loads(out) if code == 0 else None), err
 
 
-def test_tflite_int8_is_a_quarter_of_the_size_and_as_accurate(trained_run, tmp_path):
+def test_tflite_int8_is_a_quarter_of_the_size_and_as_accurate(tflite_run, tmp_path):
     out = tmp_path / "m.int8.tflite"
-    code, r, err = export(trained_run["run_dir"], "--format", "tflite", "--out", str(out))
+    code, r, err = export(tflite_run, "--format", "tflite", "--out", str(out))
     assert code == 0, err
     assert r["path"] == str(out) and out.is_file() and r["bytes_int8"] == out.stat().st_size
     assert r["bytes_int8"] < 0.3 * r["bytes_float"]
-    summary = json.loads((trained_run["run_dir"] / "summary.json").read_text())
+    summary = json.loads((tflite_run / "summary.json").read_text())
     assert r["validation_images"] == summary["images"]["val"]
     assert r["calibration_images"] == summary["images"]["train"]  # fewer than 100: all of them
     assert r["accuracy_float"] == pytest.approx(summary["best"]["val_accuracy"], abs=1e-6)
@@ -94,7 +116,7 @@ def test_int8_onnx_without_onnxruntime_is_one_line(trained_run, tmp_path, monkey
 
 
 @pytest.mark.parametrize("args", [("--format", "tflite", "--int8"), ("--format", "onnx")])
-def test_exports_print_no_native_chatter(trained_run, tmp_path, args):
+def test_exports_print_no_native_chatter(tflite_run, tmp_path, args):
     """In a fresh process (the lines come from native code on fd 2): no TFLite converter settings, no XNNPACK
     delegate notice, no tf2onnx FutureWarning; only vgg's own lines."""
     import os
@@ -103,7 +125,7 @@ def test_exports_print_no_native_chatter(trained_run, tmp_path, args):
 
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    r = subprocess.run([sys.executable, "-m", "vgg_cli", "export", "--run", str(trained_run["run_dir"]), *args,
+    r = subprocess.run([sys.executable, "-m", "vgg_cli", "export", "--run", str(tflite_run), *args,
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=900, cwd=root,
                        env={**env, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr[-3000:]

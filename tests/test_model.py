@@ -44,14 +44,23 @@ def test_freeze_flags_per_block(arch, freeze):
     assert [len(by_block[b]) for b in range(1, 6)] == list(BLOCK_CONVS[arch])
     for block, convs in by_block.items():
         assert all(layer.trainable == (block not in freeze) for layer in convs), block
+    from vgg_cli.config.schema import head_norm
+    from vgg_cli.model.layers import Standardize
+
+    norm = head_norm(model_cfg().head.norm, freeze)  # auto: standard when all five blocks are frozen, else batch
+    assert norm == ("standard" if len(freeze) == 5 else "batch")
     head = [l for l in model.layers if l.name.startswith("head_")]
-    assert head and all(l.trainable for l in head)
+    # the head's standardisation is fitted from the data once, never trained (model.head.norm: standard)
+    standardize = [l for l in head if isinstance(l, Standardize)]
+    assert len(standardize) == (norm == "standard")
+    assert head and all(l.trainable != isinstance(l, Standardize) for l in head)
+    assert all(not l.trainable_weights and len(l.non_trainable_weights) == 3 for l in standardize)
     # the trainable weights are exactly the unfrozen convs (kernel+bias) plus the head's dense layers and its
     # BatchNormalization's scale and offset (with model.head.norm: batch)
     n_dense = sum(1 for l in head if isinstance(l, keras.layers.Dense))
     n_norm = sum(1 for l in head if isinstance(l, keras.layers.BatchNormalization))
     unfrozen = sum(len(by_block[b]) for b in range(1, 6) if b not in freeze)
-    assert n_norm == (model_cfg().head.norm == "batch")
+    assert n_norm == (norm == "batch")
     assert len(model.trainable_weights) == 2 * unfrozen + 2 * n_dense + 2 * n_norm
 
 

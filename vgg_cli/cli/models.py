@@ -68,6 +68,11 @@ def predict(runs, verbose: bool, fmt: str, strict: bool, **asked) -> int:
     if answered.cams:
         click.echo(f"gradcam: {len(answered.cams)} overlay(s) and heatmap(s) in {request.cam_dir} "
                    f"(layer {next(iter(answered.cams.values()))['layer']})", err=True)
+        blank = sum(1 for c in answered.cams.values() if not c["positive_evidence"])
+        if blank:
+            click.echo(f"gradcam: {blank} map(s) are empty: no region of the image raises its class's score (the "
+                       f"answer rests on the other classes' evidence being absent; positive_evidence false in "
+                       f"--format json; docs/reports.md, Grad-CAM)", err=True)
     if verbose:
         t, n = answered.timings, len(opened.files)
         click.echo(f"timings: import {t['import']:.2f}s, model load {t['load']:.2f}s ({opened.path}), predict "
@@ -267,7 +272,7 @@ def _int8_line(r: dict) -> str:
               help="Show the paper's full network with its 1000-way ImageNet top instead.")
 def summary(config_path: str | None, overrides: tuple[str, ...], original: str | None) -> int:
     """Print the model's layers, output shapes, parameter counts and trainable flags (no weights loaded)."""
-    from vgg_cli.config.schema import load_config
+    from vgg_cli.config.schema import head_norm_of, load_config
 
     cfg = load_config(config_path, overrides)
     load_frameworks()
@@ -278,7 +283,7 @@ def summary(config_path: str | None, overrides: tuple[str, ...], original: str |
         return 0
     classes, note = _summary_classes(cfg)
     model, _ = m.build_model(cfg.model, cfg.data.image_size, classes, load_weights=False, augment=cfg.augment,
-                             resize=cfg.data.resize)
+                             resize=cfg.data.resize, norm=head_norm_of(cfg))
     model.summary(expand_nested=True, show_trainable=True, print_fn=lambda s, **_: click.echo(s))
     backbone = model.get_layer(cfg.model.arch)
     for block, convs in m.conv_layers_by_block(backbone).items():

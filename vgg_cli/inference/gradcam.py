@@ -183,7 +183,8 @@ def cam_files(model, results, out_dir: Path, class_name: str | None = None, laye
         png, npy = out_dir / f"{names[path]}.gradcam.png", out_dir / f"{names[path]}.gradcam.npy"
         write_cam(path, c, png, npy)
         written[path] = {"overlay": str(png), "heatmap": str(npy), "class": cam.classes[c.class_index],
-                         "probability": c.probability, "layer": cam.layer}
+                         "probability": c.probability, "layer": cam.layer,
+                         "positive_evidence": bool(c.heatmap.max() > 0)}
     return written
 
 

@@ -62,7 +62,7 @@ class NumpyModel:
     resize: str
     convs: list = field(repr=False, default_factory=list)  # [(kernel (3,3,Cin,Cout), bias) or "pool"]
     pooling: str = "flatten"
-    norm: tuple | None = field(repr=False, default=None)  # the head's BatchNormalization: (scale, shift)
+    norm: tuple | None = field(repr=False, default=None)  # the head's Standardize or BatchNormalization: (scale, shift)
     dense: list = field(repr=False, default_factory=list)  # [(kernel, bias, activation)], head_logits last
     temperature: float = 1.0  # TemperatureSoftmax's (a model saved before calibration is declined)
     digest: str = ""  # of the head_logits weights, as vgg_cli.inference.ood.weights_digest
@@ -274,6 +274,10 @@ def _apply(model: NumpyModel, layer: dict, group) -> str | None:
             return "pool"
     elif kind == "BatchNormalization" and model.pooling and model.norm is None and not model.dense:
         return _batch_norm(model, cfg, group)
+    elif kind == "Standardize" and model.pooling and model.norm is None and not model.dense:
+        mean, inv_std, _ = _vars(group, 3)
+        model.norm = (inv_std, (-mean * inv_std).astype(np.float32))
+        return "norm"
     elif kind == "Dense":
         return _dense(model, cfg, group)
     elif kind == "TemperatureSoftmax" and model.dense:

@@ -82,3 +82,33 @@ class TemperatureSoftmax(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="vgg_cli")
+class Standardize(layers.Layer):
+    """``(x - mean) * inv_std`` per feature: the head's fixed standardisation (``model.head.norm: standard``).
+
+    The statistics are fitted once, before the first training step, from the training images' features
+    (``vgg_cli.training.standardize``) and stored as non-trainable weights, so prediction, every export and the
+    light runtime apply exactly what training saw. Until then it is the identity (``images`` 0: not fitted); a run
+    that resumes or keeps a production head keeps the statistics it has. Unlike a BatchNormalization, nothing moves
+    while training (no lag in a short run, the same numbers on every replica) and it folds into the next Dense."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trainable", False)  # set by fitting, never by the optimizer
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        self.mean = self.add_weight(name="mean", shape=(d,), initializer="zeros", trainable=False, dtype="float32")
+        self.inv_std = self.add_weight(name="inv_std", shape=(d,), initializer="ones", trainable=False,
+                                       dtype="float32")
+        self.images = self.add_weight(name="images", shape=(), initializer="zeros", trainable=False,
+                                      dtype="float32")
+        super().build(input_shape)
+
+    def call(self, x):
+        return (x - ops.cast(self.mean, x.dtype)) * ops.cast(self.inv_std, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

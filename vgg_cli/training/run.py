@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 
 from vgg_cli.config.digest import config_digest
-from vgg_cli.config.schema import Config, load_run_config
+from vgg_cli.config.schema import AUTO, Config, head_norm_of, load_run_config
 from vgg_cli.data.index import DatasetIndex
 from vgg_cli.data.scan import require_dir
 from vgg_cli.errors import ConfigError, DataError, InterruptedRun, NoInputError, TrainingDiverged
@@ -123,8 +123,12 @@ def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: 
     model, state, weights_source = session.start(None)
     if requested_weights in (PRODUCTION, LATEST):
         weights_source = f"{requested_weights}: {weights_source}" + copy_head(model, Path(cfg.model.weights))
-    log.info("backbone %s, weights: %s, frozen blocks: %s; %s", cfg.model.arch, weights_source,
-             cfg.model.freeze_blocks or "none", session.plan.phases[0].describe())
+    norm = head_norm_of(cfg)
+    log.info("backbone %s, weights: %s, frozen blocks: %s; head: %s pooling, %s%s; %s", cfg.model.arch,
+             weights_source, cfg.model.freeze_blocks or "none", cfg.model.head.pooling,
+             {"none": "no normalisation", "standard": "standardised features",
+              "batch": "batch-normalised features"}[norm],
+             " (auto)" if cfg.model.head.norm == AUTO else "", session.plan.phases[0].describe())
     t_built = time.perf_counter()
 
     paths = runs.new_run(cfg.output.name, dataset_name)
@@ -134,7 +138,8 @@ def _new_run(cfg: Config, runs: RunsRoot, early, t_start: float, *, if_changed: 
         write_text(paths.config, cfg.to_yaml())
         write_json(paths.classes, index.classes)
         write_json(paths.data, index.manifest())
-        run_info = {"seq": runs.next_seq(), "started": started, "weights": weights_source, "config_digest": digest,
+        run_info = {"seq": runs.next_seq(), "started": started, "weights": weights_source, "head_norm": norm,
+                    "config_digest": digest,
                     "timings": {"scan_s": round(t_scanned - t_start, 2), "build_s": round(t_built - t_scanned, 2)},
                     "resumed": [], "drift": drift, **({"set_aside": [set_aside]} if set_aside else {})}
         write_json(paths.info, run_info)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import keras
 
-from vgg_cli.config.schema import Config
+from vgg_cli.config.schema import Config, head_norm_of
 from vgg_cli.data.features import FeatureCut, FeatureStore, feature_cut, feature_store
 from vgg_cli.data.index import DatasetIndex
 from vgg_cli.data.scan import check_layout
@@ -59,7 +59,7 @@ class Session:
         keras.utils.set_random_seed(cfg.train.seed)
         with self.device.scope():  # a distribution strategy's variables are made in its scope
             model, source = build_model(cfg.model, cfg.data.image_size, self.index.classes, augment=cfg.augment,
-                                        resize=cfg.data.resize, task=self.plan.task)
+                                        resize=cfg.data.resize, task=self.plan.task, norm=head_norm_of(cfg))
             if learning_rate is None:
                 set_up_phase(model, cfg, self.plan, phase)
             else:
