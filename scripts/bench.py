@@ -21,6 +21,9 @@ Cases (the issue's targets are checked and printed with each row):
   k  every training path (whole network; blocks 4-5 on cached block-3 activations; head only with flip
      augmentation) against a minimal Keras model.fit of the same model on the same images preloaded as arrays,
      at each --ceiling size (scripts/bench_ceiling.py)           target: vgg >= 0.9x the ceiling (steady img/s)
+  q  what it learns: vgg against Ultralytics' `yolo classify` (when installed; --peer) on digit scans, whole network
+     from scratch, head only on a random backbone, and a transfer from digits 0-4 to 5-9 (scripts/bench_quality.py)
+                                                                    target: held-out accuracy >= the peer's, faster
   n  a cron night with nothing to do (`vgg train --if-changed`, unchanged data and config) against a bare
      `import tensorflow` (scripts/bench_nightly.py)              target: the night <= 0.25x the import (wall)
 
@@ -50,12 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import CHECK, cpu_name, load_note, make_dataset, measured_note, platform_note, publish  # noqa: E402,E501
 
 PREDICT_IMAGES = 500
-CASE_LETTERS = "abcdmkn"
+CASE_LETTERS = "abcdmknq"
 
 
-def format_tables(train_rows, predict_rows, mem_rows, header: str, ceiling_rows=(), nightly_rows=()) -> str:
+def format_tables(train_rows, predict_rows, mem_rows, header: str, ceiling_rows=(), nightly_rows=(),
+                  quality_rows=()) -> str:
     from bench_ceiling import format_ceiling
     from bench_nightly import format_nightly
+    from bench_quality import format_quality
 
     lines = [header, ""]
     if train_rows:
@@ -88,6 +93,7 @@ def format_tables(train_rows, predict_rows, mem_rows, header: str, ceiling_rows=
         lines.append("")
         lines += [f"- memory: {r['target']}" for r in mem_rows if "target" in r]
     lines += format_nightly(list(nightly_rows))
+    lines += format_quality(list(quality_rows))
     return "\n".join(lines)
 
 
@@ -101,12 +107,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--one-image-size", type=int, default=224,
                     help="case d: the input size of the model `vgg predict one.jpg` is timed on (default 224; a "
                          "1-epoch model is trained at it when it is not --image-size)")
-    ap.add_argument("--cases", default=",".join(CASE_LETTERS), help="comma-separated subset of a,b,c,d,m,k,n")
+    ap.add_argument("--cases", default=",".join(CASE_LETTERS), help="comma-separated subset of a,b,c,d,m,k,n,q")
     ap.add_argument("--scale", type=int, default=4, help="dataset size factor for the memory case (default 4)")
     ap.add_argument("--ram-mb", type=int, default=16, help="cache.ram_mb for the memory case (default 16)")
     ap.add_argument("--ceiling", default=DEFAULT_SPEC, metavar="SIZE:IMAGES:EPOCHS,...",
                     help=f"case k: image sizes, with the images and epochs at each (default {DEFAULT_SPEC})")
     ap.add_argument("--ceiling-paths", default=",".join(PATHS), help=f"case k: subset of {','.join(PATHS)}")
+    ap.add_argument("--peer", default=None, metavar="PYTHON",
+                    help="case q: a Python with ultralytics installed (default: this one, when it has it; none: vgg only)")
     ap.add_argument("--work", type=Path, default=Path("bench-work"), help="scratch folder (default ./bench-work)")
     ap.add_argument("--markdown", action="store_true", help="also write the tables to WORK/bench.md")
     ap.add_argument("--repeats", type=int, default=3, choices=range(1, 10), metavar="N",
@@ -145,7 +153,11 @@ def run_cases(args, work: Path, data: Path) -> dict:
     the independent groups (a-c then d; k then m) side by side."""
     import bench_cases
 
-    out: dict = {"train": [], "ceiling": [], "predict": [], "memory": [], "nightly": [], "weights": ""}
+    out: dict = {"train": [], "ceiling": [], "predict": [], "memory": [], "nightly": [], "quality": [], "weights": ""}
+    if "q" in args.case_list:
+        from bench_quality import quality_case
+
+        out["quality"] = quality_case(work, args.peer)
     if "n" in args.case_list:
         from bench_nightly import nightly_case
 
@@ -228,15 +240,20 @@ def main() -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"bench: generating {args.images} JPEGs in {work / 'data'} ...", flush=True)
-    data = make_dataset(work / "data", args.images, seed=0)
+    data = None
+    if set(args.case_list) - {"q"}:  # case q makes its own folders (digit scans)
+        print(f"bench: generating {args.images} JPEGs in {work / 'data'} ...", flush=True)
+        data = make_dataset(work / "data", args.images, seed=0)
     rows = run_cases(args, work, data)
+    about = (f"{args.images} JPEGs ~500x375 in 4 classes at {args.image_size} px, batch 32; backbone weights: "
+             f"{rows['weights'] or 'none (case k: random, model.weights=none)'}" if data is not None else
+             "case q only (its data below)")
     header = (f"vgg bench, {date.today().isoformat()}: {os.cpu_count()} CPU cores ({cpu_name()}), "
-              f"{platform_note('tensorflow')}; {args.images} JPEGs ~500x375 in 4 classes at {args.image_size} px, "
-              f"batch 32; backbone weights: {rows['weights'] or 'none (case k: random, model.weights=none)'}; "
+              f"{platform_note('tensorflow')}; {about}; "
               f"total bench time {(time.perf_counter() - t0) / 60:.1f} min ({measured_note()}); {load_note()}; "
               f"command: {' '.join(['python', 'scripts/bench.py', *sys.argv[1:]])}")
-    publish(format_tables(rows["train"], rows["predict"], rows["memory"], header, rows["ceiling"], rows["nightly"]),
+    publish(format_tables(rows["train"], rows["predict"], rows["memory"], header, rows["ceiling"], rows["nightly"],
+                          rows["quality"]),
             work / "bench.md" if args.markdown else None)
     return 0
 

@@ -13,6 +13,7 @@ The sizes are the least the bench takes: 32 px is VGG16's smallest input, 8 imag
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ RUNS = {  # test -> (bench arguments, environment)
     "test_bench_runs_and_prints_every_table": (
         ["--predict-images", "4", "--one-image-size", "32", "--cases", "a,d,m,k,n", "--scale", str(SCALE), "--repeats", "1",
          "--ceiling", f"32:{IMAGES}:2"], {}),
+    "test_bench_quality_case_runs_vgg_without_the_peer": (["--cases", "q", "--peer", "none"], {}),
     "test_bench_gpu_mode_runs_end_to_end_on_a_cpu": (
         ["--gpu", "--batch", "8", "--epochs", "2", "--workers", "1", "--no-torch-compile"], {"JAX_PLATFORMS": "cpu"}),
 }
@@ -116,6 +118,24 @@ def test_bench_runs_and_prints_every_table(benches):
     # vgg's own run used the feature cache and trained 10 epochs
     metrics = (bench.work / "runs-a" / "run" / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 11
+
+
+@pytest.mark.slow
+def test_bench_quality_case_runs_vgg_without_the_peer(benches):
+    """Case q with --peer none: vgg's rows (held-out accuracy of a real run, wall time) and the targets that need no
+    peer; the transfer rows train on a backbone vgg trained on digits 0-4."""
+    bench = benches["test_bench_quality_case_runs_vgg_without_the_peer"]
+    out = bench.result(timeout=900)
+    for case in ("q1 whole network, random init, 3 epochs", "q2 head only, random backbone, 10 epochs",
+                 "q3 0-4 -> 5-9, head only, 10 epochs", "q3 0-4 -> 5-9, blocks 4-5, 10 epochs"):
+        row = cells(out, f"| {case} | vgg |")[0]
+        assert 0 <= float(row[2]) <= 1 and positive(row[3]), row
+        assert not cells(out, f"| {case} | Ultralytics |")
+    assert "- q2 head only, random backbone, 10 epochs: >= 0.95: " in out
+    assert "- q3 0-4 -> 5-9, head only, 10 epochs: >= 0.757 (before): " in out
+    runs = bench.work / "runs-q"
+    weights = [(r / "summary.json") for r in (runs / "t-head").iterdir() if (r / "summary.json").is_file()]
+    assert weights and "base04" in json.loads(weights[0].read_text())["weights"]
 
 
 @pytest.mark.slow
