@@ -230,6 +230,8 @@ def test_lr_find_writes_its_files_and_suggests_a_rate_where_the_loss_falls(tmp_p
     assert result["advice"][1].startswith("rate at the lowest loss / 10: ")
     assert result["min_loss_rate_div10"] is not None and "steepest" in result["rule"]
     assert not (tmp_path / "runs" / "latest").exists()  # nothing was added to the runs
+    # the sweep trains the head training will: its standardisation fitted first (model.head.norm auto, head only)
+    assert "head standardisation: fitted on 29 training images' pooled features" in err
 
 
 def test_lr_find_suggestion_is_the_steepest_fall():

@@ -20,7 +20,6 @@ from vgg_cli.training.health import Baseline, Diverged, HealthCheck, HealthRecor
 from vgg_cli.training.inputs import input_plan
 from vgg_cli.training.plan import Phase, set_up_phase, steps_per_epoch
 from vgg_cli.training.session import Session
-from vgg_cli.training.standardize import fit_standardize
 
 log = logging.getLogger("vgg")
 
@@ -92,10 +91,6 @@ def _fit_phase(session: Session, model: keras.Model, state: TrainState, phase: P
     try:
         plan = input_plan(session, model, stopper.check, phase.frozen_blocks)
         log.info("input: %s", plan.info["description"])
-        blocks = plan.info.get("frozen_prefix_blocks") if plan.info["path"] == "features" else None
-        fitted = fit_standardize(model, plan.source, plan.train_ids, blocks, bs, stopper.check, seed)
-        if fitted is not None:
-            plan.info["standardize"] = fitted
         train_ds = train_batches(plan.source, plan.train_ids, plan.labels, bs, seed, state.epoch, end, weights)
         val_ds = eval_batches(plan.source, plan.val_ids, plan.labels, bs, repeat=True) if plan.val_ids else None
         if val_ds is None and phase.number == 1:

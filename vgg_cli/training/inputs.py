@@ -16,6 +16,7 @@ from vgg_cli.data.pipeline import ImageSource
 from vgg_cli.model.build import logits_view, split_frozen_prefix
 from vgg_cli.model.optim import compile_model
 from vgg_cli.platform.distribute import local_predictor
+from vgg_cli.training.standardize import fit_standardize
 
 
 @dataclass
@@ -35,7 +36,18 @@ class PhaseInputs:
 def input_plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int, ...]) -> PhaseInputs:
     """Cached frozen-prefix features when the session's feature cut for ``frozen_blocks`` (this phase's) says so
     (``Session.cut``: the leading blocks frozen, augmentation and the cache on); else images (with the RAM image
-    cache when enabled). ``session``: a ``vgg_cli.training.session.Session``."""
+    cache when enabled). ``session``: a ``vgg_cli.training.session.Session``. A new head's standardisation
+    (``model.head.norm: standard``) is fitted here, on what feeds the phase, before any step (training or lr-find)."""
+    plan = _plan(session, model, stop_check, frozen_blocks)
+    blocks = plan.info.get("frozen_prefix_blocks") if plan.info["path"] == "features" else None
+    fitted = fit_standardize(model, plan.source, plan.train_ids, blocks, session.cfg.train.batch_size, stop_check,
+                             session.cfg.train.seed)
+    if fitted is not None:
+        plan.info["standardize"] = fitted
+    return plan
+
+
+def _plan(session, model: keras.Model, stop_check, frozen_blocks: tuple[int, ...]) -> PhaseInputs:
     cfg, index = session.cfg, session.index
     entries = [e for e in index.files if e.split == TRAIN] + [e for e in index.files if e.split == VAL]
     n_train = sum(1 for e in entries if e.split == TRAIN)
