@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("work", type=Path)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--settings", default="whole,head,smooth,demo")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for every training (e.g. train.seed=1 to see a second draw)")
     a = ap.parse_args()
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -155,12 +157,12 @@ def main() -> None:
             tex = make(["--per-class", "60", "--seed", "0"], work / "textures")
             tex_hold = make(["--per-class", "10", "--seed", "7"], work / "textures-holdout")
             run = trained(work, "demo", "--config", str(HERE.parent / "configs" / "demo.yaml"),
-                          f"data.train_dir={tex}", "promote.min_accuracy=0")
+                          f"data.train_dir={tex}", "promote.min_accuracy=0", *a.set)
             report = json.loads(sh("evaluate", "--run", str(run), str(tex_hold), "--json"))
             results[name] = {"held_out": report.get("calibration"), "summary": _summary(run)}
         else:
             run = trained(work, name, f"data.train_dir={train}", 'data.classes=["0","1","2","3","4"]', *COMMON,
-                          *SETTINGS[name], f"train.epochs={a.epochs}")
+                          *SETTINGS[name], f"train.epochs={a.epochs}", *a.set)
             report = json.loads(sh("evaluate", "--run", str(run), str(held_in), "--json"))
             results[name] = {"held_out": report.get("calibration"), "summary": _summary(run),
                              "ood": ood_table(run, held_in, others)}
