@@ -24,20 +24,8 @@ from vgg_cli.config.sources import _merge, _read_yaml, default_dict, key_and_val
 from vgg_cli.config.yamltext import shown, yaml_load
 from vgg_cli.errors import ConfigError, DataError
 
-__all__ = [
-    "AUTO",
-    "BLOCKS",
-    "Config",
-    "auto_learning_rate",
-    "default_dict",
-    "head_norm",
-    "head_norm_of",
-    "load_config",
-    "load_run_config",
-    "resolve_dict",
-    "validate",
-    "yaml_load",
-]
+__all__ = ["AUTO", "BLOCKS", "Config", "auto_learning_rate", "default_dict", "head_norm", "head_norm_of", "load_config",
+           "load_run_config", "resolve_dict", "validate", "yaml_load"]
 
 BLOCKS = (1, 2, 3, 4, 5)
 
