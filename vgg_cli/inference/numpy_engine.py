@@ -5,8 +5,9 @@ one).
 It reads the file directly (a zip of ``config.json`` and ``model.weights.h5``) and evaluates exactly the network
 ``vgg_cli.model.build.build_model`` makes: ``VGGPreprocess`` (RGB -> BGR minus the ImageNet mean), the VGG16/VGG19
 conv blocks (3x3 same convolutions + ReLU, 2x2 max-pooling), the head (flatten / global average / global max
-pooling, Dense layers, Dropout inactive), ``head_logits``, ``TemperatureSoftmax`` and ``LabelNames`` (a model saved
-before ``TemperatureSoftmax`` existed is declined: Keras answers it bit for bit as before). Augmentation layers are identity at inference and skipped.
+pooling, its ``Standardize`` or BatchNormalization, Dense layers, Dropout inactive), ``head_logits``,
+``TemperatureSoftmax`` and ``LabelNames`` (a model saved before ``TemperatureSoftmax`` existed is declined: Keras
+answers it bit for bit as before). Augmentation layers are identity at inference and skipped.
 Anything else (another layer, a setting of a known layer it does not reproduce, a mixed-precision dtype policy, a
 graph that is not one chain) raises ``Declined`` with the reason, and the caller uses Keras.
 

@@ -1,5 +1,6 @@
 """The layers vgg adds to a model, registered with Keras so a saved ``.keras`` file loads back in safe mode:
-VGG preprocessing inside the model (it takes raw 0-255 RGB), and the class names riding on the output."""
+VGG preprocessing inside the model (it takes raw 0-255 RGB), the head's standardisation, the calibrated softmax, and
+the class names riding on the output."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ class Standardize(layers.Layer):
     (``vgg_cli.training.standardize``) and stored as non-trainable weights, so prediction, every export and the
     light runtime apply exactly what training saw. Until then it is the identity (``images`` 0: not fitted); a run
     that resumes or keeps a production head keeps the statistics it has. Unlike a BatchNormalization, nothing moves
-    while training (no lag in a short run, the same numbers on every replica) and it folds into the next Dense."""
+    while training: no lag in a short run, the same numbers on every replica."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("trainable", False)  # set by fitting, never by the optimizer

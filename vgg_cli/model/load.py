@@ -16,8 +16,8 @@ from vgg_cli.model import task_parts as _task_parts
 from vgg_cli.platform import keras_fixes
 
 # A saved model holds these; loading one needs their Keras registration, which importing the modules does.
-REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _layers.TemperatureSoftmax, _optim.PhaseSchedule,
-              _task_parts.SmoothedSparseCrossentropy, _metrics.Accuracy, _metrics.TopKAccuracy)
+REGISTERED = (_layers.VGGPreprocess, _layers.LabelNames, _layers.TemperatureSoftmax, _layers.Standardize,
+              _optim.PhaseSchedule, _task_parts.SmoothedSparseCrossentropy, _metrics.Accuracy, _metrics.TopKAccuracy)
 
 
 def load_model(path: str | os.PathLike, compile: bool = False, what: str = "model file") -> keras.Model:
